@@ -1,0 +1,38 @@
+# Two entry points for newcomers: `make demo` and `make test`. Both create .venv and install
+# what they need; llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= Explain what a servo motor is.
+
+.PHONY: install demo test check format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[device,dev]'
+
+demo: install
+	$(BIN)/edgecloud device assemble
+	$(BIN)/edgecloud device generate "$(PROMPT)" --max-tokens 64
+	$(BIN)/python examples/quickstart.py
+
+test: install
+	$(BIN)/python -m pytest tests
+
+check: install
+	$(BIN)/ruff format --check edgecloud tests bench examples
+	$(BIN)/ruff check edgecloud tests bench examples
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format edgecloud tests bench examples
+	$(BIN)/ruff check --fix edgecloud tests bench examples
+
+bench: install
+	$(BIN)/python bench/local_decode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,183 @@
+"""The ``edgecloud`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from edgecloud import __version__
+from edgecloud.config import Settings
+from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
+
+app = typer.Typer(help="edgecloud: edge-cloud collaborative inference.", no_args_is_help=True)
+device_app = typer.Typer(help="Run models on this device.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG).")
+]
+
+
+def _settings(config: Path | None, verbose: bool = False) -> Settings:
+    settings = Settings.load(config)
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("edgecloud.native").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    return settings
+
+
+class _AssemblyProgress:
+    """A rich progress bar that appears only if the default model must be built."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+            )  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task("preparing model", total=total)
+        self._progress.update(self._task, completed=done)
+        if done >= total:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _fail(exc: EdgeCloudError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+    code = 2 if isinstance(exc, (InvalidRequestError, ConfigError)) else 1
+    return typer.Exit(code)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@device_app.command("generate")
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Prompt text; use '-' to read it from stdin.")],
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most new tokens.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="GGUF file (default: embedded Gemma 3 270M).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Keep the k best tokens; 0 = all.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop sequence (repeatable).")] = None,
+    chat: Annotated[bool, typer.Option(help="Treat the prompt as a user chat message.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token, then a summary.")] = False,
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log.")] = False,
+) -> None:
+    """Stream an answer from the local model, with per-token confidence."""
+    from edgecloud import Client
+
+    progress = _AssemblyProgress()
+    try:
+        text = sys.stdin.read() if prompt == "-" else prompt
+        settings = _settings(config, verbose)
+        client = Client.local(model, settings=settings, progress=progress, n_threads=threads, n_ctx=n_ctx)
+    except EdgeCloudError as exc:
+        progress.stop()
+        raise _fail(exc) from None
+    out = sys.stdout
+    with client:
+        try:
+            request: Any = [{"role": "user", "content": text}] if chat else text
+            stream = client.stream(request, max_tokens=max_tokens, temperature=temperature,
+                                   top_p=top_p, top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+            with stream:
+                for chunk in stream:
+                    if as_json:
+                        out.write(json.dumps({
+                            "type": "token", "text": chunk.text, "token_id": chunk.token_id,
+                            "logprob": chunk.logprob, "entropy": chunk.entropy,
+                            "source": chunk.source, "index": chunk.index,
+                        }) + "\n")  # fmt: skip
+                    else:
+                        out.write(chunk.text)
+                    out.flush()
+        except EdgeCloudError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            stream.cancel()
+    result = stream.result
+    if result is None:
+        return
+    c, t = result.confidence, result.timings
+    tok_s = result.usage.completion_tokens / t.total_s if t.total_s > 0 else math.nan
+    if as_json:
+        out.write(json.dumps({"type": "summary", **result.to_dict(), "tokens_per_s": tok_s}) + "\n")
+    else:
+        out.write(
+            f"\n-- {result.usage.completion_tokens} tokens | {tok_s:.1f} tok/s | "
+            f"mean logprob {_fmt(c.mean_logprob)} | min logprob {_fmt(c.min_logprob)} | "
+            f"mean entropy {_fmt(c.mean_entropy)} | {result.source} | {result.finish_reason}\n"
+        )
+    out.flush()
+
+
+@device_app.command("assemble")
+def assemble(
+    force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Build the embedded default model into the cache (sha256-checked) and print its path."""
+    from edgecloud.device import ensure_default_model
+
+    progress = _AssemblyProgress()
+    try:
+        path = ensure_default_model(_settings(config).cache_dir, progress=progress, force=force)
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    finally:
+        progress.stop()
+    typer.echo(str(path))
+
+
+@device_app.command("info")
+def info(
+    model: Annotated[Optional[Path], typer.Option(help="GGUF file (default: embedded model).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Load the model and print what it is, as JSON."""
+    from edgecloud.device import load_text_backend
+
+    try:
+        backend = load_text_backend(_settings(config), model=model, progress=_AssemblyProgress())
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    with backend:
+        i = backend.info
+        typer.echo(json.dumps({"kind": i.kind, "model": i.model, "path": i.path, **i.details}, indent=2))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,469 @@
+"""The public facade: :class:`Client` and :class:`AsyncClient` over one pure base."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from edgecloud.config import Settings, format_validation_error
+from edgecloud.errors import InvalidRequestError
+from edgecloud.types import (
+    ChatMessage,
+    Chunk,
+    Confidence,
+    Finish,
+    GenerationResult,
+    Prompt,
+    SamplingParams,
+    Source,
+    Timings,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from edgecloud.device._models import ProgressCallback
+    from edgecloud.device.backends import TextBackend
+
+__all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
+
+
+def _validate_text(text: str, what: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{what} is not valid UTF-8 text: {exc.reason} at position {exc.start}"
+        ) from exc
+    return text
+
+
+def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
+    """Check a prompt and turn dict messages into :class:`ChatMessage` objects.
+
+    Raises:
+        InvalidRequestError: empty prompt, invalid UTF-8, or a malformed message.
+    """
+    if isinstance(prompt, bytes):
+        try:
+            prompt = prompt.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(
+                f"prompt is not valid UTF-8: {exc.reason} at byte {exc.start}"
+            ) from exc
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequestError("prompt must not be empty")
+        return _validate_text(prompt, "prompt")
+    messages: list[ChatMessage] = []
+    for i, msg in enumerate(prompt):
+        try:
+            m = msg if isinstance(msg, ChatMessage) else ChatMessage.model_validate(msg)
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                f"messages[{i}] is invalid: {format_validation_error(exc)}"
+            ) from exc
+        messages.append(ChatMessage(role=m.role, content=_validate_text(m.content, f"messages[{i}]")))
+    if not messages:
+        raise InvalidRequestError("messages must not be empty")
+    return messages
+
+
+class ResultBuilder:
+    """Folds a stream of chunks into a :class:`GenerationResult` (pure; the caller
+    passes the clock readings)."""
+
+    def __init__(self, model: str, started: float) -> None:
+        self._model = model
+        self._started = started
+        self._first: float | None = None
+        self._last = started
+        self._texts: list[str] = []
+        self._sum_lp = 0.0
+        self._min_lp = math.inf
+        self._sum_ent = 0.0
+        self._tokens = 0
+        self._sources: set[Source] = set()
+
+    def add(self, chunk: Chunk, now: float) -> None:
+        self._texts.append(chunk.text)
+        if chunk.token_id < 0:  # text flushed at the end, not a token
+            return
+        if self._first is None:
+            self._first = now
+        self._last = now
+        self._tokens += 1
+        self._sum_lp += chunk.logprob
+        self._min_lp = min(self._min_lp, chunk.logprob)
+        self._sum_ent += chunk.entropy
+        self._sources.add(chunk.source)
+
+    def finish(self, end: Finish, now: float) -> GenerationResult:
+        n = self._tokens
+        nan = math.nan
+        confidence = Confidence(
+            mean_logprob=self._sum_lp / n if n else nan,
+            min_logprob=self._min_lp if n else nan,
+            mean_entropy=self._sum_ent / n if n else nan,
+            tokens=n,
+        )
+        first = self._first if self._first is not None else now
+        decode_time = self._last - first
+        timings = Timings(
+            time_to_first_token_s=first - self._started,
+            total_s=now - self._started,
+            decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else nan,
+        )
+        source: Source = "cloud" if self._sources == {"cloud"} else "local"
+        return GenerationResult(
+            text="".join(self._texts),
+            finish_reason=end.reason,
+            usage=Usage(end.prompt_tokens, end.completion_tokens),
+            confidence=confidence,
+            source=source,
+            timings=timings,
+            model=self._model,
+        )
+
+
+class _BaseClient:
+    """Request building shared by the sync and async clients."""
+
+    def __init__(self, backend: TextBackend, *, defaults: SamplingParams | None = None) -> None:
+        self._backend = backend
+        self._defaults = defaults or SamplingParams()
+
+    @property
+    def backend(self) -> TextBackend:
+        return self._backend
+
+    def _params(self, overrides: Mapping[str, Any]) -> SamplingParams:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "stop" in given and isinstance(given["stop"], str):
+            given["stop"] = (given["stop"],)
+        try:
+            return SamplingParams.model_validate({**self._defaults.model_dump(), **given})
+        except ValidationError as exc:
+            raise InvalidRequestError(format_validation_error(exc)) from exc
+
+    def _start(
+        self, prompt: Prompt | bytes, overrides: Mapping[str, Any], cancel: threading.Event
+    ) -> tuple[Iterator[Chunk | Finish], ResultBuilder]:
+        started = time.perf_counter()
+        events = self._backend.stream(normalize_prompt(prompt), self._params(overrides), cancel)
+        return events, ResultBuilder(self._backend.info.model, started)
+
+    @staticmethod
+    def _load_local(
+        model: str | Path | None,
+        settings: Settings | None,
+        progress: ProgressCallback | None,
+        overrides: Mapping[str, Any],
+    ) -> tuple[TextBackend, SamplingParams]:
+        from edgecloud.device import load_text_backend
+
+        settings = settings or Settings.load()
+        return load_text_backend(settings, model=model, progress=progress, **overrides), (
+            settings.device.generation
+        )
+
+
+class Stream:
+    """A running generation: iterate for :class:`Chunk` objects.
+
+    ``result`` holds the :class:`GenerationResult` once the stream is exhausted;
+    ``cancel()`` (from any thread) ends it within one token; ``close()`` also
+    frees the model for the next caller. Use it as a context manager.
+    """
+
+    def __init__(
+        self, events: Iterator[Chunk | Finish], builder: ResultBuilder, cancel: threading.Event
+    ) -> None:
+        self._events = events
+        self._builder = builder
+        self._cancel = cancel
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Chunk:
+        event = next(self._events)
+        now = time.perf_counter()
+        if isinstance(event, Finish):
+            self.result = self._builder.finish(event, now)
+            raise StopIteration
+        self._builder.add(event, now)
+        return event
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def close(self) -> None:
+        self._cancel.set()
+        for _ in self:  # drain to the Finish marker so `result` is set
+            pass
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Client(_BaseClient):
+    """Generate text on the device, with per-token confidence.
+
+    Thread-safe: many threads may share one client; generations run one at a
+    time in arrival order (see :class:`~edgecloud.device.LlamaCppBackend`).
+
+    Examples:
+        >>> from edgecloud import Client
+        >>> with Client.local() as client:                     # doctest: +SKIP
+        ...     for chunk in client.stream("Q: What is 2+2?\\nA:", max_tokens=8):
+        ...         print(chunk.text, end="")
+        ...     result = client.generate("Q: Capital of France?\\nA:", stop=["\\n"])
+        ...     print(result.text, result.confidence.mean_logprob, result.source)
+    """
+
+    @classmethod
+    def local(
+        cls,
+        model: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        progress: ProgressCallback | None = None,
+        **model_overrides: Any,
+    ) -> Client:
+        """A client on a local GGUF model (the embedded default when ``model`` is None).
+
+        Args:
+            model: GGUF path; overrides ``settings.device.model.path``.
+            settings: defaults to :meth:`Settings.load` (TOML + environment).
+            progress: called with (bytes done, total) if the default model must be assembled.
+            **model_overrides: fields of :class:`~edgecloud.config.LocalModelConfig`
+                such as ``n_ctx=4096`` or ``n_threads=2``.
+        """
+        backend, defaults = cls._load_local(model, settings, progress, model_overrides)
+        return cls(backend, defaults=defaults)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> Client:
+        """A client built from a TOML settings file (plus ``EDGECLOUD_*`` variables)."""
+        return cls.local(settings=Settings.load(path))
+
+    def stream(
+        self,
+        prompt: Prompt | bytes,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> Stream:
+        """Start generating; returns a :class:`Stream` of chunks.
+
+        Args:
+            prompt: raw text (completion), or chat messages (rendered with the
+                model's chat template).
+            max_tokens, temperature, top_p, top_k, seed, stop: override the
+                configured :class:`~edgecloud.types.SamplingParams`.
+
+        Raises:
+            InvalidRequestError: bad prompt or parameter.
+            ContextOverflowError: the prompt does not fit in the model context.
+        """
+        cancel = threading.Event()
+        overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+        events, builder = self._start(prompt, overrides, cancel)
+        return Stream(events, builder, cancel)
+
+    def generate(self, prompt: Prompt | bytes, **params: Any) -> GenerationResult:
+        """Generate a whole answer; same arguments as :meth:`stream`."""
+        with self.stream(prompt, **params) as stream:
+            for _ in stream:
+                pass
+        assert stream.result is not None
+        return stream.result
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+_DONE = object()
+
+
+class AsyncStream:
+    """The async twin of :class:`Stream`: ``async for chunk in stream``.
+
+    The model runs in a worker thread; chunks cross to the event loop through a
+    queue, so the loop never blocks on native code. Cancelling the consuming
+    task (or ``aclose()``) stops generation within one token.
+    """
+
+    def __init__(
+        self, events: Iterator[Chunk | Finish], builder: ResultBuilder, cancel: threading.Event
+    ) -> None:
+        self._events = events
+        self._builder = builder
+        self._cancel = cancel
+        self._queue: asyncio.Queue[object] | None = None
+        self._worker: threading.Thread | None = None
+        self._finished = False
+        self.result: GenerationResult | None = None
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object]) -> None:
+        try:
+            for event in self._events:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming task
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            except RuntimeError:  # the loop is closed; nobody is waiting
+                pass
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = threading.Thread(
+                target=self._pump, args=(asyncio.get_running_loop(), self._queue),
+                name="edgecloud-generate", daemon=True,
+            )  # fmt: skip
+            self._worker.start()
+        try:
+            item = await self._queue.get()
+        except asyncio.CancelledError:
+            self._cancel.set()
+            raise
+        now = time.perf_counter()
+        if item is _DONE:
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        if isinstance(item, Finish):
+            self.result = self._builder.finish(item, now)
+            return await self.__anext__()
+        assert isinstance(item, Chunk)
+        self._builder.add(item, now)
+        return item
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    async def aclose(self) -> None:
+        self._cancel.set()
+        if self._queue is None:  # never started: close the generator here
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+            self._finished = True
+            return
+        async for _ in self:
+            pass
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncClient(_BaseClient):
+    """The asyncio twin of :class:`Client`; model calls run in worker threads.
+
+    Examples:
+        >>> import asyncio
+        >>> from edgecloud import AsyncClient
+        >>> async def main() -> None:                          # doctest: +SKIP
+        ...     async with AsyncClient.local() as client:
+        ...         async for chunk in client.stream("Q: What is 2+2?\\nA:", max_tokens=8):
+        ...             print(chunk.text, end="")
+        ...         result = await client.generate("Q: Capital of Italy?\\nA:", stop=["\\n"])
+        >>> asyncio.run(main())                                # doctest: +SKIP
+    """
+
+    @classmethod
+    def local(
+        cls,
+        model: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        progress: ProgressCallback | None = None,
+        **model_overrides: Any,
+    ) -> AsyncClient:
+        """Same as :meth:`Client.local`. Loading blocks (about half a second for
+        the default model): call it before the loop starts, or through
+        ``await asyncio.to_thread(AsyncClient.local)``."""
+        backend, defaults = cls._load_local(model, settings, progress, model_overrides)
+        return cls(backend, defaults=defaults)
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> AsyncClient:
+        return cls.local(settings=Settings.load(path))
+
+    def stream(
+        self,
+        prompt: Prompt | bytes,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> AsyncStream:
+        """Start generating; see :meth:`Client.stream`. Validation errors raise here."""
+        cancel = threading.Event()
+        overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+        events, builder = self._start(prompt, overrides, cancel)
+        return AsyncStream(events, builder, cancel)
+
+    async def generate(self, prompt: Prompt | bytes, **params: Any) -> GenerationResult:
+        async with self.stream(prompt, **params) as stream:
+            async for _ in stream:
+                pass
+        assert stream.result is not None
+        return stream.result
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._backend.close)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

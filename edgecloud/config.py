@@ -1,0 +1,169 @@
+"""Settings: pydantic models filled from a TOML file and ``EDGECLOUD_*`` variables.
+
+Precedence, highest first: keyword overrides, environment variables
+(``EDGECLOUD_DEVICE__MODEL__N_CTX=4096``; nested keys joined by ``__``), the TOML
+file (``EDGECLOUD_CONFIG`` or the path given to :meth:`Settings.load`), defaults.
+Unknown keys and out-of-range values fail at start with a
+:class:`~edgecloud.errors.ConfigError` naming the field.
+
+Example ``device.toml``::
+
+    [device.model]
+    path = "/opt/models/my-model.gguf"   # omit for the embedded default
+    n_ctx = 4096
+    n_threads = 2
+
+    [device.generation]
+    max_tokens = 128
+    stop = ["\\nUser:"]
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edgecloud.errors import ConfigError
+from edgecloud.types import SamplingParams
+
+__all__ = ["DeviceConfig", "LocalModelConfig", "Settings", "default_cache_dir", "format_validation_error"]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/edgecloud``, or ``~/.cache/edgecloud``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgecloud"
+
+
+def _default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class LocalModelConfig(BaseModel):
+    """The on-device language model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(
+        None, description="GGUF file to load; None loads the embedded default model."
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of `path`, checked before loading when set.",
+    )
+    n_ctx: int = Field(2048, ge=64, le=262_144, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=8, le=16_384, description="Prompt tokens per decode call.")
+    n_threads: int = Field(
+        default_factory=_default_threads, ge=1, le=512, description="CPU threads for decoding."
+    )
+    chat_template: str = Field(
+        "auto",
+        min_length=1,
+        description=(
+            "'auto' uses the model's own template when the GGUF has one, else 'plain'; "
+            "'plain' is the documented User:/Assistant: template; anything else is a "
+            "Jinja2 template with `messages` and `add_generation_prompt`."
+        ),
+    )
+
+
+class DeviceConfig(BaseModel):
+    """Everything the device runtime needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    generation: SamplingParams = Field(
+        default_factory=SamplingParams, description="Defaults for each request."
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings of an edgecloud process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGECLOUD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Where assembled models and other caches live.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Logging level of the edgecloud logger."
+    )
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _TOML_PATH.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from defaults, a TOML file, the environment and overrides.
+
+        Args:
+            path: TOML file; defaults to ``$EDGECLOUD_CONFIG`` when set.
+            **overrides: top-level fields, highest precedence.
+
+        Raises:
+            ConfigError: the file is missing or not TOML, or a value is invalid.
+        """
+        if path is None:
+            path = os.environ.get("EDGECLOUD_CONFIG") or None
+        toml_path = Path(path) if path is not None else None
+        if toml_path is not None and not toml_path.is_file():
+            raise ConfigError(f"config file not found: {toml_path}")
+        token = _TOML_PATH.set(toml_path)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            where = f" in {toml_path}" if toml_path else ""
+            raise ConfigError(f"invalid settings{where}: {format_validation_error(exc)}") from exc
+        except ValueError as exc:  # tomllib.TOMLDecodeError and friends
+            raise ConfigError(f"cannot read config {toml_path}: {exc}") from exc
+        finally:
+            _TOML_PATH.reset(token)
+
+
+# The TOML file of the `Settings.load` call in progress; a context variable so
+# that concurrent loads in threads or tasks do not see each other's file.
+_TOML_PATH: ContextVar[Path | None] = ContextVar("edgecloud_toml_path", default=None)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``dotted.field: message (got value)``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = err.get("input")
+        shown = repr(got)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        parts.append(f"{loc}: {err['msg']} (got {shown})")
+    return "; ".join(parts)

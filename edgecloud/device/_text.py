@@ -1,0 +1,68 @@
+"""Pure text handling for streamed generation: UTF-8 reassembly and stop sequences."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+
+__all__ = ["StopMatcher", "Utf8Stream"]
+
+
+class Utf8Stream:
+    """Turns token byte pieces into text, holding back incomplete characters.
+
+    A token may end in the middle of a multi-byte character; its bytes are kept
+    until the rest arrives. Bytes that can never form valid UTF-8 become U+FFFD.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, piece: bytes) -> str:
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class StopMatcher:
+    """Finds stop sequences in streamed text without emitting any part of them.
+
+    ``feed`` returns the text that is safe to show now: everything except a tail
+    that might still grow into a stop sequence. Once a stop sequence is seen,
+    ``stopped`` is true and the text before it has been returned.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        buf = self._pending + text
+        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return buf[:cut]
+        hold = self._held_tail(buf)
+        self._pending = buf[len(buf) - hold :]
+        return buf[: len(buf) - hold]
+
+    def flush(self) -> str:
+        """Release held text at the end of generation (no stop sequence followed)."""
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+    def _held_tail(self, buf: str) -> int:
+        best = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:k]):
+                    best = k
+                    break
+        return best

@@ -1,0 +1,133 @@
+"""The interfaces the device runtime sees; only concrete backends touch native code."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["BackendInfo", "LocalBackend", "TensorBackend", "TensorSpec", "TextBackend"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What a loaded backend is running."""
+
+    kind: str
+    model: str
+    path: str
+    details: Mapping[str, Any]
+
+
+class LocalBackend(ABC):
+    """A model loaded on this device. Close it (or use ``with``) to free native memory."""
+
+    @property
+    @abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model. Idempotent."""
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TextBackend(LocalBackend):
+    """A language model that streams tokens with their confidence signals."""
+
+    @property
+    @abstractmethod
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+
+    @abstractmethod
+    def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk | Finish]:
+        """Validate the request now, then return an iterator of chunks ending in one ``Finish``.
+
+        Raises (eagerly, before any token):
+            ContextOverflowError: the prompt does not fit in the context.
+            InvalidRequestError: the request cannot be served by this model.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of a graph input or output (``None`` = dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+class TensorBackend(LocalBackend):
+    """A tensor model (vision, control) with named numpy inputs and outputs."""
+
+    @property
+    @abstractmethod
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @abstractmethod
+    def run(
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run the graph. Raises InvalidRequestError on a name, dtype or shape mismatch."""
+
+
+class FifoLock:
+    """A lock granted in arrival order; a waiter can give up when its cancel event is set."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, cancel: threading.Event | None = None) -> bool:
+        """Wait for the lock; False when ``cancel`` was set first."""
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            while self._held or self._queue[0] is not me:
+                if cancel is not None and cancel.is_set():
+                    self._queue.remove(me)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(timeout=0.05 if cancel is not None else None)
+            self._queue.popleft()
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()

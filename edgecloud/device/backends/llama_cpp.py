@@ -1,0 +1,406 @@
+"""llama.cpp backend: the one module that knows llama-cpp-python's bindings.
+
+It drives llama.cpp's C API (through llama-cpp-python's ctypes layer) with its
+own decode loop instead of ``Llama.create_completion``: per step it reads the
+last position's logits in place (no all-position logits are kept), derives the
+chosen token's log-probability and the entropy with one vectorized pass
+(:mod:`edgecloud.device._signals`), and picks the token by argmax (greedy) or
+with llama.cpp's native sampler chain (top-k, top-p, temperature, seeded dist).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import random
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecloud.device._chat import ChatFormatter, RenderedPrompt
+from edgecloud.device._models import check_model_file
+from edgecloud.device._signals import StepSignals
+from edgecloud.device._text import StopMatcher, Utf8Stream
+from edgecloud.device.backends._base import BackendInfo, FifoLock, TextBackend
+from edgecloud.errors import (
+    BackendClosedError,
+    ConfigError,
+    ContextOverflowError,
+    DeviceError,
+    InvalidRequestError,
+    ModelIntegrityError,
+    ModelLoadError,
+)
+from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
+
+__all__ = ["LlamaCppBackend"]
+
+log = logging.getLogger("edgecloud.native.llama_cpp")
+# ggml log levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+_init_lock = threading.Lock()
+_native: Any = None
+_recent_log: collections.deque[str] = collections.deque(maxlen=20)
+_log_callback: Any = None
+
+
+def _bindings() -> Any:
+    """Import llama_cpp once, initialise the backend and route its log to ``logging``."""
+    global _native, _log_callback
+    with _init_lock:
+        if _native is None:
+            try:
+                import llama_cpp
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise DeviceError(
+                    "llama-cpp-python is not installed: pip install 'edgecloud[device]'"
+                ) from exc
+            llama_cpp.llama_backend_init()
+
+            @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+            def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+                msg = text.decode("utf-8", "replace").rstrip()
+                if not msg:
+                    return
+                py_level = _LEVELS.get(level, logging.DEBUG)
+                if py_level >= logging.WARNING:
+                    _recent_log.append(msg)
+                log.log(py_level, "%s", msg)
+
+            _log_callback = _on_log  # keep a reference: llama.cpp holds a raw pointer
+            llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+            _native = llama_cpp
+    return _native
+
+
+class LlamaCppBackend(TextBackend):
+    """A GGUF model on the device, streaming tokens with confidence signals.
+
+    Thread safety: one model and one context serve all callers, one generation at
+    a time. Concurrent ``stream`` calls are **serialized in arrival order** (a FIFO
+    lock held from the first token to the last); a caller still waiting can cancel.
+    Tokenization runs outside the lock.
+
+    The KV cache of the previous request is reused for the longest common token
+    prefix, so a repeated system prompt or few-shot header is not recomputed.
+
+    Args:
+        path: GGUF file.
+        n_ctx: context window in tokens.
+        n_batch: prompt tokens per decode call.
+        n_threads: CPU threads.
+        chat_template: ``"auto"``, ``"plain"`` or Jinja2 source (see
+            :class:`edgecloud.config.LocalModelConfig`).
+        sha256: when set, the file's hash is checked before loading.
+
+    Raises:
+        ModelNotFoundError, ModelIntegrityError, ModelLoadError: the file is missing,
+            not a GGUF, corrupt or truncated, or llama.cpp cannot load it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        n_threads: int = 2,
+        chat_template: str = "auto",
+        sha256: str | None = None,
+    ) -> None:
+        self._path = check_model_file(Path(path), sha256=sha256)
+        ll = _bindings()
+        self._ll = ll
+        self._model: Any = None
+        self._ctx: Any = None
+        self._lock = FifoLock()
+        self._native = threading.Lock()  # held around every native call on the context
+        self._closed = False
+
+        mparams = ll.llama_model_default_params()
+        _recent_log.clear()
+        model = ll.llama_model_load_from_file(str(self._path).encode(), mparams)
+        if not model:
+            raise ModelIntegrityError(
+                f"llama.cpp could not load {self._path}: {_last_native_error()}"
+            )
+        self._model = model
+        self._vocab = ll.llama_model_get_vocab(model)
+        self._n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        ctx = ll.llama_init_from_model(model, cparams)
+        if not ctx:
+            ll.llama_model_free(model)
+            self._model = None
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {n_ctx} tokens for {self._path}: "
+                f"{_last_native_error()}"
+            )
+        self._ctx = ctx
+        self._finalizer = weakref.finalize(self, _free_native, ll, ctx, model)
+        self._mem = ll.llama_get_memory(ctx)
+        self._n_ctx = int(ll.llama_n_ctx(ctx))
+        self._n_batch = n_batch
+        self._add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
+        self._cached: list[int] = []
+        self._pieces: dict[int, bytes] = {}
+        self._signals = StepSignals(self._n_vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._step_token = (ll.llama_token * 1)()
+
+        self._bos_text = self._token_text(ll.llama_vocab_bos(self._vocab))
+        eos_text = self._token_text(ll.llama_vocab_eos(self._vocab))
+        own_template = self.metadata("tokenizer.chat_template")
+        if chat_template == "auto":
+            chat_template = own_template or "plain"
+        self._template_source = (
+            "model" if own_template and chat_template == own_template else
+            "plain" if chat_template == "plain" else "config"
+        )
+        try:
+            self._formatter = ChatFormatter(
+                chat_template, bos_token=self._bos_text, eos_token=eos_text
+            )
+        except ConfigError:
+            self.close()
+            raise
+        self._info = BackendInfo(
+            kind="llama.cpp",
+            model=self._path.stem,
+            path=str(self._path),
+            details={
+                "n_ctx": self._n_ctx,
+                "n_vocab": self._n_vocab,
+                "n_params": int(ll.llama_model_n_params(model)),
+                "size_bytes": int(ll.llama_model_size(model)),
+                "n_threads": n_threads,
+                "chat_template": self._template_source,
+            },
+        )
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when the key is absent."""
+        self._check_open()
+        size = 4096
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (thread-safe; needs no lock)."""
+        self._check_open()
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            arr = (self._ll.llama_token * cap)()
+            n = self._ll.llama_tokenize(
+                self._vocab, data, len(data), arr, cap, add_bos and self._add_bos, special
+            )
+            if n >= 0:
+                return list(arr[:n])
+            cap = -n
+
+    def render(self, prompt: str | Sequence[ChatMessage]) -> RenderedPrompt:
+        """The exact text fed to the model: raw prompts as is, messages through the template."""
+        if isinstance(prompt, str):
+            return RenderedPrompt(prompt, (), special=False)
+        return self._formatter.render(prompt)
+
+    def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk | Finish]:
+        self._check_open()
+        rendered = self.render(prompt)
+        add_bos = not (rendered.special and self._bos_text and rendered.text.startswith(self._bos_text))
+        tokens = self.tokenize(rendered.text, add_bos=add_bos, special=rendered.special)
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty after tokenization")
+        if len(tokens) >= self._n_ctx:
+            raise ContextOverflowError(
+                f"prompt is {len(tokens)} tokens but the model context holds {self._n_ctx} "
+                "(shorten the prompt or raise device.model.n_ctx)",
+                prompt_tokens=len(tokens),
+                context_tokens=self._n_ctx,
+            )
+        if params.max_tokens > self._n_ctx:
+            raise InvalidRequestError(
+                f"max_tokens={params.max_tokens} exceeds the model context of {self._n_ctx} tokens"
+            )
+        stops = tuple(params.stop) + rendered.stop
+        return self._generate(tokens, params, stops, cancel or threading.Event())
+
+    def _generate(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        stops: tuple[str, ...],
+        cancel: threading.Event,
+    ) -> Iterator[Chunk | Finish]:
+        if not self._lock.acquire(cancel):
+            yield Finish("cancelled", len(prompt), 0)
+            return
+        sampler = None
+        try:
+            ll = self._ll
+            with self._native:
+                self._check_open()
+                self._prefill(prompt)
+                sampler = self._make_sampler(params)
+            ctx, vocab, native = self._ctx, self._vocab, self._native
+            budget = min(params.max_tokens, self._n_ctx - len(prompt))
+            signals, n_vocab, step = self._signals, self._n_vocab, self._step_token
+            utf8, stopper = Utf8Stream(), StopMatcher(stops)
+            as_array, get_logits = np.ctypeslib.as_array, ll.llama_get_logits_ith
+            is_eog, decode, batch_one = ll.llama_vocab_is_eog, ll.llama_decode, ll.llama_batch_get_one
+            reason: FinishReason = "length"
+            n = 0
+            while n < budget and not cancel.is_set():
+                with native:  # released while the caller holds the chunk
+                    self._check_open()
+                    if n:
+                        rc = decode(ctx, batch_one(step, 1))
+                        if rc != 0:
+                            self._reset_cache()
+                            if rc == 1:  # no KV slot left: the context is full
+                                break
+                            raise DeviceError(f"llama_decode failed with code {rc}")
+                        self._cached.append(step[0])
+                    logits = as_array(get_logits(ctx, -1), shape=(n_vocab,))
+                    if sampler is None:
+                        token = int(logits.argmax())
+                        top = float(logits[token])
+                    else:
+                        top = float(logits.max())
+                        token = int(ll.llama_sampler_sample(sampler, ctx, -1))
+                    logprob, entropy = signals(logits, token, top)
+                if is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                step[0] = token
+                text = stopper.feed(utf8.feed(self._piece(token)))
+                yield Chunk(text, token, logprob, entropy, "local", n)
+                n += 1
+                if stopper.stopped:
+                    reason = "stop"
+                    break
+            else:
+                if cancel.is_set():
+                    reason = "cancelled"
+            if reason != "stop":
+                tail = stopper.feed(utf8.flush()) + stopper.flush()
+                if tail:
+                    yield Chunk(tail, -1, 0.0, 0.0, "local", n)
+            yield Finish(reason, len(prompt), n)
+        finally:
+            if sampler is not None:
+                ll.llama_sampler_free(sampler)
+            self._lock.release()
+
+    def _prefill(self, prompt: list[int]) -> None:
+        """Evaluate the prompt, reusing the KV cache for the common prefix."""
+        ll = self._ll
+        keep = 0
+        for a, b in zip(self._cached, prompt):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(prompt) - 1)  # the last prompt token must be decoded for logits
+        if keep < len(self._cached) and not ll.llama_memory_seq_rm(self._mem, -1, keep, -1):
+            ll.llama_memory_clear(self._mem, True)
+            keep = 0
+        del self._cached[keep:]
+        for i in range(keep, len(prompt), self._n_batch):
+            part = prompt[i : i + self._n_batch]
+            arr = (ll.llama_token * len(part))(*part)
+            rc = ll.llama_decode(self._ctx, ll.llama_batch_get_one(arr, len(part)))
+            if rc != 0:
+                self._reset_cache()
+                raise DeviceError(f"llama_decode failed on the prompt with code {rc}")
+            self._cached.extend(part)
+
+    def _reset_cache(self) -> None:
+        self._cached.clear()
+        self._ll.llama_memory_clear(self._mem, True)
+
+    def _make_sampler(self, params: SamplingParams) -> Any:
+        if params.temperature == 0.0:
+            return None
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if params.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = self._piece_buf
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+            self._pieces[token] = piece
+        return piece
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = self._ll.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", "replace") if text else ""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendClosedError("this LlamaCppBackend has been closed")
+
+    def close(self) -> None:
+        """Free the model and context. Waits for the decode step in progress, if any;
+        a stream still open afterwards raises BackendClosedError on its next step."""
+        with self._native:
+            self._closed = True
+            self._finalizer()
+
+
+def _free_native(ll: Any, ctx: Any, model: Any) -> None:
+    if ctx:
+        ll.llama_free(ctx)
+    if model:
+        ll.llama_model_free(model)
+
+
+def _last_native_error() -> str:
+    return _recent_log[-1] if _recent_log else "no detail from llama.cpp"

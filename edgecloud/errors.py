@@ -1,0 +1,99 @@
+"""The one error tree of edgecloud.
+
+Every error the SDK raises on purpose derives from :class:`EdgeCloudError`.
+Each class says whether retrying the same call may succeed (``retryable``)::
+
+    EdgeCloudError                      root; never raised itself
+    ├── ConfigError                     bad settings or TOML (not retryable)
+    ├── InvalidRequestError             bad call arguments: empty prompt, invalid
+    │                                   UTF-8, max_tokens out of range (not retryable)
+    ├── DeviceError                     the on-device runtime
+    │   ├── ModelLoadError              a model file could not be loaded
+    │   │   ├── ModelNotFoundError      the path does not exist
+    │   │   └── ModelIntegrityError     wrong sha256, truncated, not a GGUF/ONNX
+    │   ├── ContextOverflowError        prompt longer than the model context
+    │   └── BackendClosedError          the backend was closed
+    ├── TransportError                  the wire to the cloud (retryable)
+    ├── AdapterError                    LoRA adapters: signature, hash, format
+    └── DiscoveryError                  zeroconf / static endpoints (retryable)
+
+Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
+with ``raise ... from exc`` so the cause stays visible in tracebacks.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "BackendClosedError",
+    "ConfigError",
+    "ContextOverflowError",
+    "DeviceError",
+    "DiscoveryError",
+    "EdgeCloudError",
+    "InvalidRequestError",
+    "ModelIntegrityError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "TransportError",
+]
+
+
+class EdgeCloudError(Exception):
+    """Root of every error edgecloud raises on purpose."""
+
+    retryable: bool = False
+    """Whether the same call may succeed if tried again later."""
+
+
+class ConfigError(EdgeCloudError):
+    """Settings failed validation; the message names each offending field."""
+
+
+class InvalidRequestError(EdgeCloudError, ValueError):
+    """The arguments of a call are invalid (also a ``ValueError``)."""
+
+
+class DeviceError(EdgeCloudError):
+    """Something went wrong in the on-device runtime."""
+
+
+class ModelLoadError(DeviceError):
+    """A model file exists but could not be loaded."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """The model path does not exist."""
+
+
+class ModelIntegrityError(ModelLoadError):
+    """The model file is corrupt: wrong checksum, truncated, or the wrong format."""
+
+
+class ContextOverflowError(DeviceError, InvalidRequestError):
+    """The prompt does not fit in the model's context window."""
+
+    def __init__(self, message: str, *, prompt_tokens: int, context_tokens: int) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
+
+
+class BackendClosedError(DeviceError):
+    """The backend was closed; create a new one."""
+
+
+class TransportError(EdgeCloudError):
+    """The connection to a cloud service failed."""
+
+    retryable = True
+
+
+class AdapterError(EdgeCloudError):
+    """A LoRA adapter is invalid, unsigned, or does not match the base model."""
+
+
+class DiscoveryError(EdgeCloudError):
+    """Cloud services could not be discovered."""
+
+    retryable = True

@@ -1,0 +1,170 @@
+"""Plain data passed between the layers of edgecloud.
+
+Request-side types (:class:`SamplingParams`, :class:`ChatMessage`) are pydantic
+models so a bad value fails at construction with a message naming the field.
+Per-token output (:class:`Chunk`) is a slotted dataclass: it is built once per
+generated token and must stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ChatMessage",
+    "Chunk",
+    "Confidence",
+    "Finish",
+    "FinishReason",
+    "GenerationResult",
+    "Prompt",
+    "SamplingParams",
+    "Source",
+    "Timings",
+    "Usage",
+]
+
+Source: TypeAlias = Literal["local", "cloud"]
+"""Where a token was produced."""
+
+FinishReason: TypeAlias = Literal["stop", "length", "cancelled"]
+"""``stop``: end-of-sequence token or a stop sequence; ``length``: ``max_tokens``
+or the context window was reached; ``cancelled``: the caller cancelled the stream."""
+
+MAX_TOKENS_LIMIT = 1 << 20
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who speaks.")
+    content: str = Field(description="What is said.")
+
+
+Prompt: TypeAlias = str | Sequence[ChatMessage | Mapping[str, str]]
+"""A raw completion prompt, or a list of chat messages (objects or dicts)."""
+
+
+class SamplingParams(BaseModel):
+    """How to pick tokens and when to stop.
+
+    ``temperature=0`` is greedy decoding. The confidence signals (log-probability,
+    entropy) always describe the model's own distribution at temperature 1,
+    whatever the sampling settings, so they are comparable across requests.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(
+        256, ge=1, le=MAX_TOKENS_LIMIT, description="Most new tokens to generate."
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, le=5.0, description="Softmax temperature; 0 means greedy."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, le=1 << 20, description="Keep the k best tokens; 0 = all.")
+    seed: int | None = Field(
+        None, ge=0, lt=1 << 32, description="Sampling seed; None picks one at random."
+    )
+    stop: tuple[str, ...] = Field(
+        (), max_length=16, description="Generation ends before any of these strings."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One generated token as the application sees it.
+
+    ``text`` may be empty when a token holds only part of a multi-byte character;
+    the bytes appear in the next chunk's text.
+    """
+
+    text: str
+    token_id: int
+    logprob: float
+    """Natural-log probability of this token under the model's distribution."""
+    entropy: float
+    """Entropy (nats) of the next-token distribution this token was drawn from."""
+    source: Source
+    index: int
+    """Position of the token in the answer, from 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """End-of-stream marker a backend yields after its last :class:`Chunk`."""
+
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one generation."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Confidence:
+    """Summary of the per-token signals of one answer.
+
+    With no tokens generated every field is ``nan`` and ``tokens`` is 0.
+    """
+
+    mean_logprob: float
+    min_logprob: float
+    mean_entropy: float
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(-mean_logprob)``: 1 is certain, larger is less sure."""
+        return math.exp(-self.mean_logprob)
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Wall-clock timings of one generation, in seconds."""
+
+    time_to_first_token_s: float
+    total_s: float
+    decode_tokens_per_s: float
+    """Tokens after the first, divided by the time after the first token."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """A whole answer with its usage, confidence and provenance."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    confidence: Confidence
+    source: Source
+    timings: Timings
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
