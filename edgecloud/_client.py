@@ -199,17 +199,27 @@ class Stream:
         now = time.perf_counter()
         if isinstance(event, Finish):
             self.result = self._builder.finish(event, now)
+            self._release()
             raise StopIteration
         self._builder.add(event, now)
         return event
+
+    def _release(self) -> None:
+        # The backend's generator holds the model until it runs to its end; close
+        # it now rather than when the garbage collector gets to it.
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
 
     def cancel(self) -> None:
         self._cancel.set()
 
     def close(self) -> None:
         self._cancel.set()
-        for _ in self:  # drain to the Finish marker so `result` is set
-            pass
+        if self.result is None:
+            for _ in self:  # drain to the Finish marker so `result` is set
+                pass
+        self._release()
 
     def __enter__(self) -> Stream:
         return self

@@ -25,7 +25,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,7 +36,17 @@ from pydantic_settings import (
 from edgecloud.errors import ConfigError
 from edgecloud.types import SamplingParams
 
-__all__ = ["DeviceConfig", "LocalModelConfig", "Settings", "default_cache_dir", "format_validation_error"]
+__all__ = [
+    "CloudAuthConfig",
+    "CloudConfig",
+    "CloudModelConfig",
+    "CloudTlsConfig",
+    "DeviceConfig",
+    "LocalModelConfig",
+    "Settings",
+    "default_cache_dir",
+    "format_validation_error",
+]
 
 
 def default_cache_dir() -> Path:
@@ -67,6 +77,9 @@ class LocalModelConfig(BaseModel):
     n_threads: int = Field(
         default_factory=_default_threads, ge=1, le=512, description="CPU threads for decoding."
     )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp flash attention; 'auto' lets llama.cpp decide."
+    )
     chat_template: str = Field(
         "auto",
         min_length=1,
@@ -89,6 +102,119 @@ class DeviceConfig(BaseModel):
     )
 
 
+class CloudModelConfig(BaseModel):
+    """The model the cloud service runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(
+        None,
+        description=(
+            "A GGUF file (dequantized once, cached as safetensors) or a Hugging Face model "
+            "directory; None loads the embedded default GGUF the devices run."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' picks CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    threads: int | None = Field(
+        None, ge=1, le=512, description="CPU threads for torch; None keeps torch's default."
+    )
+    adapters: dict[str, Path] = Field(
+        default_factory=dict,
+        description="LoRA adapters (peft directories) loaded at start, by adapter id.",
+    )
+
+
+class CloudTlsConfig(BaseModel):
+    """TLS for the cloud service; mTLS when `client_ca` is set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert: Path | None = Field(None, description="PEM server certificate chain.")
+    key: Path | None = Field(None, description="PEM private key of `cert`.")
+    client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
+
+
+class CloudAuthConfig(BaseModel):
+    """Per-device bearer tokens, stored as sha256 hex digests (`edgecloud cloud hash-token`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="device id -> sha256 hex digest of its token; empty disables auth.",
+    )
+    adapters: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "device id -> adapter ids it may use; a device not listed may use all of them."
+        ),
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
+        for device, digest in value.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"token of {device!r} must be a sha256 hex digest, not a token")
+        return value
+
+
+class CloudConfig(BaseModel):
+    """The cloud inference service (`edgecloud cloud serve`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    insecure: bool = Field(
+        False,
+        description="Serve plain text without TLS; allowed only on a loopback host.",
+    )
+    model: CloudModelConfig = Field(default_factory=CloudModelConfig)
+    tls: CloudTlsConfig = Field(default_factory=CloudTlsConfig)
+    auth: CloudAuthConfig = Field(default_factory=CloudAuthConfig)
+    max_running_sequences: int = Field(
+        32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Requests waiting for a batch slot; beyond it calls fail at once.",
+    )
+    max_new_tokens: int = Field(
+        4096, ge=1, le=1 << 20, description="Largest `max_tokens` a request may ask for."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, le=1 << 20, description="`max_tokens` of requests that leave it unset."
+    )
+    max_context_tokens: int = Field(
+        8192, ge=16, le=1 << 20, description="Prompt plus new tokens of one sequence, at most."
+    )
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="Largest gRPC message received or sent."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="On SIGTERM, time given to in-flight streams."
+    )
+    admission_window_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "When idle, wait this long after the first request so that requests arriving "
+            "together are prefilled in one batch."
+        ),
+    )
+
+
 class Settings(BaseSettings):
     """Root settings of an edgecloud process."""
 
@@ -107,6 +233,7 @@ class Settings(BaseSettings):
         "WARNING", description="Logging level of the edgecloud logger."
     )
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
 
     @classmethod
     def settings_customise_sources(

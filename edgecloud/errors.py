@@ -14,20 +14,34 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   ├── ContextOverflowError        prompt longer than the model context
     │   └── BackendClosedError          the backend was closed
     ├── TransportError                  the wire to the cloud (retryable)
+    │   ├── AuthError                   missing, wrong or insufficient credentials
+    │   │                               (UNAUTHENTICATED / PERMISSION_DENIED; not retryable)
+    │   ├── OverloadedError             the service is at its limits (RESOURCE_EXHAUSTED)
+    │   ├── DeadlineExceededError       the call's deadline passed
+    │   └── RemoteError                 the service failed internally (not retryable)
+    ├── CloudError                      the cloud service's own runtime
+    │   └── CloudModelLoadError         the cloud model could not be loaded (not retryable)
     ├── AdapterError                    LoRA adapters: signature, hash, format
+    │   └── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
     └── DiscoveryError                  zeroconf / static endpoints (retryable)
 
 Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
-with ``raise ... from exc`` so the cause stays visible in tracebacks.
+with ``raise ... from exc`` so the cause stays visible in tracebacks. Over gRPC,
+``INVALID_ARGUMENT`` and ``OUT_OF_RANGE`` become :class:`InvalidRequestError` and
+``NOT_FOUND`` becomes :class:`UnknownAdapterError` (see ``edgecloud.transport``).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AdapterError",
+    "AuthError",
     "BackendClosedError",
+    "CloudError",
+    "CloudModelLoadError",
     "ConfigError",
     "ContextOverflowError",
+    "DeadlineExceededError",
     "DeviceError",
     "DiscoveryError",
     "EdgeCloudError",
@@ -35,7 +49,10 @@ __all__ = [
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "OverloadedError",
+    "RemoteError",
     "TransportError",
+    "UnknownAdapterError",
 ]
 
 
@@ -89,8 +106,40 @@ class TransportError(EdgeCloudError):
     retryable = True
 
 
+class AuthError(TransportError):
+    """The service refused the credentials (missing, wrong, or not allowed this call)."""
+
+    retryable = False
+
+
+class OverloadedError(TransportError):
+    """The service is at its concurrency or queue limit; retry later with backoff."""
+
+
+class DeadlineExceededError(TransportError):
+    """The call did not finish before its deadline."""
+
+
+class RemoteError(TransportError):
+    """The service failed while handling the call; its details stay on the server."""
+
+    retryable = False
+
+
+class CloudError(EdgeCloudError):
+    """Something went wrong in the cloud service's own runtime."""
+
+
+class CloudModelLoadError(CloudError):
+    """The cloud model (GGUF or HF directory) or an adapter could not be loaded."""
+
+
 class AdapterError(EdgeCloudError):
     """A LoRA adapter is invalid, unsigned, or does not match the base model."""
+
+
+class UnknownAdapterError(AdapterError):
+    """No adapter with the requested id is loaded where the call ran."""
 
 
 class DiscoveryError(EdgeCloudError):

@@ -81,6 +81,7 @@ def load_text_backend(
         n_threads=cfg.n_threads,
         chat_template=cfg.chat_template,
         sha256=cfg.sha256,
+        flash_attn=cfg.flash_attn,
     )
 
 

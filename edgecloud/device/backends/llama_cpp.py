@@ -98,6 +98,7 @@ class LlamaCppBackend(TextBackend):
         chat_template: ``"auto"``, ``"plain"`` or Jinja2 source (see
             :class:`edgecloud.config.LocalModelConfig`).
         sha256: when set, the file's hash is checked before loading.
+        flash_attn: ``"auto"``, ``"on"`` or ``"off"``.
 
     Raises:
         ModelNotFoundError, ModelIntegrityError, ModelLoadError: the file is missing,
@@ -113,6 +114,7 @@ class LlamaCppBackend(TextBackend):
         n_threads: int = 2,
         chat_template: str = "auto",
         sha256: str | None = None,
+        flash_attn: str = "auto",
     ) -> None:
         self._path = check_model_file(Path(path), sha256=sha256)
         ll = _bindings()
@@ -141,6 +143,7 @@ class LlamaCppBackend(TextBackend):
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.no_perf = True
+        cparams.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[flash_attn]
         ctx = ll.llama_init_from_model(model, cparams)
         if not ctx:
             ll.llama_model_free(model)

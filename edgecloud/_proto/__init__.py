@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code; never edit by hand (scripts/gen_protos.sh)."""

@@ -1,0 +1,1 @@
+"""Generated code for package edgecloud.v1 (scripts/gen_protos.sh)."""

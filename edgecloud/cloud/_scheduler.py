@@ -1,0 +1,188 @@
+"""Continuous batching: requests join and leave the running batch between decode steps.
+
+One scheduler thread owns the engine (the model and the batched KV cache). Each
+iteration it (1) drops sequences whose client went away or whose deadline
+passed, (2) prefills waiting requests into free batch slots as one padded batch
+and emits their first token, (3) runs one decode step for the whole batch.
+Prefill goes first so a new request's time to first token is one prefill, not a
+queue of decode steps; a cancelled sequence gives back its slot and cache
+before the next step.
+
+Admission is bounded: ``max_running`` sequences in the batch and ``max_queued``
+waiting; a request beyond both fails at once with
+:class:`~edgecloud.errors.OverloadedError` instead of growing a queue.
+
+The engine is an interface (:class:`BatchEngine`), so the scheduling rules are
+unit-tested with a fake engine and no model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgecloud.cloud._sequence import Sequence_, TokenStep
+from edgecloud.errors import CloudError, OverloadedError
+
+__all__ = ["BatchEngine", "LoadSnapshot", "Scheduler"]
+
+log = logging.getLogger("edgecloud.cloud")
+
+
+class BatchEngine(Protocol):
+    """The model side of the scheduler; called from the scheduler thread only."""
+
+    def prefill(self, seqs: Sequence[Sequence_]) -> list[TokenStep]:
+        """Add ``seqs`` to the running batch; return each one's first token."""
+
+    def decode(self) -> list[TokenStep]:
+        """One step for every sequence in the batch, in the order they were added."""
+
+    def remove(self, indices: Sequence[int]) -> None:
+        """Drop these batch rows and their KV cache."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    running: int
+    queued: int
+    max_running: int
+    max_queued: int
+
+
+class Scheduler:
+    """Runs ``engine`` in a thread, batching every submitted sequence.
+
+    Args:
+        engine: the model side.
+        max_running: most sequences in the batch.
+        max_queued: most sequences waiting for a slot.
+        admission_window_s: when idle, how long to wait after a first arrival so
+            that requests arriving together share one prefill.
+    """
+
+    def __init__(
+        self,
+        engine: BatchEngine,
+        *,
+        max_running: int,
+        max_queued: int,
+        admission_window_s: float = 0.002,
+    ) -> None:
+        self._engine = engine
+        self._max_running = max_running
+        self._max_queued = max_queued
+        self._window = admission_window_s
+        self._waiting: deque[Sequence_] = deque()
+        self._running: list[Sequence_] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._failed: BaseException | None = None
+        self.steps = 0
+        """Decode steps run so far (for tests and metrics)."""
+        self._thread = threading.Thread(target=self._loop, name="edgecloud-scheduler", daemon=True)
+        self._thread.start()
+
+    def load(self) -> LoadSnapshot:
+        with self._cond:
+            return LoadSnapshot(
+                len(self._running), len(self._waiting), self._max_running, self._max_queued
+            )
+
+    def submit(self, seq: Sequence_) -> None:
+        """Queue ``seq``; its events go to ``seq.emit`` from the scheduler thread.
+
+        Raises:
+            OverloadedError: the batch and the queue are full.
+            CloudError: the scheduler is stopped or its engine failed.
+        """
+        with self._cond:
+            if self._stopping or self._failed is not None:
+                raise CloudError("the inference scheduler is not running")
+            if len(self._running) + len(self._waiting) >= self._max_running + self._max_queued:
+                raise OverloadedError(
+                    f"service at capacity ({self._max_running} running, "
+                    f"{self._max_queued} queued); retry later"
+                )
+            self._waiting.append(seq)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        """Make the thread look at cancellations now (called after setting ``cancelled``)."""
+        with self._cond:
+            self._cond.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread; sequences still queued or running end as ``cancelled``."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._running or self._stopping):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    idle = not self._running
+                if idle and self._window > 0:
+                    time.sleep(self._window)
+                self._iterate()
+        except BaseException as exc:  # noqa: BLE001 - every client gets a sanitized error
+            log.exception("inference scheduler failed; failing all requests")
+            with self._cond:
+                self._failed = exc
+        with self._cond:
+            pending = list(self._running) + list(self._waiting)
+            self._running.clear()
+            self._waiting.clear()
+        for seq in pending:
+            if self._failed is not None:
+                seq.finish("cancelled", CloudError("the inference engine failed"))
+            else:
+                seq.finish("cancelled")
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            for seq in [s for s in self._waiting if s.should_cancel(now)]:
+                self._waiting.remove(seq)
+                seq.finish("cancelled")
+        self._drop([i for i, s in enumerate(self._running) if s.should_cancel(now)], "cancelled")
+
+        with self._cond:
+            free = self._max_running - len(self._running)
+            joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        if joining:
+            firsts = self._engine.prefill(joining)
+            with self._cond:
+                self._running.extend(joining)
+            start = len(self._running) - len(joining)
+            done = [start + i for i, (s, t) in enumerate(zip(joining, firsts)) if s.push(t)]
+            self._drop(done, None)
+
+        if self._running:
+            steps = self._engine.decode()
+            self.steps += 1
+            done = [i for i, (s, t) in enumerate(zip(self._running, steps)) if s.push(t)]
+            self._drop(done, None)
+
+    def _drop(self, indices: list[int], reason: str | None) -> None:
+        if not indices:
+            return
+        self._engine.remove(indices)
+        gone = set(indices)
+        with self._cond:
+            dropped = [s for i, s in enumerate(self._running) if i in gone]
+            self._running = [s for i, s in enumerate(self._running) if i not in gone]
+        if reason == "cancelled":
+            for seq in dropped:
+                seq.finish("cancelled")

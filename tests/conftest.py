@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session cache dir holding the embedded default model, assembled once."""
+    from edgecloud.device import ensure_default_model
+
+    cache = tmp_path_factory.mktemp("edgecloud-cache")
+    ensure_default_model(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def default_gguf(model_cache: Path) -> Path:
+    from edgecloud.device import default_model_path
+
+    return default_model_path(model_cache)
+
+
+@pytest.fixture(scope="session")
+def backend(default_gguf: Path) -> Iterator[object]:
+    from edgecloud.device.backends import LlamaCppBackend
+
+    b = LlamaCppBackend(default_gguf, n_ctx=2048, n_threads=2)
+    yield b
+    b.close()

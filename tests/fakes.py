@@ -1,0 +1,65 @@
+"""Project fakes: a scripted TextBackend that needs no model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from edgecloud.device.backends import BackendInfo, TextBackend
+from edgecloud.device.backends._base import FifoLock
+from edgecloud.errors import BackendClosedError
+from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
+
+
+class ScriptedBackend(TextBackend):
+    """Yields the words of ``script`` as tokens with fixed signals; serializes like the real one."""
+
+    def __init__(self, script: str = "one two three four five", *, step: threading.Event | None = None) -> None:
+        self.words = script.split(" ")
+        self.step = step  # when set, each token waits for the test to release it
+        self.seen: list[tuple[str | Sequence[ChatMessage], SamplingParams]] = []
+        self._lock = FifoLock()
+        self.closed = False
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo("fake", "scripted", "", {})
+
+    @property
+    def n_ctx(self) -> int:
+        return 128
+
+    def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk | Finish]:
+        if self.closed:
+            raise BackendClosedError("closed")
+        self.seen.append((prompt, params))
+        return self._run(params, cancel or threading.Event())
+
+    def _run(self, params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk | Finish]:
+        if not self._lock.acquire(cancel):
+            yield Finish("cancelled", 3, 0)
+            return
+        try:
+            reason: FinishReason = "length"
+            n = 0
+            for i, word in enumerate(self.words[: params.max_tokens]):
+                if self.step is not None:
+                    self.step.wait(5)
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                yield Chunk(("" if i == 0 else " ") + word, i + 10, -0.5 * (i + 1), 1.0, "local", i)
+                n += 1
+            else:
+                reason = "stop" if len(self.words) <= params.max_tokens else "length"
+            yield Finish(reason, 3, n)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        self.closed = True

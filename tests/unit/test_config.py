@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from edgecloud.config import Settings
+from edgecloud.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("EDGECLOUD_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_valid() -> None:
+    s = Settings.load()
+    assert s.device.model.path is None
+    assert s.device.model.n_ctx == 2048
+    assert s.device.generation.temperature == 0.0
+
+
+def test_toml_file_and_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(
+        '[device.model]\nn_ctx = 4096\nn_threads = 3\n[device.generation]\nmax_tokens = 77\nstop = ["\\n"]\n'
+    )
+    s = Settings.load(cfg)
+    assert (s.device.model.n_ctx, s.device.model.n_threads) == (4096, 3)
+    assert s.device.generation.max_tokens == 77
+    assert s.device.generation.stop == ("\n",)
+    monkeypatch.setenv("EDGECLOUD_DEVICE__MODEL__N_CTX", "1024")
+    assert Settings.load(cfg).device.model.n_ctx == 1024  # environment beats the file
+    monkeypatch.setenv("EDGECLOUD_CONFIG", str(cfg))
+    assert Settings.load().device.generation.max_tokens == 77
+
+
+def test_unknown_key_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[device.model]\nn_ctxx = 4096\n")
+    with pytest.raises(ConfigError, match=r"device\.model\.n_ctxx"):
+        Settings.load(cfg)
+
+
+def test_out_of_range_value_names_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[device.generation]\nmax_tokens = -5\n")
+    with pytest.raises(ConfigError, match=r"device\.generation\.max_tokens.*greater than or equal to 1"):
+        Settings.load(cfg)
+
+
+def test_bad_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECLOUD_DEVICE__MODEL__N_THREADS", "0")
+    with pytest.raises(ConfigError, match=r"device\.model\.n_threads"):
+        Settings.load()
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        Settings.load(tmp_path / "nope.toml")
+    cfg = tmp_path / "broken.toml"
+    cfg.write_text("[device.model\nn_ctx = ")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        Settings.load(cfg)
+
+
+def test_sha256_must_be_hex(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[device.model]\nsha256 = "abc"\n')
+    with pytest.raises(ConfigError, match=r"device\.model\.sha256"):
+        Settings.load(cfg)
