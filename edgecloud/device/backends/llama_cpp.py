@@ -92,7 +92,7 @@ class LlamaCppBackend(TextBackend):
 
     Args:
         path: GGUF file.
-        n_ctx: context window in tokens.
+        n_ctx: context window in tokens (llama.cpp may round it up; see ``n_ctx``).
         n_batch: prompt tokens per decode call.
         n_threads: CPU threads.
         chat_template: ``"auto"``, ``"plain"`` or Jinja2 source (see
@@ -137,6 +137,7 @@ class LlamaCppBackend(TextBackend):
         self._n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
 
         cparams = ll.llama_context_default_params()
+        n_batch = min(n_batch, n_ctx)  # llama.cpp aborts on a batch larger than the context
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)

@@ -1,0 +1,73 @@
+"""The `edgecloud` command, run as a user would (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _run(args: list[str | bytes], cache: Path, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "EDGECLOUD_CACHE_DIR": str(cache), "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2"}
+    exe = Path(sys.executable).with_name("edgecloud")
+    return subprocess.run([str(exe), *args], capture_output=True, env=env, timeout=120, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def test_generate_streams_text_and_summary(model_cache: Path) -> None:
+    p = _run(["device", "generate", "Q: What is the capital of France?\nA:", "--max-tokens", "6"], model_cache)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "Paris" in out
+    summary = out.strip().splitlines()[-1]
+    for field in ("tokens", "tok/s", "mean logprob", "min logprob", "mean entropy", "local"):
+        assert field in summary
+
+
+def test_generate_json_lines(model_cache: Path) -> None:
+    p = _run(["device", "generate", "The sky is", "--max-tokens", "5", "--json"], model_cache)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in p.stdout.decode().splitlines()]
+    tokens = [x for x in lines if x["type"] == "token"]
+    summary = lines[-1]
+    assert len(tokens) == 5
+    assert all({"text", "logprob", "entropy"} <= x.keys() for x in tokens)
+    assert summary["type"] == "summary"
+    assert summary["usage"]["completion_tokens"] == 5
+    assert summary["text"] == "".join(t["text"] for t in tokens)
+    assert summary["source"] == "local"
+
+
+def test_invalid_utf8_argument_is_a_clear_error(model_cache: Path) -> None:
+    p = _run([b"device", b"generate", b"caf\xe9 \xff"], model_cache)
+    assert p.returncode == 2
+    assert b"UTF-8" in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_missing_model_is_a_clear_error(model_cache: Path, tmp_path: Path) -> None:
+    p = _run(["device", "generate", "hi", "--model", str(tmp_path / "none.gguf")], model_cache)
+    assert p.returncode == 1
+    assert b"model file not found" in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    "toml,field", [("[device.model]\nbogus = 1\n", "bogus"), ("[device.generation]\ntemperature = 99\n", "temperature")]
+)
+def test_bad_config_file(model_cache: Path, tmp_path: Path, toml: str, field: str) -> None:
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(toml)
+    p = _run(["device", "generate", "hi", "--config", str(cfg)], model_cache)
+    assert p.returncode == 2
+    assert field.encode() in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_absurd_max_tokens(model_cache: Path) -> None:
+    p = _run(["device", "generate", "hi", "--max-tokens", "-3"], model_cache)
+    assert p.returncode == 2
+    assert b"max_tokens" in p.stderr
