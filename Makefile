@@ -12,7 +12,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[device,dev]'
+	# torch first, pinned: the CPU wheel; an unpinned resolve pulls multi-GB CUDA wheels
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[device,cloud,dev]'
 
 demo: install
 	$(BIN)/edgecloud device assemble
@@ -26,6 +28,7 @@ check: install
 	$(BIN)/ruff format --check edgecloud tests bench examples
 	$(BIN)/ruff check edgecloud tests bench examples
 	$(BIN)/mypy
+	PYTHON=$(BIN)/python scripts/gen_protos.sh --check
 
 format: install
 	$(BIN)/ruff format edgecloud tests bench examples

@@ -38,7 +38,9 @@ class TorchEngine:
     Not thread-safe: the scheduler thread is its only caller.
     """
 
-    def __init__(self, model: Any, *, pad_id: int, device: torch.device, use_adapters: bool) -> None:
+    def __init__(
+        self, model: Any, *, pad_id: int, device: torch.device, use_adapters: bool
+    ) -> None:
         import torch
 
         self._torch = torch
@@ -59,7 +61,12 @@ class TorchEngine:
         return len(self._rows)
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, rows: Sequence[Sequence_]
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        rows: Sequence[Sequence_],
     ) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {}
         if self._use_adapters:
@@ -117,22 +124,17 @@ class TorchEngine:
         old, new = self._mask.shape[1], mask.shape[1]
         width = max(old, new)
 
-        def pad_left(t: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
-            if extra == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = extra
-            return torch.cat([t.new_zeros(shape), t], dim=dim)
-
         self._keys = [
-            torch.cat([pad_left(a, width - old, 2), pad_left(b, width - new, 2)])
-            for a, b in zip(self._keys, keys)
+            torch.cat([_pad_left(a, width - old, 2), _pad_left(b, width - new, 2)])
+            for a, b in zip(self._keys, keys, strict=True)
         ]
         self._values = [
-            torch.cat([pad_left(a, width - old, 2), pad_left(b, width - new, 2)])
-            for a, b in zip(self._values, values)
+            torch.cat([_pad_left(a, width - old, 2), _pad_left(b, width - new, 2)])
+            for a, b in zip(self._values, values, strict=True)
         ]
-        self._mask = torch.cat([pad_left(self._mask, width - old, 1), pad_left(mask, width - new, 1)])
+        self._mask = torch.cat(
+            [_pad_left(self._mask, width - old, 1), _pad_left(mask, width - new, 1)]
+        )
         assert self._positions is not None and self._last is not None
         self._positions = torch.cat([self._positions, positions])
         self._last = torch.cat([self._last, last])
@@ -145,7 +147,7 @@ class TorchEngine:
         assert self._mask is not None and self._positions is not None and self._last is not None
         ones = self._mask.new_ones((self._mask.shape[0], 1))
         mask = torch.cat([self._mask, ones], dim=1)
-        cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values)))
+        cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values, strict=True)))
         with torch.inference_mode():
             logits, cache = self._forward(
                 self._last[:, None], mask, self._positions[:, None], cache, self._rows
@@ -180,7 +182,9 @@ class TorchEngine:
         self._positions = self._positions.index_select(0, keep)
         self._last = self._last.index_select(0, keep)
 
-    def _pick(self, logits: torch.Tensor, rows: Sequence[Sequence_]) -> tuple[list[TokenStep], torch.Tensor]:
+    def _pick(
+        self, logits: torch.Tensor, rows: Sequence[Sequence_]
+    ) -> tuple[list[TokenStep], torch.Tensor]:
         torch = self._torch
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -192,7 +196,7 @@ class TorchEngine:
         picked = logprobs.gather(1, chosen[:, None])[:, 0]
         steps = [
             TokenStep(int(t), float(lp), max(float(h), 0.0))
-            for t, lp, h in zip(chosen.tolist(), picked.tolist(), entropy.tolist())
+            for t, lp, h in zip(chosen.tolist(), picked.tolist(), entropy.tolist(), strict=True)
         ]
         return steps, chosen
 
@@ -219,3 +223,14 @@ class TorchEngine:
             scores = scores.scatter(0, order[drop], float("-inf"))
         probs = scores.softmax(-1)
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _pad_left(t: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
+    """``t`` with ``extra`` zero columns prepended along ``dim``."""
+    if extra == 0:
+        return t
+    import torch
+
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

@@ -136,7 +136,7 @@ class Scheduler:
                 if idle and self._window > 0:
                     time.sleep(self._window)
                 self._iterate()
-        except BaseException as exc:  # noqa: BLE001 - every client gets a sanitized error
+        except BaseException as exc:
             log.exception("inference scheduler failed; failing all requests")
             with self._cond:
                 self._failed = exc
@@ -166,13 +166,17 @@ class Scheduler:
             with self._cond:
                 self._running.extend(joining)
             start = len(self._running) - len(joining)
-            done = [start + i for i, (s, t) in enumerate(zip(joining, firsts)) if s.push(t)]
+            done = [
+                start + i for i, (s, t) in enumerate(zip(joining, firsts, strict=True)) if s.push(t)
+            ]
             self._drop(done, None)
 
         if self._running:
             steps = self._engine.decode()
             self.steps += 1
-            done = [i for i, (s, t) in enumerate(zip(self._running, steps)) if s.push(t)]
+            done = [
+                i for i, (s, t) in enumerate(zip(self._running, steps, strict=True)) if s.push(t)
+            ]
             self._drop(done, None)
 
     def _drop(self, indices: list[int], reason: str | None) -> None:

@@ -56,7 +56,7 @@ class _Detokenizer:
 
 
 @dataclass(eq=False)
-class Sequence_:  # noqa: N801 - `Sequence` is taken by collections.abc
+class Sequence_:
     """A request's state while it waits for, and then holds, a batch slot.
 
     ``cancelled`` is set from the event loop (client gone, deadline passed) and

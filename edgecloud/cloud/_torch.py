@@ -19,11 +19,11 @@ has no per-request LoRA adapter, which peft's mixed-adapter batches give here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +81,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The GGUF loader marks the model as quantized although its weights are now
     # plain tensors; without the marker transformers saves it like any model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +192,10 @@ class TorchBackend:
         try:
             model_dir, name = _resolve_model_dir(settings)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 str(model_dir), dtype=getattr(torch, dtype_name)
-            ).to(device)
+            )
+            model.to(device)
         except EdgeCloudError:
             raise
         except (OSError, ValueError, RuntimeError) as exc:
@@ -254,10 +255,9 @@ class TorchBackend:
         queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
 
         def emit(event: Chunk | Finish | BaseException) -> None:
-            try:
+            # RuntimeError: the loop closed under a cancelled stream; nobody listens.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop closed under a cancelled stream
-                pass
 
         seq = Sequence_(
             request_id=request.request_id,
@@ -294,7 +294,9 @@ def _attach_adapters(model: Any, adapters: Mapping[str, Path]) -> Any:
     try:
         from peft import PeftModel
     except ImportError as exc:
-        raise CloudModelLoadError("LoRA adapters need peft: pip install 'edgecloud[cloud]'") from exc
+        raise CloudModelLoadError(
+            "LoRA adapters need peft: pip install 'edgecloud[cloud]'"
+        ) from exc
     items = list(adapters.items())
     try:
         first_id, first_path = items[0]
@@ -305,7 +307,3 @@ def _attach_adapters(model: Any, adapters: Mapping[str, Path]) -> Any:
         raise CloudModelLoadError(f"cannot load LoRA adapter: {exc}") from exc
     model.eval()
     return model
-
-
-def _now() -> float:
-    return time.monotonic()

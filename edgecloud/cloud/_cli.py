@@ -1,0 +1,171 @@
+"""``edgecloud cloud ...``: serve the inference service, and talk to one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgecloud.errors import EdgeCloudError
+
+__all__ = ["cloud_app"]
+
+cloud_app = typer.Typer(help="Serve or query the cloud inference service.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
+]
+
+
+@cloud_app.command("serve")
+def serve_command(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one.")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="GGUF file or HF model directory (default: embedded).")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text without TLS (loopback hosts only).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
+    from edgecloud._cli import _fail, _settings
+    from edgecloud.cloud._server import serve, server_credentials
+    from edgecloud.cloud._torch import TorchBackend
+
+    try:
+        settings = _settings(config)
+        cloud: dict[str, Any] = settings.cloud.model_dump()
+        if host is not None:
+            cloud["host"] = host
+        if port is not None:
+            cloud["port"] = port
+        if insecure:
+            cloud["insecure"] = True
+        if model is not None:
+            cloud["model"]["path"] = model
+        settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
+        server_credentials(settings.cloud)  # fail on bad TLS settings before the slow load
+        backend = TorchBackend.load(settings)
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    try:
+        asyncio.run(serve(backend, settings.cloud))
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    finally:
+        backend.close()
+
+
+@cloud_app.command("generate")
+def generate_command(
+    prompt: Annotated[str, typer.Argument(help="Prompt text; '-' reads stdin.")],
+    target: Annotated[str, typer.Option(help="host:port of the service.")] = "localhost:50051",
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most new tokens.")] = None,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    adapter: Annotated[
+        Optional[str], typer.Option(help="LoRA adapter id loaded on the service.")
+    ] = None,
+    chat: Annotated[bool, typer.Option(help="Send the prompt as a user chat message.")] = False,
+    token: Annotated[
+        Optional[str],
+        typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text (loopback only).")
+    ] = False,
+    ca: Annotated[Optional[Path], typer.Option(help="PEM CA to trust.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+) -> None:
+    """Stream an answer from a cloud service, with per-token confidence."""
+    from edgecloud._cli import _fail
+    from edgecloud.transport import CloudClient
+    from edgecloud.types import Finish
+
+    text = sys.stdin.read() if prompt == "-" else prompt
+    request: Any = [{"role": "user", "content": text}] if chat else text
+    tls = not insecure and not (target.startswith(("localhost:", "127.0.0.1:")) and ca is None)
+
+    async def run() -> None:
+        async with CloudClient(
+            target, token=token, tls=tls, root_certificates=ca, timeout_s=timeout
+        ) as c:
+            overrides: dict[str, Any] = {"temperature": temperature}
+            if max_tokens is not None:
+                overrides["max_tokens"] = max_tokens
+            n, lp = 0, 0.0
+            async for event in c.stream(request, adapter_id=adapter, **overrides):
+                if isinstance(event, Finish):
+                    if as_json:
+                        end = {"type": "finish", "reason": event.reason,
+                               "prompt_tokens": event.prompt_tokens,
+                               "completion_tokens": event.completion_tokens}  # fmt: skip
+                        print(json.dumps(end))
+                    else:
+                        mean = lp / n if n else math.nan
+                        print(f"\n-- {event.completion_tokens} tokens | mean logprob {mean:.3f} | "
+                              f"{event.reason}")  # fmt: skip
+                    continue
+                if event.token_id >= 0:
+                    n, lp = n + 1, lp + event.logprob
+                if as_json:
+                    tok = {"type": "token", "text": event.text, "token_id": event.token_id,
+                           "logprob": event.logprob, "entropy": event.entropy,
+                           "index": event.index}  # fmt: skip
+                    print(json.dumps(tok))
+                else:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+
+    try:
+        asyncio.run(run())
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+
+
+@cloud_app.command("info")
+def info_command(
+    target: Annotated[str, typer.Option(help="host:port of the service.")] = "localhost:50051",
+    token: Annotated[
+        Optional[str], typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text (loopback only).")
+    ] = False,
+    ca: Annotated[Optional[Path], typer.Option(help="PEM CA to trust.")] = None,
+) -> None:
+    """Print the service's models, adapters, version and load as JSON."""
+    from edgecloud._cli import _fail
+    from edgecloud.transport import CloudClient
+
+    tls = not insecure and not (target.startswith(("localhost:", "127.0.0.1:")) and ca is None)
+
+    async def run() -> dict[str, Any]:
+        async with CloudClient(target, token=token, tls=tls, root_certificates=ca) as c:
+            return dict(await c.info())
+
+    try:
+        typer.echo(json.dumps(asyncio.run(run()), indent=2))
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+
+
+@cloud_app.command("hash-token")
+def hash_token_command(
+    token: Annotated[
+        Optional[str], typer.Argument(help="Token to hash; omitted: make a new one.")
+    ] = None,
+) -> None:
+    """Print a token and the sha256 digest to put in cloud.auth.tokens."""
+    from edgecloud.transport import hash_token, new_token
+
+    token = token or new_token()
+    typer.echo(json.dumps({"token": token, "sha256": hash_token(token)}))

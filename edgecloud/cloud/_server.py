@@ -1,0 +1,184 @@
+"""The grpc.aio server: inference service, health, reflection, TLS, auth, graceful stop.
+
+Plain text is refused unless ``cloud.insecure`` is set *and* the host is a
+loopback address; otherwise TLS (mTLS with ``cloud.tls.client_ca``) is
+required. On SIGTERM or SIGINT the health status turns ``NOT_SERVING``, new
+calls are refused, and in-flight streams get ``cloud.shutdown_grace_s`` to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from edgecloud._proto.v1 import inference_pb2 as pb
+from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.cloud._service import InferenceServicer
+from edgecloud.cloud._torch import TorchBackend
+from edgecloud.config import CloudConfig
+from edgecloud.errors import ConfigError
+from edgecloud.transport._auth import TokenAuthInterceptor
+
+__all__ = ["SERVICE_NAME", "CloudServer", "serve"]
+
+log = logging.getLogger("edgecloud.cloud")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cloud.tls.{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+def server_credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from config, or None for plain text (loopback only).
+
+    Raises:
+        ConfigError: TLS is half-configured, or plain text was asked for off loopback.
+    """
+    tls = config.tls
+    if tls.cert is None and tls.key is None:
+        if not config.insecure:
+            raise ConfigError(
+                "cloud.tls.cert and cloud.tls.key are required; set cloud.insecure = true "
+                "(or --insecure) to serve plain text on a loopback host"
+            )
+        if not _is_loopback(config.host):
+            raise ConfigError(
+                f"cloud.insecure serves plain text and is allowed only on loopback, "
+                f"not on host {config.host!r}"
+            )
+        return None
+    if tls.cert is None or tls.key is None:
+        raise ConfigError("cloud.tls.cert and cloud.tls.key must be set together")
+    pair = [(_read(tls.key, "key"), _read(tls.cert, "cert"))]
+    if tls.client_ca is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=_read(tls.client_ca, "client_ca"), require_client_auth=True
+    )
+
+
+class CloudServer:
+    """A running inference service; build with :meth:`start`.
+
+    Examples:
+        >>> async def main() -> None:                            # doctest: +SKIP
+        ...     backend = TorchBackend.load(settings)
+        ...     server = await CloudServer.start(backend, settings.cloud)
+        ...     print("listening on", server.port)
+        ...     await server.wait_for_termination()
+    """
+
+    def __init__(
+        self,
+        server: aio.Server,
+        backend: TorchBackend,
+        health: health_aio.HealthServicer,
+        port: int,
+        grace: float,
+    ) -> None:
+        self._server = server
+        self.backend = backend
+        self._health = health
+        self.port = port
+        self._grace = grace
+
+    @classmethod
+    async def start(
+        cls, backend: TorchBackend, config: CloudConfig, *, port: int | None = None
+    ) -> CloudServer:
+        """Bind ``config.host`` (port from ``port`` or config; 0 picks one) and start serving.
+
+        Raises:
+            ConfigError: bad TLS settings, or the address cannot be bound.
+        """
+        credentials = server_credentials(config)
+        interceptors: Sequence[aio.ServerInterceptor] = (
+            [TokenAuthInterceptor(config.auth.tokens)] if config.auth.tokens else []
+        )
+        size = config.max_message_bytes
+        server = aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=(config.max_running_sequences + config.max_queued_requests) * 2,
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(backend, config), server
+        )
+        health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        host = config.host
+        address = (
+            f"[{host}]:{port if port is not None else config.port}"
+            if ":" in host
+            else (f"{host}:{port if port is not None else config.port}")
+        )
+        try:
+            bound = (
+                server.add_secure_port(address, credentials)
+                if credentials is not None
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.warning("edgecloud cloud service listening on %s:%d", host, bound)
+        return cls(server, backend, health_servicer, bound, config.shutdown_grace_s)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, give in-flight streams ``grace`` seconds, then stop."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace if grace is None else grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(backend: TorchBackend, config: CloudConfig, *, port: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight streams and return."""
+    server = await CloudServer.start(backend, config, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.warning("stopping: draining in-flight streams for up to %.0fs", config.shutdown_grace_s)
+        await server.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,234 @@
+"""The device side's gRPC client for the cloud inference service.
+
+Retries are gRPC's own (the retry policy in the channel's service config):
+jittered exponential backoff on ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` only,
+and never once a stream has started delivering tokens. Keep-alive pings find
+dead connections on idle links. Every ``grpc.RpcError`` leaves this module as
+an error of the edgecloud tree (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from edgecloud._client import normalize_prompt
+from edgecloud._proto.v1 import inference_pb2 as pb
+from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.errors import ConfigError
+from edgecloud.transport._serde import chat_to_proto, event_from_proto, params_to_proto
+from edgecloud.transport._status import RETRYABLE_CODES, error_from_rpc
+from edgecloud.types import Chunk, Finish, Prompt, SamplingParams
+
+__all__ = ["CloudClient", "ServiceInfo", "service_config"]
+
+_SERVICE = "edgecloud.v1.InferenceService"
+
+
+def service_config(
+    *, max_attempts: int = 4, initial_backoff_s: float = 0.2, max_backoff_s: float = 5.0
+) -> str:
+    """The channel's service config: retry policy for the inference service."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": _SERVICE}],
+                    "retryPolicy": {
+                        "maxAttempts": max_attempts,
+                        "initialBackoff": f"{initial_backoff_s}s",
+                        "maxBackoff": f"{max_backoff_s}s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": list(RETRYABLE_CODES),
+                    },
+                }
+            ]
+        }
+    )
+
+
+class ServiceInfo(dict[str, Any]):
+    """What ``GetServiceInfo`` returned, as a plain dict (JSON-ready)."""
+
+
+class CloudClient:
+    """Streams generations from a cloud inference service.
+
+    Args:
+        target: ``host:port``.
+        token: bearer token of this device, sent with every call.
+        tls: use TLS (default True; False only for loopback test servers).
+        root_certificates: PEM CA to trust instead of the system roots.
+        client_cert, client_key: PEM pair for mTLS.
+        timeout_s: default deadline of each call.
+        max_message_bytes: largest message sent or received.
+        max_attempts: gRPC retry attempts on retryable codes (1 disables retries).
+
+    Examples:
+        >>> async def main() -> None:                              # doctest: +SKIP
+        ...     async with CloudClient("cloud.example:50051", token=tok) as cloud:
+        ...         async for event in cloud.stream("Why is the sky blue?", max_tokens=32):
+        ...             print(event)
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: bool = True,
+        root_certificates: bytes | Path | None = None,
+        client_cert: bytes | Path | None = None,
+        client_key: bytes | Path | None = None,
+        timeout_s: float = 60.0,
+        max_message_bytes: int = 1 << 20,
+        max_attempts: int = 4,
+        keepalive_s: float = 30.0,
+    ) -> None:
+        self.target = target
+        self._timeout = timeout_s
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
+            ("grpc.service_config", service_config(max_attempts=max(2, max_attempts))),
+        ]
+        if tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
+            self._channel = aio.secure_channel(target, creds, options=options)
+        else:
+            if token:
+                # A bearer token over plain text is readable by anyone on the path.
+                host = target.rsplit(":", 1)[0].strip("[]")
+                if host not in ("localhost", "127.0.0.1", "::1"):
+                    raise ConfigError("a token may be sent without TLS only to a loopback target")
+            self._channel = aio.insecure_channel(target, options=options)
+        self._stub = pb_grpc.InferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        adapter_id: str | None,
+        request_id: str | None,
+        timeout_s: float,
+    ) -> pb.GenerateRequest:
+        normalized = normalize_prompt(prompt)
+        msg = pb.GenerateRequest(
+            sampling=params_to_proto(params),
+            adapter_id=adapter_id or "",
+            request_id=request_id or uuid.uuid4().hex,
+            deadline_unix_ms=int((time.time() + timeout_s) * 1000),
+        )
+        if isinstance(normalized, str):
+            msg.prompt = normalized
+        else:
+            msg.chat.CopyFrom(chat_to_proto(normalized))
+        return msg
+
+    async def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter_id: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[Chunk | Finish]:
+        """Yield :class:`Chunk` objects (``source="cloud"``), then one :class:`Finish`.
+
+        Args:
+            prompt: raw text or chat messages.
+            params: sampling; ``overrides`` (``max_tokens=...``) replace its fields.
+            adapter_id: a LoRA adapter loaded on the service.
+            request_id: shown in the service's logs.
+            timeout_s: deadline of the whole stream.
+
+        Raises:
+            InvalidRequestError: the request was rejected as invalid.
+            UnknownAdapterError: the adapter is not loaded there.
+            AuthError, OverloadedError, DeadlineExceededError, TransportError, RemoteError.
+        """
+        base = params or SamplingParams()
+        if overrides:
+            base = SamplingParams.model_validate({**base.model_dump(), **overrides})
+        timeout = self._timeout if timeout_s is None else timeout_s
+        msg = self._request(prompt, base, adapter_id, request_id, timeout)
+        call = self._stub.Generate(msg, timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield event_from_proto(response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.target) from exc
+        finally:
+            call.cancel()
+
+    async def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
+        """The service's models, adapters, version and load."""
+        from google.protobuf.json_format import MessageToDict
+
+        try:
+            reply = await self._stub.GetServiceInfo(
+                pb.ServiceInfoRequest(),
+                timeout=self._timeout if timeout_s is None else timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.target) from exc
+        return ServiceInfo(
+            MessageToDict(
+                reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+
+    async def health(self, service: str = "", *, timeout_s: float = 5.0) -> bool:
+        """Whether the standard health service reports ``SERVING``."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.target) from exc
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> CloudClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _pem(value: bytes | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).expanduser().read_bytes()

@@ -1,0 +1,120 @@
+"""The one place that converts between protobuf messages and edgecloud's plain types."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from edgecloud._proto.v1 import inference_pb2 as pb
+from edgecloud.config import format_validation_error
+from edgecloud.errors import InvalidRequestError
+from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
+
+__all__ = [
+    "chat_to_proto",
+    "event_from_proto",
+    "event_to_proto",
+    "params_from_proto",
+    "params_to_proto",
+    "prompt_from_proto",
+]
+
+_REASON_TO_PROTO: dict[str, int] = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+_REASON_FROM_PROTO: dict[int, FinishReason] = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_CANCELLED: "cancelled",
+}
+
+
+def params_to_proto(params: SamplingParams) -> pb.SamplingParams:
+    msg = pb.SamplingParams(
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        stop=list(params.stop),
+    )
+    if params.seed is not None:
+        msg.seed = params.seed
+    return msg
+
+
+def params_from_proto(msg: pb.SamplingParams, *, default_max_tokens: int) -> SamplingParams:
+    """Unset (zero) fields take their defaults; out-of-range values fail.
+
+    Raises:
+        InvalidRequestError: a value is out of range.
+    """
+    try:
+        return SamplingParams(
+            max_tokens=msg.max_tokens or default_max_tokens,
+            temperature=msg.temperature,
+            top_p=msg.top_p or 1.0,
+            top_k=msg.top_k,
+            seed=msg.seed if msg.HasField("seed") else None,
+            stop=tuple(msg.stop),
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(f"sampling: {format_validation_error(exc)}") from exc
+
+
+def chat_to_proto(messages: list[ChatMessage]) -> pb.ChatMessages:
+    return pb.ChatMessages(
+        messages=[pb.ChatMessage(role=m.role, content=m.content) for m in messages]
+    )
+
+
+def prompt_from_proto(msg: pb.GenerateRequest) -> str | list[dict[str, str]]:
+    """The raw prompt or the chat messages as dicts (validated by ``normalize_prompt``).
+
+    Raises:
+        InvalidRequestError: neither a prompt nor messages were sent.
+    """
+    which = msg.WhichOneof("input")
+    if which == "prompt":
+        return msg.prompt
+    if which == "chat":
+        return [{"role": m.role, "content": m.content} for m in msg.chat.messages]
+    raise InvalidRequestError("the request has neither a prompt nor chat messages")
+
+
+def event_to_proto(event: Chunk | Finish) -> pb.GenerateResponse:
+    if isinstance(event, Finish):
+        return pb.GenerateResponse(
+            finish=pb.Finish(
+                reason=_REASON_TO_PROTO[event.reason],  # type: ignore[arg-type]
+                usage=pb.Usage(
+                    prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                ),
+            )
+        )
+    return pb.GenerateResponse(
+        token=pb.Token(
+            text=event.text,
+            token_id=event.token_id,
+            logprob=event.logprob,
+            entropy=event.entropy,
+            index=event.index,
+        )
+    )
+
+
+def event_from_proto(msg: pb.GenerateResponse) -> Chunk | Finish:
+    """A response as the chunks and end marker the device side consumes.
+
+    Raises:
+        InvalidRequestError: the message carries neither a token nor a finish.
+    """
+    which = msg.WhichOneof("event")
+    if which == "token":
+        t = msg.token
+        return Chunk(t.text, t.token_id, t.logprob, t.entropy, "cloud", t.index)
+    if which == "finish":
+        f = msg.finish
+        reason = _REASON_FROM_PROTO.get(f.reason, "stop")
+        return Finish(reason, f.usage.prompt_tokens, f.usage.completion_tokens)
+    raise InvalidRequestError("the service sent an empty response message")
