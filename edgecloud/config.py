@@ -121,7 +121,13 @@ class CloudModelConfig(BaseModel):
         "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
     )
     threads: int | None = Field(
-        None, ge=1, le=512, description="CPU threads for torch; None keeps torch's default."
+        None,
+        ge=1,
+        le=512,
+        description=(
+            "CPU threads for torch; None keeps torch's default (one per core). On small "
+            "shared VMs 1 can be much faster: see cloud/cloud.example.toml."
+        ),
     )
     adapters: dict[str, Path] = Field(
         default_factory=dict,

@@ -57,6 +57,11 @@ class TorchEngine:
         self._generators: dict[int, torch.Generator] = {}
 
     @property
+    def model(self) -> Any:
+        """The model this engine runs (a peft ``PeftModel`` when adapters are loaded)."""
+        return self._model
+
+    @property
     def rows(self) -> int:
         return len(self._rows)
 
@@ -182,13 +187,22 @@ class TorchEngine:
         self._positions = self._positions.index_select(0, keep)
         self._last = self._last.index_select(0, keep)
 
+    def reset(self) -> None:
+        self._rows = []
+        self._generators.clear()
+        self._keys, self._values = [], []
+        self._mask = self._positions = self._last = None
+
     def _pick(
         self, logits: torch.Tensor, rows: Sequence[Sequence_]
     ) -> tuple[list[TokenStep], torch.Tensor]:
         torch = self._torch
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
-        entropy = torch.special.entr(logprobs.exp()).sum(-1)
+        # -sum(p log p); clamping keeps 0 * -inf (a masked token) from becoming NaN.
+        # Cheaper than torch.special.entr, which computes its own log.
+        finite = logprobs.clamp_min(torch.finfo(logprobs.dtype).min)
+        entropy = -(logprobs.exp() * finite).sum(-1)
         chosen = logits.argmax(-1)
         for i, seq in enumerate(rows):
             if seq.params.temperature > 0:

@@ -46,6 +46,9 @@ class BatchEngine(Protocol):
     def remove(self, indices: Sequence[int]) -> None:
         """Drop these batch rows and their KV cache."""
 
+    def reset(self) -> None:
+        """Drop every row (after a failed step, whatever state it left)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LoadSnapshot:
@@ -80,6 +83,7 @@ class Scheduler:
         self._window = admission_window_s
         self._waiting: deque[Sequence_] = deque()
         self._running: list[Sequence_] = []
+        self._joining: list[Sequence_] = []  # taken from the queue, being prefilled
         self._cond = threading.Condition()
         self._stopping = False
         self._failed: BaseException | None = None
@@ -91,7 +95,10 @@ class Scheduler:
     def load(self) -> LoadSnapshot:
         with self._cond:
             return LoadSnapshot(
-                len(self._running), len(self._waiting), self._max_running, self._max_queued
+                len(self._running) + len(self._joining),
+                len(self._waiting),
+                self._max_running,
+                self._max_queued,
             )
 
     def submit(self, seq: Sequence_) -> None:
@@ -104,7 +111,8 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._failed is not None:
                 raise CloudError("the inference scheduler is not running")
-            if len(self._running) + len(self._waiting) >= self._max_running + self._max_queued:
+            busy = len(self._running) + len(self._joining) + len(self._waiting)
+            if busy >= self._max_running + self._max_queued:
                 raise OverloadedError(
                     f"service at capacity ({self._max_running} running, "
                     f"{self._max_queued} queued); retry later"
@@ -135,13 +143,17 @@ class Scheduler:
                     idle = not self._running
                 if idle and self._window > 0:
                     time.sleep(self._window)
-                self._iterate()
-        except BaseException as exc:
+                try:
+                    self._iterate()
+                except Exception:  # the batch fails, the service stays up
+                    log.exception("inference step failed; failing the requests in the batch")
+                    self._fail_batch()
+        except BaseException as exc:  # every client gets a sanitized error
             log.exception("inference scheduler failed; failing all requests")
             with self._cond:
                 self._failed = exc
         with self._cond:
-            pending = list(self._running) + list(self._waiting)
+            pending = list(self._running) + list(self._joining) + list(self._waiting)
             self._running.clear()
             self._waiting.clear()
         for seq in pending:
@@ -149,6 +161,23 @@ class Scheduler:
                 seq.finish("cancelled", CloudError("the inference engine failed"))
             else:
                 seq.finish("cancelled")
+
+    def _fail_batch(self) -> None:
+        """Fail the sequences of a step that raised, and start over with an empty batch.
+
+        Waiting requests are kept: the next step may well succeed (a single
+        oversized batch can fail where smaller ones work). If the engine cannot
+        even drop its rows, it is broken and the scheduler stops.
+        """
+        with self._cond:
+            victims = self._running + self._joining
+            self._running, self._joining = [], []
+        for seq in victims:
+            seq.finish("cancelled", CloudError("the inference engine failed"))
+        try:
+            self._engine.reset()
+        except Exception as exc:
+            raise CloudError("the inference engine cannot recover") from exc
 
     def _iterate(self) -> None:
         now = time.monotonic()
@@ -161,10 +190,12 @@ class Scheduler:
         with self._cond:
             free = self._max_running - len(self._running)
             joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            self._joining = joining
         if joining:
             firsts = self._engine.prefill(joining)
             with self._cond:
                 self._running.extend(joining)
+                self._joining = []
             start = len(self._running) - len(joining)
             done = [
                 start + i for i, (s, t) in enumerate(zip(joining, firsts, strict=True)) if s.push(t)

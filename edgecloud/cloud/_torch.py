@@ -132,7 +132,7 @@ class TorchBackend:
 
         from edgecloud.cloud._engine import TorchEngine
 
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self._config = config
         self._adapters = tuple(adapters)
         device = next(model.parameters()).device
@@ -183,6 +183,7 @@ class TorchBackend:
                 "the cloud backend needs torch and transformers: pip install 'edgecloud[cloud]'"
             ) from exc
         if cfg.threads is not None:
+            # Process-wide; threads started later (the scheduler's) inherit it.
             torch.set_num_threads(cfg.threads)
         want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -216,7 +217,7 @@ class TorchBackend:
         from edgecloud.device._chat import render_plain
 
         text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
-        ids: list[int] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self._bos is not None:
             ids = [self._bos, *ids]
         limit = self._config.max_context_tokens
@@ -227,7 +228,7 @@ class TorchBackend:
         return ids
 
     def _decode(self, ids: Sequence[int]) -> str:
-        text: str = self._tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
 
     async def generate(self, request: CloudRequest) -> AsyncIterator[Chunk | Finish]:

@@ -1,0 +1,237 @@
+"""The scheduling rules with a fake engine: no model, no torch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from edgecloud.cloud._scheduler import Scheduler
+from edgecloud.cloud._sequence import Sequence_, TokenStep
+from edgecloud.errors import CloudError, OverloadedError
+from edgecloud.types import Chunk, Finish, SamplingParams
+
+EOS = 0
+
+
+class FakeEngine:
+    """Emits token ``index + 1`` for each row, or EOS once a row reached ``eos_after``.
+
+    Records the batch composition of every step, so tests can see who shared it.
+    """
+
+    def __init__(self, step_s: float = 0.0, eos_after: int | None = None) -> None:
+        self.rows: list[Sequence_] = []
+        self.batches: list[list[str]] = []
+        self.prefills: list[list[str]] = []
+        self.step_s = step_s
+        self.eos_after = eos_after
+        self.fail = False
+
+    def _next(self, seq: Sequence_) -> TokenStep:
+        n = len(seq.generated)
+        if self.eos_after is not None and n >= self.eos_after:
+            return TokenStep(EOS, -0.1, 0.5)
+        return TokenStep(n + 1, -0.5, 1.0)
+
+    def prefill(self, seqs: Sequence[Sequence_]) -> list[TokenStep]:
+        if self.fail:
+            raise RuntimeError("boom: secret internal detail")
+        self.prefills.append([s.request_id for s in seqs])
+        self.rows.extend(seqs)
+        return [self._next(s) for s in seqs]
+
+    def decode(self) -> list[TokenStep]:
+        time.sleep(self.step_s)
+        self.batches.append([s.request_id for s in self.rows])
+        return [self._next(s) for s in self.rows]
+
+    def remove(self, indices: Sequence[int]) -> None:
+        gone = set(indices)
+        self.rows = [s for i, s in enumerate(self.rows) if i not in gone]
+
+    def reset(self) -> None:
+        self.rows = []
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[Chunk | Finish | BaseException] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Chunk | Finish | BaseException) -> None:
+        self.events.append(event)
+        if isinstance(event, (Finish, BaseException)):
+            self.done.set()
+
+    @property
+    def finish(self) -> Finish:
+        last = self.events[-1]
+        assert isinstance(last, Finish), last
+        return last
+
+    @property
+    def tokens(self) -> list[int]:
+        return [e.token_id for e in self.events if isinstance(e, Chunk) and e.token_id >= 0]
+
+
+def decode_ids(ids: Sequence[int]) -> str:
+    return "".join(f"<{i}>" for i in ids)
+
+
+def make(name: str, max_tokens: int = 5, stop: tuple[str, ...] = ()) -> tuple[Sequence_, Collector]:
+    out = Collector()
+    seq = Sequence_(
+        request_id=name,
+        prompt_ids=[7, 8, 9],
+        params=SamplingParams(max_tokens=max_tokens, stop=stop),
+        adapter_id=None,
+        emit=out,
+        decode=decode_ids,
+        eos_ids=frozenset({EOS}),
+        max_new_tokens=max_tokens,
+    )
+    return seq, out
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+def test_runs_to_length_with_signals_and_usage(engine: FakeEngine) -> None:
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    seq, out = make("a", max_tokens=3)
+    sched.submit(seq)
+    assert out.done.wait(5)
+    sched.close()
+    assert out.tokens == [1, 2, 3]
+    assert "".join(e.text for e in out.events if isinstance(e, Chunk)) == "<1><2><3>"
+    assert out.finish == Finish("length", 3, 3)
+    chunk = out.events[0]
+    assert isinstance(chunk, Chunk)
+    assert (chunk.source, chunk.index, chunk.logprob, chunk.entropy) == ("cloud", 0, -0.5, 1.0)
+
+
+def test_eos_finishes_with_stop_and_is_not_emitted() -> None:
+    engine = FakeEngine(eos_after=2)
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    seq, out = make("a", max_tokens=10)
+    sched.submit(seq)
+    assert out.done.wait(5)
+    sched.close()
+    assert out.tokens == [1, 2]
+    assert out.finish == Finish("stop", 3, 2)
+
+
+def test_stop_sequence_cuts_text(engine: FakeEngine) -> None:
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    seq, out = make("a", max_tokens=10, stop=("<3>",))
+    sched.submit(seq)
+    assert out.done.wait(5)
+    sched.close()
+    assert "".join(e.text for e in out.events if isinstance(e, Chunk)) == "<1><2>"
+    assert out.finish.reason == "stop"
+
+
+def test_requests_join_a_running_batch_between_steps() -> None:
+    engine = FakeEngine(step_s=0.01)
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    first, out1 = make("first", max_tokens=30)
+    sched.submit(first)
+    while len(engine.batches) < 3:
+        time.sleep(0.005)
+    second, out2 = make("second", max_tokens=3)
+    sched.submit(second)
+    assert out2.done.wait(5) and out1.done.wait(5)
+    sched.close()
+    # The second request was prefilled alone and then decoded in the same batch
+    # as the first, which kept running: continuous batching, not one at a time.
+    assert ["second"] in engine.prefills
+    assert ["first", "second"] in engine.batches
+    assert engine.batches[-1] == ["first"]
+    assert out1.tokens == list(range(1, 31))
+
+
+def test_flood_beyond_limits_fails_at_once() -> None:
+    engine = FakeEngine(step_s=0.01)
+    sched = Scheduler(engine, max_running=2, max_queued=1, admission_window_s=0)
+    outs = []
+    for i in range(3):
+        seq, out = make(f"r{i}", max_tokens=50)
+        sched.submit(seq)
+        outs.append(out)
+    extra, _ = make("extra")
+    with pytest.raises(OverloadedError):
+        sched.submit(extra)
+    assert sched.load().running + sched.load().queued == 3
+    for out in outs:
+        assert out.done.wait(10)
+    sched.submit(make("after")[0])  # capacity is back
+    sched.close()
+
+
+def test_cancel_frees_the_slot_within_one_step() -> None:
+    engine = FakeEngine(step_s=0.02)
+    sched = Scheduler(engine, max_running=1, max_queued=0, admission_window_s=0)
+    seq, out = make("a", max_tokens=1000)
+    sched.submit(seq)
+    while len(engine.batches) < 2:
+        time.sleep(0.005)
+    steps_before = len(engine.batches)
+    seq.cancelled = True
+    sched.wake()
+    assert out.done.wait(2)
+    assert out.finish.reason == "cancelled"
+    assert len(engine.batches) - steps_before <= 1
+    assert engine.rows == []
+    sched.submit(make("next", max_tokens=2)[0])  # the slot is free again
+    sched.close()
+
+
+def test_deadline_cancels_a_queued_or_running_sequence() -> None:
+    engine = FakeEngine(step_s=0.01)
+    sched = Scheduler(engine, max_running=1, max_queued=1, admission_window_s=0)
+    seq, out = make("a", max_tokens=10_000)
+    seq.deadline = time.monotonic() + 0.1
+    sched.submit(seq)
+    assert out.done.wait(3)
+    sched.close()
+    assert out.finish.reason == "cancelled"
+    assert 0 < len(out.tokens) < 10_000
+
+
+def test_engine_failure_reaches_every_client_sanitized() -> None:
+    engine = FakeEngine()
+    engine.fail = True
+    sched = Scheduler(engine, max_running=2, max_queued=2, admission_window_s=0)
+    seq, out = make("a")
+    sched.submit(seq)
+    assert out.done.wait(5)
+    err = out.events[-1]
+    assert isinstance(err, CloudError)
+    assert "secret" not in str(err)
+    # The failed batch is gone; the scheduler serves the next request.
+    engine.fail = False
+    seq2, out2 = make("b", max_tokens=2)
+    sched.submit(seq2)
+    assert out2.done.wait(5)
+    assert out2.finish == Finish("length", 3, 2)
+    sched.close()
+    with pytest.raises(CloudError):
+        sched.submit(make("c")[0])
+
+
+def test_close_cancels_pending_work() -> None:
+    engine = FakeEngine(step_s=0.01)
+    sched = Scheduler(engine, max_running=1, max_queued=2, admission_window_s=0)
+    pairs = [make(f"r{i}", max_tokens=10_000) for i in range(2)]
+    for seq, _ in pairs:
+        sched.submit(seq)
+    time.sleep(0.05)
+    sched.close(timeout=5)
+    for _, out in pairs:
+        assert out.done.wait(1)
+        assert out.finish.reason == "cancelled"
