@@ -25,7 +25,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -219,6 +226,15 @@ class CloudConfig(BaseModel):
             "together are prefilled in one batch."
         ),
     )
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> CloudConfig:
+        if self.default_max_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+        return self
 
 
 class Settings(BaseSettings):

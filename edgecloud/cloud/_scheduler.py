@@ -3,7 +3,8 @@
 One scheduler thread owns the engine (the model and the batched KV cache). Each
 iteration it (1) drops sequences whose client went away or whose deadline
 passed, (2) prefills waiting requests into free batch slots as one padded batch
-and emits their first token, (3) runs one decode step for the whole batch.
+and emits their first token, repeating (a few times at most) for requests that
+arrived meanwhile, (3) runs one decode step for the whole batch.
 Prefill goes first so a new request's time to first token is one prefill, not a
 queue of decode steps; a cancelled sequence gives back its slot and cache
 before the next step.
@@ -32,6 +33,9 @@ from edgecloud.errors import CloudError, OverloadedError
 __all__ = ["BatchEngine", "LoadSnapshot", "Scheduler"]
 
 log = logging.getLogger("edgecloud.cloud")
+
+_PREFILL_ROUNDS = 4
+"""Prefills (of everything waiting) at most between two decode steps."""
 
 
 class BatchEngine(Protocol):
@@ -187,11 +191,16 @@ class Scheduler:
                 seq.finish("cancelled")
         self._drop([i for i, s in enumerate(self._running) if s.should_cancel(now)], "cancelled")
 
-        with self._cond:
-            free = self._max_running - len(self._running)
-            joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
-            self._joining = joining
-        if joining:
+        # Requests that arrive while a prefill runs are prefilled next, before the
+        # decode step: a burst of arrivals then waits for the burst's prefills only,
+        # not for decode steps in between (bounded, so decoding always progresses).
+        for _ in range(_PREFILL_ROUNDS):
+            with self._cond:
+                free = self._max_running - len(self._running)
+                joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                self._joining = joining
+            if not joining:
+                break
             firsts = self._engine.prefill(joining)
             with self._cond:
                 self._running.extend(joining)

@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import logging
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -28,6 +27,7 @@ from edgecloud.cloud._torch import TorchBackend
 from edgecloud.config import CloudConfig
 from edgecloud.errors import ConfigError
 from edgecloud.transport._auth import TokenAuthInterceptor
+from edgecloud.transport._guard import DecodeGuardInterceptor
 
 __all__ = ["SERVICE_NAME", "CloudServer", "serve"]
 
@@ -116,9 +116,11 @@ class CloudServer:
             ConfigError: bad TLS settings, or the address cannot be bound.
         """
         credentials = server_credentials(config)
-        interceptors: Sequence[aio.ServerInterceptor] = (
-            [TokenAuthInterceptor(config.auth.tokens)] if config.auth.tokens else []
-        )
+        # Auth first: an unauthenticated caller learns nothing, not even that its bytes parse.
+        interceptors: list[aio.ServerInterceptor] = []
+        if config.auth.tokens:
+            interceptors.append(TokenAuthInterceptor(config.auth.tokens))
+        interceptors.append(DecodeGuardInterceptor())
         size = config.max_message_bytes
         server = aio.server(
             interceptors=interceptors,

@@ -173,6 +173,8 @@ class CloudClient:
             base = SamplingParams.model_validate({**base.model_dump(), **overrides})
         timeout = self._timeout if timeout_s is None else timeout_s
         msg = self._request(prompt, base, adapter_id, request_id, timeout)
+        if params is None and "max_tokens" not in overrides:
+            msg.sampling.max_tokens = 0  # unset: the service's own default applies
         call = self._stub.Generate(msg, timeout=timeout, metadata=self._metadata)
         try:
             async for response in call:

@@ -42,3 +42,8 @@ def test_insecure_loopback_is_allowed() -> None:
 
     for host in ("127.0.0.1", "localhost", "::1"):
         assert server_credentials(CloudConfig(insecure=True, host=host)) is None
+
+
+def test_default_max_tokens_must_fit_the_limit() -> None:
+    with pytest.raises(ConfigError, match="default_max_tokens"):
+        Settings.load(cloud={"max_new_tokens": 64, "default_max_tokens": 128})

@@ -1,0 +1,61 @@
+"""A server interceptor that turns undecodable requests into ``INVALID_ARGUMENT``.
+
+grpc.aio deserializes a request before any handler code runs, and a malformed
+message surfaces as ``UNKNOWN`` with the parser's exception text in the details.
+This interceptor moves deserialization into the handler, so bad bytes get
+``INVALID_ARGUMENT: malformed request`` and nothing about the server's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+__all__ = ["DecodeGuardInterceptor"]
+
+MALFORMED = "malformed request"
+
+
+class DecodeGuardInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Parses unary requests inside the handler and rejects bad bytes cleanly."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        async def decode(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return parse(raw)
+            except Exception:  # noqa: BLE001 - DecodeError, or whatever a parser raises
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED)
+
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def unary_stream(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
+                request = await decode(raw, context)
+                async for item in stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, response_serializer=handler.response_serializer
+            )
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
+                return await unary(await decode(raw, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, response_serializer=handler.response_serializer
+            )
+        return handler
