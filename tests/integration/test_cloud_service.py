@@ -418,3 +418,38 @@ def test_graceful_stop_drains_in_flight_streams(backend: TorchBackend) -> None:
         assert finish.reason == "length" and len(chunks) == 12
 
     run(scenario)
+
+
+def test_seeded_sampling_is_reproducible(backend: TorchBackend) -> None:
+    async def scenario() -> list[list[int]]:
+        async with serving(backend) as server, client(server) as c:
+            runs = []
+            for seed in (7, 7, 8):
+                chunks, _ = await collect(c, PROMPTS[3], max_tokens=8, temperature=1.5,
+                                          top_k=50, top_p=0.95, seed=seed)  # fmt: skip
+                runs.append([ch.token_id for ch in chunks])
+            return runs
+
+    a, b, other = run(scenario)
+    assert a == b
+    assert a != other
+    assert a != reference_tokens(backend, PROMPTS[3], 8)
+
+
+def test_converted_weights_are_cached_as_safetensors(backend: TorchBackend) -> None:
+    from edgecloud.cloud._torch import converted_model_dir
+    from edgecloud.device._models import ensure_default_model, sha256_file
+
+    settings = Settings.load()
+    digest = sha256_file(ensure_default_model(settings.cache_dir))
+    cached = converted_model_dir(settings.cache_dir, digest)
+    assert (cached / "model.safetensors").is_file()
+    assert (cached / "config.json").is_file()
+    start = time.perf_counter()
+    again = TorchBackend.load(Settings.load(cloud={"model": {"threads": 1}}))
+    try:
+        # A restart loads the cached safetensors: no dequantization (about a minute).
+        assert time.perf_counter() - start < 40
+        assert again.info.model == "gemma-3-270m-q4_k_m.gguf"
+    finally:
+        again.close()
