@@ -11,7 +11,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from edgecloud import __version__
 from edgecloud.cloud import _cli as _cloud_cli
@@ -26,13 +32,16 @@ app.add_typer(_cloud_cli.cloud_app, name="cloud")
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG).")
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
 ]
 
 
 def _settings(config: Path | None, verbose: bool = False) -> Settings:
     settings = Settings.load(config)
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("edgecloud.native").setLevel(logging.DEBUG if verbose else logging.ERROR)
     return settings
 
@@ -85,7 +94,9 @@ def _main(
 def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text; use '-' to read it from stdin.")],
     max_tokens: Annotated[Optional[int], typer.Option(help="Most new tokens.")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="GGUF file (default: embedded Gemma 3 270M).")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="GGUF file (default: embedded Gemma 3 270M).")
+    ] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Keep the k best tokens; 0 = all.")] = None,
@@ -94,7 +105,9 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Treat the prompt as a user chat message.")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token, then a summary.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per token, then a summary.")
+    ] = False,
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log.")] = False,
 ) -> None:
@@ -105,7 +118,9 @@ def generate(
     try:
         text = sys.stdin.read() if prompt == "-" else prompt
         settings = _settings(config, verbose)
-        client = Client.local(model, settings=settings, progress=progress, n_threads=threads, n_ctx=n_ctx)
+        client = Client.local(
+            model, settings=settings, progress=progress, n_threads=threads, n_ctx=n_ctx
+        )
     except EdgeCloudError as exc:
         progress.stop()
         raise _fail(exc) from None
@@ -166,7 +181,9 @@ def assemble(
 
 @device_app.command("info")
 def info(
-    model: Annotated[Optional[Path], typer.Option(help="GGUF file (default: embedded model).")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="GGUF file (default: embedded model).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Load the model and print what it is, as JSON."""
@@ -178,7 +195,9 @@ def info(
         raise _fail(exc) from None
     with backend:
         i = backend.info
-        typer.echo(json.dumps({"kind": i.kind, "model": i.model, "path": i.path, **i.details}, indent=2))
+        typer.echo(
+            json.dumps({"kind": i.kind, "model": i.model, "path": i.path, **i.details}, indent=2)
+        )
 
 
 def main() -> None:

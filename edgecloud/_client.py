@@ -6,7 +6,8 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,9 @@ def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
             raise InvalidRequestError(
                 f"messages[{i}] is invalid: {format_validation_error(exc)}"
             ) from exc
-        messages.append(ChatMessage(role=m.role, content=_validate_text(m.content, f"messages[{i}]")))
+        messages.append(
+            ChatMessage(role=m.role, content=_validate_text(m.content, f"messages[{i}]"))
+        )
     if not messages:
         raise InvalidRequestError("messages must not be empty")
     return messages
@@ -225,7 +228,10 @@ class Stream:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -315,12 +321,40 @@ class Client(_BaseClient):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
 
 _DONE = object()
+
+
+def _pump(
+    events: Iterator[Chunk | Finish],
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[object],
+    cancel: threading.Event,
+) -> None:
+    """Worker thread: run the blocking backend iterator, hand each event to the loop."""
+
+    def put(item: object) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+            return True
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+
+    try:
+        for event in events:
+            if not put(event):
+                cancel.set()  # run the backend to its end so it frees the model
+    except BaseException as exc:  # noqa: BLE001 - handed to the consuming task
+        put(exc)
+    finally:
+        put(_DONE)
 
 
 class AsyncStream:
@@ -341,18 +375,9 @@ class AsyncStream:
         self._worker: threading.Thread | None = None
         self._finished = False
         self.result: GenerationResult | None = None
-
-    def _pump(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object]) -> None:
-        try:
-            for event in self._events:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming task
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-            except RuntimeError:  # the loop is closed; nobody is waiting
-                pass
+        # A stream dropped mid-way (``break`` out of ``async for``) cancels its generation
+        # so the worker thread frees the model; the thread holds no reference to ``self``.
+        weakref.finalize(self, cancel.set)
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -362,8 +387,9 @@ class AsyncStream:
             raise StopAsyncIteration
         if self._queue is None:
             self._queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
             self._worker = threading.Thread(
-                target=self._pump, args=(asyncio.get_running_loop(), self._queue),
+                target=_pump, args=(self._events, loop, self._queue, self._cancel),
                 name="edgecloud-generate", daemon=True,
             )  # fmt: skip
             self._worker.start()
@@ -404,7 +430,10 @@ class AsyncStream:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -474,6 +503,9 @@ class AsyncClient(_BaseClient):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from edgecloud.device.backends import BackendInfo, TextBackend
@@ -14,9 +15,17 @@ from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingPa
 class ScriptedBackend(TextBackend):
     """Yields the words of ``script`` as tokens with fixed signals; serializes like the real one."""
 
-    def __init__(self, script: str = "one two three four five", *, step: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        script: str = "one two three four five",
+        *,
+        step: threading.Event | None = None,
+        delay: float = 0.0,
+    ) -> None:
         self.words = script.split(" ")
         self.step = step  # when set, each token waits for the test to release it
+        self.delay = delay  # seconds per token, to look like a real model
+        self.finishes: list[FinishReason] = []
         self.seen: list[tuple[str | Sequence[ChatMessage], SamplingParams]] = []
         self._lock = FifoLock()
         self.closed = False
@@ -50,6 +59,8 @@ class ScriptedBackend(TextBackend):
             for i, word in enumerate(self.words[: params.max_tokens]):
                 if self.step is not None:
                     self.step.wait(5)
+                if self.delay:
+                    time.sleep(self.delay)
                 if cancel.is_set():
                     reason = "cancelled"
                     break
@@ -57,6 +68,7 @@ class ScriptedBackend(TextBackend):
                 n += 1
             else:
                 reason = "stop" if len(self.words) <= params.max_tokens else "length"
+            self.finishes.append(reason)
             yield Finish(reason, 3, n)
         finally:
             self._lock.release()

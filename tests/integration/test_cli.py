@@ -12,13 +12,20 @@ import pytest
 
 
 def _run(args: list[str | bytes], cache: Path, **kw: object) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "EDGECLOUD_CACHE_DIR": str(cache), "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2"}
+    env = {
+        **os.environ,
+        "EDGECLOUD_CACHE_DIR": str(cache),
+        "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2",
+    }
     exe = Path(sys.executable).with_name("edgecloud")
     return subprocess.run([str(exe), *args], capture_output=True, env=env, timeout=120, **kw)  # type: ignore[call-overload,no-any-return]
 
 
 def test_generate_streams_text_and_summary(model_cache: Path) -> None:
-    p = _run(["device", "generate", "Q: What is the capital of France?\nA:", "--max-tokens", "6"], model_cache)
+    p = _run(
+        ["device", "generate", "Q: What is the capital of France?\nA:", "--max-tokens", "6"],
+        model_cache,
+    )
     assert p.returncode == 0, p.stderr
     out = p.stdout.decode()
     assert "Paris" in out
@@ -56,7 +63,11 @@ def test_missing_model_is_a_clear_error(model_cache: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    "toml,field", [("[device.model]\nbogus = 1\n", "bogus"), ("[device.generation]\ntemperature = 99\n", "temperature")]
+    "toml,field",
+    [
+        ("[device.model]\nbogus = 1\n", "bogus"),
+        ("[device.generation]\ntemperature = 99\n", "temperature"),
+    ],
 )
 def test_bad_config_file(model_cache: Path, tmp_path: Path, toml: str, field: str) -> None:
     cfg = tmp_path / "device.toml"

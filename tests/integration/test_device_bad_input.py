@@ -72,7 +72,9 @@ def test_prompt_longer_than_context(default_gguf: Path) -> None:
     with LlamaCppBackend(default_gguf, n_ctx=64, n_threads=2) as small:
         n_ctx = small.n_ctx  # llama.cpp rounds the context up (to 256 here)
         client = Client(small)
-        with pytest.raises(ContextOverflowError, match=rf"prompt is \d+ tokens .* holds {n_ctx}") as e:
+        with pytest.raises(
+            ContextOverflowError, match=rf"prompt is \d+ tokens .* holds {n_ctx}"
+        ) as e:
             client.generate("word " * (2 * n_ctx))
         assert e.value.prompt_tokens > n_ctx
         # the prompt fits but prompt + max_tokens does not: generation stops at the context
@@ -88,7 +90,9 @@ def test_negative_or_absurd_max_tokens(backend: LlamaCppBackend, max_tokens: int
         Client(backend).generate(QA, max_tokens=max_tokens)
 
 
-@pytest.mark.parametrize("prompt", ["caf\udce9", b"caf\xe9 \xff", [{"role": "user", "content": "\ud83d"}]])
+@pytest.mark.parametrize(
+    "prompt", ["caf\udce9", b"caf\xe9 \xff", [{"role": "user", "content": "\ud83d"}]]
+)
 def test_invalid_utf8(backend: LlamaCppBackend, prompt: object) -> None:
     with pytest.raises(InvalidRequestError, match="UTF-8"):
         Client(backend).generate(prompt)  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ import pytest
 
 from edgecloud import AsyncClient, Client
 from edgecloud.device.backends import LlamaCppBackend
-from edgecloud.types import SamplingParams
 
 QA = "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:"
 PROMPTS = [QA, "Explain what a servo motor is.", "The three laws of robotics are"]
@@ -44,7 +43,9 @@ def test_logprobs_and_entropy_match_full_softmax(default_gguf: Path, raw_llama) 
         chunks = list(Client(fresh).stream(QA, max_tokens=6))
     ids = raw_llama.tokenize(QA.encode())
     raw_llama.reset()
-    raw_llama.eval(ids)  # then one token per decode, as generation does (batch shapes change numerics)
+    raw_llama.eval(
+        ids
+    )  # then one token per decode, as generation does (batch shapes change numerics)
     for c in chunks[:-1]:
         raw_llama.eval([c.token_id])
     scores = np.asarray(raw_llama.scores[: raw_llama.n_tokens], dtype=np.float64)

@@ -76,7 +76,10 @@ def test_mismatched_inputs(affine: Path, inputs: dict[str, np.ndarray], match: s
 
 
 def test_unknown_output_and_provider(affine: Path) -> None:
-    with OnnxBackend(affine) as backend, pytest.raises(InvalidRequestError, match="unknown outputs"):
+    with (
+        OnnxBackend(affine) as backend,
+        pytest.raises(InvalidRequestError, match="unknown outputs"),
+    ):
         backend.run({"x": np.zeros((1, 3), np.float32)}, ["nope"])
     with pytest.raises(InvalidRequestError, match="not available"):
         OnnxBackend(affine, providers=["NoSuchExecutionProvider"])

@@ -50,11 +50,15 @@ def test_bad_prompts_raise_invalid_request(prompt: object, match: str) -> None:
 
 
 def test_dict_messages_become_chat_messages() -> None:
-    assert normalize_prompt([{"role": "user", "content": "hi"}]) == [ChatMessage(role="user", content="hi")]
+    assert normalize_prompt([{"role": "user", "content": "hi"}]) == [
+        ChatMessage(role="user", content="hi")
+    ]
     assert normalize_prompt(b"caf\xc3\xa9") == "café"
 
 
-@pytest.mark.parametrize("kw", [{"max_tokens": -1}, {"max_tokens": 10**9}, {"temperature": -1.0}, {"top_p": 2.0}])
+@pytest.mark.parametrize(
+    "kw", [{"max_tokens": -1}, {"max_tokens": 10**9}, {"temperature": -1.0}, {"top_p": 2.0}]
+)
 def test_bad_params_raise_invalid_request(kw: dict[str, object]) -> None:
     with pytest.raises(InvalidRequestError, match=next(iter(kw))):
         Client(ScriptedBackend()).stream("x", **kw)  # type: ignore[arg-type]
@@ -146,3 +150,17 @@ def test_fifo_lock_grants_in_arrival_order_and_honours_cancel() -> None:
     for t in threads:
         t.join(5)
     assert order == [-2, 1, 3]
+
+
+def test_abandoned_async_stream_frees_the_model() -> None:
+    backend = ScriptedBackend(" ".join("w" * 40), delay=0.05)
+
+    async def main() -> str:
+        client = AsyncClient(backend)
+        async for _ in client.stream("x"):
+            break  # drop the stream without closing it
+        result = await asyncio.wait_for(client.generate("next", max_tokens=2), 5)
+        return result.text
+
+    assert asyncio.run(main()) == "w w"
+    assert backend.finishes == ["cancelled", "length"]

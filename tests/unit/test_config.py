@@ -47,7 +47,9 @@ def test_unknown_key_names_the_key(tmp_path: Path) -> None:
 def test_out_of_range_value_names_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[device.generation]\nmax_tokens = -5\n")
-    with pytest.raises(ConfigError, match=r"device\.generation\.max_tokens.*greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"device\.generation\.max_tokens.*greater than or equal to 1"
+    ):
         Settings.load(cfg)
 
 

@@ -171,8 +171,11 @@ class LlamaCppBackend(TextBackend):
         if chat_template == "auto":
             chat_template = own_template or "plain"
         self._template_source = (
-            "model" if own_template and chat_template == own_template else
-            "plain" if chat_template == "plain" else "config"
+            "model"
+            if own_template and chat_template == own_template
+            else "plain"
+            if chat_template == "plain"
+            else "config"
         )
         try:
             self._formatter = ChatFormatter(
@@ -244,7 +247,9 @@ class LlamaCppBackend(TextBackend):
     ) -> Iterator[Chunk | Finish]:
         self._check_open()
         rendered = self.render(prompt)
-        add_bos = not (rendered.special and self._bos_text and rendered.text.startswith(self._bos_text))
+        add_bos = not (
+            rendered.special and self._bos_text and rendered.text.startswith(self._bos_text)
+        )
         tokens = self.tokenize(rendered.text, add_bos=add_bos, special=rendered.special)
         if not tokens:
             raise InvalidRequestError("the prompt is empty after tokenization")
@@ -284,7 +289,11 @@ class LlamaCppBackend(TextBackend):
             signals, n_vocab, step = self._signals, self._n_vocab, self._step_token
             utf8, stopper = Utf8Stream(), StopMatcher(stops)
             as_array, get_logits = np.ctypeslib.as_array, ll.llama_get_logits_ith
-            is_eog, decode, batch_one = ll.llama_vocab_is_eog, ll.llama_decode, ll.llama_batch_get_one
+            is_eog, decode, batch_one = (
+                ll.llama_vocab_is_eog,
+                ll.llama_decode,
+                ll.llama_batch_get_one,
+            )
             reason: FinishReason = "length"
             n = 0
             while n < budget and not cancel.is_set():
@@ -333,7 +342,7 @@ class LlamaCppBackend(TextBackend):
         """Evaluate the prompt, reusing the KV cache for the common prefix."""
         ll = self._ll
         keep = 0
-        for a, b in zip(self._cached, prompt):
+        for a, b in zip(self._cached, prompt, strict=False):
             if a != b:
                 break
             keep += 1

@@ -12,7 +12,12 @@ import numpy.typing as npt
 
 from edgecloud.device._models import check_model_file
 from edgecloud.device.backends._base import BackendInfo, TensorBackend, TensorSpec
-from edgecloud.errors import BackendClosedError, DeviceError, InvalidRequestError, ModelIntegrityError
+from edgecloud.errors import (
+    BackendClosedError,
+    DeviceError,
+    InvalidRequestError,
+    ModelIntegrityError,
+)
 
 __all__ = ["OnnxBackend", "available_providers"]
 
@@ -134,7 +139,7 @@ class OnnxBackend(TensorBackend):
             values = session.run(names, feeds)
         except Exception as exc:  # a shape the graph rejects deep inside
             raise DeviceError(f"onnxruntime failed to run {self._path.name}: {exc}") from exc
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
     def _check_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
         expected = {s.name: s for s in self._inputs}
@@ -152,7 +157,8 @@ class OnnxBackend(TensorBackend):
                     f"input {name!r} has dtype {value.dtype}, the graph wants {spec.dtype}"
                 )
             if value.ndim != len(spec.shape) or any(
-                want is not None and got != want for got, want in zip(value.shape, spec.shape)
+                want is not None and got != want
+                for got, want in zip(value.shape, spec.shape, strict=True)
             ):
                 raise InvalidRequestError(
                     f"input {name!r} has shape {value.shape}, the graph wants "

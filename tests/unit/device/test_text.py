@@ -1,3 +1,5 @@
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,7 +38,7 @@ def test_output_is_text_before_first_stop_for_any_split(
     text: str, stops: list[str], cuts: list[int]
 ) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     expected = text[: min(hits)] if hits else text
     assert _run(stops, pieces) == (expected, bool(hits))
@@ -49,7 +51,7 @@ def test_utf8_stream_reassembles_split_characters(text: str, cuts: list[int]) ->
         return
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     u = Utf8Stream()
-    out = "".join(u.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])) + u.flush()
+    out = "".join(u.feed(data[a:b]) for a, b in itertools.pairwise(bounds)) + u.flush()
     assert out == text
 
 
