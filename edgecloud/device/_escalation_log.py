@@ -1,0 +1,193 @@
+"""The device's escalation log: SQLite in WAL mode, store-and-forward to the cloud.
+
+Every escalation is recorded (prompt, the local partial answer, signals, the route
+decision, the cloud's answer, latency). Records wait here until the cloud
+acknowledges them, then are deleted; uploading is idempotent by record id, so a
+batch sent twice (the device died between send and acknowledge) is stored once.
+Records marked private never leave the device: :meth:`EscalationLog.pending`
+never returns them.
+
+Size cap and eviction: at most ``max_records`` records are kept. When a write
+would exceed the cap, the oldest records are deleted first (private or not),
+and the number evicted is counted in :attr:`EscalationLog.evicted`.
+
+A database that SQLite reports as corrupt is moved aside (``<name>.corrupt-<time>``)
+and a fresh one is created, so the device keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecloud.errors import DeviceError
+
+__all__ = ["EscalationLog", "EscalationRecord"]
+
+log = logging.getLogger("edgecloud.device.log")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS escalations (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    local_partial TEXT NOT NULL,
+    cloud_answer TEXT NOT NULL,
+    route_policy TEXT NOT NULL,
+    route_reason TEXT NOT NULL,
+    signals TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    private INTEGER NOT NULL,
+    extra TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS escalations_created ON escalations (created_at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationRecord:
+    """One escalated request and what came of it."""
+
+    prompt: str
+    local_partial: str
+    cloud_answer: str
+    route_policy: str
+    route_reason: str
+    signals: Mapping[str, Any] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    private: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping, e.g. the knowledge passages the cloud used."""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: float = field(default_factory=time.time)
+
+
+class EscalationLog:
+    """A thread-safe SQLite log of escalations.
+
+    Args:
+        path: database file (created with its directory).
+        max_records: cap on stored records; the oldest are evicted first.
+    """
+
+    def __init__(self, path: str | Path, *, max_records: int = 10_000) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        self.path = Path(path)
+        self.max_records = max_records
+        self.evicted = 0
+        self.moved_aside: Path | None = None
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.moved_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.warning(
+                "escalation log %s is corrupt (%s); moved aside to %s",
+                self.path,
+                exc,
+                self.moved_aside,
+            )
+            self.path.replace(self.moved_aside)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as again:
+                raise DeviceError(f"cannot create escalation log {self.path}: {again}") from again
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {ok}")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def append(self, record: EscalationRecord) -> None:
+        """Store a record, evicting the oldest ones beyond the cap."""
+        row = (
+            record.id, record.created_at, record.prompt, record.local_partial, record.cloud_answer,
+            record.route_policy, record.route_reason, json.dumps(dict(record.signals)),
+            record.latency_ms, int(record.private), json.dumps(dict(record.extra)),
+        )  # fmt: skip
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            (count,) = db.execute("SELECT COUNT(*) FROM escalations").fetchone()
+            excess = count - self.max_records
+            if excess > 0:
+                db.execute(
+                    "DELETE FROM escalations WHERE id IN "
+                    "(SELECT id FROM escalations ORDER BY created_at, id LIMIT ?)",
+                    (excess,),
+                )
+                self.evicted += excess
+
+    def pending(self, limit: int = 100) -> list[EscalationRecord]:
+        """The oldest records waiting for upload, never the private ones."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM escalations WHERE private = 0 ORDER BY created_at, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def acknowledge(self, ids: Sequence[str]) -> int:
+        """Delete records the cloud has stored; returns how many were deleted."""
+        if not ids:
+            return 0
+        with self._tx() as db:
+            cur = db.executemany(
+                "DELETE FROM escalations WHERE id = ? AND private = 0", [(i,) for i in ids]
+            )
+            return cur.rowcount
+
+    def __len__(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM escalations").fetchone()
+        return int(n)
+
+    def all(self) -> list[EscalationRecord]:
+        """Every record, private ones included, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM escalations ORDER BY created_at, id").fetchall()
+        return [_from_row(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _from_row(r: Sequence[Any]) -> EscalationRecord:
+    return EscalationRecord(
+        id=r[0], created_at=r[1], prompt=r[2], local_partial=r[3], cloud_answer=r[4],
+        route_policy=r[5], route_reason=r[6], signals=json.loads(r[7]), latency_ms=r[8],
+        private=bool(r[9]), extra=json.loads(r[10]),
+    )  # fmt: skip

@@ -1,0 +1,49 @@
+"""Escalation policies: pure functions from signals to a local/cloud decision.
+
+Nothing here does I/O or reads a clock; the device runtime gathers the signals
+(prompt length, endpoint health, cloud usage, per-token confidence) and asks.
+Depends on the standard library only (numpy for the learned router's head).
+"""
+
+from __future__ import annotations
+
+from edgecloud.router._calibrate import Calibration, auroc, calibrate_window, threshold_for_rate
+from edgecloud.router._learned import LearnedRouter
+from edgecloud.router._monitor import ConfidenceMonitor, WindowThresholds, window_extremes
+from edgecloud.router._policies import (
+    DEFAULT_PRIVACY_PATTERNS,
+    BudgetPolicy,
+    ConnectivityPolicy,
+    ContextLengthPolicy,
+    Decision,
+    ForcedRoutePolicy,
+    LearnedRouterPolicy,
+    Policy,
+    PrivacyPolicy,
+    RequestSignals,
+    Route,
+    route_request,
+)
+
+__all__ = [
+    "DEFAULT_PRIVACY_PATTERNS",
+    "BudgetPolicy",
+    "Calibration",
+    "ConfidenceMonitor",
+    "ConnectivityPolicy",
+    "ContextLengthPolicy",
+    "Decision",
+    "ForcedRoutePolicy",
+    "LearnedRouter",
+    "LearnedRouterPolicy",
+    "Policy",
+    "PrivacyPolicy",
+    "RequestSignals",
+    "Route",
+    "WindowThresholds",
+    "auroc",
+    "calibrate_window",
+    "route_request",
+    "threshold_for_rate",
+    "window_extremes",
+]
