@@ -21,6 +21,13 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   └── RemoteError                 the service failed internally (not retryable)
     ├── CloudError                      the cloud service's own runtime
     │   └── CloudModelLoadError         the cloud model could not be loaded (not retryable)
+    ├── SplitError                      split inference of tensor models (not retryable)
+    │   ├── InvalidCutError             the tensors do not separate the graph's inputs
+    │   │                               from its outputs, or name no tensor of it
+    │   ├── ActivationError             an activation is truncated, over the size limit,
+    │   │                               or its shape/dtype does not match the cut
+    │   └── UnknownModelError           the service holds no tensor model of that name
+    │                                   (NOT_FOUND)
     ├── AdapterError                    LoRA adapters: signature, hash, format
     │   └── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
     └── DiscoveryError                  zeroconf / static endpoints (retryable)
@@ -34,6 +41,7 @@ with ``raise ... from exc`` so the cause stays visible in tracebacks. Over gRPC,
 from __future__ import annotations
 
 __all__ = [
+    "ActivationError",
     "AdapterError",
     "AuthError",
     "BackendClosedError",
@@ -45,14 +53,17 @@ __all__ = [
     "DeviceError",
     "DiscoveryError",
     "EdgeCloudError",
+    "InvalidCutError",
     "InvalidRequestError",
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelNotFoundError",
     "OverloadedError",
     "RemoteError",
+    "SplitError",
     "TransportError",
     "UnknownAdapterError",
+    "UnknownModelError",
 ]
 
 
@@ -132,6 +143,22 @@ class CloudError(EdgeCloudError):
 
 class CloudModelLoadError(CloudError):
     """The cloud model (GGUF or HF directory) or an adapter could not be loaded."""
+
+
+class SplitError(EdgeCloudError):
+    """Split inference of a tensor model (partitioning, activations, tail service) failed."""
+
+
+class InvalidCutError(SplitError, InvalidRequestError):
+    """The cut names no tensor of the graph, or does not separate its inputs from its outputs."""
+
+
+class ActivationError(SplitError, InvalidRequestError):
+    """An activation is truncated, over the size limit, or does not match the cut's shape/dtype."""
+
+
+class UnknownModelError(SplitError):
+    """The service holds no tensor model of the requested name (gRPC ``NOT_FOUND``)."""
 
 
 class AdapterError(EdgeCloudError):

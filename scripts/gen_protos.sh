@@ -14,15 +14,18 @@ stage="$(mktemp -d)"
 out="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out"' EXIT
 
-mkdir -p "$stage/edgecloud/_proto/v1"
+mkdir -p "$stage/edgecloud/_proto/v1" "$stage/edgecloud/_proto/inference"
 cp protos/edgecloud/v1/*.proto "$stage/edgecloud/_proto/v1/"
+cp protos/inference/*.proto "$stage/edgecloud/_proto/inference/"
 "$PYTHON" -m grpc_tools.protoc -I "$stage" \
     --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
-    "$stage"/edgecloud/_proto/v1/*.proto
+    "$stage"/edgecloud/_proto/v1/*.proto "$stage"/edgecloud/_proto/inference/*.proto
 printf '"""Generated protobuf and gRPC code; never edit by hand (scripts/gen_protos.sh)."""\n' \
     > "$out/edgecloud/_proto/__init__.py"
 printf '"""Generated code for package edgecloud.v1 (scripts/gen_protos.sh)."""\n' \
     > "$out/edgecloud/_proto/v1/__init__.py"
+printf '"""Generated code for package inference, KServe v2 (scripts/gen_protos.sh)."""\n' \
+    > "$out/edgecloud/_proto/inference/__init__.py"
 
 if [ "${1:-}" = "--check" ]; then
     if ! diff -ru edgecloud/_proto "$out/edgecloud/_proto" --exclude=__pycache__; then

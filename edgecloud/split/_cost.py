@@ -1,0 +1,151 @@
+"""The cost model and the cut choice: pure functions of measurements.
+
+End-to-end latency of a cut is ``head_s + rtt + up_bytes/bw + tail_s +
+down_bytes/bw`` (``head_s`` alone for all-device, which sends nothing). The
+link estimate is a moving average of real transfers, so the choice follows the
+link as it changes. No clock is read here; callers pass what they measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from edgecloud.split._partition import Cut
+
+__all__ = [
+    "CutCost",
+    "CutProfile",
+    "LinkEstimate",
+    "LinkEstimator",
+    "PowerModel",
+    "choose_cut",
+    "predict",
+]
+
+Objective = Literal["latency", "energy"]
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """Round-trip time (seconds) and one-way bandwidth (bytes per second)."""
+
+    rtt_s: float
+    bandwidth_Bps: float
+
+    def transfer_s(self, up_bytes: int, down_bytes: int) -> float:
+        """Seconds for one request/response exchange of those sizes."""
+        return self.rtt_s + (up_bytes + down_bytes) / self.bandwidth_Bps
+
+
+class LinkEstimator:
+    """Exponentially weighted estimates of RTT and bandwidth from real transfers.
+
+    A transfer's wire time is ``rtt + bytes / bandwidth``. Small transfers
+    (pings) measure the RTT; large ones, with the current RTT subtracted,
+    measure the bandwidth. Samples too small to say anything about bandwidth
+    (less than 20% of their time is serialization) only update the RTT.
+
+    Args:
+        alpha: weight of the newest sample (1 = forget the past at once).
+        rtt_s: initial RTT guess.
+        bandwidth_Bps: initial bandwidth guess.
+    """
+
+    def __init__(self, alpha: float = 0.3, rtt_s: float = 0.05, bandwidth_Bps: float = 1e6) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self._rtt = rtt_s
+        self._bw = bandwidth_Bps
+        self.samples = 0
+
+    @property
+    def estimate(self) -> LinkEstimate:
+        return LinkEstimate(self._rtt, self._bw)
+
+    def observe_rtt(self, seconds: float) -> None:
+        """A round trip that carried (almost) no payload."""
+        if seconds > 0:
+            self._rtt += self.alpha * (seconds - self._rtt)
+            self.samples += 1
+
+    def observe_transfer(self, nbytes: int, seconds: float) -> None:
+        """A round trip that moved ``nbytes`` in total (both ways) in ``seconds`` of wire time."""
+        if seconds <= 0 or nbytes <= 0:
+            return
+        serial = seconds - self._rtt
+        if serial < 0.2 * seconds:
+            # dominated by latency: tells us the RTT is at most this
+            self.observe_rtt(min(seconds, self._rtt))
+            return
+        self._bw += self.alpha * (nbytes / serial - self._bw)
+        self.samples += 1
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Device power draw in watts while computing, using the radio, and waiting."""
+
+    compute_w: float = 3.0
+    radio_w: float = 1.5
+    idle_w: float = 0.3
+
+
+@dataclass(frozen=True)
+class CutProfile:
+    """What one cut costs, measured: device head time, cloud tail time, bytes each way."""
+
+    cut: Cut
+    head_s: float
+    tail_s: float
+    up_bytes: int
+    down_bytes: int
+    local: bool = False
+    """True for the all-device cut: nothing is sent."""
+
+
+@dataclass(frozen=True)
+class CutCost:
+    """Predicted latency (s) and device energy (J) of a cut under a link estimate."""
+
+    profile: CutProfile
+    latency_s: float
+    energy_j: float
+
+
+def predict(p: CutProfile, link: LinkEstimate, power: PowerModel) -> CutCost:
+    """Latency and device energy of one cut."""
+    if p.local:
+        return CutCost(p, p.head_s, p.head_s * power.compute_w)
+    serial = (p.up_bytes + p.down_bytes) / link.bandwidth_Bps
+    latency = p.head_s + link.rtt_s + serial + p.tail_s
+    energy = (
+        p.head_s * power.compute_w + serial * power.radio_w + (link.rtt_s + p.tail_s) * power.idle_w
+    )
+    return CutCost(p, latency, energy)
+
+
+def choose_cut(
+    profiles: Sequence[CutProfile],
+    link: LinkEstimate,
+    *,
+    objective: Objective = "latency",
+    power: PowerModel | None = None,
+    cloud_available: bool = True,
+) -> tuple[CutCost, list[CutCost]]:
+    """The cut with the lowest predicted cost, and every cut's prediction.
+
+    With ``cloud_available=False`` only the all-device cut is a candidate.
+
+    Raises:
+        ValueError: no candidate (empty profiles, or no local cut without a cloud).
+    """
+    pm = power or PowerModel()
+    costs = [predict(p, link, pm) for p in profiles]
+    candidates = [c for c in costs if cloud_available or c.profile.local]
+    if not candidates:
+        raise ValueError("no candidate cut")
+    key = (lambda c: c.latency_s) if objective == "latency" else (lambda c: c.energy_j)
+    return min(candidates, key=key), costs
