@@ -59,7 +59,8 @@ class LinkEstimator:
         self.alpha = alpha
         self._rtt = rtt_s
         self._bw = bandwidth_Bps
-        self.samples = 0
+        self.rtt_samples = 0
+        self.bandwidth_samples = 0
 
     @property
     def estimate(self) -> LinkEstimate:
@@ -68,8 +69,10 @@ class LinkEstimator:
     def observe_rtt(self, seconds: float) -> None:
         """A round trip that carried (almost) no payload."""
         if seconds > 0:
-            self._rtt += self.alpha * (seconds - self._rtt)
-            self.samples += 1
+            # the first measurement replaces the guess instead of averaging with it
+            weight = self.alpha if self.rtt_samples else 1.0
+            self._rtt += weight * (seconds - self._rtt)
+            self.rtt_samples += 1
 
     def observe_transfer(self, nbytes: int, seconds: float) -> None:
         """A round trip that moved ``nbytes`` in total (both ways) in ``seconds`` of wire time."""
@@ -80,8 +83,9 @@ class LinkEstimator:
             # dominated by latency: tells us the RTT is at most this
             self.observe_rtt(min(seconds, self._rtt))
             return
-        self._bw += self.alpha * (nbytes / serial - self._bw)
-        self.samples += 1
+        weight = self.alpha if self.bandwidth_samples else 1.0
+        self._bw += weight * (nbytes / serial - self._bw)
+        self.bandwidth_samples += 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""Split inference for tensor models: partition ONNX graphs between device and cloud.
+
+* :class:`Partitioner` cuts a graph into a device head and a cloud tail
+  (``onnx.utils.Extractor`` underneath) at any tensor that separates inputs
+  from outputs.
+* :class:`SplitModel` profiles every cut, keeps a moving estimate of the link,
+  and runs each call at the cut with the lowest predicted latency (or device
+  energy), falling back to all-local when the cloud is gone.
+* :class:`SplitServer` is the cloud side: warm tail sessions over gRPC
+  (``edgecloud.v1.SplitService``) and the KServe v2 ``GRPCInferenceService``
+  that Triton clients speak.
+* :class:`Cascade` runs a small classifier here and escalates low-margin inputs.
+
+Importing this package loads onnx, numpy and grpc; ``import edgecloud`` does not.
+
+Examples:
+    >>> from edgecloud.split import SplitModel                          # doctest: +SKIP
+    >>> model = SplitModel("digits_cnn.onnx", cloud="127.0.0.1:50061")
+    >>> outputs = model.run({"input": frame})
+    >>> model.last.cut.name
+"""
+
+from __future__ import annotations
+
+from edgecloud.split._cascade import Cascade, margins
+from edgecloud.split._client import EmulatedLink, SplitClient, TailResult
+from edgecloud.split._codec import EncodedTensor, decode, encode
+from edgecloud.split._cost import (
+    CutCost,
+    CutProfile,
+    LinkEstimate,
+    LinkEstimator,
+    PowerModel,
+    choose_cut,
+    predict,
+)
+from edgecloud.split._model import RunInfo, SplitModel
+from edgecloud.split._partition import Cut, Partitioner, TensorInfo
+from edgecloud.split._server import BackgroundServer, SplitServer
+
+__all__ = [
+    "BackgroundServer",
+    "Cascade",
+    "Cut",
+    "CutCost",
+    "CutProfile",
+    "EmulatedLink",
+    "EncodedTensor",
+    "LinkEstimate",
+    "LinkEstimator",
+    "Partitioner",
+    "PowerModel",
+    "RunInfo",
+    "SplitClient",
+    "SplitModel",
+    "SplitServer",
+    "TailResult",
+    "TensorInfo",
+    "choose_cut",
+    "decode",
+    "encode",
+    "margins",
+    "predict",
+]
