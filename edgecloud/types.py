@@ -21,6 +21,7 @@ __all__ = [
     "Confidence",
     "Finish",
     "FinishReason",
+    "Passage",
     "GenerationResult",
     "Prompt",
     "SamplingParams",
@@ -105,12 +106,23 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Passage:
+    """A knowledge-base passage the cloud retrieved and put into the prompt."""
+
+    text: str
+    source: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """End-of-stream marker a backend yields after its last :class:`Chunk`."""
 
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    passages: tuple[Passage, ...] = ()
+    """Knowledge passages the answer was grounded on (cloud only)."""
 
 
 @dataclass(frozen=True, slots=True)

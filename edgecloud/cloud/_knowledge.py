@@ -16,13 +16,13 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgecloud.errors import ConfigError
+from edgecloud.types import Passage
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -35,13 +35,6 @@ log = logging.getLogger("edgecloud.cloud.knowledge")
 
 _SUFFIXES = (".txt", ".md", ".markdown")
 _INDEX_VERSION = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    text: str
-    source: str
-    score: float
 
 
 def chunk_text(text: str, max_chars: int = 160) -> list[str]:
