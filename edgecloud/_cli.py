@@ -23,11 +23,13 @@ from edgecloud import __version__
 from edgecloud.cloud import _cli as _cloud_cli
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
+from edgecloud.split import _cli as _split_cli
 
 app = typer.Typer(help="edgecloud: edge-cloud collaborative inference.", no_args_is_help=True)
 device_app = typer.Typer(help="Run models on this device.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 app.add_typer(_cloud_cli.cloud_app, name="cloud")
+app.add_typer(_split_cli.split_app, name="split")
 
 err = Console(stderr=True)
 

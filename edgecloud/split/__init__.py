@@ -11,7 +11,7 @@
   that Triton clients speak.
 * :class:`Cascade` runs a small classifier here and escalates low-margin inputs.
 
-Importing this package loads onnx, numpy and grpc; ``import edgecloud`` does not.
+Importing this package is light: onnx, numpy and grpc load on first use of a name.
 
 Examples:
     >>> from edgecloud.split import SplitModel                          # doctest: +SKIP
@@ -22,21 +22,25 @@ Examples:
 
 from __future__ import annotations
 
-from edgecloud.split._cascade import Cascade, margins
-from edgecloud.split._client import EmulatedLink, SplitClient, TailResult
-from edgecloud.split._codec import EncodedTensor, decode, encode
-from edgecloud.split._cost import (
-    CutCost,
-    CutProfile,
-    LinkEstimate,
-    LinkEstimator,
-    PowerModel,
-    choose_cut,
-    predict,
-)
-from edgecloud.split._model import RunInfo, SplitModel
-from edgecloud.split._partition import Cut, Partitioner, TensorInfo
-from edgecloud.split._server import BackgroundServer, SplitServer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgecloud.split._cascade import Cascade, margins
+    from edgecloud.split._client import EmulatedLink, SplitClient, TailResult
+    from edgecloud.split._codec import EncodedTensor, decode, encode
+    from edgecloud.split._cost import (
+        CutCost,
+        CutProfile,
+        LinkEstimate,
+        LinkEstimator,
+        PowerModel,
+        choose_cut,
+        predict,
+    )
+    from edgecloud.split._model import RunInfo, SplitModel
+    from edgecloud.split._partition import Cut, Partitioner, TensorInfo
+    from edgecloud.split._server import BackgroundServer, SplitServer
 
 __all__ = [
     "BackgroundServer",
@@ -62,3 +66,38 @@ __all__ = [
     "margins",
     "predict",
 ]
+
+_WHERE = {
+    "BackgroundServer": "edgecloud.split._server",
+    "Cascade": "edgecloud.split._cascade",
+    "Cut": "edgecloud.split._partition",
+    "CutCost": "edgecloud.split._cost",
+    "CutProfile": "edgecloud.split._cost",
+    "EmulatedLink": "edgecloud.split._client",
+    "EncodedTensor": "edgecloud.split._codec",
+    "LinkEstimate": "edgecloud.split._cost",
+    "LinkEstimator": "edgecloud.split._cost",
+    "Partitioner": "edgecloud.split._partition",
+    "PowerModel": "edgecloud.split._cost",
+    "RunInfo": "edgecloud.split._model",
+    "SplitClient": "edgecloud.split._client",
+    "SplitModel": "edgecloud.split._model",
+    "SplitServer": "edgecloud.split._server",
+    "TailResult": "edgecloud.split._client",
+    "TensorInfo": "edgecloud.split._partition",
+    "choose_cut": "edgecloud.split._cost",
+    "decode": "edgecloud.split._codec",
+    "encode": "edgecloud.split._codec",
+    "margins": "edgecloud.split._cascade",
+    "predict": "edgecloud.split._cost",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the CLI and `import edgecloud` must not pay for onnx and grpc.
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgecloud.split' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,218 @@
+"""``edgecloud split``: serve tails, profile cuts, run a model split between here and the cloud."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
+
+split_app = typer.Typer(
+    help="Split inference of ONNX models between this device and the cloud.",
+    no_args_is_help=True,
+)
+err = Console(stderr=True)
+
+_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_link(text: str) -> float:
+    """``"10mbit"`` -> 10e6 bits per second (units: bit, kbit, mbit, gbit; suffix 'ps' allowed).
+
+    Raises:
+        InvalidRequestError: not a bandwidth.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmg]?)(?:bit|b)(?:ps|/s)?\s*", text.lower())
+    if m is None or float(m.group(1)) <= 0:
+        raise InvalidRequestError(f"not a link bandwidth: {text!r} (try 1mbit, 10mbit, 100mbit)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _fail(exc: EdgeCloudError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(2 if isinstance(exc, (InvalidRequestError, ConfigError)) else 1)
+
+
+def _model(
+    path: Path, cloud: Optional[str], link: Optional[str], rtt_ms: float, slowdown: float
+) -> object:
+    from edgecloud.config import Settings
+    from edgecloud.split import EmulatedLink, SplitClient, SplitModel
+
+    cfg = Settings.load(None).split
+    client = None
+    if cloud:
+        emulated = EmulatedLink(parse_link(link), rtt_ms / 1e3) if link else None
+        client = SplitClient(
+            cloud,
+            link=emulated,
+            chunk_bytes=cfg.chunk_bytes,
+            max_activation_bytes=cfg.max_activation_bytes,
+        )
+    return SplitModel(
+        path,
+        client,
+        objective=cfg.objective,
+        encoding=cfg.encoding,
+        compression=cfg.compression,
+        device_slowdown=max(slowdown, cfg.device_slowdown),
+        link_alpha=cfg.link_alpha,
+    )
+
+
+CloudOpt = Annotated[Optional[str], typer.Option(help="host:port of the split service.")]
+LinkOpt = Annotated[
+    Optional[str], typer.Option(help="Emulate a link of this bandwidth (e.g. 10mbit).")
+]
+RttOpt = Annotated[float, typer.Option(help="RTT of the emulated link, in ms.")]
+SlowOpt = Annotated[float, typer.Option(help="Emulate a device this many times slower.")]
+
+
+@split_app.command("serve")
+def serve(
+    model: Annotated[list[str], typer.Option(help="NAME=PATH of an ONNX model (repeatable).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50061,
+) -> None:
+    """Serve tails (edgecloud.v1.SplitService) and KServe v2 inference for ONNX models."""
+    from edgecloud.config import Settings
+    from edgecloud.split import SplitServer
+
+    models = {}
+    for spec in model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise _fail(InvalidRequestError(f"--model wants NAME=PATH, got {spec!r}"))
+        models[name] = Path(path)
+    cfg = Settings.load(None).split
+
+    async def main() -> None:
+        server = await SplitServer.start(
+            models,
+            host=host,
+            port=port,
+            max_activation_bytes=cfg.max_activation_bytes,
+            chunk_bytes=cfg.chunk_bytes,
+        )
+        print(f"listening on {host}:{server.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(2.0)
+
+    try:
+        asyncio.run(main())
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+
+
+@split_app.command("profile")
+def profile(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    device: Annotated[str, typer.Option(help="Where heads run: 'local' (this host).")] = "local",
+    cloud: CloudOpt = None,
+    link: LinkOpt = None,
+    rtt_ms: RttOpt = 20.0,
+    device_slowdown: SlowOpt = 1.0,
+    repeats: Annotated[int, typer.Option(min=1, max=100, help="Timed runs per cut.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per-cut latency table: device head, cloud tail, bytes, predicted end-to-end latency."""
+    from edgecloud.split import SplitModel
+
+    if device != "local":
+        raise _fail(InvalidRequestError("only --device local is supported"))
+    try:
+        sm = _model(model, cloud, link, rtt_ms, device_slowdown)
+        assert isinstance(sm, SplitModel)
+        with sm:
+            sm.profile(repeats=repeats)
+            best, costs = sm.choose()
+            est = sm.link.estimate
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    rows = [
+        {
+            "index": c.profile.cut.index,
+            "cut": c.profile.cut.name,
+            "head_ms": c.profile.head_s * 1e3,
+            "tail_ms": c.profile.tail_s * 1e3,
+            "up_bytes": c.profile.up_bytes,
+            "predicted_ms": c.latency_s * 1e3,
+            "energy_mj": c.energy_j * 1e3,
+        }
+        for c in costs
+        if cloud or c.profile.local
+    ]
+    if as_json:
+        print(json.dumps({"rtt_ms": est.rtt_s * 1e3, "bandwidth_Bps": est.bandwidth_Bps,
+                          "chosen": best.profile.cut.name, "cuts": rows}, indent=2))  # fmt: skip
+        return
+    table = Table(title=f"{model.name}: link RTT {est.rtt_s * 1e3:.1f} ms, "
+                  f"{est.bandwidth_Bps * 8 / 1e6:.2f} Mbit/s")  # fmt: skip
+    for col in ("#", "cut", "head ms", "tail ms", "bytes up", "predicted ms"):
+        table.add_column(col, justify="left" if col == "cut" else "right")
+    for r in rows:
+        mark = " *" if r["cut"] == best.profile.cut.name else ""
+        table.add_row(
+            str(r["index"]), f"{r['cut']}{mark}", f"{r['head_ms']:.2f}", f"{r['tail_ms']:.2f}",
+            str(r["up_bytes"]), f"{r['predicted_ms']:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@split_app.command("run")
+def run(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    input: Annotated[Path, typer.Option("--input", help=".npy file for the graph's input.")],
+    cloud: CloudOpt = None,
+    link: LinkOpt = None,
+    rtt_ms: RttOpt = 20.0,
+    device_slowdown: SlowOpt = 1.0,
+    output: Annotated[Optional[Path], typer.Option(help="Write the outputs to this .npz.")] = None,
+) -> None:
+    """Choose the cut, run the head here and the tail in the cloud; print a JSON summary."""
+    import numpy as np
+
+    from edgecloud.split import SplitModel
+
+    try:
+        sm = _model(model, cloud, link, rtt_ms, device_slowdown)
+        assert isinstance(sm, SplitModel)
+        with sm:
+            try:
+                frame = np.load(input, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InvalidRequestError(f"cannot read {input} as .npy: {exc}") from exc
+            if len(sm.partitioner.inputs) != 1:
+                raise InvalidRequestError("run takes one --input; this graph has several inputs")
+            feeds = {sm.partitioner.inputs[0]: frame}
+            outputs = sm.run(feeds)
+            last = sm.last
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    assert last is not None
+    if output is not None:
+        np.savez(output, **outputs)  # type: ignore[arg-type]
+    summary = {
+        "cut": last.cut.name,
+        "cut_index": last.cut.index,
+        "predicted_ms": last.predicted_s * 1e3,
+        "latency_ms": last.latency_s * 1e3,
+        "fallback": last.fallback,
+        "outputs": {
+            k: {"shape": list(v.shape), "argmax": int(np.argmax(v))} for k, v in outputs.items()
+        },
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
