@@ -49,20 +49,24 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "chat", "sampling", "adapter_id", "request_id", "deadline_unix_ms")
+    __slots__ = ("prompt", "chat", "sampling", "adapter_id", "request_id", "deadline_unix_ms", "assistant_prefix", "skip_knowledge")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ASSISTANT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SKIP_KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
     adapter_id: str
     request_id: str
     deadline_unix_ms: int
-    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ...) -> None: ...
+    assistant_prefix: str
+    skip_knowledge: bool
+    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., assistant_prefix: _Optional[str] = ..., skip_knowledge: _Optional[bool] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("text", "token_id", "logprob", "entropy", "index")
@@ -86,13 +90,25 @@ class Usage(_message.Message):
     completion_tokens: int
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
+class Passage(_message.Message):
+    __slots__ = ("text", "source", "score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    source: str
+    score: float
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
 class Finish(_message.Message):
-    __slots__ = ("reason", "usage")
+    __slots__ = ("reason", "usage", "passages")
     REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
     reason: FinishReason
     usage: Usage
-    def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    passages: _containers.RepeatedCompositeFieldContainer[Passage]
+    def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[Passage, _Mapping]]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("token", "finish")
@@ -135,3 +151,33 @@ class ServiceInfo(_message.Message):
     dtype: str
     load: Load
     def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., adapters: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
+
+class EscalationRecord(_message.Message):
+    __slots__ = ("id", "created_at_unix_ms", "prompt", "local_partial", "cloud_answer", "route_policy", "route_reason", "signals_json", "latency_ms", "extra_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_JSON_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    created_at_unix_ms: int
+    prompt: str
+    local_partial: str
+    cloud_answer: str
+    route_policy: str
+    route_reason: str
+    signals_json: str
+    latency_ms: float
+    extra_json: str
+    def __init__(self, id: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., prompt: _Optional[str] = ..., local_partial: _Optional[str] = ..., cloud_answer: _Optional[str] = ..., route_policy: _Optional[str] = ..., route_reason: _Optional[str] = ..., signals_json: _Optional[str] = ..., latency_ms: _Optional[float] = ..., extra_json: _Optional[str] = ...) -> None: ...
+
+class UploadAck(_message.Message):
+    __slots__ = ("stored_ids",)
+    STORED_IDS_FIELD_NUMBER: _ClassVar[int]
+    stored_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stored_ids: _Optional[_Iterable[str]] = ...) -> None: ...

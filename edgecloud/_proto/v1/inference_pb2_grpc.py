@@ -46,6 +46,11 @@ class InferenceServiceStub:
                 request_serializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfoRequest.SerializeToString,
                 response_deserializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfo.FromString,
                 _registered_method=True)
+        self.UploadEscalations = channel.stream_unary(
+                '/edgecloud.v1.InferenceService/UploadEscalations',
+                request_serializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.EscalationRecord.SerializeToString,
+                response_deserializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.UploadAck.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -67,6 +72,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadEscalations(self, request_iterator, context):
+        """Stores the device's escalation records (idempotent by id). The ack lists every
+        id received and durably stored, including ids that were stored before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetServiceInfo,
                     request_deserializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfoRequest.FromString,
                     response_serializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfo.SerializeToString,
+            ),
+            'UploadEscalations': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadEscalations,
+                    request_deserializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.EscalationRecord.FromString,
+                    response_serializer=edgecloud_dot___proto_dot_v1_dot_inference__pb2.UploadAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class InferenceService:
             '/edgecloud.v1.InferenceService/GetServiceInfo',
             edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfoRequest.SerializeToString,
             edgecloud_dot___proto_dot_v1_dot_inference__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadEscalations(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgecloud.v1.InferenceService/UploadEscalations',
+            edgecloud_dot___proto_dot_v1_dot_inference__pb2.EscalationRecord.SerializeToString,
+            edgecloud_dot___proto_dot_v1_dot_inference__pb2.UploadAck.FromString,
             options,
             channel_credentials,
             insecure,
