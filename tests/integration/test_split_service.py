@@ -106,9 +106,11 @@ def test_unknown_model_is_not_found(server: BackgroundServer, frame: np.ndarray)
 def test_a_cut_that_does_not_separate_or_does_not_exist(
     server: BackgroundServer, frame: np.ndarray
 ) -> None:
-    with SplitClient(server.address) as client:
-        with pytest.raises(InvalidRequestError, match="no tensor named 'bogus'"):
-            client.run_tail("digits_cnn", ["bogus"], {"bogus": frame})
+    with (
+        SplitClient(server.address) as client,
+        pytest.raises(InvalidRequestError, match="no tensor named 'bogus'"),
+    ):
+        client.run_tail("digits_cnn", ["bogus"], {"bogus": frame})
 
 
 def test_shape_and_dtype_mismatch_at_the_cut(server: BackgroundServer) -> None:
@@ -131,9 +133,11 @@ def test_shape_and_dtype_mismatch_at_the_cut(server: BackgroundServer) -> None:
 def test_model_file_that_differs_from_the_clouds(
     server: BackgroundServer, frame: np.ndarray
 ) -> None:
-    with SplitClient(server.address) as client:
-        with pytest.raises(InvalidRequestError, match="differs from the device's copy"):
-            client.run_tail("digits_cnn", ["input"], {"input": frame}, model_sha256="0" * 64)
+    with (
+        SplitClient(server.address) as client,
+        pytest.raises(InvalidRequestError, match="differs from the device's copy"),
+    ):
+        client.run_tail("digits_cnn", ["input"], {"input": frame}, model_sha256="0" * 64)
 
 
 def _raw_call(server: BackgroundServer, messages: list[Any]) -> grpc.RpcError:
