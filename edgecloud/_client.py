@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from edgecloud._bridge import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.config import Settings, format_validation_error
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import (
@@ -23,6 +25,7 @@ from edgecloud.types import (
     Finish,
     GenerationResult,
     Prompt,
+    ResultSource,
     SamplingParams,
     Source,
     Timings,
@@ -30,6 +33,7 @@ from edgecloud.types import (
 )
 
 if TYPE_CHECKING:
+    from edgecloud.device._hybrid import CancelScope, HybridEngine
     from edgecloud.device._models import ProgressCallback
     from edgecloud.device.backends import TextBackend
 
@@ -124,7 +128,13 @@ class ResultBuilder:
             total_s=now - self._started,
             decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else nan,
         )
-        source: Source = "cloud" if self._sources == {"cloud"} else "local"
+        source: ResultSource = (
+            "mixed"
+            if len(self._sources) > 1
+            else "cloud"
+            if self._sources == {"cloud"}
+            else "local"
+        )
         return GenerationResult(
             text="".join(self._texts),
             finish_reason=end.reason,
@@ -133,15 +143,31 @@ class ResultBuilder:
             source=source,
             timings=timings,
             model=self._model,
+            route=end.route,
         )
+
+
+class _Cancel(Protocol):
+    def set(self) -> None: ...
 
 
 class _BaseClient:
     """Request building shared by the sync and async clients."""
 
-    def __init__(self, backend: TextBackend, *, defaults: SamplingParams | None = None) -> None:
+    def __init__(
+        self,
+        backend: TextBackend,
+        *,
+        defaults: SamplingParams | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self._backend = backend
         self._defaults = defaults or SamplingParams()
+        # With cloud endpoints configured, requests go through the hybrid engine.
+        self._settings = (
+            settings if settings is not None and settings.device.cloud.endpoints else None
+        )
+        self._engine: HybridEngine | None = None
 
     @property
     def backend(self) -> TextBackend:
@@ -163,6 +189,26 @@ class _BaseClient:
         events = self._backend.stream(normalize_prompt(prompt), self._params(overrides), cancel)
         return events, ResultBuilder(self._backend.info.model, started)
 
+    def _start_hybrid(
+        self, engine: HybridEngine, prompt: Prompt | bytes, overrides: Mapping[str, Any],
+        route: str | None,
+    ) -> tuple[AsyncIterator[Chunk | Finish], ResultBuilder, CancelScope]:  # fmt: skip
+        from edgecloud.device._hybrid import CancelScope
+
+        if route not in (None, "local", "cloud"):
+            raise InvalidRequestError(f"route must be 'local', 'cloud' or None, not {route!r}")
+        started = time.perf_counter()
+        scope = CancelScope()
+        params = self._params(overrides)
+        agen = engine.stream(normalize_prompt(prompt), params, route=route, cancel=scope)  # type: ignore[arg-type]
+        return agen, ResultBuilder(self._backend.info.model, started), scope
+
+    def _check_route(self, route: str | None) -> None:
+        if route == "cloud" and self._settings is None:
+            raise InvalidRequestError(
+                "route='cloud' needs cloud endpoints in device.cloud.endpoints"
+            )
+
     @staticmethod
     def _load_local(
         model: str | Path | None,
@@ -177,6 +223,14 @@ class _BaseClient:
             settings.device.generation
         )
 
+    async def _engine_close(self) -> None:
+        engine = self._engine
+        if engine is not None:
+            if engine.pool is not None:
+                await engine.pool.close()
+            if engine.log is not None:
+                engine.log.close()
+
 
 class Stream:
     """A running generation: iterate for :class:`Chunk` objects.
@@ -187,7 +241,7 @@ class Stream:
     """
 
     def __init__(
-        self, events: Iterator[Chunk | Finish], builder: ResultBuilder, cancel: threading.Event
+        self, events: Iterator[Chunk | Finish], builder: ResultBuilder, cancel: _Cancel
     ) -> None:
         self._events = events
         self._builder = builder
@@ -270,12 +324,43 @@ class Client(_BaseClient):
                 such as ``n_ctx=4096`` or ``n_threads=2``.
         """
         backend, defaults = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=defaults)
+        return cls(backend, defaults=defaults, settings=settings)
 
     @classmethod
-    def from_config(cls, path: str | Path) -> Client:
-        """A client built from a TOML settings file (plus ``EDGECLOUD_*`` variables)."""
-        return cls.local(settings=Settings.load(path))
+    def from_config(cls, path: str | Path, *, progress: ProgressCallback | None = None) -> Client:
+        """A client built from a TOML settings file (plus ``EDGECLOUD_*`` variables):
+        the local model, and, when ``device.cloud.endpoints`` lists any, the cloud
+        endpoints, routing policies and escalation log."""
+        return cls.local(settings=Settings.load(path), progress=progress)
+
+    def __init__(
+        self,
+        backend: TextBackend,
+        *,
+        defaults: SamplingParams | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        super().__init__(backend, defaults=defaults, settings=settings)
+        self._runner: LoopThread | None = None
+        self._upkeep: concurrent.futures.Future[None] | None = None
+        if self._settings is not None:
+            from edgecloud.device._factory import build_engine, maintain
+
+            runner = self._runner = LoopThread()
+            hybrid_settings = self._settings
+
+            async def start() -> HybridEngine:
+                return build_engine(backend, hybrid_settings)
+
+            self._engine = runner.run(start())
+            self._upkeep = asyncio.run_coroutine_threadsafe(
+                maintain(self._engine, hybrid_settings), runner.loop
+            )
+
+    @property
+    def engine(self) -> HybridEngine | None:
+        """The hybrid engine, when cloud endpoints are configured."""
+        return self._engine
 
     def stream(
         self,
@@ -287,6 +372,7 @@ class Client(_BaseClient):
         top_k: int | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        route: str | None = None,
     ) -> Stream:
         """Start generating; returns a :class:`Stream` of chunks.
 
@@ -295,16 +381,28 @@ class Client(_BaseClient):
                 model's chat template).
             max_tokens, temperature, top_p, top_k, seed, stop: override the
                 configured :class:`~edgecloud.types.SamplingParams`.
+            route: ``"local"`` or ``"cloud"`` to force where the answer comes from;
+                None lets the routing policies decide (needs cloud endpoints).
 
         Raises:
             InvalidRequestError: bad prompt or parameter.
             ContextOverflowError: the prompt does not fit in the model context.
         """
-        cancel = threading.Event()
+        self._check_route(route)
         overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+        if self._engine is not None and self._runner is not None:
+            agen, builder, scope = self._start_hybrid(self._engine, prompt, overrides, route)
+            return Stream(iterate_async(agen, self._runner), builder, scope)
+        cancel = threading.Event()
         events, builder = self._start(prompt, overrides, cancel)
         return Stream(events, builder, cancel)
+
+    def upload_pending(self) -> int:
+        """Upload waiting escalation records now; returns how many the cloud acknowledged."""
+        if self._engine is None or self._runner is None:
+            return 0
+        return self._runner.run(self._engine.upload_pending())
 
     def generate(self, prompt: Prompt | bytes, **params: Any) -> GenerationResult:
         """Generate a whole answer; same arguments as :meth:`stream`."""
@@ -315,6 +413,12 @@ class Client(_BaseClient):
         return stream.result
 
     def close(self) -> None:
+        if self._runner is not None:
+            if self._upkeep is not None:
+                self._upkeep.cancel()
+            self._runner.run(self._engine_close())
+            self._runner.close()
+            self._runner = None
         self._backend.close()
 
     def __enter__(self) -> Client:
@@ -329,34 +433,6 @@ class Client(_BaseClient):
         self.close()
 
 
-_DONE = object()
-
-
-def _pump(
-    events: Iterator[Chunk | Finish],
-    loop: asyncio.AbstractEventLoop,
-    queue: asyncio.Queue[object],
-    cancel: threading.Event,
-) -> None:
-    """Worker thread: run the blocking backend iterator, hand each event to the loop."""
-
-    def put(item: object) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-            return True
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-
-    try:
-        for event in events:
-            if not put(event):
-                cancel.set()  # run the backend to its end so it frees the model
-    except BaseException as exc:  # noqa: BLE001 - handed to the consuming task
-        put(exc)
-    finally:
-        put(_DONE)
-
-
 class AsyncStream:
     """The async twin of :class:`Stream`: ``async for chunk in stream``.
 
@@ -366,7 +442,10 @@ class AsyncStream:
     """
 
     def __init__(
-        self, events: Iterator[Chunk | Finish], builder: ResultBuilder, cancel: threading.Event
+        self,
+        events: Iterator[Chunk | Finish] | AsyncIterator[Chunk | Finish],
+        builder: ResultBuilder,
+        cancel: _Cancel,
     ) -> None:
         self._events = events
         self._builder = builder
@@ -382,24 +461,35 @@ class AsyncStream:
     def __aiter__(self) -> AsyncStream:
         return self
 
-    async def __anext__(self) -> Chunk:
-        if self._finished:
-            raise StopAsyncIteration
+    async def _next_event(self) -> object:
+        if isinstance(self._events, AsyncIterator):  # the hybrid engine: already async
+            try:
+                return await self._events.__anext__()
+            except StopAsyncIteration:
+                return DONE
+            except asyncio.CancelledError:
+                self._cancel.set()
+                raise
         if self._queue is None:
             self._queue = asyncio.Queue()
             loop = asyncio.get_running_loop()
             self._worker = threading.Thread(
-                target=_pump, args=(self._events, loop, self._queue, self._cancel),
+                target=pump_events, args=(self._events, loop, self._queue, self._cancel),
                 name="edgecloud-generate", daemon=True,
             )  # fmt: skip
             self._worker.start()
         try:
-            item = await self._queue.get()
+            return await self._queue.get()
         except asyncio.CancelledError:
             self._cancel.set()
             raise
+
+    async def __anext__(self) -> Chunk:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._next_event()
         now = time.perf_counter()
-        if item is _DONE:
+        if item is DONE:
             self._finished = True
             raise StopAsyncIteration
         if isinstance(item, BaseException):
@@ -417,6 +507,15 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         self._cancel.set()
+        if isinstance(self._events, AsyncIterator):
+            aclose = getattr(self._events, "aclose", None)
+            if self.result is None and not self._finished:
+                async for _ in self:
+                    pass
+            if aclose is not None:
+                await aclose()
+            self._finished = True
+            return
         if self._queue is None:  # never started: close the generator here
             close = getattr(self._events, "close", None)
             if close is not None:
@@ -465,11 +564,25 @@ class AsyncClient(_BaseClient):
         the default model): call it before the loop starts, or through
         ``await asyncio.to_thread(AsyncClient.local)``."""
         backend, defaults = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=defaults)
+        return cls(backend, defaults=defaults, settings=settings)
 
     @classmethod
     def from_config(cls, path: str | Path) -> AsyncClient:
+        """See :meth:`Client.from_config`; the cloud side starts on first use, in the
+        running loop."""
         return cls.local(settings=Settings.load(path))
+
+    def _hybrid(self) -> HybridEngine | None:
+        if self._settings is None:
+            return None
+        if self._engine is None:
+            from edgecloud.device._factory import build_engine, maintain
+
+            self._engine = build_engine(self._backend, self._settings)
+            self._upkeep_task = asyncio.get_running_loop().create_task(
+                maintain(self._engine, self._settings)
+            )
+        return self._engine
 
     def stream(
         self,
@@ -481,11 +594,17 @@ class AsyncClient(_BaseClient):
         top_k: int | None = None,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        route: str | None = None,
     ) -> AsyncStream:
-        """Start generating; see :meth:`Client.stream`. Validation errors raise here."""
-        cancel = threading.Event()
+        """Start generating; see :meth:`Client.stream`. Call it inside the running loop."""
+        self._check_route(route)
         overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+        engine = self._hybrid()
+        if engine is not None:
+            agen, builder, scope = self._start_hybrid(engine, prompt, overrides, route)
+            return AsyncStream(agen, builder, scope)
+        cancel = threading.Event()
         events, builder = self._start(prompt, overrides, cancel)
         return AsyncStream(events, builder, cancel)
 
@@ -497,6 +616,10 @@ class AsyncClient(_BaseClient):
         return stream.result
 
     async def aclose(self) -> None:
+        task = getattr(self, "_upkeep_task", None)
+        if task is not None:
+            task.cancel()
+        await self._engine_close()
         await asyncio.to_thread(self._backend.close)
 
     async def __aenter__(self) -> AsyncClient:

@@ -46,10 +46,16 @@ from edgecloud.types import SamplingParams
 __all__ = [
     "CloudAuthConfig",
     "CloudConfig",
+    "CloudKnowledgeConfig",
     "CloudModelConfig",
+    "CloudRecordsConfig",
     "CloudTlsConfig",
+    "DeviceCloudConfig",
     "DeviceConfig",
+    "EndpointConfig",
+    "EscalationLogConfig",
     "LocalModelConfig",
+    "RouterConfig",
     "Settings",
     "SplitConfig",
     "SplitPowerConfig",
@@ -100,6 +106,93 @@ class LocalModelConfig(BaseModel):
     )
 
 
+class EndpointConfig(BaseModel):
+    """One cloud inference service the device may escalate to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(min_length=3, description="host:port of the cloud service.")
+    token: str | None = Field(
+        None, min_length=8, description="This device's bearer token (prefer token_file)."
+    )
+    token_file: Path | None = Field(None, description="File holding the bearer token.")
+    tls: bool = Field(True, description="Use TLS; False is accepted for loopback targets only.")
+    root_certificates: Path | None = Field(None, description="PEM CA bundle to trust.")
+    client_cert: Path | None = Field(None, description="PEM certificate for mTLS.")
+    client_key: Path | None = Field(None, description="PEM private key for mTLS.")
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+class DeviceCloudConfig(BaseModel):
+    """Where and how the device escalates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, max_length=16, description="In order of preference; empty = offline."
+    )
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline of one cloud stream.")
+    first_token_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Give up on an endpoint that sends no token by then."
+    )
+    health_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between health probes of the endpoints."
+    )
+    breaker_failures: int = Field(3, ge=1, le=100, description="Failures that open a breaker.")
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds before an open breaker lets a trial through."
+    )
+
+
+class RouterConfig(BaseModel):
+    """Escalation policy settings (see edgecloud.router)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(8, ge=1, le=512, description="Tokens in the confidence window.")
+    min_mean_logprob: float = Field(
+        -1.5, le=0, description="Hand off when the window's mean logprob falls below this."
+    )
+    max_mean_entropy: float = Field(
+        float("inf"), gt=0, description="Hand off when the window's mean entropy exceeds this."
+    )
+    min_tokens: int = Field(
+        4, ge=1, le=4096, description="Local tokens before a hand-off may fire."
+    )
+    max_local_tokens: int | None = Field(
+        None, ge=1, description="No hand-off after this many local tokens."
+    )
+    learned_path: Path | None = Field(
+        None, description="A LearnedRouter JSON; enables pre-generation prediction."
+    )
+    learned_threshold: float = Field(
+        0.5, ge=0, le=1, description="Escalate before generating when p(poor) >= this."
+    )
+    privacy_patterns: dict[str, str] | None = Field(
+        None, description="name -> regex of personal data kept local; None = built-in set."
+    )
+    budget_tokens_per_hour: int = Field(0, ge=0, description="Cloud tokens per hour; 0 = no cap.")
+    budget_tokens_per_day: int = Field(0, ge=0, description="Cloud tokens per day; 0 = no cap.")
+
+
+class EscalationLogConfig(BaseModel):
+    """The device's store-and-forward log of escalations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Record escalations.")
+    path: Path | None = Field(None, description="SQLite file; default <cache_dir>/escalations.db.")
+    max_records: int = Field(10_000, ge=1, le=10_000_000, description="Oldest evicted beyond this.")
+    upload_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="Seconds between upload attempts."
+    )
+    upload_batch: int = Field(100, ge=1, le=10_000, description="Records per upload call.")
+
+
 class DeviceConfig(BaseModel):
     """Everything the device runtime needs."""
 
@@ -109,6 +202,9 @@ class DeviceConfig(BaseModel):
     generation: SamplingParams = Field(
         default_factory=SamplingParams, description="Defaults for each request."
     )
+    cloud: DeviceCloudConfig = Field(default_factory=DeviceCloudConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
 
 
 class CloudModelConfig(BaseModel):
@@ -142,6 +238,30 @@ class CloudModelConfig(BaseModel):
         default_factory=dict,
         description="LoRA adapters (peft directories) loaded at start, by adapter id.",
     )
+    prompt_format: str = Field(
+        "Context: {context}\n\n{prompt}",
+        min_length=1,
+        max_length=4096,
+        description=(
+            "How retrieved knowledge is put into a prompt: a template with {context} (the "
+            "passages, one per line) and {prompt} (the request's prompt or rendered chat). "
+            "The default suits the embedded base model's few-shot Q/A prompts."
+        ),
+    )
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _format_has_fields(cls, value: str) -> str:
+        for name in ("{context}", "{prompt}"):
+            if name not in value:
+                raise ValueError(f"must contain {name}")
+        try:
+            value.format(context="", prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"not a valid template ({exc}); write literal braces as {{{{ }}}}"
+            ) from exc
+        return value
 
 
 class CloudTlsConfig(BaseModel):
@@ -181,6 +301,40 @@ class CloudAuthConfig(BaseModel):
         return value
 
 
+class CloudKnowledgeConfig(BaseModel):
+    """Retrieval over the organization's documents, put into each prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Use the knowledge base when `directory` is set.")
+    directory: Path | None = Field(
+        None, description="Documents (*.md, *.txt, searched recursively); None: no knowledge."
+    )
+    index_dir: Path | None = Field(
+        None, description="Where the index is kept; None: <directory>/.edgecloud-index."
+    )
+    top_k: int = Field(2, ge=1, le=64, description="Passages put into each prompt, at most.")
+    min_score: float = Field(
+        0.3, ge=-1.0, le=10.0, description="Passages scoring below this are left out."
+    )
+
+
+class CloudRecordsConfig(BaseModel):
+    """Where uploaded escalation records are stored (SQLite, WAL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(
+        None, description="SQLite database; None: <cache_dir>/cloud/escalations.sqlite3."
+    )
+    max_record_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=64 << 20,
+        description="Largest serialized record accepted; bigger ones fail the upload.",
+    )
+
+
 class CloudConfig(BaseModel):
     """The cloud inference service (`edgecloud cloud serve`)."""
 
@@ -195,6 +349,8 @@ class CloudConfig(BaseModel):
     model: CloudModelConfig = Field(default_factory=CloudModelConfig)
     tls: CloudTlsConfig = Field(default_factory=CloudTlsConfig)
     auth: CloudAuthConfig = Field(default_factory=CloudAuthConfig)
+    knowledge: CloudKnowledgeConfig = Field(default_factory=CloudKnowledgeConfig)
+    records: CloudRecordsConfig = Field(default_factory=CloudRecordsConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

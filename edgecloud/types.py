@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +24,8 @@ __all__ = [
     "GenerationResult",
     "Passage",
     "Prompt",
+    "ResultSource",
+    "RouteInfo",
     "SamplingParams",
     "Source",
     "Timings",
@@ -32,6 +34,9 @@ __all__ = [
 
 Source: TypeAlias = Literal["local", "cloud"]
 """Where a token was produced."""
+
+ResultSource: TypeAlias = Literal["local", "cloud", "mixed"]
+"""Where a whole answer came from; ``mixed`` when part is local and part cloud."""
 
 FinishReason: TypeAlias = Literal["stop", "length", "cancelled"]
 """``stop``: end-of-sequence token or a stop sequence; ``length``: ``max_tokens``
@@ -115,6 +120,26 @@ class Passage:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """Why an answer came from where it did."""
+
+    policy: str
+    """The policy that decided: ``forced``, ``privacy``, ``connectivity``, ``budget``,
+    ``context``, ``learned``, ``confidence-window`` (mid-answer hand-off) or ``default``."""
+    reason: str
+    signals: Mapping[str, float | int | str | bool] = field(default_factory=dict)
+    escalated: bool = False
+    """Whether any part of the answer was asked of the cloud."""
+    local_tokens_before_handoff: int = 0
+    endpoint: str | None = None
+    fallback: str | None = None
+    """Set when the cloud failed and the device finished the answer itself: why."""
+    private: bool = False
+    passages: tuple[Passage, ...] = ()
+    """Knowledge passages the cloud grounded its part on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """End-of-stream marker a backend yields after its last :class:`Chunk`."""
 
@@ -123,6 +148,8 @@ class Finish:
     completion_tokens: int
     passages: tuple[Passage, ...] = ()
     """Knowledge passages the answer was grounded on (cloud only)."""
+    route: RouteInfo | None = None
+    """Set by the hybrid engine: how the answer was routed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +200,11 @@ class GenerationResult:
     finish_reason: FinishReason
     usage: Usage
     confidence: Confidence
-    source: Source
+    source: ResultSource
     timings: Timings
     model: str
+    route: RouteInfo | None = None
+    """How the answer was routed (None for a purely local client)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

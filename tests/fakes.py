@@ -26,6 +26,7 @@ class ScriptedBackend(TextBackend):
         self.step = step  # when set, each token waits for the test to release it
         self.delay = delay  # seconds per token, to look like a real model
         self.finishes: list[FinishReason] = []
+        self.prefixes: list[str] = []
         self.seen: list[tuple[str | Sequence[ChatMessage], SamplingParams]] = []
         self._lock = FifoLock()
         self.closed = False
@@ -38,15 +39,22 @@ class ScriptedBackend(TextBackend):
     def n_ctx(self) -> int:
         return 128
 
+    def count_tokens(self, prompt: str | Sequence[ChatMessage]) -> int:
+        text = prompt if isinstance(prompt, str) else " ".join(m.content for m in prompt)
+        return len(text.split())
+
     def stream(
         self,
         prompt: str | Sequence[ChatMessage],
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        *,
+        prefix: str = "",
     ) -> Iterator[Chunk | Finish]:
         if self.closed:
             raise BackendClosedError("closed")
         self.seen.append((prompt, params))
+        self.prefixes.append(prefix)
         return self._run(params, cancel or threading.Event())
 
     def _run(self, params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk | Finish]:

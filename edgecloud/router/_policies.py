@@ -61,7 +61,8 @@ class Decision:
 
 
 class Policy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def decide(self, s: RequestSignals) -> Decision | None: ...
 

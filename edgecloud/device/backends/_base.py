@@ -61,13 +61,23 @@ class TextBackend(LocalBackend):
         """Context window in tokens."""
 
     @abstractmethod
+    def count_tokens(self, prompt: str | Sequence[ChatMessage]) -> int:
+        """Tokens the prompt takes in the context, after the chat template."""
+
+    @abstractmethod
     def stream(
         self,
         prompt: str | Sequence[ChatMessage],
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        *,
+        prefix: str = "",
     ) -> Iterator[Chunk | Finish]:
         """Validate the request now, then return an iterator of chunks ending in one ``Finish``.
+
+        ``prefix`` is text the answer already starts with (for example what the cloud
+        wrote before it failed): the model continues after it, and it is not repeated
+        in the chunks.
 
         Raises (eagerly, before any token):
             ContextOverflowError: the prompt does not fit in the context.

@@ -239,18 +239,28 @@ class LlamaCppBackend(TextBackend):
             return RenderedPrompt(prompt, (), special=False)
         return self._formatter.render(prompt)
 
+    def _prompt_tokens(
+        self, prompt: str | Sequence[ChatMessage], prefix: str = ""
+    ) -> tuple[list[int], RenderedPrompt]:
+        self._check_open()
+        rendered = self.render(prompt)
+        bos = self._bos_text
+        add_bos = not (rendered.special and bos and rendered.text.startswith(bos))
+        tokens = self.tokenize(rendered.text + prefix, add_bos=add_bos, special=rendered.special)
+        return tokens, rendered
+
+    def count_tokens(self, prompt: str | Sequence[ChatMessage]) -> int:
+        return len(self._prompt_tokens(prompt)[0])
+
     def stream(
         self,
         prompt: str | Sequence[ChatMessage],
         params: SamplingParams,
         cancel: threading.Event | None = None,
+        *,
+        prefix: str = "",
     ) -> Iterator[Chunk | Finish]:
-        self._check_open()
-        rendered = self.render(prompt)
-        add_bos = not (
-            rendered.special and self._bos_text and rendered.text.startswith(self._bos_text)
-        )
-        tokens = self.tokenize(rendered.text, add_bos=add_bos, special=rendered.special)
+        tokens, rendered = self._prompt_tokens(prompt, prefix)
         if not tokens:
             raise InvalidRequestError("the prompt is empty after tokenization")
         if len(tokens) >= self._n_ctx:

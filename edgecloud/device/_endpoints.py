@@ -1,0 +1,111 @@
+"""Cloud endpoints as the device sees them: health, circuit breakers, failover order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edgecloud.transport import CloudClient
+
+__all__ = ["CircuitBreaker", "Endpoint", "EndpointPool"]
+
+log = logging.getLogger("edgecloud.device.endpoints")
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+@dataclass
+class CircuitBreaker:
+    """Stops calling an endpoint after ``failures`` failures in a row; after
+    ``cooldown_s`` one trial call is let through (half-open), and its outcome
+    closes or re-opens the breaker. Pure: the caller passes the time."""
+
+    failures: int = 3
+    cooldown_s: float = 30.0
+    _count: int = 0
+    _opened_at: float | None = None
+    _trial: bool = False
+
+    def state(self, now: float) -> BreakerState:
+        if self._opened_at is None:
+            return "closed"
+        return "half-open" if now - self._opened_at >= self.cooldown_s else "open"
+
+    def allow(self, now: float) -> bool:
+        """Whether a call may go out now (claims the single half-open trial)."""
+        s = self.state(now)
+        if s == "closed":
+            return True
+        if s == "half-open" and not self._trial:
+            self._trial = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._count = 0
+        self._opened_at = None
+        self._trial = False
+
+    def record_failure(self, now: float) -> None:
+        self._count += 1
+        self._trial = False
+        if self._opened_at is not None or self._count >= self.failures:
+            self._opened_at = now
+
+
+class Endpoint:
+    """One cloud service: its client, breaker and last health probe."""
+
+    def __init__(self, client: CloudClient, breaker: CircuitBreaker) -> None:
+        self.client = client
+        self.breaker = breaker
+        self.healthy: bool | None = None  # None: not probed yet
+
+    @property
+    def target(self) -> str:
+        return self.client.target
+
+
+class EndpointPool:
+    """Several cloud endpoints in order of preference.
+
+    ``available()`` lists those worth trying now: breaker not open and last health
+    probe not failed. ``probe()`` runs the standard gRPC health check on each.
+    """
+
+    def __init__(self, endpoints: Sequence[Endpoint], *, health_timeout_s: float = 2.0) -> None:
+        self.endpoints = list(endpoints)
+        self._health_timeout = health_timeout_s
+
+    def available(self, now: float | None = None) -> list[Endpoint]:
+        now = time.monotonic() if now is None else now
+        return [
+            e for e in self.endpoints if e.healthy is not False and e.breaker.state(now) != "open"
+        ]
+
+    async def probe(self) -> int:
+        """Health-check every endpoint; returns how many are serving."""
+        from edgecloud.errors import EdgeCloudError
+
+        async def one(e: Endpoint) -> None:
+            try:
+                e.healthy = await e.client.health(timeout_s=self._health_timeout)
+            except EdgeCloudError as exc:
+                log.info("cloud endpoint %s unhealthy: %s", e.target, exc)
+                e.healthy = False
+            now = time.monotonic()
+            if e.healthy:
+                e.breaker.record_success()
+            else:
+                e.breaker.record_failure(now)
+
+        await asyncio.gather(*(one(e) for e in self.endpoints))
+        return sum(bool(e.healthy) for e in self.endpoints)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.client.close() for e in self.endpoints))

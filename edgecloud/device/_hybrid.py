@@ -1,0 +1,436 @@
+"""Hybrid generation: route each request, hand off mid-answer, survive cloud failures.
+
+One request flows like this:
+
+1. Gather signals (prompt tokens, healthy endpoints, cloud tokens spent, the
+   learned router's prediction) and ask the pure policies in
+   :mod:`edgecloud.router` where to start.
+2. Local start: stream tokens from the device model while a
+   :class:`~edgecloud.router.ConfidenceMonitor` watches their log-probability and
+   entropy. If the window trips (and the request is not private, the budget allows
+   and an endpoint is up), stop locally and ask the cloud to *continue* the
+   answer after the text already produced (``assistant_prefix``).
+3. Cloud part: endpoints are tried in order, skipping those whose circuit breaker
+   is open; one that sends no token within ``first_token_timeout_s`` counts as
+   failed. If the cloud fails before its first token the next endpoint is tried;
+   if it dies mid-stream (or every endpoint fails) the device finishes the answer
+   locally after what it has so far, and the result says so (``route.fallback``).
+   A request that demanded the cloud (``route="cloud"``) gets the error instead.
+4. Every escalation is written to the escalation log for upload and training.
+
+The app sees one stream; each chunk carries ``source="local"`` or ``"cloud"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from edgecloud._bridge import DONE, pump_events
+from edgecloud.config import DeviceCloudConfig, RouterConfig
+from edgecloud.device._escalation_log import EscalationLog, EscalationRecord
+from edgecloud.errors import EdgeCloudError, InvalidRequestError, TransportError
+from edgecloud.router import (
+    BudgetPolicy,
+    ConfidenceMonitor,
+    ConnectivityPolicy,
+    ContextLengthPolicy,
+    Decision,
+    ForcedRoutePolicy,
+    LearnedRouterPolicy,
+    Policy,
+    PrivacyPolicy,
+    RequestSignals,
+    Route,
+    WindowThresholds,
+    route_request,
+)
+from edgecloud.types import ChatMessage, Chunk, Finish, Passage, RouteInfo, SamplingParams
+
+if TYPE_CHECKING:
+    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.device._endpoints import Endpoint, EndpointPool
+    from edgecloud.device.backends import TextBackend
+    from edgecloud.router import LearnedRouter
+
+__all__ = ["CancelScope", "HybridEngine", "prompt_text"]
+
+log = logging.getLogger("edgecloud.device.hybrid")
+
+
+def prompt_text(prompt: str | Sequence[ChatMessage]) -> str:
+    """The text of a prompt as policies see it (all message contents)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m.content for m in prompt)
+
+
+class CancelScope:
+    """A request's cancellation: ``set()`` reaches every child event, now or later."""
+
+    def __init__(self, root: threading.Event | None = None) -> None:
+        self.root = root or threading.Event()
+        self._children: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def child(self) -> threading.Event:
+        ev = threading.Event()
+        with self._lock:
+            self._children.append(ev)
+            if self.root.is_set():
+                ev.set()
+        return ev
+
+    def set(self) -> None:
+        self.root.set()
+        with self._lock:
+            for ev in self._children:
+                ev.set()
+
+    def is_set(self) -> bool:
+        return self.root.is_set()
+
+
+class _CloudUsage:
+    """Cloud tokens spent, for the budget policy (kept in memory)."""
+
+    def __init__(self) -> None:
+        self._spent: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, tokens: int) -> None:
+        self._spent.append((now, tokens))
+
+    def since(self, now: float, seconds: float) -> int:
+        while self._spent and now - self._spent[0][0] > 86_400:
+            self._spent.popleft()
+        return sum(n for t, n in self._spent if now - t <= seconds)
+
+
+class HybridEngine:
+    """Runs requests across the device model and the cloud pool (see module doc).
+
+    Args:
+        backend: the local model.
+        pool: cloud endpoints; None for an offline device.
+        router: policy settings.
+        cloud: timeouts for the cloud part.
+        log: where escalations are recorded; None disables recording.
+        learned: a learned router and the encoder that embeds prompts for it.
+    """
+
+    def __init__(
+        self,
+        backend: TextBackend,
+        *,
+        pool: EndpointPool | None,
+        router: RouterConfig,
+        cloud: DeviceCloudConfig,
+        log: EscalationLog | None = None,
+        learned: tuple[LearnedRouter, SentenceEncoder] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.router_cfg = router
+        self.cloud_cfg = cloud
+        self.log = log
+        self.learned = learned
+        self.usage = _CloudUsage()
+        self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
+        self.policies: list[Policy] = [
+            ForcedRoutePolicy(),
+            PrivacyPolicy(router.privacy_patterns),
+            ConnectivityPolicy(),
+            self._budget,
+            ContextLengthPolicy(),
+            LearnedRouterPolicy(router.learned_threshold),
+        ]
+        self.thresholds = WindowThresholds(
+            window=router.window,
+            min_mean_logprob=router.min_mean_logprob,
+            max_mean_entropy=router.max_mean_entropy,
+            min_tokens=router.min_tokens,
+            max_local_tokens=router.max_local_tokens,
+        )
+
+    def _available(self) -> list[Endpoint]:
+        return self.pool.available() if self.pool is not None else []
+
+    async def decide(
+        self, prompt: str | Sequence[ChatMessage], route: Route | None
+    ) -> tuple[Decision, RequestSignals]:
+        """The pre-generation decision for ``prompt`` (signals gathered here, policy pure)."""
+        text = prompt_text(prompt)
+        n_prompt = await asyncio.to_thread(self.backend.count_tokens, prompt)
+        predicted = None
+        if self.learned is not None and route is None:
+            head, encoder = self.learned
+            vec = await asyncio.to_thread(encoder.encode, [text])
+            predicted = float(head.predict(vec)[0])
+        now = time.monotonic()
+        signals = RequestSignals(
+            prompt_text=text,
+            prompt_tokens=n_prompt,
+            local_context=self.backend.n_ctx,
+            forced=route,
+            healthy_endpoints=len(self._available()),
+            cloud_tokens_last_hour=self.usage.since(now, 3600),
+            cloud_tokens_last_day=self.usage.since(now, 86_400),
+            predicted_poor=predicted,
+        )
+        return route_request(self.policies, signals), signals
+
+    async def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        *,
+        route: Route | None = None,
+        cancel: CancelScope,
+    ) -> AsyncIterator[Chunk | Finish]:
+        decision, signals = await self.decide(prompt, route)
+        if route == "cloud" and decision.route != "cloud":
+            if decision.private:
+                raise InvalidRequestError(
+                    f"the request demands the cloud but must stay on the device: {decision.reason}"
+                )
+            raise TransportError(f"the request demands the cloud: {decision.reason}")
+        info = RouteInfo(
+            decision.policy, decision.reason, dict(decision.signals), private=decision.private
+        )
+        if decision.route == "cloud":
+            async for ev in self._cloud_part(prompt, params, "", 0, info, cancel, route == "cloud"):
+                yield ev
+            return
+        watch = (
+            route is None
+            and not decision.private
+            and self.pool is not None
+            and self._budget.decide(signals) is None
+        )
+        monitor = ConfidenceMonitor(self.thresholds) if watch else None
+        parts: list[str] = []
+        n = 0
+        handoff: Decision | None = None
+        finish: Finish | None = None
+        async for ev in self._local(prompt, params, "", cancel):
+            if isinstance(ev, Finish):
+                finish = ev
+                break
+            parts.append(ev.text)
+            yield ev
+            n += 1
+            if monitor is not None and ev.token_id >= 0 and self._available():
+                handoff = monitor.update(ev.logprob, ev.entropy)
+                if handoff is not None:
+                    break
+        if handoff is None:
+            assert finish is not None
+            yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
+            return
+        info = RouteInfo(handoff.policy, handoff.reason, dict(handoff.signals))
+        async for ev in self._cloud_part(prompt, params, "".join(parts), n, info, cancel, False):
+            yield ev
+
+    async def _cloud_part(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        prefix: str,
+        start: int,
+        info: RouteInfo,
+        cancel: CancelScope,
+        demanded: bool,
+    ) -> AsyncIterator[Chunk | Finish]:
+        """Stream the rest of the answer from the cloud; finish locally if it fails."""
+        t0 = time.perf_counter()
+        remaining = params.max_tokens - start
+        cloud_params = params.model_copy(update={"max_tokens": max(remaining, 1)})
+        texts: list[str] = []
+        n_cloud = 0
+        failure: str | None = None
+        done: Finish | None = None
+        used: Endpoint | None = None
+        for ep in self._available():
+            if not ep.breaker.allow(time.monotonic()):
+                continue
+            try:
+                async for ev in self._from_endpoint(ep, prompt, cloud_params, prefix, cancel):
+                    if isinstance(ev, Finish):
+                        done = ev
+                        break
+                    texts.append(ev.text)
+                    yield Chunk(
+                        ev.text, ev.token_id, ev.logprob, ev.entropy, "cloud", start + n_cloud
+                    )
+                    n_cloud += 1
+            except EdgeCloudError as exc:
+                ep.breaker.record_failure(time.monotonic())
+                failure = f"{ep.target}: {exc}"
+                log.warning("cloud endpoint %s failed: %s", ep.target, exc)
+                if n_cloud or cancel.is_set():
+                    break  # died mid-stream: another endpoint would repeat what was sent
+                continue
+            ep.breaker.record_success()
+            used = ep
+            break
+        if done is not None and used is not None:
+            self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+            route = replace(
+                info, escalated=True, local_tokens_before_handoff=start,
+                endpoint=used.target, passages=done.passages,
+            )  # fmt: skip
+            self._record(prompt, prefix, "".join(texts), route, t0)
+            yield Finish(done.reason, done.prompt_tokens, start + n_cloud, done.passages, route)
+            return
+        if demanded:
+            why = failure or "none available"
+            raise TransportError(f"the request demands the cloud and no endpoint answered ({why})")
+        fallback = f"cloud failed ({failure or 'no endpoint available'}); finished on the device"
+        route = replace(info, escalated=True, local_tokens_before_handoff=start, fallback=fallback)
+        if cancel.is_set():
+            yield Finish("cancelled", 0, start + n_cloud, route=route)
+            return
+        local_params = params.model_copy(update={"max_tokens": max(remaining - n_cloud, 1)})
+        finish: Finish | None = None
+        n_local = 0
+        async for ev in self._local(prompt, local_params, prefix + "".join(texts), cancel):
+            if isinstance(ev, Finish):
+                finish = ev
+                break
+            yield Chunk(
+                ev.text, ev.token_id, ev.logprob, ev.entropy, "local", start + n_cloud + n_local
+            )
+            n_local += 1
+        assert finish is not None
+        self._record(prompt, prefix, "".join(texts), route, t0)
+        yield Finish(finish.reason, finish.prompt_tokens, start + n_cloud + n_local, route=route)
+
+    async def _from_endpoint(
+        self,
+        ep: Endpoint,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        prefix: str,
+        cancel: CancelScope,
+    ) -> AsyncIterator[Chunk | Finish]:
+        kwargs: dict[str, Any] = {"timeout_s": self.cloud_cfg.timeout_s}
+        if prefix:
+            kwargs["assistant_prefix"] = prefix
+        agen = ep.client.stream(prompt, params, **kwargs)
+        try:
+            first = True
+            while not cancel.is_set():
+                try:
+                    if first:
+                        ev = await asyncio.wait_for(
+                            agen.__anext__(), self.cloud_cfg.first_token_timeout_s
+                        )
+                        first = False
+                    else:
+                        ev = await agen.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError as exc:
+                    raise TransportError(
+                        f"no token within {self.cloud_cfg.first_token_timeout_s:.1f} s"
+                    ) from exc
+                yield ev
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _local(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        prefix: str,
+        cancel: CancelScope,
+    ) -> AsyncIterator[Chunk | Finish]:
+        """The device model's stream, run in a worker thread; leaving early stops it."""
+        stop = cancel.child()
+        events = await asyncio.to_thread(self.backend.stream, prompt, params, stop, prefix=prefix)
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        worker = threading.Thread(
+            target=pump_events,
+            args=(events, loop, queue, stop),
+            name="edgecloud-local",
+            daemon=True,
+        )
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, (Chunk, Finish))
+                yield item
+        finally:
+            stop.set()  # a hand-off or a closed stream: free the model for the next caller
+            with contextlib.suppress(Exception):
+                while (await queue.get()) is not DONE:
+                    pass
+
+    def _record(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        local: str,
+        cloud: str,
+        route: RouteInfo,
+        t0: float,
+    ) -> None:
+        if self.log is None or route.private:
+            return
+        extra: dict[str, Any] = {"passages": [_passage(p) for p in route.passages]}
+        if not isinstance(prompt, str):
+            extra["messages"] = [m.model_dump() for m in prompt]
+        if route.endpoint:
+            extra["endpoint"] = route.endpoint
+        if route.fallback:
+            extra["fallback"] = route.fallback
+        try:
+            self.log.append(
+                EscalationRecord(
+                    prompt=prompt_text(prompt),
+                    local_partial=local,
+                    cloud_answer=cloud,
+                    route_policy=route.policy,
+                    route_reason=route.reason,
+                    signals=dict(route.signals),
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    extra=extra,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - logging must never fail an answer
+            log.warning("could not record an escalation: %s", exc)
+
+    async def upload_pending(self, batch: int = 100) -> int:
+        """Send waiting log records to the first endpoint that takes them; returns how many
+        the cloud acknowledged (and were deleted here)."""
+        if self.log is None:
+            return 0
+        records = self.log.pending(batch)
+        if not records:
+            return 0
+        for ep in self._available():
+            try:
+                acked = await ep.client.upload(records)
+            except EdgeCloudError as exc:
+                log.info("upload to %s failed: %s", ep.target, exc)
+                continue
+            return self.log.acknowledge(acked)
+        return 0
+
+
+def _passage(p: Passage) -> dict[str, Any]:
+    return {"text": p.text, "source": p.source, "score": p.score}
