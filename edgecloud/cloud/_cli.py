@@ -33,11 +33,16 @@ def serve_command(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plain text without TLS (loopback hosts only).")
     ] = False,
+    knowledge: Annotated[
+        Optional[Path],
+        typer.Option(help="Documents (*.md, *.txt) to ground answers on (cloud.knowledge)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
     from edgecloud._cli import _fail, _settings
-    from edgecloud.cloud._server import serve, server_credentials
+    from edgecloud.cloud._records import RecordStore
+    from edgecloud.cloud._server import records_path, serve, server_credentials
     from edgecloud.cloud._torch import TorchBackend
 
     try:
@@ -51,17 +56,44 @@ def serve_command(
             cloud["insecure"] = True
         if model is not None:
             cloud["model"]["path"] = model
+        if knowledge is not None:
+            cloud["knowledge"]["directory"] = knowledge
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
         server_credentials(settings.cloud)  # fail on bad TLS settings before the slow load
+        kb = _load_knowledge(settings.cloud)
+        records = RecordStore(records_path(settings.cloud, settings.cache_dir))
         backend = TorchBackend.load(settings)
     except EdgeCloudError as exc:
         raise _fail(exc) from None
     try:
-        asyncio.run(serve(backend, settings.cloud))
+        asyncio.run(serve(backend, settings.cloud, knowledge=kb, records=records))
     except EdgeCloudError as exc:
         raise _fail(exc) from None
     finally:
         backend.close()
+
+
+def _load_knowledge(cloud: Any) -> Any:
+    """The configured knowledge base (built or loaded, with progress on stderr), or None."""
+    cfg = cloud.knowledge
+    if cfg.directory is None or not cfg.enabled:
+        return None
+    from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.device._encoder import SentenceEncoder
+
+    def progress(done: int, total: int) -> None:
+        typer.echo(f"\rindexing knowledge: {done}/{total} chunks", err=True, nl=done >= total)
+
+    typer.echo(f"knowledge: loading {cfg.directory}", err=True)
+    kb = KnowledgeBase(
+        cfg.directory.expanduser(),
+        SentenceEncoder(),
+        index_dir=cfg.index_dir.expanduser() if cfg.index_dir is not None else None,
+        progress=progress,
+    )
+    state = "rebuilt" if kb.rebuilt else "loaded (unchanged)"
+    typer.echo(f"knowledge: {len(kb)} chunks, index {state} in {kb.index_dir}", err=True)
+    return kb
 
 
 @cloud_app.command("generate")

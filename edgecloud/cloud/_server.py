@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
@@ -22,14 +23,18 @@ from grpc_reflection.v1alpha import reflection
 
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._torch import TorchBackend
-from edgecloud.config import CloudConfig
+from edgecloud.config import CloudConfig, default_cache_dir
 from edgecloud.errors import ConfigError
 from edgecloud.transport._auth import TokenAuthInterceptor
 from edgecloud.transport._guard import DecodeGuardInterceptor
 
-__all__ = ["SERVICE_NAME", "CloudServer", "serve"]
+if TYPE_CHECKING:
+    from edgecloud.cloud._knowledge import KnowledgeBase
+
+__all__ = ["SERVICE_NAME", "CloudServer", "records_path", "serve"]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -50,6 +55,13 @@ def _read(path: Path, what: str) -> bytes:
         return path.expanduser().read_bytes()
     except OSError as exc:
         raise ConfigError(f"cloud.tls.{what}: cannot read {path}: {exc.strerror}") from exc
+
+
+def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
+    """``cloud.records.path``, else ``<cache_dir>/cloud/escalations.sqlite3``."""
+    if config.records.path is not None:
+        return config.records.path.expanduser()
+    return (cache_dir or default_cache_dir()) / "cloud" / "escalations.sqlite3"
 
 
 def server_credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
@@ -99,23 +111,37 @@ class CloudServer:
         health: health_aio.HealthServicer,
         port: int,
         grace: float,
+        records: RecordStore,
     ) -> None:
         self._server = server
         self.backend = backend
         self._health = health
         self.port = port
         self._grace = grace
+        self.records = records
 
     @classmethod
     async def start(
-        cls, backend: TorchBackend, config: CloudConfig, *, port: int | None = None
+        cls,
+        backend: TorchBackend,
+        config: CloudConfig,
+        *,
+        port: int | None = None,
+        knowledge: KnowledgeBase | None = None,
+        records: RecordStore | None = None,
     ) -> CloudServer:
         """Bind ``config.host`` (port from ``port`` or config; 0 picks one) and start serving.
+
+        Args:
+            knowledge: retrieval put into prompts (``cloud.knowledge``); None: none.
+            records: where uploaded escalation records go; None opens :func:`records_path`.
 
         Raises:
             ConfigError: bad TLS settings, or the address cannot be bound.
         """
         credentials = server_credentials(config)
+        if records is None:
+            records = RecordStore(records_path(config))
         # Auth first: an unauthenticated caller learns nothing, not even that its bytes parse.
         interceptors: list[aio.ServerInterceptor] = []
         if config.auth.tokens:
@@ -134,7 +160,7 @@ class CloudServer:
             maximum_concurrent_rpcs=(config.max_running_sequences + config.max_queued_requests) * 2,
         )
         pb_grpc.add_InferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(backend, config), server
+            InferenceServicer(backend, config, knowledge=knowledge, records=records), server
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -159,20 +185,30 @@ class CloudServer:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.warning("edgecloud cloud service listening on %s:%d", host, bound)
-        return cls(server, backend, health_servicer, bound, config.shutdown_grace_s)
+        return cls(server, backend, health_servicer, bound, config.shutdown_grace_s, records)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, give in-flight streams ``grace`` seconds, then stop."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
+        self.records.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
 
 
-async def serve(backend: TorchBackend, config: CloudConfig, *, port: int | None = None) -> None:
+async def serve(
+    backend: TorchBackend,
+    config: CloudConfig,
+    *,
+    port: int | None = None,
+    knowledge: KnowledgeBase | None = None,
+    records: RecordStore | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight streams and return."""
-    server = await CloudServer.start(backend, config, port=port)
+    server = await CloudServer.start(
+        backend, config, port=port, knowledge=knowledge, records=records
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

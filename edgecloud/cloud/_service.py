@@ -8,11 +8,14 @@ anything else is logged here with its traceback and reaches the client as
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
@@ -21,26 +24,71 @@ from edgecloud import __version__
 from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._torch import CloudRequest, TorchBackend
 from edgecloud.config import CloudConfig
-from edgecloud.errors import AuthError, EdgeCloudError
+from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.errors import AuthError, EdgeCloudError, InvalidRequestError
 from edgecloud.transport._auth import CURRENT_DEVICE
-from edgecloud.transport._serde import event_to_proto, params_from_proto, prompt_from_proto
+from edgecloud.transport._serde import (
+    event_to_proto,
+    params_from_proto,
+    prompt_from_proto,
+    record_from_proto,
+)
 from edgecloud.transport._status import status_for
+from edgecloud.types import ChatMessage, Passage
 
-__all__ = ["InferenceServicer"]
+if TYPE_CHECKING:
+    from edgecloud.cloud._knowledge import KnowledgeBase
+
+__all__ = ["InferenceServicer", "question_of"]
 
 log = logging.getLogger("edgecloud.cloud")
 
 _MAX_REQUEST_ID = 128
+_MAX_RECORDS_PER_UPLOAD = 10_000
+_Q_LINE = re.compile(r"^\s*Q:[ \t]*(.*)$", re.MULTILINE)
+
+
+def question_of(prompt: str | list[ChatMessage]) -> str:
+    """What a request asks, as the knowledge base is searched with it.
+
+    Chat: the last user message. A raw prompt: the text of its last ``Q:`` line
+    (few-shot Q/A prompts carry example questions before the real one), else
+    the whole prompt.
+    """
+    if not isinstance(prompt, str):
+        users = [m.content for m in prompt if m.role == "user"]
+        return users[-1] if users else ""
+    found = _Q_LINE.findall(prompt)
+    return str(found[-1]).strip() if found else prompt.strip()
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """``edgecloud.v1.InferenceService`` over a :class:`TorchBackend`."""
 
-    def __init__(self, backend: TorchBackend, config: CloudConfig) -> None:
+    def __init__(
+        self,
+        backend: TorchBackend,
+        config: CloudConfig,
+        *,
+        knowledge: KnowledgeBase | None = None,
+        records: RecordStore | None = None,
+    ) -> None:
         self._backend = backend
         self._config = config
+        self._knowledge = knowledge
+        self._records = records
+
+    async def _passages(self, prompt: str | list[ChatMessage]) -> tuple[Passage, ...]:
+        kb, cfg = self._knowledge, self._config.knowledge
+        if kb is None or not cfg.enabled:
+            return ()
+        question = question_of(prompt)
+        # Embedding the question is CPU work: keep it off the event loop.
+        found = await asyncio.to_thread(kb.search, question, cfg.top_k, cfg.min_score)
+        return tuple(found)
 
     def _request(
         self, msg: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
@@ -60,13 +108,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             own = time.monotonic() + (msg.deadline_unix_ms / 1000 - time.time())
             deadline = own if deadline is None else min(deadline, own)
         request_id = msg.request_id[:_MAX_REQUEST_ID] or uuid.uuid4().hex
-        return CloudRequest(prompt, params, adapter, request_id, deadline)
+        return CloudRequest(
+            prompt, params, adapter, request_id, deadline, assistant_prefix=msg.assistant_prefix
+        )
 
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
             cloud_request = self._request(request, context)
+            if not request.skip_knowledge:
+                passages = await self._passages(cloud_request.prompt)
+                if passages:
+                    cloud_request = dataclasses.replace(cloud_request, passages=passages)
             stream = self._backend.generate(cloud_request)
             try:
                 async for event in stream:
@@ -79,6 +133,45 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             await self._abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
             await self._abort(context, exc)
+
+    async def UploadEscalations(
+        self,
+        request_iterator: AsyncIterator[pb.EscalationRecord],
+        context: aio.ServicerContext[Any, Any],
+    ) -> pb.UploadAck:
+        """Store the streamed records in one transaction, then ack every id.
+
+        All or nothing: a bad or oversized record fails the call and nothing of it
+        is stored, so the device keeps the whole batch and can see which record to drop.
+        """
+        try:
+            if self._records is None:
+                raise _Unavailable
+            limit = self._config.records.max_record_bytes
+            records: list[EscalationRecord] = []
+            async for msg in request_iterator:
+                size = msg.ByteSize()
+                if size > limit:
+                    raise InvalidRequestError(
+                        f"escalation record {msg.id[:32]!r} is {size} bytes; "
+                        f"the service accepts at most {limit}"
+                    )
+                if len(records) >= _MAX_RECORDS_PER_UPLOAD:
+                    raise InvalidRequestError(
+                        f"at most {_MAX_RECORDS_PER_UPLOAD} records per upload"
+                    )
+                records.append(record_from_proto(msg))
+            device = CURRENT_DEVICE.get()
+            # The commit (fsync) blocks: run it off the loop; the ack waits for it.
+            stored = await asyncio.to_thread(self._records.store, records, device=device)
+            return pb.UploadAck(stored_ids=stored)
+        except _Unavailable:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this service stores no records")
+        except EdgeCloudError as exc:
+            await self._abort(context, exc, "UploadEscalations")
+        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+            await self._abort(context, exc, "UploadEscalations")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     async def GetServiceInfo(
         self, request: pb.ServiceInfoRequest, context: aio.ServicerContext[Any, Any]
@@ -100,14 +193,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             ),
         )
 
-    async def _abort(self, context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    async def _abort(
+        self, context: aio.ServicerContext[Any, Any], exc: BaseException, rpc: str = "Generate"
+    ) -> None:
         code, message = status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
-            log.error("Generate failed", exc_info=exc)
+            log.error("%s failed", rpc, exc_info=exc)
         else:
-            log.info("Generate rejected: %s: %s", code.name, message)
+            log.info("%s rejected: %s: %s", rpc, code.name, message)
         await context.abort(code, message)
 
 
 class _PermissionDenied(AuthError):
     """A known device asked for an adapter it may not use (never leaves the server)."""
+
+
+class _Unavailable(Exception):
+    """The service was started without a record store (never leaves the server)."""

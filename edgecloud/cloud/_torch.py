@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -45,7 +46,7 @@ from edgecloud.errors import (
     InvalidRequestError,
     UnknownAdapterError,
 )
-from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+from edgecloud.types import ChatMessage, Chunk, Finish, Passage, SamplingParams
 
 __all__ = ["BackendInfo", "CloudRequest", "TorchBackend", "converted_model_dir"]
 
@@ -62,6 +63,10 @@ class CloudRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     deadline: float | None = None
     """``time.monotonic()`` after which the request is cancelled."""
+    assistant_prefix: str = ""
+    """Answer text already produced elsewhere; generation continues after it."""
+    passages: tuple[Passage, ...] = ()
+    """Knowledge passages to put into the prompt (``cloud.model.prompt_format``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,16 +219,33 @@ class TorchBackend:
     def load_snapshot(self) -> LoadSnapshot:
         return self._scheduler.load()
 
+    def prompt_text(self, request: CloudRequest) -> str:
+        """The prompt as the model sees it, before the assistant prefix: chat rendered
+        with the plain template, retrieved passages put in by ``prompt_format``."""
+        from edgecloud.device._chat import render_plain
+
+        text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
+        if request.passages:
+            context = "\n".join(p.text for p in request.passages)
+            text = self._config.model.prompt_format.format(context=context, prompt=text)
+        return text
+
     def encode(self, request: CloudRequest) -> list[int]:
-        """Token ids of the prompt (chat rendered with the plain template).
+        """Token ids of the prompt and then of the assistant prefix.
+
+        The two are tokenized apart: where the device handed off was a token
+        boundary of its answer, and tokenizing across the seam could merge the
+        prompt's last characters with the prefix's first into a token the
+        answer never had.
 
         Raises:
             InvalidRequestError: the prompt leaves no room for new tokens.
         """
-        from edgecloud.device._chat import render_plain
-
-        text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self.tokenizer(self.prompt_text(request), add_special_tokens=False)[
+            "input_ids"
+        ]
+        if request.assistant_prefix:
+            ids += self.tokenizer(request.assistant_prefix, add_special_tokens=False)["input_ids"]
         if self._bos is not None:
             ids = [self._bos, *ids]
         limit = self._config.max_context_tokens
@@ -283,9 +305,12 @@ class TorchBackend:
                 event = await queue.get()
                 if isinstance(event, BaseException):
                     raise event
-                yield event
                 if isinstance(event, Finish):
+                    if request.passages:
+                        event = dataclasses.replace(event, passages=request.passages)
+                    yield event
                     return
+                yield event
         finally:
             if not seq.finished:
                 seq.cancelled = True

@@ -61,6 +61,15 @@ def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str)
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator, as the method expects
 
+    async def abort_upload(requests: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(code, message)
+
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            abort_upload,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
             abort_bidi,
@@ -92,6 +101,18 @@ def _with_device(handler: grpc.RpcMethodHandler, device: str) -> Any:
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary is not None:
+        inner_upload = handler.stream_unary
+
+        async def upload(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            CURRENT_DEVICE.set(device)
+            return await inner_upload(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            upload,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,8 +23,14 @@ from grpc import aio
 from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.device._escalation_log import EscalationRecord
 from edgecloud.errors import ConfigError
-from edgecloud.transport._serde import chat_to_proto, event_from_proto, params_to_proto
+from edgecloud.transport._serde import (
+    chat_to_proto,
+    event_from_proto,
+    params_to_proto,
+    record_to_proto,
+)
 from edgecloud.transport._status import RETRYABLE_CODES, error_from_rpc
 from edgecloud.types import Chunk, Finish, Prompt, SamplingParams
 
@@ -130,6 +136,8 @@ class CloudClient:
         adapter_id: str | None,
         request_id: str | None,
         timeout_s: float,
+        assistant_prefix: str = "",
+        skip_knowledge: bool = False,
     ) -> pb.GenerateRequest:
         normalized = normalize_prompt(prompt)
         msg = pb.GenerateRequest(
@@ -137,6 +145,8 @@ class CloudClient:
             adapter_id=adapter_id or "",
             request_id=request_id or uuid.uuid4().hex,
             deadline_unix_ms=int((time.time() + timeout_s) * 1000),
+            assistant_prefix=assistant_prefix,
+            skip_knowledge=skip_knowledge,
         )
         if isinstance(normalized, str):
             msg.prompt = normalized
@@ -152,6 +162,8 @@ class CloudClient:
         adapter_id: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        assistant_prefix: str = "",
+        skip_knowledge: bool = False,
         **overrides: Any,
     ) -> AsyncIterator[Chunk | Finish]:
         """Yield :class:`Chunk` objects (``source="cloud"``), then one :class:`Finish`.
@@ -162,6 +174,9 @@ class CloudClient:
             adapter_id: a LoRA adapter loaded on the service.
             request_id: shown in the service's logs.
             timeout_s: deadline of the whole stream.
+            assistant_prefix: the part of the answer already produced (a mid-answer
+                hand-off); the service continues after it and streams only what follows.
+            skip_knowledge: answer without the service's knowledge base.
 
         Raises:
             InvalidRequestError: the request was rejected as invalid.
@@ -172,7 +187,9 @@ class CloudClient:
         if overrides:
             base = SamplingParams.model_validate({**base.model_dump(), **overrides})
         timeout = self._timeout if timeout_s is None else timeout_s
-        msg = self._request(prompt, base, adapter_id, request_id, timeout)
+        msg = self._request(
+            prompt, base, adapter_id, request_id, timeout, assistant_prefix, skip_knowledge
+        )
         if params is None and "max_tokens" not in overrides:
             msg.sampling.max_tokens = 0  # unset: the service's own default applies
         call = self._stub.Generate(msg, timeout=timeout, metadata=self._metadata)
@@ -183,6 +200,36 @@ class CloudClient:
             raise error_from_rpc(exc, self.target) from exc
         finally:
             call.cancel()
+
+    async def upload(
+        self, records: Sequence[EscalationRecord], *, timeout_s: float | None = None
+    ) -> list[str]:
+        """Send escalation records to the service's record store in one call.
+
+        Safe to repeat: the service stores each id once, so a batch whose ack was
+        lost can be sent again. Delete local copies only of the ids returned.
+
+        Returns:
+            The ids the service acknowledged as durably stored (including ids it
+            already had).
+
+        Raises:
+            InvalidRequestError: a record was rejected (too large, malformed); nothing
+                of this call is acknowledged.
+            AuthError, OverloadedError, DeadlineExceededError, TransportError, RemoteError.
+        """
+        messages = [record_to_proto(r) for r in records]
+        if not messages:
+            return []
+        try:
+            ack = await self._stub.UploadEscalations(
+                iter(messages),
+                timeout=self._timeout if timeout_s is None else timeout_s,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.target) from exc
+        return list(ack.stored_ids)
 
     async def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
         """The service's models, adapters, version and load."""

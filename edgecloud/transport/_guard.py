@@ -8,7 +8,7 @@ This interceptor moves deserialization into the handler, so bad bytes get
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -20,7 +20,7 @@ MALFORMED = "malformed request"
 
 
 class DecodeGuardInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    """Parses unary requests inside the handler and rejects bad bytes cleanly."""
+    """Parses requests (unary and client-streamed) in the handler; bad bytes fail cleanly."""
 
     async def intercept_service(
         self,
@@ -48,6 +48,21 @@ class DecodeGuardInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, response_serializer=handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            upload = handler.stream_unary
+
+            async def stream_unary(
+                raws: AsyncIterator[bytes], context: aio.ServicerContext[Any, Any]
+            ) -> Any:
+                async def requests() -> AsyncIterator[Any]:
+                    async for raw in raws:
+                        yield await decode(raw, context)
+
+                return await upload(requests(), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, response_serializer=handler.response_serializer
             )
         if handler.unary_unary is not None:
             unary = handler.unary_unary

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import ValidationError
 
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud.config import format_validation_error
+from edgecloud.device._escalation_log import EscalationRecord
 from edgecloud.errors import InvalidRequestError
-from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
+from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, Passage, SamplingParams
 
 __all__ = [
     "chat_to_proto",
@@ -16,7 +21,12 @@ __all__ = [
     "params_from_proto",
     "params_to_proto",
     "prompt_from_proto",
+    "record_from_proto",
+    "record_to_proto",
 ]
+
+MAX_RECORD_ID = 128
+"""Longest escalation record id accepted (ids are uuid4 hex on devices)."""
 
 _REASON_TO_PROTO: dict[str, int] = {
     "stop": pb.FINISH_REASON_STOP,
@@ -90,6 +100,9 @@ def event_to_proto(event: Chunk | Finish) -> pb.GenerateResponse:
                 usage=pb.Usage(
                     prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
                 ),
+                passages=[
+                    pb.Passage(text=p.text, source=p.source, score=p.score) for p in event.passages
+                ],
             )
         )
     return pb.GenerateResponse(
@@ -116,5 +129,58 @@ def event_from_proto(msg: pb.GenerateResponse) -> Chunk | Finish:
     if which == "finish":
         f = msg.finish
         reason = _REASON_FROM_PROTO.get(f.reason, "stop")
-        return Finish(reason, f.usage.prompt_tokens, f.usage.completion_tokens)
+        passages = tuple(Passage(p.text, p.source, p.score) for p in f.passages)
+        return Finish(reason, f.usage.prompt_tokens, f.usage.completion_tokens, passages)
     raise InvalidRequestError("the service sent an empty response message")
+
+
+def record_to_proto(record: EscalationRecord) -> pb.EscalationRecord:
+    return pb.EscalationRecord(
+        id=record.id,
+        created_at_unix_ms=max(0, round(record.created_at * 1000)),
+        prompt=record.prompt,
+        local_partial=record.local_partial,
+        cloud_answer=record.cloud_answer,
+        route_policy=record.route_policy,
+        route_reason=record.route_reason,
+        signals_json=json.dumps(dict(record.signals)),
+        latency_ms=record.latency_ms,
+        extra_json=json.dumps(dict(record.extra)),
+    )
+
+
+def record_from_proto(msg: pb.EscalationRecord) -> EscalationRecord:
+    """A device's uploaded record as the plain dataclass.
+
+    Raises:
+        InvalidRequestError: no id, an id too long, or signals/extra that are not JSON objects.
+    """
+    if not msg.id or len(msg.id) > MAX_RECORD_ID:
+        raise InvalidRequestError(f"escalation record id must have 1 to {MAX_RECORD_ID} characters")
+    return EscalationRecord(
+        prompt=msg.prompt,
+        local_partial=msg.local_partial,
+        cloud_answer=msg.cloud_answer,
+        route_policy=msg.route_policy,
+        route_reason=msg.route_reason,
+        signals=_json_object(msg.signals_json, "signals_json", msg.id),
+        latency_ms=msg.latency_ms,
+        private=False,
+        extra=_json_object(msg.extra_json, "extra_json", msg.id),
+        id=msg.id,
+        created_at=msg.created_at_unix_ms / 1000,
+    )
+
+
+def _json_object(text: str, name: str, record_id: str) -> Mapping[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(
+            f"escalation record {record_id[:32]!r}: {name} is not a JSON object"
+        )
+    return value

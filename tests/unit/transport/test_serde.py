@@ -60,3 +60,43 @@ def test_events_round_trip() -> None:
         assert event_from_proto(event_to_proto(end)) == end
     with pytest.raises(InvalidRequestError):
         event_from_proto(pb.GenerateResponse())
+
+
+def test_finish_passages_round_trip() -> None:
+    from edgecloud.types import Passage
+
+    passages = (Passage("Kestrel: payload 22.0 kg", "kestrel.md", 0.75),
+                Passage("Heron: payload 9.5 kg", "heron.md", 0.5))  # fmt: skip
+    back = event_from_proto(event_to_proto(Finish("stop", 10, 3, passages)))
+    assert isinstance(back, Finish)
+    assert [(p.text, p.source) for p in back.passages] == [(p.text, p.source) for p in passages]
+    assert back.passages[0].score == pytest.approx(0.75)
+    plain = event_from_proto(event_to_proto(Finish("stop", 1, 1)))
+    assert isinstance(plain, Finish) and plain.passages == ()
+
+
+def test_escalation_record_round_trip() -> None:
+    from edgecloud.device._escalation_log import EscalationRecord
+    from edgecloud.transport._serde import record_from_proto, record_to_proto
+
+    record = EscalationRecord(
+        prompt="Q: payload?", local_partial="The pay", cloud_answer="22 kg",
+        route_policy="confidence", route_reason="low logprob",
+        signals={"mean_logprob": -2.5, "tokens": 4}, latency_ms=812.5,
+        extra={"passages": ["kestrel.md"]}, created_at=1_700_000_000.123,
+    )  # fmt: skip
+    back = record_from_proto(record_to_proto(record))
+    assert back == record
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [pb.EscalationRecord(id=""), pb.EscalationRecord(id="x" * 129),
+     pb.EscalationRecord(id="a", signals_json="{not json"),
+     pb.EscalationRecord(id="a", extra_json="[1, 2]")],
+)  # fmt: skip
+def test_bad_escalation_records_are_invalid_requests(msg: pb.EscalationRecord) -> None:
+    from edgecloud.transport._serde import record_from_proto
+
+    with pytest.raises(InvalidRequestError):
+        record_from_proto(msg)

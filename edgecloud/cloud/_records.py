@@ -1,0 +1,166 @@
+"""The cloud's store of escalation records uploaded by devices (SQLite, WAL).
+
+Devices upload what they escalated (``UploadEscalations``) so the cloud can
+later train routers and adapters on it. Uploads are idempotent by record id
+(``INSERT OR IGNORE``): a device that died between sending and reading the ack
+sends the batch again and it is stored once. A batch is committed (WAL,
+``synchronous=FULL``) before the ack is sent, so an acked id survives a crash of
+the service or the machine.
+
+Each record keeps the identity of the device that uploaded it (its token name,
+``None`` when the service runs without auth); the first upload of an id wins.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecloud.device._escalation_log import EscalationRecord
+
+__all__ = ["RecordStore", "StoredRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS escalations (
+    id TEXT PRIMARY KEY,
+    device TEXT,
+    received_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    local_partial TEXT NOT NULL,
+    cloud_answer TEXT NOT NULL,
+    route_policy TEXT NOT NULL,
+    route_reason TEXT NOT NULL,
+    signals TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    extra TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS escalations_received ON escalations (received_at);
+"""
+
+_COLUMNS = (
+    "id, device, received_at, created_at, prompt, local_partial, cloud_answer, "
+    "route_policy, route_reason, signals, latency_ms, extra"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An escalation record as the cloud keeps it, with who sent it and when it arrived."""
+
+    record: EscalationRecord
+    device: str | None
+    received_at: float
+
+
+class RecordStore:
+    """Thread-safe, durable store of uploaded escalation records.
+
+    Args:
+        path: SQLite database file (created with its directory).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # One connection used under a lock: the gRPC handlers call in from worker threads.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the ack that reports it is sent.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def store(
+        self,
+        records: Sequence[EscalationRecord],
+        *,
+        device: str | None = None,
+        received_at: float | None = None,
+    ) -> list[str]:
+        """Store ``records`` in one transaction; ids already stored are kept as they are.
+
+        Returns:
+            The ids of all ``records`` (new and already stored), in order: all are stored.
+        """
+        now = time.time() if received_at is None else received_at
+        rows = [
+            (
+                r.id,
+                device,
+                now,
+                r.created_at,
+                r.prompt,
+                r.local_partial,
+                r.cloud_answer,
+                r.route_policy,
+                r.route_reason,
+                json.dumps(dict(r.signals)),
+                r.latency_ms,
+                json.dumps(dict(r.extra)),
+            )
+            for r in records
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO escalations ({_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return [r.id for r in records]
+
+    def records(self, since: float | None = None) -> list[StoredRecord]:
+        """Records received at or after ``since`` (Unix time; None: all), oldest first."""
+        query = f"SELECT {_COLUMNS} FROM escalations"
+        args: tuple[Any, ...] = ()
+        if since is not None:
+            query += " WHERE received_at >= ?"
+            args = (since,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY received_at, rowid", args).fetchall()
+        return [_row_to_record(row) for row in rows]
+
+    def __len__(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM escalations").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row_to_record(row: tuple[Any, ...]) -> StoredRecord:
+    (rid, device, received_at, created_at, prompt, partial, answer, policy, reason,
+     signals, latency, extra) = row  # fmt: skip
+    record = EscalationRecord(
+        prompt=prompt,
+        local_partial=partial,
+        cloud_answer=answer,
+        route_policy=policy,
+        route_reason=reason,
+        signals=_json_object(signals),
+        latency_ms=float(latency),
+        extra=_json_object(extra),
+        id=rid,
+        created_at=float(created_at),
+    )
+    return StoredRecord(record, device, float(received_at))
+
+
+def _json_object(text: str) -> Mapping[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
