@@ -8,7 +8,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -204,7 +204,7 @@ class _BaseClient:
         return agen, ResultBuilder(self._backend.info.model, started), scope
 
     def _check_route(self, route: str | None) -> None:
-        if route == "cloud" and self._settings is None:
+        if route == "cloud" and self._settings is None and self._engine is None:
             raise InvalidRequestError(
                 "route='cloud' needs cloud endpoints in device.cloud.endpoints"
             )
@@ -339,11 +339,26 @@ class Client(_BaseClient):
         *,
         defaults: SamplingParams | None = None,
         settings: Settings | None = None,
+        engine: Callable[[], HybridEngine] | None = None,
     ) -> None:
+        """Args:
+        backend: the local model.
+        defaults: sampling defaults.
+        settings: with ``device.cloud.endpoints``, requests go through the hybrid engine.
+        engine: builds a custom hybrid engine instead (called inside the client's loop).
+        """
         super().__init__(backend, defaults=defaults, settings=settings)
         self._runner: LoopThread | None = None
         self._upkeep: concurrent.futures.Future[None] | None = None
-        if self._settings is not None:
+        if engine is not None:
+            factory = engine
+            self._runner = LoopThread()
+
+            async def make() -> HybridEngine:
+                return factory()
+
+            self._engine = self._runner.run(make())
+        elif self._settings is not None:
             from edgecloud.device._factory import build_engine, maintain
 
             runner = self._runner = LoopThread()

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -193,7 +193,7 @@ class HybridEngine:
         *,
         route: Route | None = None,
         cancel: CancelScope,
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncGenerator[Chunk | Finish, None]:
         decision, signals = await self.decide(prompt, route)
         if route == "cloud" and decision.route != "cloud":
             if decision.private:
@@ -219,17 +219,18 @@ class HybridEngine:
         n = 0
         handoff: Decision | None = None
         finish: Finish | None = None
-        async for ev in self._local(prompt, params, "", cancel):
-            if isinstance(ev, Finish):
-                finish = ev
-                break
-            parts.append(ev.text)
-            yield ev
-            n += 1
-            if monitor is not None and ev.token_id >= 0 and self._available():
-                handoff = monitor.update(ev.logprob, ev.entropy)
-                if handoff is not None:
+        async with contextlib.aclosing(self._local(prompt, params, "", cancel)) as events:
+            async for ev in events:
+                if isinstance(ev, Finish):
+                    finish = ev
                     break
+                parts.append(ev.text)
+                yield ev
+                n += 1
+                if monitor is not None and ev.token_id >= 0 and self._available():
+                    handoff = monitor.update(ev.logprob, ev.entropy)
+                    if handoff is not None:
+                        break
         if handoff is None:
             assert finish is not None
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
@@ -247,7 +248,7 @@ class HybridEngine:
         info: RouteInfo,
         cancel: CancelScope,
         demanded: bool,
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncGenerator[Chunk | Finish, None]:
         """Stream the rest of the answer from the cloud; finish locally if it fails."""
         t0 = time.perf_counter()
         remaining = params.max_tokens - start
@@ -261,15 +262,18 @@ class HybridEngine:
             if not ep.breaker.allow(time.monotonic()):
                 continue
             try:
-                async for ev in self._from_endpoint(ep, prompt, cloud_params, prefix, cancel):
-                    if isinstance(ev, Finish):
-                        done = ev
-                        break
-                    texts.append(ev.text)
-                    yield Chunk(
-                        ev.text, ev.token_id, ev.logprob, ev.entropy, "cloud", start + n_cloud
-                    )
-                    n_cloud += 1
+                async with contextlib.aclosing(
+                    self._from_endpoint(ep, prompt, cloud_params, prefix, cancel)
+                ) as events:
+                    async for ev in events:
+                        if isinstance(ev, Finish):
+                            done = ev
+                            break
+                        texts.append(ev.text)
+                        yield Chunk(
+                            ev.text, ev.token_id, ev.logprob, ev.entropy, "cloud", start + n_cloud
+                        )
+                        n_cloud += 1
             except EdgeCloudError as exc:
                 ep.breaker.record_failure(time.monotonic())
                 failure = f"{ep.target}: {exc}"
@@ -300,14 +304,17 @@ class HybridEngine:
         local_params = params.model_copy(update={"max_tokens": max(remaining - n_cloud, 1)})
         finish: Finish | None = None
         n_local = 0
-        async for ev in self._local(prompt, local_params, prefix + "".join(texts), cancel):
-            if isinstance(ev, Finish):
-                finish = ev
-                break
-            yield Chunk(
-                ev.text, ev.token_id, ev.logprob, ev.entropy, "local", start + n_cloud + n_local
-            )
-            n_local += 1
+        async with contextlib.aclosing(
+            self._local(prompt, local_params, prefix + "".join(texts), cancel)
+        ) as events:
+            async for ev in events:
+                if isinstance(ev, Finish):
+                    finish = ev
+                    break
+                yield Chunk(
+                    ev.text, ev.token_id, ev.logprob, ev.entropy, "local", start + n_cloud + n_local
+                )
+                n_local += 1
         assert finish is not None
         self._record(prompt, prefix, "".join(texts), route, t0)
         yield Finish(finish.reason, finish.prompt_tokens, start + n_cloud + n_local, route=route)
@@ -319,7 +326,7 @@ class HybridEngine:
         params: SamplingParams,
         prefix: str,
         cancel: CancelScope,
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncGenerator[Chunk | Finish, None]:
         kwargs: dict[str, Any] = {"timeout_s": self.cloud_cfg.timeout_s}
         if prefix:
             kwargs["assistant_prefix"] = prefix
@@ -353,7 +360,7 @@ class HybridEngine:
         params: SamplingParams,
         prefix: str,
         cancel: CancelScope,
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncGenerator[Chunk | Finish, None]:
         """The device model's stream, run in a worker thread; leaving early stops it."""
         stop = cancel.child()
         events = await asyncio.to_thread(self.backend.stream, prompt, params, stop, prefix=prefix)
