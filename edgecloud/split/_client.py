@@ -46,20 +46,22 @@ class _Throttle(
         self.link = link
 
     def _slow(self, messages: Iterator[Any]) -> Iterator[Any]:
+        link = self.link  # one call sees one link, even if it is changed meanwhile
         first = True
         for m in messages:
-            wait = self.link.serial_s(m.ByteSize())
+            wait = link.serial_s(m.ByteSize())
             if first:
-                wait += self.link.rtt_s / 2
+                wait += link.rtt_s / 2
                 first = False
             time.sleep(wait)
             yield m
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        time.sleep(self.link.rtt_s / 2 + self.link.serial_s(request.ByteSize()))
+        link = self.link
+        time.sleep(link.rtt_s / 2 + link.serial_s(request.ByteSize()))
         call = continuation(details, request)
         response = call.result()  # raises the RpcError of a failed call
-        time.sleep(self.link.rtt_s / 2 + self.link.serial_s(response.ByteSize()))
+        time.sleep(link.rtt_s / 2 + link.serial_s(response.ByteSize()))
         return call
 
     def intercept_stream_stream(
@@ -129,9 +131,22 @@ class SplitClient:
             ],
         )
         self._raw_channel = channel
+        self._throttle: _Throttle | None = None
         if link is not None:
-            channel = grpc.intercept_channel(channel, _Throttle(link))
+            self._throttle = _Throttle(link)
+            channel = grpc.intercept_channel(channel, self._throttle)
         self._stub = spb_grpc.SplitServiceStub(channel)  # type: ignore[no-untyped-call]
+
+    def set_link(self, link: EmulatedLink) -> None:
+        """Change the emulated link (benchmarks of a link that changes under a running model).
+
+        Raises:
+            ValueError: this client was made without an emulated link.
+        """
+        if self._throttle is None:
+            raise ValueError("this SplitClient was made without an emulated link")
+        self._throttle.link = link
+        self.link = link
 
     def run_tail(
         self,

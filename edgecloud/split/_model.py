@@ -61,6 +61,8 @@ class SplitModel:
         link_alpha: weight of the newest link sample in the moving estimate.
         threads: onnxruntime intra-op threads on the device (0: decide).
         cloud_retry_s: after a cloud failure, stay all-local this long.
+        probe_interval_s: while the chosen cut sends nothing (all-local), probe
+            the link this often so that a faster link is noticed.
 
     Examples:
         >>> model = SplitModel("digits_cnn.onnx", cloud="127.0.0.1:50061")  # doctest: +SKIP
@@ -83,6 +85,7 @@ class SplitModel:
         link_alpha: float = 0.3,
         threads: int = 1,
         cloud_retry_s: float = 5.0,
+        probe_interval_s: float = 5.0,
     ) -> None:
         from edgecloud.device.backends.onnx import OnnxBackend
 
@@ -101,6 +104,8 @@ class SplitModel:
         self._threads = threads
         self._retry_s = cloud_retry_s
         self._cloud_down_until = 0.0
+        self._probe_interval = probe_interval_s
+        self._last_probe = 0.0
         self._whole = OnnxBackend(
             self.path, providers=["CPUExecutionProvider"], intra_op_threads=threads
         )
@@ -146,19 +151,28 @@ class SplitModel:
             time.sleep((time.perf_counter() - t0) * (self.device_slowdown - 1.0))
         return dict(out)
 
-    def probe_link(self, probe_bytes: int = 64 * 1024) -> None:
-        """Measure RTT (empty ping) and bandwidth (a ``probe_bytes`` upload) into the estimate.
+    def probe_link(self, probe_bytes: int = 64 * 1024, max_probe_bytes: int = 4 << 20) -> None:
+        """Measure RTT (empty pings) and bandwidth (uploads) into the estimate.
+
+        The upload grows 4x at a time (up to ``max_probe_bytes``) until its
+        serialization dominates the round trip, so a fast link is measured too.
 
         Raises:
             TransportError: the cloud is unreachable.
         """
         if self.cloud is None:
             return
+        self._last_probe = time.monotonic()
         self.cloud.ping()  # the first call also connects the channel: not a sample
         for _ in range(3):
             self.link.observe_rtt(self.cloud.ping())
-        for _ in range(2):
-            self.link.observe_transfer(probe_bytes, self.cloud.ping(payload_bytes=probe_bytes))
+        size = probe_bytes
+        while True:
+            seconds = self.cloud.ping(payload_bytes=size)
+            if self.link.informative(seconds) or size >= max_probe_bytes:
+                self.link.observe_transfer(size, seconds)
+                break
+            size = min(size * 4, max_probe_bytes)
 
     def profile(
         self, sample: Mapping[str, np.ndarray[Any, Any]] | None = None, *, repeats: int = 5
@@ -252,6 +266,8 @@ class SplitModel:
         """
         if cut is None and not self.profiles:
             self.profile()  # once, before the clock starts: it is not part of this call
+        if cut is None:
+            self._maybe_probe()
         t0 = time.perf_counter()
         if cut is None:
             best, _ = self.choose()
@@ -283,6 +299,17 @@ class SplitModel:
         self.link.observe_transfer(r.up_bytes + r.down_bytes, r.wire_s)
         self.last = RunInfo(chosen, predicted, time.perf_counter() - t0, head_s, False)
         return r.outputs
+
+    def _maybe_probe(self) -> None:
+        # Remote calls keep the estimate fresh; all-local ones send nothing, so probe.
+        if not self.cloud_available() or time.monotonic() - self._last_probe < self._probe_interval:
+            return
+        if self.last is not None and self.last.cut.tensors != self.partitioner.outputs:
+            return
+        try:
+            self.probe_link()
+        except TransportError:
+            self._cloud_down_until = time.monotonic() + self._retry_s
 
     def _fallback(
         self, inputs: Mapping[str, np.ndarray[Any, Any]], cut: Cut, predicted: float, t0: float

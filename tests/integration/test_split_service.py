@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,27 @@ def test_a_server_refuses_a_model_that_does_not_load(tmp_path: Path) -> None:
     bad.write_bytes(b"\x08\x07garbage")
     with pytest.raises(ModelIntegrityError):
         BackgroundServer({"bad": bad})
+
+
+def test_the_cut_is_re_chosen_when_the_link_changes(
+    server: BackgroundServer, frame: np.ndarray
+) -> None:
+    client = SplitClient(server.address, link=EmulatedLink(100e6, 0.02))
+    with SplitModel(CNN, client, device_slowdown=100, probe_interval_s=0.2) as model:
+        model.profile({"input": frame}, repeats=2)
+        model.run({"input": frame})
+        assert model.last is not None and model.last.cut.index == 0  # fast link: all-cloud
+        client.set_link(EmulatedLink(1e6, 0.02))
+        chosen = []
+        for _ in range(8):
+            model.run({"input": frame})
+            chosen.append(model.last.cut.index)
+        assert chosen[-1] == 16, chosen  # slow link: learned from its own transfers, all-local
+        assert model.link.estimate.bandwidth_Bps < 0.3e6
+        client.set_link(EmulatedLink(100e6, 0.02))
+        chosen = []
+        for _ in range(4):
+            time.sleep(0.25)  # all-local sends nothing: the periodic probe notices the link
+            model.run({"input": frame})
+            chosen.append(model.last.cut.index)
+        assert chosen[-1] == 0, chosen

@@ -60,3 +60,17 @@ def test_link_estimator_tracks_a_changing_link() -> None:
     assert est.estimate.rtt_s < 0.02
     with pytest.raises(ValueError):
         LinkEstimator(alpha=0)
+
+
+def test_a_change_of_link_is_followed_within_a_few_transfers_both_ways() -> None:
+    est = LinkEstimator(alpha=0.3)
+    est.observe_rtt(0.02)
+    est.observe_transfer(1_000_000, 0.02 + 1_000_000 / 12.5e6)  # 100 Mbit/s
+    for rate in (1.25e5, 12.5e6):  # down 100x, then back up
+        for _ in range(3):
+            est.observe_transfer(int(rate), 0.02 + 1.0)  # one second of serialization
+        assert rate / 2 < est.estimate.bandwidth_Bps < rate * 2
+    # small noise (under the jump factor) moves the estimate only by alpha
+    before = est.estimate.bandwidth_Bps
+    est.observe_transfer(int(before * 1.5), 0.02 + 1.0)
+    assert est.estimate.bandwidth_Bps == pytest.approx(before * 1.5**0.3, rel=1e-9)
