@@ -106,6 +106,12 @@ def generate_command(
         Optional[str], typer.Option(help="LoRA adapter id loaded on the service.")
     ] = None,
     chat: Annotated[bool, typer.Option(help="Send the prompt as a user chat message.")] = False,
+    prefix: Annotated[
+        str, typer.Option(help="Answer text already produced; the service continues after it.")
+    ] = "",
+    no_knowledge: Annotated[
+        bool, typer.Option("--no-knowledge", help="Answer without the service's knowledge base.")
+    ] = False,
     token: Annotated[
         Optional[str],
         typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
@@ -134,17 +140,26 @@ def generate_command(
             if max_tokens is not None:
                 overrides["max_tokens"] = max_tokens
             n, lp = 0, 0.0
-            async for event in c.stream(request, adapter_id=adapter, **overrides):
+            stream = c.stream(
+                request, adapter_id=adapter, assistant_prefix=prefix,
+                skip_knowledge=no_knowledge, **overrides,
+            )  # fmt: skip
+            async for event in stream:
                 if isinstance(event, Finish):
+                    passages = [{"text": p.text, "source": p.source, "score": p.score}
+                                for p in event.passages]  # fmt: skip
                     if as_json:
                         end = {"type": "finish", "reason": event.reason,
                                "prompt_tokens": event.prompt_tokens,
-                               "completion_tokens": event.completion_tokens}  # fmt: skip
+                               "completion_tokens": event.completion_tokens,
+                               "passages": passages}  # fmt: skip
                         print(json.dumps(end))
                     else:
                         mean = lp / n if n else math.nan
                         print(f"\n-- {event.completion_tokens} tokens | mean logprob {mean:.3f} | "
                               f"{event.reason}")  # fmt: skip
+                        for p in event.passages:
+                            print(f"-- knowledge [{p.score:.2f}] {p.source}: {p.text}")
                     continue
                 if event.token_id >= 0:
                     n, lp = n + 1, lp + event.logprob
