@@ -12,8 +12,11 @@ line (numbers compared as numbers, words case-insensitively on word boundaries).
 Retrieval hit: one of the passages put into the prompt contains an answer.
 
     python bench/knowledge_eval.py [--limit N] [--top-k K]
+    python bench/knowledge_eval.py --compare-formats --sample 46
 
-Prints a table and writes ``bench/results/knowledge_eval.json``.
+Prints a table and writes ``bench/results/knowledge_eval.json``; ``--compare-formats``
+asks a sample with each of a few prompt formats (knowledge only) and writes
+``bench/results/knowledge_eval_formats.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ FEW_SHOT = (
     "Q: How many legs does a spider have?\nA: 8\n"
     "Q: What is the boiling point of water in degrees Celsius?\nA: 100\n"
 )
+FORMATS = [
+    "Context: {context}\n\n{prompt}",
+    "{context}\n\n{prompt}",
+    "Use the context to answer.\nContext: {context}\n\n{prompt}",
+    "Q: What does the manual say?\nA: {context}\n{prompt}",
+]
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
 
@@ -97,6 +106,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
     fleet = [r for r in rows if r["domain"] == "fleet"][: args.limit or None]
+    if args.sample:
+        fleet = fleet[:: max(1, len(fleet) // args.sample)][: args.sample]
     tmp = Path(tempfile.mkdtemp(prefix="knowledge_eval."))
     config = CloudConfig.model_validate(
         {
@@ -126,7 +137,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async def one(row: dict[str, Any]) -> dict[str, Any]:
                 async with sem:
                     with_kb, passages, sources = await ask(client, row["question"], skip=False)
-                    without, _, _ = await ask(client, row["question"], skip=True)
+                    without = ""
+                    if not args.no_baseline:
+                        without, _, _ = await ask(client, row["question"], skip=True)
                 return {
                     "id": row["id"],
                     "question": row["question"],
@@ -176,7 +189,14 @@ def main() -> None:
     parser.add_argument("--min-score", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--sample", type=int, default=0, help="N evenly spaced questions.")
+    parser.add_argument("--prompt-format", default=FORMATS[0], help="cloud.model.prompt_format")
+    parser.add_argument("--no-baseline", action="store_true", help="Skip the no-knowledge run.")
+    parser.add_argument("--compare-formats", action="store_true", help="Each of FORMATS.")
     args = parser.parse_args()
+    if args.compare_formats:
+        compare_formats(args)
+        return
     result = asyncio.run(run(args))
     n = result["questions"]
     print(f"{'fleet questions':<28}{n:>8}")
@@ -189,6 +209,21 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+
+
+def compare_formats(args: argparse.Namespace) -> None:
+    args.no_baseline = True
+    rows = []
+    for template in FORMATS:
+        args.prompt_format = template
+        result = asyncio.run(run(args))
+        rows.append({"prompt_format": template, "questions": result["questions"],
+                     "accuracy_with_knowledge": result["accuracy_with_knowledge"],
+                     "retrieval_hit_rate": result["retrieval_hit_rate"]})  # fmt: skip
+        print(f"{result['accuracy_with_knowledge']:>6.3f}  {template!r}", flush=True)
+    out = RESULTS.with_name("knowledge_eval_formats.json")
+    out.write_text(json.dumps({"top_k": args.top_k, "formats": rows}, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

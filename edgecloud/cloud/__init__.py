@@ -18,11 +18,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.cloud._records import RecordStore, StoredRecord
     from edgecloud.cloud._scheduler import LoadSnapshot
     from edgecloud.cloud._server import CloudServer, serve
     from edgecloud.cloud._torch import BackendInfo, CloudRequest, TorchBackend
 
-__all__ = ["BackendInfo", "CloudRequest", "CloudServer", "LoadSnapshot", "TorchBackend", "serve"]
+__all__ = [
+    "BackendInfo",
+    "CloudRequest",
+    "CloudServer",
+    "KnowledgeBase",
+    "LoadSnapshot",
+    "RecordStore",
+    "StoredRecord",
+    "TorchBackend",
+    "serve",
+]
 
 _HOME = {
     "BackendInfo": "edgecloud.cloud._torch",
@@ -31,6 +43,9 @@ _HOME = {
     "CloudServer": "edgecloud.cloud._server",
     "serve": "edgecloud.cloud._server",
     "LoadSnapshot": "edgecloud.cloud._scheduler",
+    "KnowledgeBase": "edgecloud.cloud._knowledge",
+    "RecordStore": "edgecloud.cloud._records",
+    "StoredRecord": "edgecloud.cloud._records",
 }
 
 
