@@ -24,7 +24,7 @@ from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.device._escalation_log import EscalationRecord
-from edgecloud.errors import ConfigError
+from edgecloud.errors import ConfigError, InvalidRequestError
 from edgecloud.transport._serde import (
     chat_to_proto,
     event_from_proto,
@@ -101,6 +101,7 @@ class CloudClient:
     ) -> None:
         self.target = target
         self._timeout = timeout_s
+        self._max_message = max_message_bytes
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -221,6 +222,14 @@ class CloudClient:
         messages = [record_to_proto(r) for r in records]
         if not messages:
             return []
+        for msg in messages:
+            # gRPC would fail it as RESOURCE_EXHAUSTED, which reads as "retry later";
+            # a record too big for any message never fits, so say so plainly.
+            if msg.ByteSize() > self._max_message:
+                raise InvalidRequestError(
+                    f"escalation record {msg.id[:32]!r} is {msg.ByteSize()} bytes; "
+                    f"messages are limited to {self._max_message}"
+                )
         try:
             ack = await self._stub.UploadEscalations(
                 iter(messages),

@@ -221,6 +221,11 @@ def test_oversized_record_is_rejected_and_nothing_of_the_call_stored(
             ):
                 await c.upload([*records(2), *big])
             assert await c.upload(records(2)) == ["rec-00000", "rec-00001"]
+            # Too big for any gRPC message: refused before sending, not retried as overload.
+            huge = records(1, start=20, prompt="y" * 70_000)
+            async with client(server, max_message_bytes=64 * 1024) as small:
+                with pytest.raises(InvalidRequestError, match="messages are limited to 65536"):
+                    await small.upload(huge)
             return len(server.records)
 
     assert run(scenario) == 2
