@@ -227,10 +227,17 @@ class HybridEngine:
                 parts.append(ev.text)
                 yield ev
                 n += 1
-                if monitor is not None and ev.token_id >= 0 and self._available():
-                    handoff = monitor.update(ev.logprob, ev.entropy)
-                    if handoff is not None:
+                if monitor is not None and ev.token_id >= 0:
+                    trip = monitor.update(ev.logprob, ev.entropy)
+                    if trip is not None and self._available():
+                        handoff = trip
                         break
+                    if trip is not None:  # would hand off, but the cloud is out of reach
+                        info = RouteInfo(
+                            "connectivity",
+                            f"{trip.reason}, but no cloud endpoint is available",
+                            dict(trip.signals),
+                        )
         if handoff is None:
             assert finish is not None
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
