@@ -81,12 +81,12 @@ def bench_link(
         # Auto-chosen calls vs the best cut, interleaved call by call so both see the
         # same load on this shared host (medians taken minutes apart differ by 20%).
         auto_t, best_t = [], []
-        for x in frames[: 2 * repeats]:
-            model.run({"input": x[None]})
-            assert model.last is not None and not model.last.fallback
-            auto_t.append(model.last.latency_s)
-            model.run({"input": x[None]}, cut=best)
-            best_t.append(model.last.latency_s)
+        for i, x in enumerate(frames[: 3 * repeats]):
+            for auto_first in (True, False) if i % 2 else (False, True):
+                # alternate which goes first, so neither always follows the other
+                model.run({"input": x[None]}, cut=None if auto_first else best)
+                assert model.last is not None and not model.last.fallback
+                (auto_t if auto_first else best_t).append(model.last.latency_s)
         auto, best_paired = statistics.median(auto_t), statistics.median(best_t)
         chosen_after = model.choose()[0].profile.cut
         est = model.link.estimate

@@ -79,7 +79,9 @@ SlowOpt = Annotated[float, typer.Option(help="Emulate a device this many times s
 
 @split_app.command("serve")
 def serve(
-    model: Annotated[list[str], typer.Option(help="NAME=PATH of an ONNX model (repeatable).")],
+    model: Annotated[
+        Optional[list[str]], typer.Option(help="NAME=PATH of an ONNX model (repeatable).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50061,
 ) -> None:
@@ -87,13 +89,18 @@ def serve(
     from edgecloud.config import Settings
     from edgecloud.split import SplitServer
 
-    models = {}
-    for spec in model:
+    try:
+        cfg = Settings.load(None).split
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    models = dict(cfg.models)  # [split.models] in the settings, then --model on top
+    for spec in model or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise _fail(InvalidRequestError(f"--model wants NAME=PATH, got {spec!r}"))
         models[name] = Path(path)
-    cfg = Settings.load(None).split
+    if not models:
+        raise _fail(InvalidRequestError("no models: pass --model NAME=PATH or set split.models"))
 
     async def main() -> None:
         server = await SplitServer.start(
