@@ -74,26 +74,17 @@ def serve_command(
 
 
 def _load_knowledge(cloud: Any) -> Any:
-    """The configured knowledge base (built or loaded, with progress on stderr), or None."""
-    cfg = cloud.knowledge
-    if cfg.directory is None or not cfg.enabled:
+    """The configured knowledge base (built or loaded, progress on stderr), or None."""
+    from edgecloud.cloud._server import load_knowledge
+
+    if cloud.knowledge.directory is None or not cloud.knowledge.enabled:
         return None
-    from edgecloud.cloud._knowledge import KnowledgeBase
-    from edgecloud.device._encoder import SentenceEncoder
 
     def progress(done: int, total: int) -> None:
         typer.echo(f"\rindexing knowledge: {done}/{total} chunks", err=True, nl=done >= total)
 
-    typer.echo(f"knowledge: loading {cfg.directory}", err=True)
-    kb = KnowledgeBase(
-        cfg.directory.expanduser(),
-        SentenceEncoder(),
-        index_dir=cfg.index_dir.expanduser() if cfg.index_dir is not None else None,
-        progress=progress,
-    )
-    state = "rebuilt" if kb.rebuilt else "loaded (unchanged)"
-    typer.echo(f"knowledge: {len(kb)} chunks, index {state} in {kb.index_dir}", err=True)
-    return kb
+    typer.echo(f"knowledge: loading {cloud.knowledge.directory}", err=True)
+    return load_knowledge(cloud, progress)
 
 
 @cloud_app.command("generate")

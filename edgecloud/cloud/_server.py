@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ from edgecloud.transport._guard import DecodeGuardInterceptor
 if TYPE_CHECKING:
     from edgecloud.cloud._knowledge import KnowledgeBase
 
-__all__ = ["SERVICE_NAME", "CloudServer", "records_path", "serve"]
+__all__ = ["SERVICE_NAME", "CloudServer", "load_knowledge", "records_path", "serve"]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -62,6 +63,34 @@ def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
     if config.records.path is not None:
         return config.records.path.expanduser()
     return (cache_dir or default_cache_dir()) / "cloud" / "escalations.sqlite3"
+
+
+def load_knowledge(
+    config: CloudConfig, progress: Callable[[int, int], None] | None = None
+) -> KnowledgeBase | None:
+    """The knowledge base of ``cloud.knowledge`` (index built or loaded), or None when unset.
+
+    Raises:
+        ConfigError: the directory is missing or holds no documents.
+        ModelNotFoundError: the sentence encoder is not installed.
+    """
+    cfg = config.knowledge
+    if cfg.directory is None or not cfg.enabled:
+        return None
+    from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.device._encoder import SentenceEncoder
+
+    kb = KnowledgeBase(
+        cfg.directory.expanduser(),
+        SentenceEncoder(),
+        index_dir=cfg.index_dir.expanduser() if cfg.index_dir is not None else None,
+        progress=progress,
+    )
+    log.warning(
+        "knowledge: %d chunks from %s, index %s in %s",
+        len(kb), cfg.directory, "rebuilt" if kb.rebuilt else "loaded (unchanged)", kb.index_dir,
+    )  # fmt: skip
+    return kb
 
 
 def server_credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
@@ -133,13 +162,15 @@ class CloudServer:
         """Bind ``config.host`` (port from ``port`` or config; 0 picks one) and start serving.
 
         Args:
-            knowledge: retrieval put into prompts (``cloud.knowledge``); None: none.
+            knowledge: retrieval put into prompts; None loads ``cloud.knowledge`` (if set).
             records: where uploaded escalation records go; None opens :func:`records_path`.
 
         Raises:
             ConfigError: bad TLS settings, or the address cannot be bound.
         """
         credentials = server_credentials(config)
+        if knowledge is None:
+            knowledge = await asyncio.to_thread(load_knowledge, config)
         if records is None:
             records = RecordStore(records_path(config))
         # Auth first: an unauthenticated caller learns nothing, not even that its bytes parse.

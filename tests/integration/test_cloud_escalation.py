@@ -69,11 +69,11 @@ def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
 async def serving(
     backend: TorchBackend,
     db: Path,
-    knowledge: KnowledgeBase | None = None,
+    kb: KnowledgeBase | None = None,
     **overrides: Any,
 ) -> AsyncIterator[CloudServer]:
     config = CloudConfig.model_validate({**CONFIG, **overrides})
-    server = await CloudServer.start(backend, config, knowledge=knowledge, records=RecordStore(db))
+    server = await CloudServer.start(backend, config, knowledge=kb, records=RecordStore(db))
     try:
         yield server
     finally:
@@ -178,6 +178,30 @@ def test_knowledge_grounds_the_answer_and_passages_come_back(
     # skip_knowledge: nothing retrieved, nothing put into the prompt.
     assert plain_finish.passages == ()
     assert finish.prompt_tokens > plain_finish.prompt_tokens
+
+
+def test_knowledge_from_config_and_min_score(backend: TorchBackend, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "heron.md").write_text((MANUAL / "heron.md").read_text())
+    knowledge = {"directory": str(docs), "index_dir": str(tmp_path / "idx"), "top_k": 1}
+    question = f"{FEW_SHOT}Q: How much weight can the Heron carry?\nA:"
+
+    async def scenario(**overrides: Any) -> Finish:
+        async with (
+            serving(backend, tmp_path / "r.db", **overrides) as server,
+            client(server) as c,
+        ):
+            _, finish = await collect(c, question, max_tokens=1)
+            return finish
+
+    finish = run(lambda: scenario(knowledge=knowledge))
+    assert len(finish.passages) == 1 and finish.passages[0].source == "heron.md"
+    assert (tmp_path / "idx" / "manifest.json").is_file()
+    strict = run(lambda: scenario(knowledge={**knowledge, "min_score": 9.0}))
+    assert strict.passages == () and strict.prompt_tokens < finish.prompt_tokens
+    off = run(lambda: scenario(knowledge={**knowledge, "enabled": False}))
+    assert off.passages == ()
 
 
 def test_upload_is_idempotent_and_survives_a_restart(backend: TorchBackend, tmp_path: Path) -> None:
