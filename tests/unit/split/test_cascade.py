@@ -28,3 +28,20 @@ def test_calibration_picks_the_smallest_escalation_reaching_the_target() -> None
     c = Cascade(lambda x: dev[x[:, 0].astype(int)], cloud_fn, threshold=point.threshold)
     pred, esc = c.predict(idx)
     assert (pred == labels).all() and esc.sum() == 1 and calls == [1]
+
+
+def test_bootstrap_calibration_is_at_least_as_cautious() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    labels = rng.integers(0, 10, n)
+    cloud = np.eye(10)[labels] * 5
+    noisy = rng.random(n) < 0.1  # the device is wrong on 10%, and unsure on those mostly
+    dev = (
+        np.eye(10)[np.where(noisy, (labels + 1) % 10, labels)] * np.where(noisy, 0.5, 4.0)[:, None]
+    )
+    dev += rng.normal(0, 0.3, dev.shape)
+    plain = Cascade.calibrate(dev, cloud, labels, target=0.99)
+    safe = Cascade.calibrate(dev, cloud, labels, target=0.99, bootstrap=500)
+    assert safe.escalation_rate >= plain.escalation_rate
+    assert safe.accuracy >= plain.accuracy
+    assert safe.accuracy >= 0.99
