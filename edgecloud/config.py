@@ -244,19 +244,21 @@ class CloudModelConfig(BaseModel):
         max_length=4096,
         description=(
             "How retrieved knowledge is put into a prompt: a template with {context} (the "
-            "passages, one per line) and {prompt} (the request's prompt or rendered chat). "
-            "The default suits the embedded base model's few-shot Q/A prompts."
+            "passages, one per line) and either {prompt} (the request's prompt or rendered "
+            "chat) or {head} and {tail} (the prompt split before its last 'Q:' line, so the "
+            "passages can sit right before the real question of a few-shot Q/A prompt)."
         ),
     )
 
     @field_validator("prompt_format")
     @classmethod
     def _format_has_fields(cls, value: str) -> str:
-        for name in ("{context}", "{prompt}"):
-            if name not in value:
-                raise ValueError(f"must contain {name}")
+        if "{context}" not in value:
+            raise ValueError("must contain {context}")
+        if "{prompt}" not in value and "{tail}" not in value:
+            raise ValueError("must contain {prompt}, or {head} and {tail}")
         try:
-            value.format(context="", prompt="")
+            value.format(context="", prompt="", head="", tail="")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"not a valid template ({exc}); write literal braces as {{{{ }}}}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from edgecloud import __version__
 from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.cloud._prompting import question_of
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._torch import CloudRequest, TorchBackend
 from edgecloud.config import CloudConfig
@@ -48,21 +48,6 @@ log = logging.getLogger("edgecloud.cloud")
 
 _MAX_REQUEST_ID = 128
 _MAX_RECORDS_PER_UPLOAD = 10_000
-_Q_LINE = re.compile(r"^\s*Q:[ \t]*(.*)$", re.MULTILINE)
-
-
-def question_of(prompt: str | list[ChatMessage]) -> str:
-    """What a request asks, as the knowledge base is searched with it.
-
-    Chat: the last user message. A raw prompt: the text of its last ``Q:`` line
-    (few-shot Q/A prompts carry example questions before the real one), else
-    the whole prompt.
-    """
-    if not isinstance(prompt, str):
-        users = [m.content for m in prompt if m.role == "user"]
-        return users[-1] if users else ""
-    found = _Q_LINE.findall(prompt)
-    return str(found[-1]).strip() if found else prompt.strip()
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):

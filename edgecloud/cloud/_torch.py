@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecloud.cloud._prompting import apply_format
 from edgecloud.cloud._scheduler import LoadSnapshot, Scheduler
 from edgecloud.cloud._sequence import Sequence_
 from edgecloud.config import CloudConfig, Settings
@@ -226,8 +227,7 @@ class TorchBackend:
 
         text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
         if request.passages:
-            context = "\n".join(p.text for p in request.passages)
-            text = self._config.model.prompt_format.format(context=context, prompt=text)
+            text = apply_format(self._config.model.prompt_format, text, request.passages)
         return text
 
     def encode(self, request: CloudRequest) -> list[int]:

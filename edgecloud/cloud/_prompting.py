@@ -1,0 +1,50 @@
+"""How a request's question is found and how knowledge goes into its prompt (pure).
+
+A base model answers few-shot Q/A prompts far better than chat prompts, and such a
+prompt carries example questions before the real one: the real question is the
+last ``Q:`` line. ``cloud.model.prompt_format`` may place the passages around the
+whole prompt (``{prompt}``) or right before that last question (``{head}`` is the
+text before the last ``Q:`` line, ``{tail}`` that line and what follows).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from edgecloud.types import ChatMessage, Passage
+
+__all__ = ["apply_format", "question_of", "split_last_question"]
+
+_Q_LINE = re.compile(r"^[ \t]*Q:[ \t]*(.*)$", re.MULTILINE)
+
+
+def question_of(prompt: str | Sequence[ChatMessage]) -> str:
+    """What a request asks, as the knowledge base is searched with it.
+
+    Chat: the last user message. A raw prompt: the text of its last ``Q:`` line,
+    else the whole prompt.
+    """
+    if not isinstance(prompt, str):
+        users = [m.content for m in prompt if m.role == "user"]
+        return users[-1] if users else ""
+    found = _Q_LINE.findall(prompt)
+    return str(found[-1]).strip() if found else prompt.strip()
+
+
+def split_last_question(text: str) -> tuple[str, str]:
+    """``(head, tail)``: the text before the last ``Q:`` line, and the rest ("" and
+    the whole text when there is no ``Q:`` line)."""
+    last = None
+    for last in _Q_LINE.finditer(text):  # noqa: B007 - we want the last match
+        pass
+    if last is None:
+        return "", text
+    return text[: last.start()], text[last.start() :]
+
+
+def apply_format(template: str, prompt: str, passages: Sequence[Passage]) -> str:
+    """``prompt`` with ``passages`` (one per line) put in by ``template``."""
+    head, tail = split_last_question(prompt)
+    context = "\n".join(p.text for p in passages)
+    return template.format(context=context, prompt=prompt, head=head, tail=tail)
