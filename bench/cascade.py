@@ -171,7 +171,7 @@ def main() -> None:
           f"{pc['test_escalation_rate']:>10.3f}")  # fmt: skip
     print(f"{'margin cascade (bootstrap calib.)':<34} {cascade_acc:>9.4f} {rate:>10.3f}")
     print(f"cascade / cloud accuracy = {t['cascade_over_cloud_accuracy']:.4f} (target {TARGET}); "
-          f"threshold {point.threshold:.4f} calibrated on {len(data.y_calib)} held-out images; "
+          f"threshold {safe.threshold:.4f} (bootstrap) calibrated on {len(data.y_calib)} held-out images; "
           f"lowest rate reaching the target on the test curve: {oracle.escalation_rate:.3f}")  # fmt: skip
 
 
