@@ -30,6 +30,8 @@ device_app = typer.Typer(help="Run models on this device.", no_args_is_help=True
 app.add_typer(device_app, name="device")
 app.add_typer(_cloud_cli.cloud_app, name="cloud")
 app.add_typer(_split_cli.split_app, name="split")
+router_app = typer.Typer(help="Escalation policies: calibrate thresholds.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
 
 err = Console(stderr=True)
 
@@ -200,6 +202,141 @@ def info(
         typer.echo(
             json.dumps({"kind": i.kind, "model": i.model, "path": i.path, **i.details}, indent=2)
         )
+
+
+@device_app.command("chat")
+def chat(
+    config: ConfigOpt = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most new tokens per answer.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log.")] = False,
+) -> None:
+    """Chat with the device; each answer shows where it ran (local/cloud) and its confidence.
+
+    With cloud endpoints in the config, the routing policies decide per answer and may hand
+    off mid-answer; local text is shown plain, cloud text in blue. Type /quit or Ctrl-D to end.
+    """
+    from edgecloud import Client
+
+    out = Console(highlight=False)
+    progress = _AssemblyProgress()
+    try:
+        settings = _settings(config, verbose)
+        client = Client.local(settings=settings, progress=progress)
+    except EdgeCloudError as exc:
+        progress.stop()
+        raise _fail(exc) from None
+    messages: list[dict[str, str]] = []
+    with client:
+        mode = "hybrid" if client.engine is not None else "local only"
+        out.print(f"[dim]edgecloud chat ({mode}, {client.backend.info.model}); /quit to end[/]")
+        while True:
+            try:
+                line = input("you> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                break
+            if line in ("/quit", "/exit"):
+                break
+            if not line:
+                continue
+            messages.append({"role": "user", "content": line})
+            out.print("bot>", end="")
+            try:
+                stream = client.stream(messages, max_tokens=max_tokens)
+                for chunk in stream:
+                    out.print(chunk.text, end="", style="blue" if chunk.source == "cloud" else None)
+            except EdgeCloudError as exc:
+                messages.pop()
+                out.print(f"\n[bold red]error:[/] {exc}")
+                continue
+            r = stream.result
+            if r is None:
+                continue
+            messages.append({"role": "assistant", "content": r.text.strip()})
+            badge = {"local": "local", "cloud": "cloud", "mixed": "local→cloud"}[r.source]
+            why = f" · {r.route.policy}: {r.route.reason}" if r.route is not None else ""
+            if r.route is not None and r.route.fallback:
+                why += f" · {r.route.fallback}"
+            out.print(
+                f"\n[dim]\\[{badge}] mean logprob {_fmt(r.confidence.mean_logprob)} · "
+                f"min {_fmt(r.confidence.min_logprob)} · entropy {_fmt(r.confidence.mean_entropy)}"
+                f"{why}[/]"
+            )
+
+
+@router_app.command("calibrate")
+def calibrate(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL: {'prompt': ...} or {'question': ...} per line, "
+            "optionally with per-token 'logprobs'/'entropies'."
+        ),
+    ],
+    target_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of answers to escalate.")
+    ] = 0.2,
+    signal: Annotated[
+        str, typer.Option(help="'logprob' (low escalates) or 'entropy' (high escalates).")
+    ] = "logprob",
+    window: Annotated[int, typer.Option(min=1, help="Tokens in the confidence window.")] = 8,
+    min_tokens: Annotated[int, typer.Option(min=1, help="Tokens before the window may fire.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 32,
+    config: ConfigOpt = None,
+) -> None:
+    """Pick the window threshold that escalates --target-rate of a held-out set; prints the
+    [device.router] settings to paste into the device config."""
+    from edgecloud.router import calibrate_window
+
+    if signal not in ("logprob", "entropy"):
+        raise _fail(InvalidRequestError("--signal must be 'logprob' or 'entropy'"))
+    try:
+        records = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise _fail(InvalidRequestError(f"cannot read {data}: {exc}")) from None
+    if not records:
+        raise _fail(InvalidRequestError(f"{data} holds no records"))
+    answers = [
+        (r["logprobs"], r["entropies"]) for r in records if "logprobs" in r and "entropies" in r
+    ]
+    if len(answers) < len(records):
+        answers = _local_signals(records, config, max_tokens)
+    try:
+        cal = calibrate_window(
+            answers, target_rate, signal=signal, window=window, min_tokens=min_tokens
+        )
+    except ValueError as exc:
+        raise _fail(InvalidRequestError(str(exc))) from None
+    t = cal.thresholds
+    err.print(
+        f"{cal.examples} answers; escalates {cal.achieved_rate:.1%} (target {target_rate:.1%})"
+    )
+    lines = ["[device.router]", f"window = {t.window}", f"min_tokens = {t.min_tokens}"]
+    if signal == "logprob":
+        lines.append(f"min_mean_logprob = {t.min_mean_logprob:.4f}")
+    else:
+        lines.append(f"max_mean_entropy = {t.max_mean_entropy:.4f}")
+    typer.echo("\n".join(lines))
+
+
+def _local_signals(
+    records: list[dict[str, Any]], config: Path | None, max_tokens: int
+) -> list[tuple[list[float], list[float]]]:
+    from edgecloud import Client
+
+    try:
+        client = Client.local(settings=_settings(config), progress=_AssemblyProgress())
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    answers = []
+    with client, Progress(console=err, transient=True) as bar:
+        task = bar.add_task("running the device model", total=len(records))
+        for r in records:
+            prompt = r.get("prompt") or f"Q: {r['question']}\nA:"
+            stream = client.stream(prompt, max_tokens=max_tokens, stop=r.get("stop", ["\n"]))
+            chunks = [c for c in stream if c.token_id >= 0]
+            answers.append(([c.logprob for c in chunks], [c.entropy for c in chunks]))
+            bar.advance(task)
+    return answers
 
 
 def main() -> None:

@@ -82,3 +82,43 @@ def test_absurd_max_tokens(model_cache: Path) -> None:
     p = _run(["device", "generate", "hi", "--max-tokens", "-3"], model_cache)
     assert p.returncode == 2
     assert b"max_tokens" in p.stderr
+
+
+def test_chat_shows_a_source_badge_and_confidence(model_cache: Path) -> None:
+    p = _run(
+        ["device", "chat", "--max-tokens", "8"],
+        model_cache,
+        input=b"What is the capital of Italy?\n/quit\n",
+    )
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "bot>" in out and "[local]" in out and "mean logprob" in out
+
+
+def test_router_calibrate_from_recorded_signals(model_cache: Path, tmp_path: Path) -> None:
+    data = tmp_path / "heldout.jsonl"
+    rows = [
+        {"prompt": f"p{i}", "logprobs": [-0.1 * i] * 6, "entropies": [0.5] * 6} for i in range(10)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    p = _run(
+        [
+            "router",
+            "calibrate",
+            str(data),
+            "--target-rate",
+            "0.2",
+            "--window",
+            "3",
+            "--min-tokens",
+            "2",
+        ],
+        model_cache,
+    )
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    threshold = float(out.split("min_mean_logprob = ")[1].split()[0])
+    assert threshold == pytest.approx(-0.75)  # halfway between the 2nd and 3rd lowest means
+    assert b"escalates 20.0%" in p.stderr
+    bad = _run(["router", "calibrate", str(tmp_path / "missing.jsonl")], model_cache)
+    assert bad.returncode == 2 and b"cannot read" in bad.stderr

@@ -1,0 +1,41 @@
+"""A cloud service for benchmarks: the real server in this process, on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.asynccontextmanager
+async def local_cloud(
+    *, knowledge: Path | None, threads: int = 1, top_k: int = 2, min_score: float = 0.3,
+    **cloud: Any,
+) -> AsyncIterator[tuple[Any, Any]]:  # fmt: skip
+    """Yields (CloudServer, TorchBackend) serving the embedded model, with ``knowledge``
+    as its knowledge base when given; stops both on exit."""
+    from edgecloud.cloud import CloudServer, TorchBackend
+    from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.cloud._records import RecordStore
+    from edgecloud.config import CloudConfig, Settings
+    from edgecloud.device._encoder import SentenceEncoder
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgecloud-bench."))
+    fields: dict[str, Any] = {"insecure": True, "port": 0, "model": {"threads": threads}, **cloud}
+    if knowledge is not None:
+        fields["knowledge"] = {"directory": str(knowledge), "index_dir": str(tmp / "idx"),
+                               "top_k": top_k, "min_score": min_score}  # fmt: skip
+    config = CloudConfig.model_validate(fields)
+    settings = Settings.load().model_copy(update={"cloud": config})
+    kb = KnowledgeBase(knowledge, SentenceEncoder(), index_dir=tmp / "idx") if knowledge else None
+    backend = TorchBackend.load(settings)
+    server = await CloudServer.start(
+        backend, config, knowledge=kb, records=RecordStore(tmp / "records.sqlite3")
+    )
+    try:
+        yield server, backend
+    finally:
+        await server.stop(0)
+        backend.close()
