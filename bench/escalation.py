@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import local_cloud  # noqa: E402
+from _cloud import local_cloud
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = ["Why is the sky blue?", "The capital of France is", "Name three primary colours:",

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cloud import local_cloud  # noqa: E402
-from knowledge_eval import ask, few_shot_prompt, is_right  # noqa: E402
+from _cloud import local_cloud
+from knowledge_eval import ask, few_shot_prompt, is_right
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "bench" / "data" / "router_eval.jsonl"
@@ -68,16 +68,18 @@ def local_answers(rows: list[dict[str, Any]], max_tokens: int) -> list[dict[str,
 async def cloud_answers(rows: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
     from edgecloud.transport import CloudClient
 
-    async with local_cloud(knowledge=MANUAL) as (server, _backend):
-        async with CloudClient(f"127.0.0.1:{server.port}", tls=False, timeout_s=900) as client:
-            sem = asyncio.Semaphore(concurrency)
+    async with (
+        local_cloud(knowledge=MANUAL) as (server, _backend),
+        CloudClient(f"127.0.0.1:{server.port}", tls=False, timeout_s=900) as client,
+    ):
+        sem = asyncio.Semaphore(concurrency)
 
-            async def one(row: dict[str, Any]) -> dict[str, Any]:
-                async with sem:
-                    text, _, _ = await ask(client, row["question"], skip=False)
-                return {"text": text.strip(), "right": is_right(text, row["answers"])}
+        async def one(row: dict[str, Any]) -> dict[str, Any]:
+            async with sem:
+                text, _, _ = await ask(client, row["question"], skip=False)
+            return {"text": text.strip(), "right": is_right(text, row["answers"])}
 
-            return list(await asyncio.gather(*(one(r) for r in rows)))
+        return list(await asyncio.gather(*(one(r) for r in rows)))
 
 
 def learned_scores(rows: list[dict[str, Any]], wrong: list[bool], folds: int = 5) -> list[float]:
