@@ -318,6 +318,40 @@ def calibrate(
     typer.echo("\n".join(lines))
 
 
+@router_app.command("train")
+def train(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL with 'prompt' (or 'question') and 'poor' (bool: the "
+            "local answer was wrong) per line."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the learned router (JSON).")] = Path(
+        "router.json"
+    ),
+) -> None:
+    """Train the learned pre-generation router (MiniLM embedding + logistic head) and write
+    it as JSON; point device.router.learned_path at the file."""
+    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.router import LearnedRouter
+
+    try:
+        rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+        texts = [r.get("prompt") or r["question"] for r in rows]
+        labels = [bool(r["poor"]) for r in rows]
+        x = SentenceEncoder().encode(texts)
+        head = LearnedRouter.fit(
+            x, labels, meta={"encoder": "all-MiniLM-L6-v2-int8", "data": str(data)}
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        raise _fail(InvalidRequestError(f"cannot train from {data}: {exc}")) from None
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    head.save(out)
+    typer.echo(f"{out} ({len(rows)} examples, {sum(labels)} poor)")
+
+
 def _local_signals(
     records: list[dict[str, Any]], config: Path | None, max_tokens: int
 ) -> list[tuple[list[float], list[float]]]:

@@ -122,3 +122,25 @@ def test_router_calibrate_from_recorded_signals(model_cache: Path, tmp_path: Pat
     assert b"escalates 20.0%" in p.stderr
     bad = _run(["router", "calibrate", str(tmp_path / "missing.jsonl")], model_cache)
     assert bad.returncode == 2 and b"cannot read" in bad.stderr
+
+
+def test_router_train_writes_a_usable_learned_router(model_cache: Path, tmp_path: Path) -> None:
+    from edgecloud.router import LearnedRouter
+
+    data = tmp_path / "outcomes.jsonl"
+    easy = [f"What is the capital of {c}?" for c in ("France", "Italy", "Spain", "Japan")]
+    hard = [f"What is the payload of the {n} robot?" for n in ("Kestrel", "Heron", "Lynx", "Otter")]
+    data.write_text("\n".join(json.dumps({"prompt": p, "poor": p in hard}) for p in easy + hard))
+    p = _run(["router", "train", str(data), "--out", str(tmp_path / "router.json")], model_cache)
+    assert p.returncode == 0, p.stderr
+    head = LearnedRouter.load(tmp_path / "router.json")
+    from edgecloud.device._encoder import SentenceEncoder
+
+    probs = head.predict(
+        SentenceEncoder().encode(
+            ["What is the payload of the Badger robot?", "What is the capital of Peru?"]
+        )
+    )
+    assert probs[0] > 0.5 > probs[1]
+    bad = _run(["router", "train", str(tmp_path / "router.json")], model_cache)
+    assert bad.returncode == 2 and b"cannot train" in bad.stderr
