@@ -159,7 +159,7 @@ def accuracy_per_cut(address: str, data: digits_data.Digits) -> dict[str, Any]:
         for cut in model.cuts[:-1]:
             row: dict[str, Any] = {"index": cut.index, "cut": cut.name}
             for enc in ("float32", "float16", "int8"):
-                logits = []
+                logits, sent = [], 0
                 for i in range(0, len(x), 60):
                     acts = model.run_head(cut, {"input": x[i : i + 60]})
                     r = client.run_tail(
@@ -167,8 +167,14 @@ def accuracy_per_cut(address: str, data: digits_data.Digits) -> dict[str, Any]:
                         compression="zstd" if enc == "int8" else "none",
                     )  # fmt: skip
                     logits.append(r.outputs["logits"])
+                    sent += r.up_bytes
                 row[enc] = float((np.concatenate(logits).argmax(1) == y).mean())
+                # bytes per image on the wire (int8 is zstd-compressed)
+                row[f"{enc}_bytes_per_image"] = sent / len(x)
             out["cuts"].append(row)
+    out["int8_zstd_vs_float32_bytes"] = sum(r["int8_bytes_per_image"] for r in out["cuts"]) / sum(
+        r["float32_bytes_per_image"] for r in out["cuts"]
+    )
     out["int8_max_loss_points"] = max((base - r["int8"]) * 100 for r in out["cuts"])
     out["float16_max_loss_points"] = max((base - r["float16"]) * 100 for r in out["cuts"])
     out["float32_max_loss_points"] = max((base - r["float32"]) * 100 for r in out["cuts"])
@@ -254,7 +260,8 @@ def main() -> None:
     print(f"accuracy (whole model fp32): {accuracy['fp32_whole_model']:.4f}; worst loss over "
           f"cuts: int8 {accuracy['int8_max_loss_points']:.2f} pt, float16 "
           f"{accuracy['float16_max_loss_points']:.2f} pt, float32 "
-          f"{accuracy['float32_max_loss_points']:.2f} pt")  # fmt: skip
+          f"{accuracy['float32_max_loss_points']:.2f} pt; int8+zstd sends "
+          f"{accuracy['int8_zstd_vs_float32_bytes']:.1%} of float32's bytes over all cuts")  # fmt: skip
     print("* auto/best: calls that choose their own cut vs the best cut, interleaved call by call")
     for p in change["phases"]:
         print(f"link now {p['link_mbit']:g} Mbit/s: chosen cut per call {p['chosen_cuts']}")
