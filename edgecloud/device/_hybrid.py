@@ -300,14 +300,17 @@ class HybridEngine:
             self._record(prompt, prefix, "".join(texts), route, t0)
             yield Finish(done.reason, done.prompt_tokens, start + n_cloud, done.passages, route)
             return
+        if cancel.is_set():  # the caller cancelled: not a cloud failure
+            route = replace(info, escalated=True, local_tokens_before_handoff=start)
+            yield Finish(
+                "cancelled", done.prompt_tokens if done else 0, start + n_cloud, route=route
+            )
+            return
         if demanded:
             why = failure or "none available"
             raise TransportError(f"the request demands the cloud and no endpoint answered ({why})")
         fallback = f"cloud failed ({failure or 'no endpoint available'}); finished on the device"
         route = replace(info, escalated=True, local_tokens_before_handoff=start, fallback=fallback)
-        if cancel.is_set():
-            yield Finish("cancelled", 0, start + n_cloud, route=route)
-            return
         local_params = params.model_copy(update={"max_tokens": max(remaining - n_cloud, 1)})
         finish: Finish | None = None
         n_local = 0

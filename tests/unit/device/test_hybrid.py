@@ -155,3 +155,15 @@ def test_budget_spent_keeps_answers_local() -> None:
     assert first.source == "mixed"  # 7 prompt + 3 completion tokens spent
     second = client.generate("hi", max_tokens=10)
     assert second.source == "local" and len(cloud.calls) == 1
+
+
+def test_cancelling_during_the_cloud_part_ends_quietly() -> None:
+    cloud = FakeCloud("a", words="w " * 30, delay=0.0)
+    client, _ = make([cloud])
+    stream = client.stream("hi", route="cloud", max_tokens=30)
+    first = next(stream)
+    assert first.source == "cloud"
+    stream.close()  # cancel and drain: no error although the cloud part was demanded
+    assert stream.result is not None and stream.result.finish_reason == "cancelled"
+    assert stream.result.route is not None and stream.result.route.fallback is None
+    assert client.generate("hi", route="cloud", max_tokens=2).usage.completion_tokens == 2
