@@ -66,11 +66,18 @@ def _median_latency(model: SplitModel, frames: np.ndarray, cut: int | None) -> f
 
 
 def bench_link(
-    address: str, mbit: float, frames: np.ndarray, repeats: int, slowdown: float, encoding: str
+    address: str,
+    mbit: float,
+    frames: np.ndarray,
+    repeats: int,
+    slowdown: float,
+    encoding: str,
+    compression: str = "none",
 ) -> dict[str, Any]:
     link = EmulatedLink(bandwidth_bps=mbit * 1e6, rtt_s=RTT_S)
     client = SplitClient(address, link=link)
-    with SplitModel(MODEL, client, device_slowdown=slowdown, encoding=encoding) as model:  # type: ignore[arg-type]
+    with SplitModel(MODEL, client, device_slowdown=slowdown, encoding=encoding,  # type: ignore[arg-type]
+                    compression=compression) as model:  # type: ignore[arg-type]  # fmt: skip
         model.profile({"input": frames[0][None]}, repeats=5)
         best_pred, predictions = model.choose()
         measured = []
@@ -210,6 +217,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--device-slowdown", type=float, default=100.0)
     parser.add_argument("--encoding", default="float16", choices=["float32", "float16", "int8"])
+    parser.add_argument("--compression", default="none", choices=["none", "zstd"])
+    parser.add_argument("--tag", default="", help="write split_<tag>.json/png instead")
     args = parser.parse_args()
     repeats = 5 if args.quick else 11
     data = digits_data.load()
@@ -217,7 +226,15 @@ def main() -> None:
     with BackgroundServer({"digits_cnn": MODEL}, threads=1) as srv:
         accuracy = accuracy_per_cut(srv.address, data)
         links = [
-            bench_link(srv.address, mbit, data.x_test, repeats, args.device_slowdown, args.encoding)
+            bench_link(
+                srv.address,
+                mbit,
+                data.x_test,
+                repeats,
+                args.device_slowdown,
+                args.encoding,
+                args.compression,
+            )
             for mbit in LINKS_MBIT
         ]
         change = link_change(srv.address, data.x_test, args.device_slowdown, args.encoding)
@@ -227,6 +244,7 @@ def main() -> None:
         "model": str(MODEL.relative_to(ROOT)),
         "device_slowdown": args.device_slowdown,
         "encoding": args.encoding,
+        "compression": args.compression,
         "repeats": repeats,
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "links": links,
@@ -243,10 +261,12 @@ def main() -> None:
         },
         "elapsed_s": time.perf_counter() - t0,
     }
-    (RESULTS / "split.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(links, RESULTS / "split.png")
+    name = f"split_{args.tag}" if args.tag else "split"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(links, RESULTS / f"{name}.png")
 
-    print(f"digits CNN, device slowdown x{args.device_slowdown:g}, {args.encoding} activations, "
+    print(f"digits CNN, device slowdown x{args.device_slowdown:g}, {args.encoding} activations "
+          f"({args.compression}), "
           f"RTT {RTT_S * 1e3:.0f} ms")  # fmt: skip
     hdr = ("link", "chosen", "best", "chosen ms", "best ms", "local ms", "cloud ms",
            "chosen/best", "auto/best*")  # fmt: skip

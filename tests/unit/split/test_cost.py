@@ -65,12 +65,23 @@ def test_link_estimator_tracks_a_changing_link() -> None:
 def test_a_change_of_link_is_followed_within_a_few_transfers_both_ways() -> None:
     est = LinkEstimator(alpha=0.3)
     est.observe_rtt(0.02)
-    est.observe_transfer(1_000_000, 0.02 + 1_000_000 / 12.5e6)  # 100 Mbit/s
+    for _ in range(3):
+        est.observe_transfer(1_000_000, 0.02 + 1_000_000 / 12.5e6)  # 100 Mbit/s
     for rate in (1.25e5, 12.5e6):  # down 100x, then back up
         for _ in range(3):
             est.observe_transfer(int(rate), 0.02 + 1.0)  # one second of serialization
-        assert rate / 2 < est.estimate.bandwidth_Bps < rate * 2
-    # small noise (under the jump factor) moves the estimate only by alpha
+        assert rate / 1.5 < est.estimate.bandwidth_Bps < rate * 1.5
+
+
+def test_one_slow_call_is_a_hiccup_not_a_new_link() -> None:
+    est = LinkEstimator(alpha=0.3)
+    est.observe_rtt(0.02)
+    for _ in range(3):
+        est.observe_transfer(100_000, 0.02 + 0.1)  # 1 MB/s
     before = est.estimate.bandwidth_Bps
-    est.observe_transfer(int(before * 1.5), 0.02 + 1.0)
+    est.observe_transfer(500, 0.06)  # a 500-byte call stalled for 40 ms: reads as 12.5 kB/s
+    assert est.estimate.bandwidth_Bps == pytest.approx(before)
+    # small noise, twice in a row, moves the estimate only by alpha (in log space)
+    est.observe_transfer(150_000, 0.02 + 0.1)
+    est.observe_transfer(150_000, 0.02 + 0.1)
     assert est.estimate.bandwidth_Bps == pytest.approx(before * 1.5**0.3, rel=1e-6)
