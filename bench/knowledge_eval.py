@@ -47,6 +47,7 @@ FORMATS = [
     "{context}\n\n{prompt}",
     "Use the context to answer.\nContext: {context}\n\n{prompt}",
     "Q: What does the manual say?\nA: {context}\n{prompt}",
+    "{head}Context: {context}\n{tail}",
 ]
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
@@ -119,7 +120,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "top_k": args.top_k,
                 "min_score": args.min_score,
             },
-            "model": {"threads": args.threads},
+            "model": {"threads": args.threads, "prompt_format": args.prompt_format},
         }
     )
     settings = Settings.load().model_copy(update={"cloud": config})

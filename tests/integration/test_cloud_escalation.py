@@ -290,7 +290,7 @@ UPLOADER = textwrap.dedent(
                 acked = await cloud.upload(batch)
                 log.acknowledge(acked)
                 print("acked", len(acked), flush=True)
-                time.sleep(0.01)
+                time.sleep(0.02)  # a device paces its uploads; leaves time to kill it midway
         print("done", flush=True)
 
     asyncio.run(main(sys.argv[1], sys.argv[2]))
