@@ -29,7 +29,7 @@ class StopMatcher:
     """Finds stop sequences in streamed text without emitting any part of them.
 
     ``feed`` returns the text that is safe to show now: everything except a tail
-    that might still grow into a stop sequence. Once a stop sequence is seen,
+    that might still grow into a stop sequence. Once a stop sequence completes,
     ``stopped`` is true and the text before it has been returned.
     """
 
@@ -44,11 +44,14 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._pending + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        # Generation ends where a stop sequence first *completes* (as if the text arrived
+        # one character at a time), the earliest-starting one on a tie; so the result does
+        # not depend on how the text was split into tokens.
+        hits = [(i + len(stop), i) for stop in self._stops if (i := buf.find(stop)) >= 0]
+        if hits:
             self.stopped = True
             self._pending = ""
-            return buf[:cut]
+            return buf[: min(hits)[1]]
         hold = self._held_tail(buf)
         self._pending = buf[len(buf) - hold :]
         return buf[: len(buf) - hold]

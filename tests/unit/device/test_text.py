@@ -25,6 +25,13 @@ def test_held_prefix_is_released_when_it_does_not_complete() -> None:
     assert not m.stopped
 
 
+def test_the_stop_that_completes_first_wins_whatever_the_split() -> None:
+    # "X" completes at 2 before "YXX" (which starts earlier) completes at 3
+    assert _run(["X", "YXX"], ["YXX"]) == ("Y", True)
+    assert _run(["X", "YXX"], ["YX", "X"]) == ("Y", True)
+    assert _run(["X", "YXX"], ["Y", "X", "X"]) == ("Y", True)
+
+
 def test_no_stops_passes_through() -> None:
     assert _run([], ["a", "b"]) == ("ab", False)
 
@@ -39,8 +46,9 @@ def test_output_is_text_before_first_stop_for_any_split(
 ) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = text[: min(hits)] if hits else text
+    # the stop that completes first wins (earliest start on a tie)
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    expected = text[: min(hits)[1]] if hits else text
     assert _run(stops, pieces) == (expected, bool(hits))
 
 
