@@ -133,12 +133,14 @@ def bench_link(
     }
 
 
-def link_change(address: str, frames: np.ndarray, slowdown: float, encoding: str) -> dict[str, Any]:
+def link_change(
+    address: str, frames: np.ndarray, slowdown: float, encoding: str, compression: str
+) -> dict[str, Any]:
     """One running model while the link goes 100 -> 1 -> 100 Mbit/s: calls until it re-chooses."""
     client = SplitClient(address, link=EmulatedLink(100e6, RTT_S))
     phases = []
     with SplitModel(MODEL, client, device_slowdown=slowdown, encoding=encoding,  # type: ignore[arg-type]
-                    probe_interval_s=0.5) as model:  # fmt: skip
+                    compression=compression, probe_interval_s=0.5) as model:  # type: ignore[arg-type]  # fmt: skip
         model.profile({"input": frames[0][None]}, repeats=3)
         for mbit in (100.0, 1.0, 100.0):
             client.set_link(EmulatedLink(mbit * 1e6, RTT_S))
@@ -237,7 +239,9 @@ def main() -> None:
             )
             for mbit in LINKS_MBIT
         ]
-        change = link_change(srv.address, data.x_test, args.device_slowdown, args.encoding)
+        change = link_change(
+            srv.address, data.x_test, args.device_slowdown, args.encoding, args.compression
+        )
     RESULTS.mkdir(exist_ok=True)
     result = {
         "benchmark": "split",
