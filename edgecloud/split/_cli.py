@@ -43,7 +43,12 @@ def _fail(exc: EdgeCloudError) -> typer.Exit:
 
 
 def _model(
-    path: Path, cloud: Optional[str], link: Optional[str], rtt_ms: float, slowdown: float
+    path: Path,
+    cloud: Optional[str],
+    link: Optional[str],
+    rtt_ms: float,
+    slowdown: float,
+    token: Optional[str] = None,
 ) -> object:
     from edgecloud.config import Settings
     from edgecloud.split import EmulatedLink, SplitClient, SplitModel
@@ -57,6 +62,7 @@ def _model(
             link=emulated,
             chunk_bytes=cfg.chunk_bytes,
             max_activation_bytes=cfg.max_activation_bytes,
+            token=token,
         )
     return SplitModel(
         path,
@@ -75,6 +81,10 @@ LinkOpt = Annotated[
 ]
 RttOpt = Annotated[float, typer.Option(help="RTT of the emulated link, in ms.")]
 SlowOpt = Annotated[float, typer.Option(help="Emulate a device this many times slower.")]
+TokenOpt = Annotated[
+    Optional[str],
+    typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
+]
 
 
 @split_app.command("serve")
@@ -85,14 +95,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50061,
 ) -> None:
-    """Serve tails (edgecloud.v1.SplitService) and KServe v2 inference for ONNX models."""
+    """Serve tails (edgecloud.v1.SplitService) and KServe v2 inference for ONNX models.
+
+    With ``cloud.auth.tokens`` set, every call needs one of those bearer tokens.
+    """
     from edgecloud.config import Settings
     from edgecloud.split import SplitServer
 
     try:
-        cfg = Settings.load(None).split
+        settings = Settings.load(None)
     except EdgeCloudError as exc:
         raise _fail(exc) from None
+    cfg = settings.split
+    interceptors = []
+    if settings.cloud.auth.tokens:
+        from edgecloud.transport import TokenAuthInterceptor
+
+        interceptors.append(TokenAuthInterceptor(settings.cloud.auth.tokens))
     models = dict(cfg.models)  # [split.models] in the settings, then --model on top
     for spec in model or []:
         name, sep, path = spec.partition("=")
@@ -109,6 +128,7 @@ def serve(
             port=port,
             max_activation_bytes=cfg.max_activation_bytes,
             chunk_bytes=cfg.chunk_bytes,
+            interceptors=interceptors,
         )
         print(f"listening on {host}:{server.port}", flush=True)
         stop = asyncio.Event()
@@ -133,6 +153,7 @@ def profile(
     rtt_ms: RttOpt = 20.0,
     device_slowdown: SlowOpt = 1.0,
     repeats: Annotated[int, typer.Option(min=1, max=100, help="Timed runs per cut.")] = 5,
+    token: TokenOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per-cut latency table: device head, cloud tail, bytes, predicted end-to-end latency."""
@@ -141,7 +162,7 @@ def profile(
     if device != "local":
         raise _fail(InvalidRequestError("only --device local is supported"))
     try:
-        sm = _model(model, cloud, link, rtt_ms, device_slowdown)
+        sm = _model(model, cloud, link, rtt_ms, device_slowdown, token)
         assert isinstance(sm, SplitModel)
         with sm:
             sm.profile(repeats=repeats)
@@ -188,6 +209,7 @@ def run(
     rtt_ms: RttOpt = 20.0,
     device_slowdown: SlowOpt = 1.0,
     output: Annotated[Optional[Path], typer.Option(help="Write the outputs to this .npz.")] = None,
+    token: TokenOpt = None,
 ) -> None:
     """Choose the cut, run the head here and the tail in the cloud; print a JSON summary."""
     import numpy as np
@@ -195,7 +217,7 @@ def run(
     from edgecloud.split import SplitModel
 
     try:
-        sm = _model(model, cloud, link, rtt_ms, device_slowdown)
+        sm = _model(model, cloud, link, rtt_ms, device_slowdown, token)
         assert isinstance(sm, SplitModel)
         with sm:
             try:

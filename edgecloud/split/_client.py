@@ -106,6 +106,7 @@ class SplitClient:
         chunk_bytes: largest data message.
         max_activation_bytes: largest output accepted back.
         timeout_s: deadline of each call.
+        token: bearer token, for a service started with ``cloud.auth.tokens``.
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class SplitClient:
         chunk_bytes: int = 256 * 1024,
         max_activation_bytes: int = 64 * 1024 * 1024,
         timeout_s: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self.address = address
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.link = link
         self._chunk = chunk_bytes
         self._max = max_activation_bytes
@@ -182,7 +185,9 @@ class SplitClient:
         assembler = _wire.Assembler(self._max)
         t0 = time.perf_counter()
         try:
-            for chunk in self._stub.RunTail(requests(), timeout=self._timeout):
+            for chunk in self._stub.RunTail(
+                requests(), timeout=self._timeout, metadata=self._metadata
+            ):
                 assembler.feed(chunk)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from exc
@@ -199,7 +204,9 @@ class SplitClient:
         """``(model sha256, provider, {cut name: tail seconds})`` measured on the cloud."""
         try:
             r = self._stub.ProfileTails(
-                spb.ProfileTailsRequest(model=model, repeats=repeats), timeout=self._timeout * 4
+                spb.ProfileTailsRequest(model=model, repeats=repeats),
+                timeout=self._timeout * 4,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from exc
@@ -212,6 +219,7 @@ class SplitClient:
             self._stub.Ping(
                 spb.PingRequest(payload=b"\0" * payload_bytes, reply_bytes=reply_bytes),
                 timeout=self._timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from exc

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgecloud.errors import EdgeCloudError, InvalidCutError, TransportError
+from edgecloud.errors import AuthError, EdgeCloudError, InvalidCutError, TransportError
 from edgecloud.split._client import SplitClient
 from edgecloud.split._codec import Compression, Encoding, encode
 from edgecloud.split._cost import (
@@ -261,6 +261,7 @@ class SplitModel:
         Falls back to running everything here when the cloud fails.
 
         Raises:
+            AuthError: the cloud refused the credentials (no fallback: fix the token).
             InvalidRequestError: bad inputs, or a refused cut/activation.
             InvalidCutError: ``cut`` is not a valid cut.
         """
@@ -290,6 +291,8 @@ class SplitModel:
                 encoding=self.encoding,
                 compression=self.compression,
             )
+        except AuthError:
+            raise  # a configuration mistake to surface, not an outage to ride out
         except TransportError:
             return self._fallback(inputs, chosen, predicted, t0)
         except EdgeCloudError as exc:

@@ -197,3 +197,25 @@ def test_the_cut_is_re_chosen_when_the_link_changes(
             model.run({"input": frame})
             chosen.append(model.last.cut.index)
         assert chosen[-1] == 0, chosen
+
+
+def test_token_auth(frame: np.ndarray, whole: np.ndarray) -> None:
+    from edgecloud.errors import AuthError
+    from edgecloud.transport import TokenAuthInterceptor, hash_token
+
+    auth = TokenAuthInterceptor({"robot-1": hash_token("s3cret")})
+    with BackgroundServer({"digits_cnn": CNN}, threads=1, interceptors=[auth]) as srv:
+        with SplitClient(srv.address) as anonymous, pytest.raises(AuthError):
+            anonymous.run_tail("digits_cnn", ["input"], {"input": frame})
+        with SplitClient(srv.address, token="wrong") as wrong, pytest.raises(AuthError):
+            wrong.ping()
+        # surfaced, not hidden behind the local fallback
+        with (
+            SplitModel(CNN, SplitClient(srv.address, token="wrong")) as model,
+            pytest.raises(AuthError),
+        ):
+            model.run({"input": frame}, cut=0)
+        with SplitModel(CNN, SplitClient(srv.address, token="s3cret")) as model:
+            out = model.run({"input": frame}, cut=3)
+            assert model.last is not None and not model.last.fallback
+            np.testing.assert_allclose(out["logits"], whole, atol=0.05)
