@@ -12,10 +12,10 @@ from typing import Any
 @contextlib.asynccontextmanager
 async def local_cloud(
     *, knowledge: Path | None, threads: int = 1, top_k: int = 2, min_score: float = 0.3,
-    **cloud: Any,
-) -> AsyncIterator[tuple[Any, Any]]:  # fmt: skip
-    """Yields (CloudServer, TorchBackend) serving the embedded model, with ``knowledge``
-    as its knowledge base when given; stops both on exit."""
+    prompt_format: str | None = None,
+) -> AsyncIterator[tuple[Any, Any, Any]]:  # fmt: skip
+    """Yields (CloudServer, TorchBackend, CloudConfig) serving the embedded model, with
+    ``knowledge`` as its knowledge base when given; stops both on exit."""
     from edgecloud.cloud import CloudServer, TorchBackend
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._records import RecordStore
@@ -23,7 +23,10 @@ async def local_cloud(
     from edgecloud.device._encoder import SentenceEncoder
 
     tmp = Path(tempfile.mkdtemp(prefix="edgecloud-bench."))
-    fields: dict[str, Any] = {"insecure": True, "port": 0, "model": {"threads": threads}, **cloud}
+    model: dict[str, Any] = {"threads": threads}
+    if prompt_format is not None:
+        model["prompt_format"] = prompt_format
+    fields: dict[str, Any] = {"insecure": True, "port": 0, "model": model}
     if knowledge is not None:
         fields["knowledge"] = {"directory": str(knowledge), "index_dir": str(tmp / "idx"),
                                "top_k": top_k, "min_score": min_score}  # fmt: skip
@@ -35,7 +38,7 @@ async def local_cloud(
         backend, config, knowledge=kb, records=RecordStore(tmp / "records.sqlite3")
     )
     try:
-        yield server, backend
+        yield server, backend, config
     finally:
         await server.stop(0)
         backend.close()

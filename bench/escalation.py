@@ -55,7 +55,7 @@ async def run(pairs: int) -> dict[str, Any]:
     from edgecloud.transport import CloudClient
     from edgecloud.types import SamplingParams
 
-    async with local_cloud(knowledge=None) as (server, _backend):
+    async with local_cloud(knowledge=None) as (server, _backend, _config):
         target = f"127.0.0.1:{server.port}"
 
         def settings(**router: Any) -> Settings:

@@ -27,10 +27,12 @@ import json
 import platform
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cloud import local_cloud
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = ROOT / "bench" / "data" / "fleet_manual"
@@ -98,65 +100,41 @@ async def ask(client: Any, question: str, *, skip: bool) -> tuple[str, list[str]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from edgecloud.cloud import CloudServer, TorchBackend
-    from edgecloud.cloud._knowledge import KnowledgeBase
-    from edgecloud.cloud._records import RecordStore
-    from edgecloud.config import CloudConfig, Settings
-    from edgecloud.device._encoder import SentenceEncoder
     from edgecloud.transport import CloudClient
 
     rows = [json.loads(line) for line in EVAL.read_text().splitlines() if line.strip()]
     fleet = [r for r in rows if r["domain"] == "fleet"][: args.limit or None]
     if args.sample:
         fleet = fleet[:: max(1, len(fleet) // args.sample)][: args.sample]
-    tmp = Path(tempfile.mkdtemp(prefix="knowledge_eval."))
-    config = CloudConfig.model_validate(
-        {
-            "insecure": True,
-            "port": 0,
-            "knowledge": {
-                "directory": str(MANUAL),
-                "index_dir": str(tmp / "idx"),
-                "top_k": args.top_k,
-                "min_score": args.min_score,
-            },
-            "model": {"threads": args.threads, "prompt_format": args.prompt_format},
-        }
-    )
-    settings = Settings.load().model_copy(update={"cloud": config})
-    kb = KnowledgeBase(MANUAL, SentenceEncoder(), index_dir=tmp / "idx")
-    backend = TorchBackend.load(settings)
-    server = await CloudServer.start(
-        backend, config, knowledge=kb, records=RecordStore(tmp / "records.sqlite3")
-    )
     per_question = []
     started = time.perf_counter()
-    try:
-        async with CloudClient(f"127.0.0.1:{server.port}", tls=False, timeout_s=600) as client:
-            sem = asyncio.Semaphore(args.concurrency)
+    cloud = local_cloud(knowledge=MANUAL, threads=args.threads, top_k=args.top_k,
+                        min_score=args.min_score, prompt_format=args.prompt_format)  # fmt: skip
+    async with (
+        cloud as (server, backend, config),
+        CloudClient(f"127.0.0.1:{server.port}", tls=False, timeout_s=600) as client,
+    ):
+        sem = asyncio.Semaphore(args.concurrency)
 
-            async def one(row: dict[str, Any]) -> dict[str, Any]:
-                async with sem:
-                    with_kb, passages, sources = await ask(client, row["question"], skip=False)
-                    without = ""
-                    if not args.no_baseline:
-                        without, _, _ = await ask(client, row["question"], skip=True)
-                return {
-                    "id": row["id"],
-                    "question": row["question"],
-                    "answers": row["answers"],
-                    "with_knowledge": with_kb.strip(),
-                    "without_knowledge": without.strip(),
-                    "right_with": is_right(with_kb, row["answers"]),
-                    "right_without": is_right(without, row["answers"]),
-                    "retrieval_hit": passage_hit(passages, row["answers"]),
-                    "sources": sources,
-                }
+        async def one(row: dict[str, Any]) -> dict[str, Any]:
+            async with sem:
+                with_kb, passages, sources = await ask(client, row["question"], skip=False)
+                without = ""
+                if not args.no_baseline:
+                    without, _, _ = await ask(client, row["question"], skip=True)
+            return {
+                "id": row["id"],
+                "question": row["question"],
+                "answers": row["answers"],
+                "with_knowledge": with_kb.strip(),
+                "without_knowledge": without.strip(),
+                "right_with": is_right(with_kb, row["answers"]),
+                "right_without": is_right(without, row["answers"]),
+                "retrieval_hit": passage_hit(passages, row["answers"]),
+                "sources": sources,
+            }
 
-            per_question = await asyncio.gather(*(one(r) for r in fleet))
-    finally:
-        await server.stop(0)
-        backend.close()
+        per_question = await asyncio.gather(*(one(r) for r in fleet))
     n = len(per_question)
     return {
         "questions": n,

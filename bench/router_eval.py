@@ -69,7 +69,7 @@ async def cloud_answers(rows: list[dict[str, Any]], concurrency: int) -> list[di
     from edgecloud.transport import CloudClient
 
     async with (
-        local_cloud(knowledge=MANUAL) as (server, _backend),
+        local_cloud(knowledge=MANUAL) as (server, _backend, _config),
         CloudClient(f"127.0.0.1:{server.port}", tls=False, timeout_s=900) as client,
     ):
         sem = asyncio.Semaphore(concurrency)
