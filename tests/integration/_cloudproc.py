@@ -1,5 +1,6 @@
-"""Helpers for tests that run the cloud as a real process: start `edgecloud cloud serve`,
-and a TCP proxy in front of it that records the bytes the device sends and can add delay."""
+"""Helpers for cloud tests: start `edgecloud cloud serve` as a real process, a TCP proxy in
+front of it that records the bytes the device sends and can add delay, and a client and
+stream collector for in-process servers."""
 
 from __future__ import annotations
 
@@ -108,3 +109,26 @@ def stop(proc: subprocess.Popen[str]) -> None:
     proc.wait(30)
     if proc.stderr is not None:
         proc.stderr.close()
+
+
+def client(server: Any, **kwargs: Any) -> Any:
+    """A CloudClient on an in-process CloudServer, without retries (tests want the first error)."""
+    from edgecloud.transport import CloudClient
+
+    kwargs.setdefault("max_attempts", 1)
+    return CloudClient(f"127.0.0.1:{server.port}", tls=False, **kwargs)
+
+
+async def collect(c: Any, prompt: Any, **kwargs: Any) -> tuple[list[Any], Any]:
+    """All chunks of one stream, and its Finish."""
+    from edgecloud.types import Finish
+
+    chunks: list[Any] = []
+    finish = None
+    async for event in c.stream(prompt, **kwargs):
+        if isinstance(event, Finish):
+            finish = event
+        else:
+            chunks.append(event)
+    assert finish is not None
+    return chunks, finish

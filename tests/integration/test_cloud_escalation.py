@@ -25,8 +25,9 @@ from edgecloud.config import CloudConfig, Settings
 from edgecloud.device._encoder import SentenceEncoder
 from edgecloud.device._escalation_log import EscalationLog, EscalationRecord
 from edgecloud.errors import AuthError, InvalidRequestError
-from edgecloud.transport import CloudClient, hash_token
+from edgecloud.transport import hash_token
 from edgecloud.types import Chunk, Finish
+from tests.integration._cloudproc import client, collect
 
 pytestmark = [pytest.mark.model]
 
@@ -86,23 +87,6 @@ def stored(db: Path) -> list[StoredRecord]:
         return store.records()
     finally:
         store.close()
-
-
-def client(server: CloudServer, **kwargs: Any) -> CloudClient:
-    kwargs.setdefault("max_attempts", 1)
-    return CloudClient(f"127.0.0.1:{server.port}", tls=False, **kwargs)
-
-
-async def collect(c: CloudClient, prompt: Any, **kwargs: Any) -> tuple[list[Chunk], Finish]:
-    chunks: list[Chunk] = []
-    finish = None
-    async for event in c.stream(prompt, **kwargs):
-        if isinstance(event, Finish):
-            finish = event
-        else:
-            chunks.append(event)
-    assert finish is not None
-    return chunks, finish
 
 
 def records(n: int, start: int = 0, **kwargs: Any) -> list[EscalationRecord]:

@@ -32,6 +32,7 @@ from edgecloud.errors import (
 )
 from edgecloud.transport import CloudClient, hash_token
 from edgecloud.types import Chunk, Finish
+from tests.integration._cloudproc import client, collect
 
 pytestmark = [
     pytest.mark.model,
@@ -102,23 +103,6 @@ async def serving(backend: TorchBackend, **overrides: Any) -> AsyncIterator[Clou
         yield server
     finally:
         await server.stop(0)
-
-
-def client(server: CloudServer, **kwargs: Any) -> CloudClient:
-    kwargs.setdefault("max_attempts", 1)
-    return CloudClient(f"127.0.0.1:{server.port}", tls=False, **kwargs)
-
-
-async def collect(c: CloudClient, prompt: Any, **kwargs: Any) -> tuple[list[Chunk], Finish]:
-    chunks: list[Chunk] = []
-    finish = None
-    async for event in c.stream(prompt, **kwargs):
-        if isinstance(event, Finish):
-            finish = event
-        else:
-            chunks.append(event)
-    assert finish is not None
-    return chunks, finish
 
 
 def reference_tokens(
