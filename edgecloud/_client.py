@@ -195,8 +195,6 @@ class _BaseClient:
     ) -> tuple[AsyncIterator[Chunk | Finish], ResultBuilder, CancelScope]:  # fmt: skip
         from edgecloud.device._hybrid import CancelScope
 
-        if route not in (None, "local", "cloud"):
-            raise InvalidRequestError(f"route must be 'local', 'cloud' or None, not {route!r}")
         started = time.perf_counter()
         scope = CancelScope()
         params = self._params(overrides)
@@ -204,6 +202,8 @@ class _BaseClient:
         return agen, ResultBuilder(self._backend.info.model, started), scope
 
     def _check_route(self, route: str | None) -> None:
+        if route not in (None, "local", "cloud"):
+            raise InvalidRequestError(f"route must be 'local', 'cloud' or None, not {route!r}")
         if route == "cloud" and self._settings is None and self._engine is None:
             raise InvalidRequestError(
                 "route='cloud' needs cloud endpoints in device.cloud.endpoints"
@@ -215,13 +215,12 @@ class _BaseClient:
         settings: Settings | None,
         progress: ProgressCallback | None,
         overrides: Mapping[str, Any],
-    ) -> tuple[TextBackend, SamplingParams]:
+    ) -> tuple[TextBackend, Settings]:
+        """The backend and the settings it was built from (loaded here when not given)."""
         from edgecloud.device import load_text_backend
 
         settings = settings or Settings.load()
-        return load_text_backend(settings, model=model, progress=progress, **overrides), (
-            settings.device.generation
-        )
+        return load_text_backend(settings, model=model, progress=progress, **overrides), settings
 
     async def _engine_close(self) -> None:
         engine = self._engine
@@ -323,8 +322,8 @@ class Client(_BaseClient):
             **model_overrides: fields of :class:`~edgecloud.config.LocalModelConfig`
                 such as ``n_ctx=4096`` or ``n_threads=2``.
         """
-        backend, defaults = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=defaults, settings=settings)
+        backend, loaded = cls._load_local(model, settings, progress, model_overrides)
+        return cls(backend, defaults=loaded.device.generation, settings=loaded)
 
     @classmethod
     def from_config(cls, path: str | Path, *, progress: ProgressCallback | None = None) -> Client:
@@ -578,8 +577,8 @@ class AsyncClient(_BaseClient):
         """Same as :meth:`Client.local`. Loading blocks (about half a second for
         the default model): call it before the loop starts, or through
         ``await asyncio.to_thread(AsyncClient.local)``."""
-        backend, defaults = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=defaults, settings=settings)
+        backend, loaded = cls._load_local(model, settings, progress, model_overrides)
+        return cls(backend, defaults=loaded.device.generation, settings=loaded)
 
     @classmethod
     def from_config(cls, path: str | Path) -> AsyncClient:

@@ -170,3 +170,23 @@ def test_local_client_from_settings(model_cache: Path) -> None:
         r = client.generate(QA, max_tokens=4, stop="\n")
         assert r.model == "gemma-3-270m-q4_k_m"
         assert not math.isnan(r.confidence.mean_entropy)
+
+
+def test_local_client_uses_the_settings_it_loaded(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Client.local() with no settings reads EDGECLOUD_CONFIG; the cloud endpoints found
+    # there must switch on the hybrid engine, not only the model settings.
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(
+        f'cache_dir = "{model_cache}"\n[device.model]\nn_threads = 2\nn_ctx = 512\n'
+        "[device.generation]\nmax_tokens = 3\n"
+        f'[device.log]\npath = "{tmp_path / "log.db"}"\n'
+        '[[device.cloud.endpoints]]\ntarget = "127.0.0.1:9"\ntls = false\n'
+    )
+    monkeypatch.setenv("EDGECLOUD_CONFIG", str(cfg))
+    with Client.local() as client:
+        assert client.engine is not None
+        assert client.backend.n_ctx == 512
+        r = client.generate(QA, route="local")
+        assert r.usage.completion_tokens == 3  # the configured generation defaults apply

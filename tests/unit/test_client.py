@@ -164,3 +164,11 @@ def test_abandoned_async_stream_frees_the_model() -> None:
 
     assert asyncio.run(main()) == "w w"
     assert backend.finishes == ["cancelled", "length"]
+
+
+def test_bad_route_is_refused_on_a_local_client_too() -> None:
+    client = Client(ScriptedBackend())
+    with pytest.raises(InvalidRequestError, match="route must be"):
+        client.stream("x", route="edge")
+    with pytest.raises(InvalidRequestError, match="needs cloud endpoints"):
+        client.stream("x", route="cloud")
