@@ -23,7 +23,9 @@ import pytest
 from edgecloud.split import BackgroundServer
 
 if importlib.util.find_spec("tritonclient") is None:  # not importorskip: see the docstring
-    pytest.skip("tritonclient is not installed (it comes with the dev extra)", allow_module_level=True)
+    pytest.skip(
+        "tritonclient is not installed (it comes with the dev extra)", allow_module_level=True
+    )
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "split" / "models"
 CNN = MODELS / "digits_cnn.onnx"
