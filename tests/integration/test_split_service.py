@@ -183,13 +183,15 @@ def test_the_cut_is_re_chosen_when_the_link_changes(
         model.profile({"input": frame}, repeats=2)
         model.run({"input": frame})
         assert model.last is not None and model.last.cut.index == 0  # fast link: all-cloud
-        client.set_link(EmulatedLink(1e6, 0.02))
+        # 0.25 Mbit/s: the all-cloud upload (8 kB) then costs ~0.28 s against ~0.06 s all-local,
+        # a margin that CPU noise in the profiled head times cannot close (at 1 Mbit/s it could)
+        client.set_link(EmulatedLink(0.25e6, 0.02))
         chosen = []
         for _ in range(8):
             model.run({"input": frame})
             chosen.append(model.last.cut.index)
         assert chosen[-1] == 16, chosen  # slow link: learned from its own transfers, all-local
-        assert model.link.estimate.bandwidth_Bps < 0.3e6
+        assert model.link.estimate.bandwidth_Bps < 0.1e6
         client.set_link(EmulatedLink(100e6, 0.02))
         chosen = []
         for _ in range(4):
