@@ -49,7 +49,10 @@ __all__ = [
     "CloudKnowledgeConfig",
     "CloudModelConfig",
     "CloudRecordsConfig",
+    "CloudRegistryConfig",
     "CloudTlsConfig",
+    "CloudTrainConfig",
+    "DeviceAdaptersConfig",
     "DeviceCloudConfig",
     "DeviceConfig",
     "EndpointConfig",
@@ -193,6 +196,52 @@ class EscalationLogConfig(BaseModel):
     upload_batch: int = Field(100, ge=1, le=10_000, description="Records per upload call.")
 
 
+class DeviceAdaptersConfig(BaseModel):
+    """LoRA adapters the device receives from the cloud, verifies and hot-swaps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        False, description="Watch the cloud for adapters, install and hot-swap them."
+    )
+    adapter_id: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The adapter line this device follows (a registry target).",
+    )
+    device_id: str | None = Field(
+        None,
+        max_length=128,
+        description="Identity for staged rollouts and version reports; None: the host name.",
+    )
+    directory: Path | None = Field(
+        None, description="Installed versions live here; None: <cache_dir>/adapters."
+    )
+    public_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Trusted Ed25519 public keys (base64 of the 32 raw bytes, or a path to a PEM "
+            "file). An adapter signed by none of them is refused; with none configured, "
+            "every adapter is refused."
+        ),
+    )
+    keep: int = Field(3, ge=1, le=100, description="Installed versions kept on disk.")
+    scale: float = Field(1.0, gt=0.0, le=4.0, description="LoRA scale applied at swap time.")
+    canary: Path | None = Field(
+        None,
+        description=(
+            "JSONL of canary prompts ({\"prompt\": ..., \"expect\": ...}) run after each "
+            "swap; None: run the adapter's own canary set from its manifest, if any."
+        ),
+    )
+    canary_min_pass: float = Field(
+        0.8, ge=0.0, le=1.0, description="Fraction of canary prompts that must pass."
+    )
+    reconnect_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Wait before re-opening a broken watch stream."
+    )
+
+
 class DeviceConfig(BaseModel):
     """Everything the device runtime needs."""
 
@@ -205,6 +254,7 @@ class DeviceConfig(BaseModel):
     cloud: DeviceCloudConfig = Field(default_factory=DeviceCloudConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
+    adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
 
 
 class CloudModelConfig(BaseModel):
@@ -337,6 +387,78 @@ class CloudRecordsConfig(BaseModel):
     )
 
 
+class CloudRegistryConfig(BaseModel):
+    """Where signed adapter versions are stored and how they are signed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        None,
+        description=(
+            "A local directory or any fsspec URL (s3://bucket/prefix, ...); "
+            "None: <cache_dir>/registry."
+        ),
+    )
+    signing_key: Path | None = Field(
+        None,
+        description=(
+            "Ed25519 private key (PEM) that signs published manifests; "
+            "`edgecloud adapters keygen` makes one."
+        ),
+    )
+    chunk_bytes: int = Field(
+        256 * 1024, ge=1024, le=16 << 20, description="Bytes per FetchAdapter chunk."
+    )
+
+
+class CloudTrainConfig(BaseModel):
+    """LoRA training of adapters from escalation records (`edgecloud cloud train`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter_id: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The adapter line a round publishes a new version of.",
+    )
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0.0, le=4096.0, description="LoRA alpha (scale = alpha/r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ],
+        min_length=1,
+        description=(
+            "Module names that get LoRA (attention and MLP projections; the tied "
+            "embedding is left out)."
+        ),
+    )  # fmt: skip
+    epochs: int = Field(8, ge=1, le=1000, description="Passes over the training records.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    max_length: int = Field(
+        256, ge=16, le=32_768, description="Tokens per example; longer ones are cut."
+    )
+    holdout_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Records kept out of training to evaluate on."
+    )
+    include_passages: bool = Field(
+        False,
+        description=(
+            "Also train on the knowledge passages the cloud retrieved for each record "
+            "(as plain text, loss on all of it)."
+        ),
+    )
+    seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="torch CPU threads; None keeps torch's default."
+    )
+    min_records: int = Field(
+        1, ge=1, description="A round with fewer usable records publishes nothing."
+    )
+
+
 class CloudConfig(BaseModel):
     """The cloud inference service (`edgecloud cloud serve`)."""
 
@@ -353,6 +475,8 @@ class CloudConfig(BaseModel):
     auth: CloudAuthConfig = Field(default_factory=CloudAuthConfig)
     knowledge: CloudKnowledgeConfig = Field(default_factory=CloudKnowledgeConfig)
     records: CloudRecordsConfig = Field(default_factory=CloudRecordsConfig)
+    registry: CloudRegistryConfig = Field(default_factory=CloudRegistryConfig)
+    train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

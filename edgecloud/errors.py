@@ -29,7 +29,14 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   └── UnknownModelError           the service holds no tensor model of that name
     │                                   (NOT_FOUND)
     ├── AdapterError                    LoRA adapters: signature, hash, format
-    │   └── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
+    │   ├── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
+    │   ├── AdapterSignatureError       unsigned, or signed by a key the device does not trust
+    │   ├── AdapterIntegrityError       a file's sha256 or size differs from its manifest
+    │   │                               (tampered or truncated download)
+    │   ├── AdapterFormatError          not a LoRA adapter (e.g. a GGUF whose general.type
+    │   │                               is not ``adapter``), or a bad adapter name
+    │   ├── AdapterMismatchError        made for another base model (sha256 or architecture)
+    │   └── AdapterCanaryError          installed but failed the device's canary prompts
     └── DiscoveryError                  zeroconf / static endpoints (retryable)
 
 Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
@@ -42,7 +49,12 @@ from __future__ import annotations
 
 __all__ = [
     "ActivationError",
+    "AdapterCanaryError",
     "AdapterError",
+    "AdapterFormatError",
+    "AdapterIntegrityError",
+    "AdapterMismatchError",
+    "AdapterSignatureError",
     "AuthError",
     "BackendClosedError",
     "CloudError",
@@ -167,6 +179,26 @@ class AdapterError(EdgeCloudError):
 
 class UnknownAdapterError(AdapterError):
     """No adapter with the requested id is loaded where the call ran."""
+
+
+class AdapterSignatureError(AdapterError):
+    """The manifest is unsigned, or its Ed25519 signature does not verify with a trusted key."""
+
+
+class AdapterIntegrityError(AdapterError):
+    """A file's sha256 or size differs from what the signed manifest says."""
+
+
+class AdapterFormatError(AdapterError, InvalidRequestError):
+    """Not a LoRA adapter (a GGUF that is not ``general.type=adapter``), or a bad id/name."""
+
+
+class AdapterMismatchError(AdapterError):
+    """The adapter was trained for another base model (sha256 or architecture)."""
+
+
+class AdapterCanaryError(AdapterError):
+    """An installed adapter failed the device's canary prompts and was rolled back."""
 
 
 class DiscoveryError(EdgeCloudError):
