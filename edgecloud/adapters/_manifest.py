@@ -1,0 +1,182 @@
+"""The adapter manifest: what one signed adapter version is made of.
+
+A manifest names the base model it was trained for (sha256 of the GGUF and its
+architecture), the LoRA shape, the data it was trained on, its held-out metrics,
+the canary prompts a device runs after swapping it in, and every file of the
+version with its sha256 and size. The signature covers :meth:`Manifest.to_json`,
+the canonical JSON bytes (sorted keys, no whitespace); a device verifies those
+exact bytes and only then parses them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgecloud.errors import AdapterFormatError
+
+__all__ = [
+    "ADAPTER_ID_PATTERN",
+    "DEVICE_FILE",
+    "CanaryItem",
+    "FileEntry",
+    "Manifest",
+    "TrainingData",
+    "canonical_json",
+    "check_adapter_id",
+    "check_file_name",
+    "first_error",
+]
+
+ADAPTER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ADAPTER_ID = re.compile(ADAPTER_ID_PATTERN)
+
+DEVICE_FILE = "adapter.gguf"
+"""The file of a version that devices download and run (a llama.cpp LoRA GGUF)."""
+
+_MAX_FILE_NAME = 255
+_SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def check_adapter_id(adapter_id: str) -> str:
+    """``adapter_id`` if it is a valid adapter id (it becomes a path component).
+
+    Raises:
+        AdapterFormatError: not 1-64 characters of ``[A-Za-z0-9._-]`` starting alphanumeric.
+    """
+    if not isinstance(adapter_id, str) or not _ADAPTER_ID.match(adapter_id):
+        raise AdapterFormatError(f"bad adapter id {str(adapter_id)[:80]!r}")
+    return adapter_id
+
+
+def check_file_name(name: str) -> str:
+    """``name`` if it is a safe relative posix file name inside a version.
+
+    Refuses what could escape the version's directory on any filesystem: absolute
+    paths, ``..`` or ``.`` parts, backslashes, empty parts, NUL and control characters.
+
+    Raises:
+        AdapterFormatError: the name is unsafe.
+    """
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or len(name) > _MAX_FILE_NAME
+        or name.startswith("/")
+        or "\\" in name
+        or any(ord(c) < 32 or c == "\x7f" for c in name)
+        or ":" in name.split("/", 1)[0]  # a Windows drive or a URL scheme
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    )
+    if bad:
+        raise AdapterFormatError(f"bad adapter file name {str(name)[:80]!r}")
+    return name
+
+
+class FileEntry(BaseModel):
+    """The sha256 and size of one file of a version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: _SHA256 = Field(description="Lower-case hex sha256 of the file's bytes.")
+    size: int = Field(ge=0, description="Size in bytes.")
+
+
+class TrainingData(BaseModel):
+    """What the adapter was trained on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    since: datetime | None = Field(None, description="Oldest record used.")
+    until: datetime | None = Field(None, description="Newest record used.")
+    records: int = Field(0, ge=0, description="Records considered.")
+    train: int = Field(0, ge=0, description="Examples trained on.")
+    holdout: int = Field(0, ge=0, description="Examples held out for the metrics.")
+    with_passages: bool = Field(
+        False, description="Whether the cloud's retrieved passages were in the training prompts."
+    )
+
+
+class CanaryItem(BaseModel):
+    """One canary prompt: passes when the greedy answer contains ``expect`` (any case)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=8192)
+    expect: str = Field(min_length=1, max_length=1024)
+
+
+class Manifest(BaseModel):
+    """One adapter version: base model, LoRA shape, data, metrics, canary, files.
+
+    Examples:
+        >>> m = Manifest.from_json(signed_bytes)                       # doctest: +SKIP
+        >>> m.files["adapter.gguf"].sha256                             # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    schema_version: Literal[1] = 1
+    adapter_id: str = Field(pattern=ADAPTER_ID_PATTERN, description="The adapter line.")
+    version: int = Field(ge=1, lt=1 << 31, description="1, 2, ... within the adapter id.")
+    base_model_sha256: _SHA256 = Field(description="sha256 of the base GGUF it was trained on.")
+    base_architecture: str = Field(
+        min_length=1, max_length=64, description="general.architecture of the base (gemma3)."
+    )
+    rank: int = Field(ge=1, le=4096, description="LoRA rank r.")
+    alpha: float = Field(gt=0, description="LoRA alpha (the scale is alpha / r).")
+    target_modules: tuple[str, ...] = Field(description="Module names the LoRA adapts.")
+    data: TrainingData = Field(default_factory=TrainingData)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Held-out metrics, e.g. accuracy before and after."
+    )
+    canary: tuple[CanaryItem, ...] = Field((), description="Prompts a device checks after a swap.")
+    created_at: datetime = Field(description="When the version was published (UTC).")
+    files: dict[str, FileEntry] = Field(
+        min_length=1, description="Relative posix file name -> sha256 and size."
+    )
+
+    @field_validator("files")
+    @classmethod
+    def _safe_names(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for name in value:
+            try:
+                check_file_name(name)
+            except AdapterFormatError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def to_json(self) -> bytes:
+        """The canonical JSON bytes that are signed: sorted keys, no whitespace, UTF-8."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parse manifest bytes.
+
+        Raises:
+            AdapterFormatError: not JSON, or not a valid manifest (including unsafe
+                file names and unknown fields).
+        """
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise AdapterFormatError(f"malformed adapter manifest: {first_error(exc)}") from None
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first problem of a validation error as ``field.path: message``."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    where = ".".join(str(p) for p in errors[0]["loc"]) or "value"
+    return f"{where}: {errors[0]['msg']}"
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as sorted-key, whitespace-free UTF-8 JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

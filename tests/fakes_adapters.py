@@ -1,0 +1,125 @@
+"""Adapter fakes and helpers: a backend with set_adapter, a fake LoRA file, a publisher."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgecloud.adapters._manifest import Manifest
+from edgecloud.adapters._registry import AdapterRegistry
+from edgecloud.errors import AdapterFormatError, AdapterMismatchError
+from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+
+BASE_SHA = hashlib.sha256(b"fake base model").hexdigest()
+ARCH = "gemma3"
+FAKE_MAGIC = b"FAKELORA"
+
+
+def fake_lora(path: Path, *, answer: str, arch: str = ARCH, size: int = 0) -> Path:
+    """A file the fake backend accepts as a LoRA adapter that makes it answer ``answer``.
+
+    ``size`` pads the file (to test chunked, resumable downloads).
+    """
+    body = FAKE_MAGIC + f"\n{arch}\n{answer}\n".encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body + b"\0" * max(0, size - len(body)))
+    return path
+
+
+class FakeAdapterBackend:
+    """Answers with the loaded adapter's text (or ``base_answer``); validates like the real one.
+
+    ``set_adapter`` refuses files that do not start with the fake magic
+    (AdapterFormatError) or name another architecture (AdapterMismatchError),
+    before swapping, as the real llama.cpp backend does.
+    """
+
+    def __init__(self, base_answer: str = "base answer", arch: str = ARCH) -> None:
+        self.base_answer = base_answer
+        self.arch = arch
+        self._adapter: Path | None = None
+        self._answer = base_answer
+        self.swaps: list[Path | None] = []
+        self.prompts: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def adapter(self) -> Path | None:
+        return self._adapter
+
+    def set_adapter(self, path: Path | None, *, scale: float = 1.0) -> float:
+        if path is None:
+            answer = self.base_answer
+        else:
+            data = Path(path).read_bytes()
+            if not data.startswith(FAKE_MAGIC):
+                raise AdapterFormatError(f"{path} is not a LoRA adapter")
+            _, arch, answer = data.rstrip(b"\0").decode().split("\n")[:3]
+            if arch != self.arch:
+                raise AdapterMismatchError(f"adapter is for {arch}, base is {self.arch}")
+        with self._lock:
+            self._adapter = path
+            self._answer = answer
+            self.swaps.append(path)
+        return 0.001
+
+    def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        prefix: str = "",
+    ) -> Iterator[Chunk | Finish]:
+        self.prompts.append(prompt if isinstance(prompt, str) else prompt[-1].content)
+        words = self._answer.split(" ")[: params.max_tokens]
+        for i, word in enumerate(words):
+            yield Chunk(("" if i == 0 else " ") + word, i, -0.1, 0.5, "local", i)
+        yield Finish("stop", 3, len(words))
+
+
+def publish_fake(
+    registry: AdapterRegistry,
+    key: Ed25519PrivateKey,
+    tmp: Path,
+    *,
+    answer: str = "adapted answer",
+    adapter_id: str = "default",
+    base_sha: str = BASE_SHA,
+    arch: str = ARCH,
+    canary: Sequence[Mapping[str, str]] = (),
+    size: int = 0,
+    extra: Mapping[str, bytes] | None = None,
+    gguf: Path | None = None,
+) -> Manifest:
+    """Publish one version holding a fake ``adapter.gguf`` and a small peft dir."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    n = len(list(tmp.iterdir()))
+    src = tmp / f"v{n}"
+    files: dict[str, Path] = {
+        "adapter.gguf": gguf or fake_lora(src / "adapter.gguf", answer=answer, arch=arch, size=size)
+    }
+    (src / "peft").mkdir(parents=True, exist_ok=True)
+    (src / "peft" / "adapter_config.json").write_text('{"r": 8}')
+    files["peft/adapter_config.json"] = src / "peft" / "adapter_config.json"
+    for name, data in (extra or {}).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+        files[name] = src / name
+    kwargs: dict[str, Any] = {
+        "adapter_id": adapter_id,
+        "base_model_sha256": base_sha,
+        "base_architecture": arch,
+        "rank": 8,
+        "alpha": 16.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "data": {"records": 10, "train": 8, "holdout": 2},
+        "metrics": {"holdout_accuracy": 0.5},
+        "canary": list(canary),
+    }
+    return registry.publish(files, key=key, **kwargs)
