@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.device.backends._base import (
+    AdapterCapable,
     BackendInfo,
     LocalBackend,
     TensorBackend,
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from edgecloud.device.backends.onnx import OnnxBackend
 
 __all__ = [
+    "AdapterCapable",
     "BackendInfo",
     "LlamaCppBackend",
     "LocalBackend",

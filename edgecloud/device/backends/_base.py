@@ -7,8 +7,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
@@ -16,7 +17,14 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["BackendInfo", "LocalBackend", "TensorBackend", "TensorSpec", "TextBackend"]
+__all__ = [
+    "AdapterCapable",
+    "BackendInfo",
+    "LocalBackend",
+    "TensorBackend",
+    "TensorSpec",
+    "TextBackend",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,35 @@ class TextBackend(LocalBackend):
             ContextOverflowError: the prompt does not fit in the context.
             InvalidRequestError: the request cannot be served by this model.
         """
+
+
+@runtime_checkable
+class AdapterCapable(Protocol):
+    """A backend that hot-swaps LoRA adapters on its loaded base model.
+
+    ``isinstance(backend, AdapterCapable)`` tells the device's adapter manager
+    whether a backend can take adapters at all (only the presence of the members
+    is checked at runtime).
+    """
+
+    @property
+    def adapter(self) -> Path | None:
+        """The adapter file applied now, or None for the base model."""
+        ...
+
+    def set_adapter(self, path: Path | None, *, scale: float = 1.0) -> float:
+        """Apply the adapter at ``path`` (None: the base model) from the next request on.
+
+        Waits for a running generation; never changes the weights under it.
+
+        Returns:
+            Seconds the swap took.
+
+        Raises:
+            AdapterFormatError: not an adapter this backend can load.
+            AdapterMismatchError: an adapter for another base model.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)

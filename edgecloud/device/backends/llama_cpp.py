@@ -6,6 +6,10 @@ last position's logits in place (no all-position logits are kept), derives the
 chosen token's log-probability and the entropy with one vectorized pass
 (:mod:`edgecloud.device._signals`), and picks the token by argmax (greedy) or
 with llama.cpp's native sampler chain (top-k, top-p, temperature, seeded dist).
+
+LoRA adapters (llama.cpp LoRA GGUFs, see :mod:`edgecloud.adapters._gguf`) are
+hot-swapped on the live context with :meth:`LlamaCppBackend.set_adapter`: the
+base weights stay loaded, only the small A/B matrices are read.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import ctypes
 import logging
 import random
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +33,7 @@ from edgecloud.device._signals import StepSignals
 from edgecloud.device._text import StopMatcher, Utf8Stream
 from edgecloud.device.backends._base import BackendInfo, FifoLock, TextBackend
 from edgecloud.errors import (
+    AdapterFormatError,
     BackendClosedError,
     ConfigError,
     ContextOverflowError,
@@ -154,7 +160,14 @@ class LlamaCppBackend(TextBackend):
                 f"{_last_native_error()}"
             )
         self._ctx = ctx
-        self._finalizer = weakref.finalize(self, _free_native, ll, ctx, model)
+        # The attached adapter's native handle (0 or 1 entries), shared with the
+        # finalizer so it is freed before the model even if close() is never called.
+        self._adapter_handles: list[Any] = []
+        self._adapter_path: Path | None = None
+        self._adapter_scale = 0.0
+        self._finalizer = weakref.finalize(
+            self, _free_native, ll, ctx, model, self._adapter_handles
+        )
         self._mem = ll.llama_get_memory(ctx)
         self._n_ctx = int(ll.llama_n_ctx(ctx))
         self._n_batch = n_batch
@@ -218,6 +231,95 @@ class LlamaCppBackend(TextBackend):
             if n < size:
                 return buf.value.decode("utf-8", "replace")
             size = n + 1
+
+    @property
+    def adapter(self) -> Path | None:
+        """The LoRA GGUF applied to generations now, or None for the base model."""
+        return self._adapter_path
+
+    @property
+    def adapter_scale(self) -> float:
+        """The scale the active adapter was attached with (0.0 without one)."""
+        return self._adapter_scale
+
+    def set_adapter(self, path: Path | None, *, scale: float = 1.0) -> float:
+        """Hot-swap the LoRA adapter applied to the model; None returns to the base model.
+
+        The file is checked (a llama.cpp LoRA GGUF for this model's architecture) and
+        loaded while generations go on; the switch itself waits for the generation in
+        progress, if any, and applies from the next request, which starts with an
+        empty KV cache (cached keys and values were computed under the old weights).
+        The previous adapter's memory is freed.
+
+        Args:
+            path: a LoRA GGUF, or None to detach.
+            scale: multiplies the adapter's ``alpha / rank`` (1.0 = as trained).
+
+        Returns:
+            Seconds taken, including the wait for a running generation.
+
+        Raises:
+            AdapterFormatError: the file is not a LoRA GGUF, or llama.cpp rejects it
+                (for example a tensor the base model does not have, or wrong shapes).
+            AdapterMismatchError: the adapter is for another architecture.
+            BackendClosedError: the backend is closed.
+        """
+        from edgecloud.adapters._gguf import read_lora_gguf
+
+        start = time.perf_counter()
+        self._check_open()
+        ll = self._ll
+        handle: Any = None
+        if path is not None:
+            path = Path(path)
+            info = read_lora_gguf(path)
+            info.check_architecture(self.metadata("general.architecture") or "")
+            with self._native:  # a close() must not free the model under the load
+                self._check_open()
+                _recent_log.clear()
+                handle = ll.llama_adapter_lora_init(self._model, str(path).encode())
+            if not handle:
+                raise AdapterFormatError(
+                    f"llama.cpp could not load the adapter {path}: {_last_native_error()}"
+                )
+        self._lock.acquire()
+        try:
+            with self._native:
+                if self._closed:
+                    # close() freed the model, and with it every adapter still loaded.
+                    raise BackendClosedError("this LlamaCppBackend has been closed")
+                try:
+                    self._attach(handle, scale)
+                except BaseException:
+                    if handle:
+                        ll.llama_adapter_lora_free(handle)
+                    raise
+                self._reset_cache()
+                for old in self._adapter_handles:
+                    ll.llama_adapter_lora_free(old)
+                self._adapter_handles[:] = [handle] if handle else []
+                self._adapter_path = path
+                self._adapter_scale = scale if handle else 0.0
+        finally:
+            self._lock.release()
+        return time.perf_counter() - start
+
+    def _attach(self, handle: Any, scale: float) -> None:
+        """Make ``handle`` (a ``llama_adapter_lora_init`` result, or None) the context's
+        only adapter. The one place that builds the native adapter array: llama.cpp
+        takes ``llama_adapter_lora **`` and dereferences every entry while building
+        the graph, so anything but the handle object itself (a ``byref``, an address
+        as int, a freed handle) crashes the process (SIGFPE/SIGSEGV), not a Python
+        exception."""
+        ll = self._ll
+        if handle:
+            adapters = (ll.llama_adapter_lora_p_ctypes * 1)(handle)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = ll.llama_set_adapters_lora(self._ctx, adapters, 1, scales)
+        else:
+            rc = ll.llama_set_adapters_lora(self._ctx, None, 0, None)
+        if rc != 0:
+            raise DeviceError(f"llama_set_adapters_lora failed with code {rc}")
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of ``text`` (thread-safe; needs no lock)."""
@@ -411,16 +513,21 @@ class LlamaCppBackend(TextBackend):
             raise BackendClosedError("this LlamaCppBackend has been closed")
 
     def close(self) -> None:
-        """Free the model and context. Waits for the decode step in progress, if any;
-        a stream still open afterwards raises BackendClosedError on its next step."""
+        """Free the context, the adapter and the model. Waits for the decode step in
+        progress, if any; a stream still open afterwards raises BackendClosedError on
+        its next step."""
         with self._native:
             self._closed = True
             self._finalizer()
 
 
-def _free_native(ll: Any, ctx: Any, model: Any) -> None:
+def _free_native(ll: Any, ctx: Any, model: Any, adapters: list[Any]) -> None:
+    # The context points at its adapters, adapters at their model: free in that order.
     if ctx:
         ll.llama_free(ctx)
+    for handle in adapters:
+        ll.llama_adapter_lora_free(handle)
+    adapters.clear()
     if model:
         ll.llama_model_free(model)
 
