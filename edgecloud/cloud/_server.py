@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from edgecloud._proto.v1 import adapters_pb2_grpc as pb_adapters_grpc
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.cloud._records import RecordStore
@@ -33,9 +34,17 @@ from edgecloud.transport._auth import TokenAuthInterceptor
 from edgecloud.transport._guard import DecodeGuardInterceptor
 
 if TYPE_CHECKING:
+    from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._knowledge import KnowledgeBase
 
-__all__ = ["SERVICE_NAME", "CloudServer", "load_knowledge", "records_path", "serve"]
+__all__ = [
+    "SERVICE_NAME",
+    "CloudServer",
+    "load_knowledge",
+    "records_path",
+    "registry_url",
+    "serve",
+]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -63,6 +72,13 @@ def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
     if config.records.path is not None:
         return config.records.path.expanduser()
     return (cache_dir or default_cache_dir()) / "cloud" / "escalations.sqlite3"
+
+
+def registry_url(config: CloudConfig, cache_dir: Path | None = None) -> str:
+    """``cloud.registry.url``, else the directory ``<cache_dir>/registry``."""
+    if config.registry.url is not None:
+        return config.registry.url
+    return str((cache_dir or default_cache_dir()) / "registry")
 
 
 def load_knowledge(
@@ -141,6 +157,7 @@ class CloudServer:
         port: int,
         grace: float,
         records: RecordStore,
+        registry: AdapterRegistry | None = None,
     ) -> None:
         self._server = server
         self.backend = backend
@@ -148,6 +165,7 @@ class CloudServer:
         self.port = port
         self._grace = grace
         self.records = records
+        self.registry = registry
 
     @classmethod
     async def start(
@@ -158,12 +176,15 @@ class CloudServer:
         port: int | None = None,
         knowledge: KnowledgeBase | None = None,
         records: RecordStore | None = None,
+        registry: AdapterRegistry | None = None,
     ) -> CloudServer:
         """Bind ``config.host`` (port from ``port`` or config; 0 picks one) and start serving.
 
         Args:
             knowledge: retrieval put into prompts; None loads ``cloud.knowledge`` (if set).
             records: where uploaded escalation records go; None opens :func:`records_path`.
+            registry: adapter versions served to devices (``edgecloud.v1.AdapterSync``);
+                None opens :func:`registry_url`.
 
         Raises:
             ConfigError: bad TLS settings, or the address cannot be bound.
@@ -173,6 +194,11 @@ class CloudServer:
             knowledge = await asyncio.to_thread(load_knowledge, config)
         if records is None:
             records = RecordStore(records_path(config))
+        from edgecloud.adapters._registry import AdapterRegistry
+        from edgecloud.cloud import _adapter_service
+
+        if registry is None:
+            registry = AdapterRegistry(registry_url(config))
         # Auth first: an unauthenticated caller learns nothing, not even that its bytes parse.
         interceptors: list[aio.ServerInterceptor] = []
         if config.auth.tokens:
@@ -193,10 +219,20 @@ class CloudServer:
         pb_grpc.add_InferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             InferenceServicer(backend, config, knowledge=knowledge, records=records), server
         )
+        pb_adapters_grpc.add_AdapterSyncServicer_to_server(  # type: ignore[no-untyped-call]
+            _adapter_service.AdapterSyncServicer(registry, chunk_bytes=config.registry.chunk_bytes),
+            server,
+        )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                SERVICE_NAME,
+                _adapter_service.SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         host = config.host
         address = (
@@ -216,7 +252,9 @@ class CloudServer:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.warning("edgecloud cloud service listening on %s:%d", host, bound)
-        return cls(server, backend, health_servicer, bound, config.shutdown_grace_s, records)
+        return cls(
+            server, backend, health_servicer, bound, config.shutdown_grace_s, records, registry
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, give in-flight streams ``grace`` seconds, then stop."""
@@ -235,10 +273,11 @@ async def serve(
     port: int | None = None,
     knowledge: KnowledgeBase | None = None,
     records: RecordStore | None = None,
+    registry: AdapterRegistry | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain in-flight streams and return."""
     server = await CloudServer.start(
-        backend, config, port=port, knowledge=knowledge, records=records
+        backend, config, port=port, knowledge=knowledge, records=records, registry=registry
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
