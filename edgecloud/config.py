@@ -214,6 +214,11 @@ class DeviceAdaptersConfig(BaseModel):
         max_length=128,
         description="Identity for staged rollouts and version reports; None: the host name.",
     )
+    cohort: str | None = Field(
+        None,
+        max_length=64,
+        description="Rollout cohort (e.g. 'lab'): a staged rollout to it reaches this device.",
+    )
     directory: Path | None = Field(
         None, description="Installed versions live here; None: <cache_dir>/adapters."
     )
@@ -230,7 +235,7 @@ class DeviceAdaptersConfig(BaseModel):
     canary: Path | None = Field(
         None,
         description=(
-            "JSONL of canary prompts ({\"prompt\": ..., \"expect\": ...}) run after each "
+            'JSONL of canary prompts ({"prompt": ..., "expect": ...}) run after each '
             "swap; None: run the adapter's own canary set from its manifest, if any."
         ),
     )

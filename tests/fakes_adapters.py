@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecloud.adapters._manifest import Manifest
 from edgecloud.adapters._registry import AdapterRegistry
+from edgecloud.cloud._records import RecordStore
+from edgecloud.cloud._server import CloudServer
+from edgecloud.cloud._torch import TorchBackend
+from edgecloud.config import CloudConfig
 from edgecloud.errors import AdapterFormatError, AdapterMismatchError
+from edgecloud.transport import hash_token
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
+TOKENS = {"robot-1": "tok-one", "robot-2": "tok-two"}
 BASE_SHA = hashlib.sha256(b"fake base model").hexdigest()
 ARCH = "gemma3"
 FAKE_MAGIC = b"FAKELORA"
@@ -123,3 +130,26 @@ def publish_fake(
         "canary": list(canary),
     }
     return registry.publish(files, key=key, **kwargs)
+
+
+@asynccontextmanager
+async def serving(
+    registry: AdapterRegistry,
+    tmp: Path,
+    *,
+    auth: bool = False,
+    chunk: int = 64 * 1024,
+    port: int = 0,
+) -> AsyncIterator[CloudServer]:
+    """The real cloud server on 127.0.0.1:0 serving ``registry`` (no inference model)."""
+    config = CloudConfig.model_validate({
+        "insecure": True, "port": port, "registry": {"chunk_bytes": chunk},
+        "auth": {"tokens": {d: hash_token(t) for d, t in TOKENS.items()} if auth else {}},
+    })  # fmt: skip
+    records = RecordStore(tmp / "records.sqlite3")
+    backend = cast(TorchBackend, object())  # never called by AdapterSync
+    server = await CloudServer.start(backend, config, records=records, registry=registry)
+    try:
+        yield server
+    finally:
+        await server.stop(0)

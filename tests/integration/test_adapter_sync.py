@@ -12,9 +12,8 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -24,22 +23,17 @@ from edgecloud._proto.v1 import adapters_pb2 as pb
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_grpc
 from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, public_key_b64, verify
-from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._server import CloudServer
-from edgecloud.cloud._torch import TorchBackend
-from edgecloud.config import CloudConfig
 from edgecloud.errors import (
     AdapterIntegrityError,
     AuthError,
     InvalidRequestError,
     UnknownAdapterError,
 )
-from edgecloud.transport import hash_token
 from edgecloud.transport._adapters import AdapterOffer, AdapterSyncClient, partial_path
-from tests.fakes_adapters import publish_fake
+from tests.fakes_adapters import TOKENS, publish_fake, serving
 
 T = TypeVar("T")
-TOKENS = {"robot-1": "tok-one", "robot-2": "tok-two"}
 MB = 1 << 20
 
 
@@ -55,23 +49,6 @@ def key() -> Ed25519PrivateKey:
 @pytest.fixture
 def registry(tmp_path: Path) -> AdapterRegistry:
     return AdapterRegistry(tmp_path / "registry")
-
-
-@asynccontextmanager
-async def serving(
-    registry: AdapterRegistry, tmp: Path, *, auth: bool = False, chunk: int = 64 * 1024
-) -> AsyncIterator[CloudServer]:
-    config = CloudConfig.model_validate({
-        "insecure": True, "port": 0, "registry": {"chunk_bytes": chunk},
-        "auth": {"tokens": {d: hash_token(t) for d, t in TOKENS.items()} if auth else {}},
-    })  # fmt: skip
-    records = RecordStore(tmp / "records.sqlite3")
-    backend = cast(TorchBackend, object())  # never called by AdapterSync
-    server = await CloudServer.start(backend, config, records=records, registry=registry)
-    try:
-        yield server
-    finally:
-        await server.stop(0)
 
 
 def sync_client(server: CloudServer, token: str | None = None) -> AdapterSyncClient:
