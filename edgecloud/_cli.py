@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from edgecloud import __version__
+from edgecloud.adapters import _cli as _adapters_cli
 from edgecloud.cloud import _cli as _cloud_cli
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
@@ -30,6 +31,7 @@ device_app = typer.Typer(help="Run models on this device.", no_args_is_help=True
 app.add_typer(device_app, name="device")
 app.add_typer(_cloud_cli.cloud_app, name="cloud")
 app.add_typer(_split_cli.split_app, name="split")
+app.add_typer(_adapters_cli.adapters_app, name="adapters")
 router_app = typer.Typer(help="Escalation policies: calibrate thresholds.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
 

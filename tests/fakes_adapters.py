@@ -153,3 +153,44 @@ async def serving(
         yield server
     finally:
         await server.stop(0)
+
+
+def make_lora_dir(
+    out: Path,
+    *,
+    n_layers: int = 2,
+    rank: int = 4,
+    b_std: float = 0.0,
+    seed: int = 0,
+    hidden: int = 640,
+    q_out: int = 1024,
+    v_out: int = 256,
+    architecture: str = ARCH,
+) -> Path:
+    """An exported adapter dir (``adapter.gguf`` + ``peft/``) made without torch.
+
+    The default shapes fit Gemma 3 270M's q/v projections, so llama.cpp loads the
+    GGUF onto the default model; ``b_std`` > 0 makes it change the model's output.
+    """
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from edgecloud.adapters._gguf import export_lora_gguf
+
+    peft = out / "peft"
+    peft.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none",
+              "target_modules": ["q_proj", "v_proj"]}  # fmt: skip
+    (peft / "adapter_config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(n_layers):
+        for module, rows in (("q_proj", q_out), ("v_proj", v_out)):
+            name = f"base_model.model.model.layers.{i}.self_attn.{module}"
+            tensors[f"{name}.lora_A.weight"] = rng.normal(0, 0.02, (rank, hidden)).astype("f4")
+            tensors[f"{name}.lora_B.weight"] = rng.normal(0, b_std, (rows, rank)).astype("f4")
+    save_file(tensors, str(peft / "adapter_model.safetensors"))
+    export_lora_gguf(peft, out / "adapter.gguf", architecture=architecture)
+    return out

@@ -1,0 +1,302 @@
+"""``edgecloud adapters``: signing keys, publishing, listing and staged rollout of adapters.
+
+The registry is ``cloud.registry.url`` (else ``<cache_dir>/registry``) unless
+``--registry`` names another; the adapter line is ``cloud.train.adapter_id``
+unless ``--adapter-id`` names another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecloud.errors import EdgeCloudError
+
+if TYPE_CHECKING:
+    from edgecloud.adapters._registry import AdapterRegistry, RolloutState
+    from edgecloud.config import Settings
+
+__all__ = ["adapters_app"]
+
+adapters_app = typer.Typer(
+    help="LoRA adapters: signing keys, publishing, listing, staged rollout and rollback.",
+    no_args_is_help=True,
+)
+out = Console()
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
+]
+RegistryOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Registry directory or fsspec URL (else cloud.registry.url)."),
+]
+AdapterOpt = Annotated[
+    Optional[str],
+    typer.Option("--adapter-id", "--target", help="Adapter line (else cloud.train.adapter_id)."),
+]
+
+
+def _open(config: Path | None, registry: str | None) -> tuple[Settings, AdapterRegistry]:
+    from edgecloud._cli import _settings
+    from edgecloud.adapters._registry import AdapterRegistry
+    from edgecloud.cloud._server import registry_url
+
+    settings = _settings(config)
+    url = registry or registry_url(settings.cloud, settings.cache_dir)
+    return settings, AdapterRegistry(url)
+
+
+def _adapter_id(settings: Settings, given: str | None) -> str:
+    from edgecloud.adapters._manifest import check_adapter_id
+
+    return check_adapter_id(given or settings.cloud.train.adapter_id)
+
+
+def _stage(state: RolloutState, version: int) -> str:
+    if version == state.stable:
+        return "stable"
+    if version == state.candidate:
+        who = f"{state.percent:g}%"
+        return f"candidate {who}" + (f" + cohort {state.cohort}" if state.cohort else "")
+    if version in state.withdrawn:
+        return "withdrawn"
+    return ""
+
+
+def _state_text(state: RolloutState) -> str:
+    stable = f"v{state.stable}" if state.stable is not None else "base model"
+    if state.candidate is None:
+        return f"stable {stable}"
+    return f"stable {stable}, candidate v{state.candidate} ({_stage(state, state.candidate)})"
+
+
+@adapters_app.command("keygen")
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the new key pair.")],
+) -> None:
+    """Make an Ed25519 signing key (PEM, 0600) and print the public key devices trust."""
+    from edgecloud._cli import _fail
+    from edgecloud.adapters._signing import generate_keypair
+
+    try:
+        private, public = generate_keypair(out_dir)
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    out.print(f"private key: {private}  (cloud.registry.signing_key)", highlight=False)
+    out.print(f"public key:  {public}  (device.adapters.public_keys)", highlight=False)
+
+
+@adapters_app.command("publish")
+def publish(
+    directory: Annotated[
+        Path, typer.Argument(help="Adapter dir: adapter.gguf and peft/ (adapter_config.json, ...).")
+    ],
+    base_model: Annotated[
+        Path, typer.Option(help="The base GGUF the adapter was trained on (hashed).")
+    ],
+    architecture: Annotated[
+        Optional[str], typer.Option(help="Base architecture (else read from adapter.gguf).")
+    ] = None,
+    key: Annotated[
+        Optional[Path], typer.Option(help="Signing key PEM (else cloud.registry.signing_key).")
+    ] = None,
+    metrics: Annotated[
+        Optional[str], typer.Option(help='Held-out metrics as JSON, e.g. {"accuracy": 0.8}.')
+    ] = None,
+    canary: Annotated[
+        Optional[Path], typer.Option(help='JSONL of {"prompt": ..., "expect": ...} lines.')
+    ] = None,
+    adapter_id: AdapterOpt = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Sign and publish an exported adapter as the next version (not rolled out yet)."""
+    from edgecloud._cli import _fail
+    from edgecloud.adapters._gguf import read_lora_gguf
+    from edgecloud.adapters._manifest import DEVICE_FILE
+    from edgecloud.adapters._signing import load_private_key
+    from edgecloud.device._adapters import load_canary
+    from edgecloud.errors import AdapterFormatError, ConfigError
+
+    try:
+        settings, reg = _open(config, registry)
+        aid = _adapter_id(settings, adapter_id)
+        key_path = key or settings.cloud.registry.signing_key
+        if key_path is None:
+            raise ConfigError("no signing key: pass --key or set cloud.registry.signing_key")
+        private = load_private_key(key_path)
+        files = {
+            p.relative_to(directory).as_posix(): p
+            for p in sorted(directory.rglob("*"))
+            if p.is_file()
+        }
+        if DEVICE_FILE not in files:
+            raise AdapterFormatError(f"{directory} has no {DEVICE_FILE}")
+        info = read_lora_gguf(files[DEVICE_FILE])
+        if architecture is not None:
+            info.check_architecture(architecture)
+        peft_config = _peft_config(directory / "peft" / "adapter_config.json")
+        manifest = reg.publish(
+            files,
+            key=private,
+            adapter_id=aid,
+            base_model_sha256=_sha256(base_model),
+            base_architecture=info.architecture,
+            rank=int(peft_config.get("r") or info.rank),
+            alpha=float(peft_config.get("lora_alpha") or info.alpha),
+            target_modules=_targets(peft_config),
+            metrics=json.loads(metrics) if metrics else {},
+            canary=load_canary(canary) if canary is not None else (),
+        )
+    except json.JSONDecodeError as exc:
+        raise _fail(ConfigError(f"--metrics is not JSON: {exc}")) from None
+    except OSError as exc:
+        raise _fail(ConfigError(f"cannot read {exc.filename}: {exc.strerror}")) from None
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    out.print(f"published {aid} v{manifest.version} ({len(files)} files)", highlight=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peft_config(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _targets(peft_config: dict[str, Any]) -> list[str]:
+    targets = peft_config.get("target_modules") or []
+    return sorted(targets) if isinstance(targets, list) else [str(targets)]
+
+
+@adapters_app.command("list")
+def list_versions(
+    adapter_id: AdapterOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Versions with metrics and rollout stage, and which devices run which version."""
+    from edgecloud._cli import _fail
+
+    try:
+        settings, reg = _open(config, registry)
+        ids = [_adapter_id(settings, adapter_id)] if adapter_id else reg.adapters()
+        report = [_describe(reg, aid) for aid in ids]
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({"registry": reg.url, "adapters": report}, indent=2))
+        return
+    if not report:
+        out.print(f"no adapters in {reg.url}", highlight=False)
+    for entry in report:
+        _print(entry)
+
+
+def _describe(reg: AdapterRegistry, adapter_id: str) -> dict[str, Any]:
+    state = reg.rollout_state(adapter_id)
+    fleet = reg.fleet(adapter_id)
+    versions = []
+    for v in reg.versions(adapter_id):
+        m = reg.manifest(adapter_id, v).unverified()
+        versions.append({
+            "version": v,
+            "created_at": m.created_at.isoformat(),
+            "stage": _stage(state, v),
+            "metrics": m.metrics,
+            "rank": m.rank,
+            "records": m.data.records,
+            "bytes": sum(f.size for f in m.files.values()),
+            "devices": sum(1 for r in fleet if r.version == v and r.status == "running"),
+        })  # fmt: skip
+    return {
+        "adapter_id": adapter_id,
+        "rollout": state.model_dump(mode="json"),
+        "versions": versions,
+        "fleet": [r.model_dump(mode="json") for r in fleet],
+    }
+
+
+def _print(entry: dict[str, Any]) -> None:
+    from edgecloud.adapters._registry import RolloutState
+
+    state = RolloutState.model_validate(entry["rollout"])
+    table = Table(title=f"{entry['adapter_id']}: {_state_text(state)}", title_justify="left")
+    for col in ("version", "created", "stage", "metrics", "rank", "records", "size", "devices"):
+        table.add_column(col)
+    for v in entry["versions"]:
+        metrics = ", ".join(f"{k}={val:.3g}" for k, val in sorted(v["metrics"].items()))
+        table.add_row(
+            str(v["version"]), v["created_at"][:19].replace("T", " "), v["stage"], metrics,
+            str(v["rank"]), str(v["records"]), f"{v['bytes'] / 1e6:.2f} MB", str(v["devices"]),
+        )  # fmt: skip
+    out.print(table)
+    if entry["fleet"]:
+        fleet = Table(title="devices", title_justify="left")
+        for col in ("device", "version", "status", "detail", "reported"):
+            fleet.add_column(col)
+        for r in entry["fleet"]:
+            fleet.add_row(
+                r["device_id"], str(r["version"] or "base"), r["status"], r["detail"][:60],
+                r["at"][:19].replace("T", " "),
+            )  # fmt: skip
+        out.print(fleet)
+
+
+@adapters_app.command("rollout")
+def rollout(
+    version: Annotated[int, typer.Argument(help="Published version to roll out.")],
+    percent: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Share of devices; 100 promotes to stable.")
+    ],
+    cohort: Annotated[Optional[str], typer.Option(help="Also every device of this cohort.")] = None,
+    adapter_id: AdapterOpt = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Offer a version to a share of the devices (and a cohort); 100 % makes it stable."""
+    from edgecloud._cli import _fail
+
+    try:
+        settings, reg = _open(config, registry)
+        state = reg.rollout(_adapter_id(settings, adapter_id), version, percent, cohort)
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    out.print(_state_text(state), highlight=False)
+
+
+@adapters_app.command("rollback")
+def rollback(
+    to: Annotated[
+        Optional[int], typer.Option(help="Make this version stable (else: withdraw/previous).")
+    ] = None,
+    adapter_id: AdapterOpt = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Withdraw the candidate; without one, return to the previous stable version."""
+    from edgecloud._cli import _fail
+
+    try:
+        settings, reg = _open(config, registry)
+        state = reg.rollback(_adapter_id(settings, adapter_id), to)
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    out.print(_state_text(state), highlight=False)
