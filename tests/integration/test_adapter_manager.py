@@ -33,7 +33,14 @@ from edgecloud.errors import (
     AdapterSignatureError,
 )
 from edgecloud.transport._adapters import AdapterOffer, AdapterSyncClient
-from tests.fakes_adapters import ARCH, BASE_SHA, FakeAdapterBackend, publish_fake, serving
+from tests.fakes_adapters import (
+    ARCH,
+    BASE_SHA,
+    FakeAdapterBackend,
+    make_lora_dir,
+    publish_fake,
+    serving,
+)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,3 +374,60 @@ def test_watch_reconnects_after_the_server_restarts(
         await client.close()
 
     run(body)
+
+
+@pytest.mark.model
+def test_real_llama_backend_hot_swaps_and_rolls_back_on_canary(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path, default_gguf: Path
+) -> None:
+    import hashlib
+
+    from edgecloud.device.backends import LlamaCppBackend
+    from edgecloud.types import ChatMessage, Chunk, SamplingParams
+
+    canary = [{"prompt": "What is the capital of France?", "expect": "paris"},
+              {"prompt": "What color is the sky on a clear day?", "expect": "blue"}]  # fmt: skip
+    base_sha = hashlib.sha256(default_gguf.read_bytes()).hexdigest()
+    # 1: a LoRA with B = 0 (the model answers as before); 2: random B that garbles it
+    for n, b_std in enumerate((0.0, 0.5)):
+        exported = make_lora_dir(tmp_path / f"export{n}", n_layers=18, rank=8, b_std=b_std)
+        publish_fake(registry, key, tmp_path / "src", gguf=exported / "adapter.gguf",
+                     base_sha=base_sha, canary=canary)  # fmt: skip
+    not_lora = tmp_path / "not-lora.gguf"
+    not_lora.write_bytes(b"GGUF" + bytes(64))
+    publish_fake(registry, key, tmp_path / "src", gguf=not_lora, base_sha=base_sha)  # 3
+    root = tmp_path / "device"
+
+    def answer(backend: LlamaCppBackend) -> str:
+        prompt = [ChatMessage(role="user", content=canary[0]["prompt"])]
+        params = SamplingParams(temperature=0.0, max_tokens=16)
+        return "".join(c.text for c in backend.stream(prompt, params) if isinstance(c, Chunk))
+
+    with LlamaCppBackend(default_gguf, n_ctx=512, n_threads=2) as backend:
+        arch = backend.metadata("general.architecture") or ""
+        assert "paris" in answer(backend).lower()  # the premise (and a warm-up)
+
+        async def body() -> float:
+            async with serving(registry, tmp_path, chunk=256 * 1024) as server:
+                client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
+                m = AdapterManager(backend, config(key), base_sha256=base_sha,
+                                   base_architecture=arch, root=root, client=client)  # fmt: skip
+                m.start()
+                t0 = time.perf_counter()
+                assert await m.apply(offer(registry, 1)) == 1
+                took = time.perf_counter() - t0
+                v1 = root / "default" / "1" / "adapter.gguf"
+                assert backend.adapter == v1
+                with pytest.raises(AdapterCanaryError):
+                    await m.apply(offer(registry, 2))
+                assert backend.adapter == v1 and m.current_version == 1
+                with pytest.raises(AdapterFormatError):
+                    await m.apply(offer(registry, 3))
+                assert backend.adapter == v1
+                await client.close()
+                return took
+
+        took = run(body)
+        assert "paris" in answer(backend).lower()
+    print(f"\nreal adapter v1 (1.5 MB): fetch+verify+install+swap+2 canary prompts {took:.2f} s")
+    assert [(r.version, r.status) for r in registry.fleet("default")] == [(3, "rejected")]
