@@ -169,6 +169,17 @@ class RouterConfig(BaseModel):
     max_local_tokens: int | None = Field(
         None, ge=1, description="No hand-off after this many local tokens."
     )
+    holdback_tokens: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Local tokens kept from the app until this many are confidently produced. A "
+            "hand-off within them discards them and the cloud answers from scratch, so a "
+            "short answer that starts wrong is not continued from its wrong start (costs "
+            "this many tokens of latency)."
+        ),
+    )
     learned_path: Path | None = Field(
         None, description="A LearnedRouter JSON; enables pre-generation prediction."
     )
@@ -453,6 +464,13 @@ class CloudTrainConfig(BaseModel):
         description=(
             "Also train on the knowledge passages the cloud retrieved for each record "
             "(as plain text, loss on all of it)."
+        ),
+    )
+    require_grounded: bool = Field(
+        True,
+        description=(
+            "Train only on answers whose numbers and words all occur in the passages the "
+            "cloud retrieved for them (records without passages are always kept)."
         ),
     )
     seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")

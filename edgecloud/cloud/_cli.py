@@ -207,3 +207,133 @@ def hash_token_command(
 
     token = token or new_token()
     typer.echo(json.dumps({"token": token, "sha256": hash_token(token)}))
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``24h``/``30m``/``7d``/``90s``/``2w`` ago, or an ISO 8601 time, as Unix seconds.
+
+    Raises:
+        typer.BadParameter: neither form.
+    """
+    from datetime import datetime, timezone
+
+    value = text.strip()
+    unit = value[-1:].lower()
+    if unit in _DURATION and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * _DURATION[unit]
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither a duration (24h, 30m, 7d) nor an ISO 8601 time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+@cloud_app.command("train")
+def train_command(
+    since: Annotated[
+        str, typer.Option(help="Records received since: a duration (24h, 7d) or ISO time.")
+    ] = "24h",
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Sign the version into the registry and roll it out.")
+    ] = False,
+    percent: Annotated[
+        float,
+        typer.Option(min=0.0, max=100.0, help="Rollout share with --publish (100 promotes)."),
+    ] = 100.0,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output directory (default: a new one in the cache).")
+    ] = None,
+    adapter_id: Annotated[
+        Optional[str], typer.Option(help="Adapter line to publish to (cloud.train.adapter_id).")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="cloud.train.epochs.")] = None,
+    with_passages: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--with-passages/--no-passages",
+            help="Also train on the retrieved passages (cloud.train.include_passages).",
+        ),
+    ] = None,
+    base_gguf: Annotated[
+        Optional[Path],
+        typer.Option(help="The GGUF the devices run (when cloud.model.path is a directory)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from edgecloud._cli import _fail, _settings
+    from edgecloud.cloud._learning import run_round
+
+    now = time.time()
+    start = parse_since(since, now)
+    try:
+        settings = _settings(config)
+        train: dict[str, Any] = settings.cloud.train.model_dump()
+        if adapter_id is not None:
+            train["adapter_id"] = adapter_id
+        if epochs is not None:
+            train["epochs"] = epochs
+        if with_passages is not None:
+            train["include_passages"] = with_passages
+        cloud = settings.cloud.model_copy(
+            update={"train": type(settings.cloud.train).model_validate(train)}
+        )
+        settings = settings.model_copy(update={"cloud": cloud})
+        out_dir = out or settings.cache_dir / "rounds" / time.strftime("%Y%m%d-%H%M%S")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        ) as bar:
+            task = bar.add_task("starting", total=None, loss="-")
+
+            def on_stage(text: str) -> None:
+                bar.update(task, description=text)
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
+
+            result = run_round(
+                settings,
+                out_dir,
+                since=start,
+                until=now,
+                publish=publish,
+                rollout_percent=percent,
+                base_gguf=base_gguf,
+                progress=progress,
+                on_stage=on_stage,
+            )
+    except EdgeCloudError as exc:
+        raise _fail(exc) from None
+    summary: dict[str, Any] = {
+        "out": str(result.out_dir),
+        "records": result.records,
+        "version": result.version,
+        "rollout_percent": result.rollout_percent,
+        "metrics": result.report.metrics(),
+        "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
+    }
+    typer.echo(json.dumps(summary, indent=2))

@@ -106,7 +106,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _resolve_model_dir(settings: Settings) -> tuple[Path, str]:
+def resolve_model_dir(settings: Settings) -> tuple[Path, str]:
     from edgecloud.device._models import ensure_default_model, sha256_file
 
     cfg = settings.cloud.model
@@ -203,7 +203,7 @@ class TorchBackend:
         device = torch.device("cuda" if want_cuda else "cpu")
         dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if want_cuda else "float32")
         try:
-            model_dir, name = _resolve_model_dir(settings)
+            model_dir, name = resolve_model_dir(settings)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             model: Any = AutoModelForCausalLM.from_pretrained(
                 str(model_dir), dtype=getattr(torch, dtype_name)

@@ -217,6 +217,10 @@ class HybridEngine:
         monitor = ConfidenceMonitor(self.thresholds) if watch else None
         parts: list[str] = []
         n = 0
+        # Tokens not yet shown to the app (see RouterConfig.holdback_tokens): a hand-off
+        # while they are held drops them and the cloud starts the answer afresh.
+        held: list[Chunk] = []
+        holdback = self.router_cfg.holdback_tokens if monitor is not None else 0
         handoff: Decision | None = None
         finish: Finish | None = None
         async with contextlib.aclosing(self._local(prompt, params, "", cancel)) as events:
@@ -225,8 +229,14 @@ class HybridEngine:
                     finish = ev
                     break
                 parts.append(ev.text)
-                yield ev
                 n += 1
+                if n <= holdback:
+                    held.append(ev)
+                else:
+                    for h in held:
+                        yield h
+                    held.clear()
+                    yield ev
                 if monitor is not None and ev.token_id >= 0:
                     trip = monitor.update(ev.logprob, ev.entropy)
                     if trip is not None and self._available():
@@ -238,6 +248,11 @@ class HybridEngine:
                             f"{trip.reason}, but no cloud endpoint is available",
                             dict(trip.signals),
                         )
+        if handoff is not None and held:
+            parts, n = [], 0  # never shown: the cloud answers the whole request
+            held.clear()
+        for h in held:
+            yield h
         if handoff is None:
             assert finish is not None
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
@@ -297,7 +312,7 @@ class HybridEngine:
                 info, escalated=True, local_tokens_before_handoff=start,
                 endpoint=used.target, passages=done.passages,
             )  # fmt: skip
-            self._record(prompt, prefix, "".join(texts), route, t0)
+            self._record(prompt, prefix, "".join(texts), route, t0, params.stop, done.reason)
             yield Finish(done.reason, done.prompt_tokens, start + n_cloud, done.passages, route)
             return
         if cancel.is_set():  # the caller cancelled: not a cloud failure
@@ -326,7 +341,7 @@ class HybridEngine:
                 )
                 n_local += 1
         assert finish is not None
-        self._record(prompt, prefix, "".join(texts), route, t0)
+        self._record(prompt, prefix, "".join(texts), route, t0, params.stop, finish.reason)
         yield Finish(finish.reason, finish.prompt_tokens, start + n_cloud + n_local, route=route)
 
     async def _from_endpoint(
@@ -405,10 +420,17 @@ class HybridEngine:
         cloud: str,
         route: RouteInfo,
         t0: float,
+        stop: Sequence[str],
+        finish: str,
     ) -> None:
         if self.log is None or route.private:
             return
-        extra: dict[str, Any] = {"passages": [_passage(p) for p in route.passages]}
+        # The stop sequences and finish reason tell a trainer where the answer ended.
+        extra: dict[str, Any] = {
+            "passages": [_passage(p) for p in route.passages],
+            "stop": list(stop),
+            "finish": finish,
+        }
         if not isinstance(prompt, str):
             extra["messages"] = [m.model_dump() for m in prompt]
         if route.endpoint:

@@ -57,10 +57,10 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from edgecloud.cloud._torch import _resolve_model_dir
+    from edgecloud.cloud._torch import resolve_model_dir
 
     where = tmp_path_factory.mktemp("adapters")
-    model_dir, _ = _resolve_model_dir(Settings.load())
+    model_dir, _ = resolve_model_dir(Settings.load())
     base = AutoModelForCausalLM.from_pretrained(str(model_dir))
     paths = {}
     for seed, name in enumerate(("alpha", "beta")):

@@ -70,6 +70,40 @@ def test_mid_answer_handoff_continues_after_the_local_part() -> None:
     assert backend.finishes[0] == "cancelled"  # the local generation was stopped
 
 
+def test_a_handoff_within_the_holdback_drops_the_unshown_tokens(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    cloud = FakeCloud("a")
+    router = TRIP.model_copy(update={"holdback_tokens": 3})  # the window trips at token 3
+    client, _ = make([cloud], router=router, log=log)
+    stream = client.stream("hi", max_tokens=10, stop=["\n"])
+    chunks = list(stream)
+    r = stream.result
+    assert r is not None and r.route is not None
+    assert [c.source for c in chunks] == ["cloud"] * 3  # the app never saw the local start
+    assert r.text == " cloud says hello" and r.source == "cloud"
+    assert r.route.escalated and r.route.local_tokens_before_handoff == 0
+    assert "assistant_prefix" not in cloud.calls[0]  # the cloud answers from scratch
+    [rec] = log.all()
+    assert rec.local_partial == "" and rec.cloud_answer == " cloud says hello"
+    assert rec.extra["stop"] == ["\n"]
+
+
+def test_tokens_past_the_holdback_are_shown_and_continued() -> None:
+    cloud = FakeCloud("a")
+    router = TRIP.model_copy(update={"holdback_tokens": 2})
+    client, _ = make([cloud], router=router)
+    chunks = list(client.stream("hi", max_tokens=10))
+    assert [c.source for c in chunks] == ["local"] * 3 + ["cloud"] * 3
+    assert cloud.calls[0]["assistant_prefix"] == "one two three"
+
+
+def test_a_confident_answer_shorter_than_the_holdback_is_delivered_whole() -> None:
+    cloud = FakeCloud("a")
+    client, _ = make([cloud], router=CALM.model_copy(update={"holdback_tokens": 8}))
+    r = client.generate("hi", max_tokens=4)
+    assert r.text == "one two three four" and r.source == "local" and cloud.calls == []
+
+
 def test_forced_cloud_route() -> None:
     cloud = FakeCloud("a")
     client, backend = make([cloud])
@@ -143,6 +177,7 @@ def test_escalations_are_logged_and_uploaded(tmp_path: Path) -> None:
     assert rec.prompt == "why?" and rec.local_partial == "one two three"
     assert rec.cloud_answer == " cloud says hello" and rec.route_policy == "confidence-window"
     assert rec.extra["passages"][0]["text"] == "fact"
+    assert rec.extra["stop"] == [] and rec.extra["finish"] == "stop"  # where the answer ended
     assert client.upload_pending() == 1
     assert rec.id in cloud.uploaded and len(log) == 0
 

@@ -1,0 +1,244 @@
+"""One round of the learning loop: records → LoRA → GGUF + peft → signed version → rollout.
+
+``edgecloud cloud train`` and ``bench/learning_loop.py`` both run
+:func:`run_round`. Each stage reports itself through ``on_stage`` and training
+reports every optimizer step through ``progress``, so a person watching sees
+where a round of several minutes is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgecloud.cloud._trainer import (
+    TrainingExample,
+    TrainProgress,
+    TrainReport,
+    examples_from_records,
+    split_holdout,
+    train_lora,
+)
+from edgecloud.config import Settings
+from edgecloud.errors import ConfigError, InvalidRequestError
+
+__all__ = ["RoundResult", "base_model", "run_round"]
+
+log = logging.getLogger("edgecloud.cloud")
+
+StageCallback = Callable[[str], None]
+"""Called with a short description as each stage of a round starts."""
+
+CANARY_ITEMS = 8
+
+
+@dataclass(slots=True)
+class RoundResult:
+    """What one round produced; ``version`` is None unless it published."""
+
+    report: TrainReport
+    out_dir: Path
+    gguf: Path
+    peft_dir: Path
+    records: int
+    version: int | None = None
+    rollout_percent: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def base_model(settings: Settings, base_gguf: Path | None = None) -> tuple[Path, Path, str, str]:
+    """(HF model dir to train, base GGUF the devices run, its sha256, its architecture).
+
+    The base GGUF is ``base_gguf``, else ``cloud.model.path`` when it is a GGUF,
+    else the embedded default; the HF directory is its cached dequantization
+    (or ``cloud.model.path`` when that is a directory, which then needs
+    ``base_gguf`` to say what the devices run).
+
+    Raises:
+        ConfigError: the cloud model is a directory and no base GGUF was named.
+    """
+    from edgecloud.cloud._torch import resolve_model_dir
+    from edgecloud.device._models import ensure_default_model, sha256_file
+
+    configured = settings.cloud.model.path
+    if base_gguf is None:
+        if configured is not None and configured.expanduser().is_dir():
+            raise ConfigError(
+                "cloud.model.path is a model directory: name the GGUF the devices run "
+                "(--base-gguf) so the adapter is bound to it"
+            )
+        base_gguf = (
+            configured.expanduser()
+            if configured is not None
+            else ensure_default_model(settings.cache_dir)
+        )
+    if not base_gguf.is_file():
+        raise ConfigError(f"base GGUF not found: {base_gguf}")
+    model_dir, _ = resolve_model_dir(settings)
+    return model_dir, base_gguf, sha256_file(base_gguf), _architecture(base_gguf)
+
+
+def _architecture(gguf_path: Path) -> str:
+    import gguf
+
+    reader = gguf.GGUFReader(gguf_path)
+    field_ = reader.get_field("general.architecture")
+    value = field_.contents() if field_ is not None else None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{gguf_path} has no general.architecture")
+    return value
+
+
+def run_round(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    examples: list[TrainingExample] | None = None,
+    publish: bool = False,
+    rollout_percent: float = 100.0,
+    base_gguf: Path | None = None,
+    progress: TrainProgress | None = None,
+    on_stage: StageCallback | None = None,
+) -> RoundResult:
+    """Train on the records received in ``[since, until)``, export, and optionally publish.
+
+    Args:
+        settings: ``cloud.train`` (hyperparameters), ``cloud.records`` (where the
+            records are), ``cloud.registry`` (where versions go and the signing key).
+        out_dir: gets ``peft/`` (safetensors, for the cloud's torch backend),
+            ``adapter.gguf`` (llama.cpp LoRA, for devices) and ``train_report.json``.
+        since, until: the record window (``received_at``, Unix seconds).
+        examples: train on these instead of reading records (evaluation runs).
+        publish: sign the version into the registry and roll it out.
+        rollout_percent: share of devices offered the version (100 promotes it).
+        base_gguf: the GGUF the devices run (see :func:`base_model`).
+        progress: called after each optimizer step.
+        on_stage: called as each stage starts.
+
+    Raises:
+        InvalidRequestError: too few usable records (``cloud.train.min_records``).
+        ConfigError: no signing key to publish with, or no base GGUF.
+    """
+    from edgecloud.adapters._gguf import export_lora_gguf
+    from edgecloud.cloud._records import RecordStore
+    from edgecloud.cloud._server import records_path
+
+    cfg = settings.cloud.train
+    stage_s: dict[str, float] = {}
+    current: list[tuple[str, float]] = []
+
+    def stage(name: str, text: str) -> None:
+        now = time.perf_counter()
+        if current:
+            last, started = current.pop()
+            stage_s[last] = now - started
+        if name:
+            current.append((name, now))
+        if on_stage is not None and text:
+            on_stage(text)
+
+    key = None
+    if publish:
+        from edgecloud.adapters._signing import load_private_key
+
+        if settings.cloud.registry.signing_key is None:
+            raise ConfigError(
+                "publishing needs cloud.registry.signing_key (make one: edgecloud adapters keygen)"
+            )
+        key = load_private_key(settings.cloud.registry.signing_key)  # fail before training
+
+    stage("records", "reading escalation records")
+    n_records = 0
+    if examples is None:
+        store = RecordStore(records_path(settings.cloud, settings.cache_dir))
+        try:
+            records = [r for r in store.records(since) if until is None or r.received_at < until]
+        finally:
+            store.close()
+        n_records = len(records)
+        examples = examples_from_records(records, require_grounded=cfg.require_grounded)
+    else:
+        n_records = len(examples)
+    if len(examples) < cfg.min_records:
+        raise InvalidRequestError(
+            f"{len(examples)} usable examples from {n_records} records; a round needs at "
+            f"least {cfg.min_records} (cloud.train.min_records)"
+        )
+    stage("base", "loading the base model")
+    model_dir, _gguf, base_sha, arch = base_model(settings, base_gguf)
+    stage("train", f"training LoRA on {len(examples)} examples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_dir = out_dir / "peft"
+    report = train_lora(model_dir, examples, cfg, peft_dir, progress=progress)
+    stage("export", "exporting the llama.cpp LoRA GGUF")
+    gguf_out = export_lora_gguf(peft_dir, out_dir / "adapter.gguf", architecture=arch)
+    result = RoundResult(report, out_dir, gguf_out, peft_dir, n_records)
+    if publish and key is not None:
+        from edgecloud.adapters._registry import AdapterRegistry
+        from edgecloud.cloud._server import registry_url
+
+        stage("publish", "signing and publishing")
+        registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
+        train, _held = split_holdout(examples, cfg.holdout_fraction, cfg.seed)
+        manifest = registry.publish(
+            {
+                "adapter.gguf": gguf_out,
+                "peft/adapter_config.json": peft_dir / "adapter_config.json",
+                "peft/adapter_model.safetensors": peft_dir / "adapter_model.safetensors",
+            },
+            key=key,
+            adapter_id=cfg.adapter_id,
+            base_model_sha256=base_sha,
+            base_architecture=arch,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            target_modules=list(cfg.target_modules),
+            data=_data(since, until, n_records, report),
+            metrics=report.metrics(),
+            canary=_canary(train),
+        )
+        result.version = manifest.version
+        registry.rollout(cfg.adapter_id, manifest.version, rollout_percent)
+        result.rollout_percent = rollout_percent
+    stage("", "")
+    result.stage_seconds = stage_s
+    return result
+
+
+def _data(since: float | None, until: float | None, records: int, report: TrainReport) -> Any:
+    def ts(value: float | None) -> datetime | None:
+        return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
+
+    return {
+        "since": ts(since),
+        "until": ts(until if until is not None else time.time()),
+        "records": records,
+        "train": report.train,
+        "holdout": report.holdout,
+        "with_passages": report.passages > 0,
+    }
+
+
+def _canary(examples: list[TrainingExample]) -> list[dict[str, str]]:
+    """A few (prompt, expected answer) pairs the device checks after installing.
+
+    Trained examples: the device must reproduce what the adapter learned, which
+    fails when the GGUF export or the swap went wrong (held-out ones would also
+    fail a sound adapter that generalizes less than the canary's pass rate). Only
+    short single-line answers, which a contains-check can judge.
+    """
+    items = []
+    for ex in examples:
+        answer = ex.answer.strip()
+        if answer and "\n" not in answer and len(answer) <= 80:
+            items.append({"prompt": ex.prompt, "expect": answer})
+        if len(items) >= CANARY_ITEMS:
+            break
+    return items

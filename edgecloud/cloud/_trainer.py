@@ -1,0 +1,414 @@
+"""LoRA training of device adapters from the cloud's escalation records.
+
+A record holds what a device asked (``prompt``), what it had produced before
+the hand-off (``local_partial``) and what the cloud answered after it
+(``cloud_answer``), plus the knowledge passages the cloud retrieved and the
+request's stop sequences. Distillation trains the device's own base model
+(the dequantized GGUF, the same weights the devices run) to produce the
+answer from the prompt alone, so the device no longer needs the cloud or its
+knowledge base for it:
+
+- the example is ``prompt + answer + terminator``, and the loss covers only the
+  answer and the terminator (the prompt tokens are masked with -100). The
+  terminator teaches the model to stop where the request stopped: the first
+  stop sequence when the answer ended on one, else the end-of-sequence token;
+  answers cut by ``max_tokens`` get none.
+- with ``include_passages`` the retrieved passages are trained on too, as
+  plain text with the loss on every token, so the facts behind the answers
+  are learned in the words of the source, not only in the phrasings that were
+  asked (``bench/learning_loop.py`` measures whether it helps).
+- a held-out share of the records (chosen by a seeded hash of the record id,
+  so the split is stable across runs) is never trained on: it reports the
+  answer loss and the exact-answer rate before and after training.
+
+LoRA (peft) goes on the attention and MLP projections named in the config;
+Gemma ties its embedding to the output head, so no embedding is adapted.
+CPU float32 here; CUDA in bfloat16 when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecloud.cloud._records import StoredRecord
+from edgecloud.config import CloudTrainConfig
+from edgecloud.errors import CloudModelLoadError, InvalidRequestError
+
+__all__ = [
+    "TrainProgress",
+    "TrainReport",
+    "TrainingExample",
+    "examples_from_records",
+    "grounded",
+    "split_holdout",
+    "train_lora",
+]
+
+log = logging.getLogger("edgecloud.cloud")
+
+TrainProgress = Callable[[int, int, float], None]
+"""Called after each optimizer step with (step, total steps, mean loss of the step)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingExample:
+    """One distillation target: the device's prompt and the answer it should give."""
+
+    prompt: str
+    answer: str
+    terminator: str | None = None
+    """Text appended after the answer (a stop sequence); None: the EOS token; '': nothing."""
+    passages: tuple[str, ...] = ()
+    record_id: str = ""
+
+
+@dataclass(slots=True)
+class TrainReport:
+    """What a round of training did and how well it went."""
+
+    examples: int
+    train: int
+    holdout: int
+    passages: int
+    epochs: int
+    steps: int
+    seconds: float
+    train_loss: float
+    holdout_loss_before: float | None = None
+    holdout_loss_after: float | None = None
+    holdout_exact_before: float | None = None
+    holdout_exact_after: float | None = None
+    losses: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """The numeric fields, for a manifest."""
+        out = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = float(value)
+        return out
+
+
+def examples_from_records(
+    records: Iterable[StoredRecord], *, require_grounded: bool = True
+) -> list[TrainingExample]:
+    """Distillation examples from stored escalation records.
+
+    Records the cloud did not finish (cancelled) or with an empty answer are
+    skipped; so are records of chat prompts, whose rendering depends on the
+    device's template (their text is kept in ``extra["messages"]``; see below).
+    With ``require_grounded``, a record answered from knowledge passages is kept
+    only when its answer is :func:`grounded` in them.
+    """
+    out = []
+    for stored in records:
+        r = stored.record
+        extra = dict(r.extra)
+        finish = extra.get("finish", "stop")
+        answer = r.local_partial + r.cloud_answer
+        if finish == "cancelled" or not answer.strip():
+            continue
+        if "messages" in extra:
+            # The device rendered these with its chat template, which the record does
+            # not say; training on another rendering would teach the wrong prompt.
+            continue
+        stop = [s for s in extra.get("stop", []) if isinstance(s, str) and s]
+        terminator: str | None
+        if finish == "length":
+            terminator = ""
+        elif stop:
+            terminator = stop[0]
+        else:
+            terminator = None
+        passages = tuple(
+            str(p.get("text", "")) for p in extra.get("passages", []) if isinstance(p, dict)
+        )
+        if require_grounded and passages and not grounded(r.cloud_answer, passages):
+            continue
+        out.append(
+            TrainingExample(
+                prompt=r.prompt,
+                answer=answer,
+                terminator=terminator,
+                passages=tuple(p for p in passages if p),
+                record_id=r.id,
+            )
+        )
+    return out
+
+
+_WORD = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:[-'][^\W\d_]+)*", re.UNICODE)
+_NUMBER = re.compile(r"\d")
+
+
+def grounded(answer: str, passages: Sequence[str], *, min_word_chars: int = 3) -> bool:
+    """Whether every number and every word of ``min_word_chars`` or more letters in
+    ``answer`` occurs in ``passages`` (case-insensitive; numbers whole, so "8" is not
+    in "8.5").
+
+    A small cloud model given the right passage still answers from its own priors
+    now and then ("100 kg" where the manual says 22.0 kg); training a device on
+    that would teach it the error. An answer whose content words and numbers all
+    come from the evidence it was given is far more likely right.
+    """
+    evidence = {w.lower() for p in passages for w in _WORD.findall(p)}
+    words = [w.lower() for w in _WORD.findall(answer)]
+    content = [w for w in words if _NUMBER.search(w) or len(w) >= min_word_chars]
+    return bool(content) and all(w in evidence for w in content)
+
+
+def split_holdout(
+    examples: Sequence[TrainingExample], fraction: float, seed: int
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """(train, holdout): each example goes to the holdout when a seeded hash of its id says so.
+
+    Hashing the id (not shuffling) keeps an example on the same side when
+    records are added later; examples without an id hash their prompt.
+    """
+    if fraction <= 0:
+        return list(examples), []
+    train: list[TrainingExample] = []
+    held: list[TrainingExample] = []
+    for ex in examples:
+        key = f"{seed}:{ex.record_id or ex.prompt}".encode()
+        u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+        (held if u < fraction else train).append(ex)
+    if not train:  # a tiny set must still train on something
+        train, held = held, []
+    return train, held
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    ids: list[int]
+    labels: list[int]
+
+
+def _encode(tokenizer: Any, ex: TrainingExample, max_length: int) -> _Encoded:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt = bos + tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(ex.answer + (ex.terminator or ""), add_special_tokens=False)["input_ids"]
+    if ex.terminator is None and tokenizer.eos_token_id is not None:
+        answer = [*answer, tokenizer.eos_token_id]
+    answer = answer[: max_length // 2] if len(answer) > max_length // 2 else answer
+    room = max_length - len(answer)
+    if len(prompt) > room:  # keep the end of the prompt, next to the answer
+        prompt = bos + prompt[len(prompt) - room + len(bos) :]
+    return _Encoded(prompt + answer, [-100] * len(prompt) + answer)
+
+
+def _encode_text(tokenizer: Any, text: str, max_length: int) -> _Encoded:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = (bos + tokenizer(text, add_special_tokens=False)["input_ids"])[:max_length]
+    return _Encoded(ids, [-100] * len(bos) + ids[len(bos) :])
+
+
+def _batches(items: list[_Encoded], size: int, rng: random.Random) -> list[list[_Encoded]]:
+    order = list(items)
+    rng.shuffle(order)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _collate(batch: Sequence[_Encoded], pad_id: int, torch: Any, device: Any) -> dict[str, Any]:
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {
+        "input_ids": ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": mask.to(device),
+    }
+
+
+def _answer_loss(model: Any, items: list[_Encoded], pad_id: int, torch: Any, device: Any) -> float:
+    """Mean loss per answer token over ``items``."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), 16):
+            batch = _collate(items[i : i + 16], pad_id, torch, device)
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            total += float(loss)
+            count += int((shift_labels != -100).sum())
+    return total / max(count, 1)
+
+
+def _exact_rate(
+    model: Any, tokenizer: Any, examples: Sequence[TrainingExample], device: Any
+) -> float:
+    """Share of examples whose greedy answer, cut at its terminator, equals the target."""
+    import torch
+
+    right = 0
+    for ex in examples:
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        ids = bos + tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        target = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+                max_new_tokens=len(target) + 8,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or 0,
+            )
+        text = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+        if ex.terminator:
+            text = text.split(ex.terminator, 1)[0]
+        right += text.strip() == ex.answer.strip()
+    return right / max(len(examples), 1)
+
+
+def train_lora(
+    model_dir: Path,
+    examples: Sequence[TrainingExample],
+    config: CloudTrainConfig,
+    out_dir: Path,
+    *,
+    progress: TrainProgress | None = None,
+    evaluate_exact: bool = True,
+) -> TrainReport:
+    """Train a LoRA adapter on ``examples`` and save it (peft format) in ``out_dir``.
+
+    Args:
+        model_dir: a Hugging Face model directory (the dequantized base, see
+            :func:`edgecloud.cloud._torch.resolve_model_dir`).
+        examples: distillation examples; a share is held out per ``config``.
+        config: rank, alpha, target modules, epochs, learning rate, seed...
+        out_dir: gets ``adapter_config.json`` and ``adapter_model.safetensors``.
+        progress: called after every optimizer step.
+        evaluate_exact: also generate the held-out answers before and after
+            (slower; the loss is always reported).
+
+    Raises:
+        InvalidRequestError: fewer usable examples than ``config.min_records``.
+        CloudModelLoadError: the base model or peft could not be loaded.
+    """
+    if len(examples) < config.min_records:
+        raise InvalidRequestError(
+            f"{len(examples)} usable records; a round needs at least {config.min_records}"
+        )
+    try:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise CloudModelLoadError(
+            "training needs torch, transformers and peft: pip install 'edgecloud[cloud]'"
+        ) from exc
+    t0 = time.perf_counter()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        base: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        base = base.to(device)
+    except (OSError, ValueError) as exc:
+        raise CloudModelLoadError(f"cannot load the base model from {model_dir}: {exc}") from exc
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
+    items = [_encode(tokenizer, ex, config.max_length) for ex in train]
+    passages: list[str] = []
+    if config.include_passages:
+        seen: set[str] = set()
+        for ex in train:
+            for p in ex.passages:
+                if p not in seen:
+                    seen.add(p)
+                    passages.append(p)
+        items += [_encode_text(tokenizer, p, config.max_length) for p in passages]
+    held_items = [_encode(tokenizer, ex, config.max_length) for ex in holdout]
+
+    report = TrainReport(
+        examples=len(examples),
+        train=len(train),
+        holdout=len(holdout),
+        passages=len(passages),
+        epochs=config.epochs,
+        steps=0,
+        seconds=0.0,
+        train_loss=math.nan,
+    )
+    base.eval()
+    if held_items:
+        report.holdout_loss_before = _answer_loss(base, held_items, pad_id, torch, device)
+        if evaluate_exact:
+            report.holdout_exact_before = _exact_rate(base, tokenizer, holdout, device)
+
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft types it int; floats work
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:  # e.g. a target module the model does not have
+        raise InvalidRequestError(f"cannot apply LoRA: {exc}") from exc
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    rng = random.Random(config.seed)
+    per_epoch = math.ceil(len(items) / config.batch_size)
+    total = per_epoch * config.epochs
+    model.train()
+    epoch_losses = []
+    for _epoch in range(config.epochs):
+        losses = []
+        for batch in _batches(items, config.batch_size, rng):
+            inputs = _collate(batch, pad_id, torch, device)
+            loss = model(**inputs).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            report.steps += 1
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(report.steps, total, losses[-1])
+        epoch_losses.append(sum(losses) / len(losses))
+    report.losses = epoch_losses
+    report.train_loss = epoch_losses[-1]
+    model.eval()
+    if held_items:
+        report.holdout_loss_after = _answer_loss(model, held_items, pad_id, torch, device)
+        if evaluate_exact:
+            report.holdout_exact_after = _exact_rate(model, tokenizer, holdout, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    report.seconds = time.perf_counter() - t0
+    (out_dir / "train_report.json").write_text(json.dumps(asdict(report), indent=2))
+    log.info("trained %d steps in %.0f s", report.steps, report.seconds)
+    return report
