@@ -55,6 +55,12 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
         self._poll = poll_s
         self._states: dict[str, tuple[float, RolloutState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._closing = False
+
+    def close(self) -> None:
+        """End watch streams at their next poll (they would otherwise hold a graceful
+        shutdown for its whole grace period); devices reconnect elsewhere or later."""
+        self._closing = True
 
     async def _state(self, adapter_id: str) -> RolloutState:
         lock = self._locks.setdefault(adapter_id, asyncio.Lock())
@@ -84,7 +90,7 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
                 raise InvalidRequestError(f"cohort longer than {_MAX_COHORT} characters")
             cohort = request.cohort or None
             sent: int | None = -1
-            while True:
+            while not self._closing:
                 state = await self._state(adapter_id)
                 version = AdapterRegistry.assigned_in(state, adapter_id, device, cohort)
                 if version != sent:

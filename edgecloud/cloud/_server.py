@@ -35,6 +35,7 @@ from edgecloud.transport._guard import DecodeGuardInterceptor
 
 if TYPE_CHECKING:
     from edgecloud.adapters._registry import AdapterRegistry
+    from edgecloud.cloud._adapter_service import AdapterSyncServicer
     from edgecloud.cloud._knowledge import KnowledgeBase
 
 __all__ = [
@@ -158,6 +159,7 @@ class CloudServer:
         grace: float,
         records: RecordStore,
         registry: AdapterRegistry | None = None,
+        adapter_sync: AdapterSyncServicer | None = None,
     ) -> None:
         self._server = server
         self.backend = backend
@@ -166,6 +168,7 @@ class CloudServer:
         self._grace = grace
         self.records = records
         self.registry = registry
+        self._adapter_sync = adapter_sync
 
     @classmethod
     async def start(
@@ -219,9 +222,11 @@ class CloudServer:
         pb_grpc.add_InferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             InferenceServicer(backend, config, knowledge=knowledge, records=records), server
         )
+        adapter_sync = _adapter_service.AdapterSyncServicer(
+            registry, chunk_bytes=config.registry.chunk_bytes
+        )
         pb_adapters_grpc.add_AdapterSyncServicer_to_server(  # type: ignore[no-untyped-call]
-            _adapter_service.AdapterSyncServicer(registry, chunk_bytes=config.registry.chunk_bytes),
-            server,
+            adapter_sync, server
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -253,12 +258,15 @@ class CloudServer:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.warning("edgecloud cloud service listening on %s:%d", host, bound)
         return cls(
-            server, backend, health_servicer, bound, config.shutdown_grace_s, records, registry
-        )
+            server, backend, health_servicer, bound, config.shutdown_grace_s, records,
+            registry, adapter_sync,
+        )  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, give in-flight streams ``grace`` seconds, then stop."""
         await self._health.enter_graceful_shutdown()
+        if self._adapter_sync is not None:
+            self._adapter_sync.close()
         await self._server.stop(self._grace if grace is None else grace)
         self.records.close()
 

@@ -261,3 +261,19 @@ def test_auth_device_identity_comes_from_the_token(
 
     run(body)
     assert [r.device_id for r in registry.fleet("default")] == ["robot-1"]
+
+
+def test_graceful_stop_ends_watch_streams_promptly(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    async def body() -> float:
+        async with serving(registry, tmp_path) as server, sync_client(server) as c:
+            watcher = Watcher(c.watch("default", device_id="d"))
+            assert (await watcher.next()).version == 0
+            t0 = time.perf_counter()
+            await server.stop(30)  # a long grace: only an ended stream lets it return soon
+            took = time.perf_counter() - t0
+            await asyncio.wait_for(watcher._task, 5)  # the stream ended (no error)
+            return took
+
+    assert run(body) < 5
