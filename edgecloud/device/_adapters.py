@@ -483,6 +483,8 @@ class AdapterManager:
         for version in installed:
             if version not in keep:
                 shutil.rmtree(self._dir / str(version), ignore_errors=True)
+        # Partial downloads of versions given up on; none is in progress (the lock is held).
+        shutil.rmtree(self._dir / _DOWNLOADS, ignore_errors=True)
 
     def _run_canary(self, items: Sequence[CanaryItem]) -> int:
         """How many canary prompts the running adapter passes (greedy, case-insensitive)."""

@@ -111,6 +111,11 @@ def test_install_swap_report_prune_and_restore(
                 assert status(registry) == [("robot-1", v, "running")]
             assert backend.adapter == root / "default" / "3" / "adapter.gguf"
             assert m.installed_versions() == [2, 3]  # keep = 2
+            assert sorted(p.name for p in (root / "default").iterdir()) == [
+                "2",
+                "3",
+                "current.json",
+            ]
             assert await m.apply(AdapterOffer("default", 0)) is None  # back to the base
             assert backend.adapter is None and status(registry) == [("robot-1", 0, "running")]
             assert await m.apply(offer(registry, 2)) == 2  # installed: no download needed

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgecloud.adapters._manifest import Manifest, check_adapter_id, check_file_name
 from edgecloud.errors import AdapterFormatError
@@ -91,3 +93,17 @@ def test_malformed_manifests_raise_format_error(data: bytes) -> None:
 def test_non_finite_metrics_are_refused() -> None:
     with pytest.raises(ValueError):
         Manifest(**_fields(metrics={"acc": float("nan")}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", ".", "/", "\\", ":", "\x00", " ", "é"]), max_size=12))
+def test_accepted_names_never_leave_the_version_directory(name: str) -> None:
+    import posixpath
+
+    try:
+        check_file_name(name)
+    except AdapterFormatError:
+        return
+    joined = posixpath.normpath(posixpath.join("/root/v1/files", name))
+    assert joined.startswith("/root/v1/files/")
+    assert "\\" not in name and "\x00" not in name
