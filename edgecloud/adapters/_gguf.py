@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -191,43 +192,110 @@ def export_lora_gguf(
 def read_lora_gguf(path: Path) -> LoraGgufInfo:
     """Read and check the header of a llama.cpp LoRA GGUF.
 
+    Only the header (metadata and tensor descriptions) is parsed, here rather than
+    with ``gguf.GGUFReader``: that reader decodes every array up front and takes
+    0.4 s on a rank-16 adapter and 17 s on the base model's GGUF (its 262k-entry
+    vocabulary), which matters on the hot-swap path and when refusing a model file.
+
     Raises:
         AdapterFormatError: the file is missing, not a GGUF, or not a LoRA adapter
             (``general.type`` is not ``adapter`` or ``adapter.type`` is not ``lora``).
     """
-    gguf = _gguf()
     try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            kv, tensors = _parse_header(buf)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise AdapterFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
-    general_type = _field_str(reader, "general.type")
+    general_type = kv.get("general.type")
     if general_type != "adapter":
         raise AdapterFormatError(
             f"{path} is a GGUF with general.type={general_type!r}, not a LoRA adapter"
         )
-    adapter_type = _field_str(reader, gguf.Keys.Adapter.TYPE)
+    adapter_type = kv.get("adapter.type")
     if adapter_type != "lora":
         raise AdapterFormatError(f"{path} is an adapter of type {adapter_type!r}, not lora")
-    architecture = _field_str(reader, "general.architecture")
-    if not architecture:
+    architecture = kv.get("general.architecture")
+    if not isinstance(architecture, str) or not architecture:
         raise AdapterFormatError(f"{path} has no general.architecture")
-    alpha_field = reader.get_field(gguf.Keys.Adapter.LORA_ALPHA)
-    alpha = float(alpha_field.contents()) if alpha_field is not None else 0.0
-    ranks = [int(t.shape[0]) for t in reader.tensors if t.name.endswith(".lora_b")]
+    alpha = kv.get("adapter.lora.alpha", 0.0)
+    if not isinstance(alpha, int | float):
+        raise AdapterFormatError(f"{path}: adapter.lora.alpha is not a number")
+    # lora_b is out x r, stored with GGUF's reversed dimensions: ne[0] is the rank.
+    ranks = [dims[0] for name, dims in tensors if name.endswith(".lora_b") and dims]
     return LoraGgufInfo(
         architecture=architecture,
-        alpha=alpha,
-        n_tensors=len(reader.tensors),
+        alpha=float(alpha),
+        n_tensors=len(tensors),
         rank=max(ranks, default=0),
     )
 
 
-def _field_str(reader: Any, key: str) -> str | None:
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return value if isinstance(value, str) else None
+# GGUF metadata value types (gguf.h): fixed-size ones as struct formats.
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+def _parse_header(buf: Any) -> tuple[dict[str, Any], list[tuple[str, list[int]]]]:
+    """Metadata (array values skipped, as None) and (name, dims) of each tensor."""
+    if bytes(buf[:4]) != b"GGUF":
+        raise ValueError("no GGUF magic")
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version} (or a big-endian file)")
+    size = len(buf)
+    if n_kv > size or n_tensors > size:
+        raise ValueError("corrupt header counts")
+    pos = 24
+
+    def string(at: int) -> tuple[str, int]:
+        (n,) = struct.unpack_from("<Q", buf, at)
+        if at + 8 + n > size:
+            raise ValueError("string runs past the end of the file")
+        return bytes(buf[at + 8 : at + 8 + n]).decode("utf-8"), at + 8 + n
+
+    def value(kind: int, at: int) -> tuple[Any, int]:
+        if kind == _STRING:
+            return string(at)
+        if kind == _ARRAY:
+            item, count = struct.unpack_from("<IQ", buf, at)
+            at += 12
+            if item in _SCALARS:
+                return None, at + count * struct.calcsize("<" + _SCALARS[item])
+            for _ in range(count):
+                _, at = value(item, at)
+            return None, at
+        fmt = _SCALARS.get(kind)
+        if fmt is None:
+            raise ValueError(f"unknown metadata type {kind}")
+        return struct.unpack_from("<" + fmt, buf, at)[0], at + struct.calcsize("<" + fmt)
+
+    kv: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key, pos = string(pos)
+        (kind,) = struct.unpack_from("<I", buf, pos)
+        kv[key], pos = value(kind, pos + 4)
+    tensors: list[tuple[str, list[int]]] = []
+    for _ in range(n_tensors):
+        name, pos = string(pos)
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        if n_dims > 8:
+            raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+        dims = list(struct.unpack_from(f"<{n_dims}Q", buf, pos + 4))
+        pos += 4 + 8 * n_dims + 4 + 8  # dims, then ggml type and data offset
+        tensors.append((name, dims))
+    return kv, tensors
 
 
 def _model_arch(gguf: Any, architecture: str) -> Any:

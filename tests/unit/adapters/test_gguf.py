@@ -249,6 +249,20 @@ def test_read_refuses_non_gguf_and_missing_files(tmp_path: Path) -> None:
         read_lora_gguf(tmp_path / "missing.gguf")
 
 
+def test_read_refuses_empty_and_truncated_files(tmp_path: Path) -> None:
+    good = export_lora_gguf(_peft_dir(tmp_path), tmp_path / "a.gguf", architecture="gemma3")
+    data = good.read_bytes()
+    for name, content in {"empty": b"", "magic": data[:4], "mid_header": data[:200]}.items():
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(content)
+        with pytest.raises(AdapterFormatError, match="not a readable GGUF"):
+            read_lora_gguf(bad)
+    bumped = tmp_path / "v9.gguf"
+    bumped.write_bytes(data[:4] + struct.pack("<I", 9) + data[8:])
+    with pytest.raises(AdapterFormatError, match="version 9"):
+        read_lora_gguf(bumped)
+
+
 def _write_gguf(path: Path, general_type: str, adapter_type: str | None = None) -> Path:
     writer = gguf.GGUFWriter(path, arch="gemma3")
     writer.add_type(general_type)
