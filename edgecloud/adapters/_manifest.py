@@ -102,7 +102,11 @@ class TrainingData(BaseModel):
 
 
 class CanaryItem(BaseModel):
-    """One canary prompt: passes when the greedy answer contains ``expect`` (any case)."""
+    """One canary prompt: passes when the greedy answer contains ``expect`` (any case).
+
+    ``prompt`` is raw text completed as is (no chat template), like the prompts
+    of the escalation records the adapter was trained on.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -41,8 +41,9 @@ def serve_command(
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
     from edgecloud._cli import _fail, _settings
+    from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._records import RecordStore
-    from edgecloud.cloud._server import records_path, serve, server_credentials
+    from edgecloud.cloud._server import records_path, registry_url, serve, server_credentials
     from edgecloud.cloud._torch import TorchBackend
 
     try:
@@ -62,11 +63,14 @@ def serve_command(
         server_credentials(settings.cloud)  # fail on bad TLS settings before the slow load
         kb = _load_knowledge(settings.cloud)
         records = RecordStore(records_path(settings.cloud, settings.cache_dir))
+        registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
         backend = TorchBackend.load(settings)
     except EdgeCloudError as exc:
         raise _fail(exc) from None
     try:
-        asyncio.run(serve(backend, settings.cloud, knowledge=kb, records=records))
+        asyncio.run(
+            serve(backend, settings.cloud, knowledge=kb, records=records, registry=registry)
+        )
     except EdgeCloudError as exc:
         raise _fail(exc) from None
     finally:

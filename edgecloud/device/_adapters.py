@@ -491,10 +491,11 @@ class AdapterManager:
         params = SamplingParams(temperature=0.0, max_tokens=_CANARY_TOKENS)
         passed = 0
         for item in items:
-            prompt = [ChatMessage(role="user", content=item.prompt)]
+            # Raw text, as the device's apps send it and the trainer's records hold it (a
+            # chat template would change the prompt the adapter learned to complete).
             text = "".join(
                 event.text
-                for event in self._backend.stream(prompt, params)
+                for event in self._backend.stream(item.prompt, params)
                 if isinstance(event, Chunk)
             )
             ok = item.expect.lower() in text.lower()

@@ -6,14 +6,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgecloud.config import Settings
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
 from edgecloud.device.backends import TextBackend
+from edgecloud.device.backends._base import AdapterCapable
 
-__all__ = ["build_engine", "maintain"]
+if TYPE_CHECKING:
+    from edgecloud.device._adapters import AdapterManager
+
+__all__ = ["adapter_manager", "build_engine", "maintain"]
 
 log = logging.getLogger("edgecloud.device")
 
@@ -49,8 +55,59 @@ def build_engine(backend: TextBackend, settings: Settings) -> HybridEngine:
     )
 
 
+async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterManager | None:
+    """The adapter manager ``device.adapters`` asks for, restored to its last good version.
+
+    None when adapters are off or the backend cannot take them. It follows the
+    first cloud endpoint (sharing its channel, TLS and token); an offline device
+    still restores the version it ran before the restart.
+
+    Raises:
+        ConfigError: a public key or the canary file cannot be read.
+    """
+    cfg = settings.device.adapters
+    if not cfg.enabled:
+        return None
+    backend = engine.backend
+    if not isinstance(backend, AdapterCapable):
+        log.warning("device.adapters is enabled but %s cannot take adapters", backend.info.kind)
+        return None
+    from edgecloud.device._adapters import AdapterManager
+    from edgecloud.device._models import sha256_file
+    from edgecloud.transport import AdapterSyncClient
+
+    model = Path(backend.info.path)
+    sha = await asyncio.to_thread(sha256_file, model)
+    arch = backend.metadata("general.architecture") if hasattr(backend, "metadata") else None
+    client = None
+    if engine.pool is not None and engine.pool.endpoints:
+        client = AdapterSyncClient(engine.pool.endpoints[0].client)
+    manager = AdapterManager(
+        backend,
+        cfg,
+        base_sha256=sha,
+        base_architecture=arch or "",
+        root=cfg.directory or settings.cache_dir / "adapters",
+        client=client,
+    )
+    await asyncio.to_thread(manager.start)
+    return manager
+
+
 async def maintain(engine: HybridEngine, settings: Settings) -> None:
-    """Probe endpoint health and upload the escalation log, forever (cancel to stop)."""
+    """Probe endpoint health, upload the escalation log and follow adapter versions,
+    forever (cancel to stop)."""
+    manager = await adapter_manager(engine, settings)
+    if manager is not None and engine.pool is not None and engine.pool.endpoints:
+        manager.start_watching()
+    try:
+        await _upkeep(engine, settings)
+    finally:
+        if manager is not None:
+            await manager.stop()
+
+
+async def _upkeep(engine: HybridEngine, settings: Settings) -> None:
     cfg = settings.device
     next_upload = time.monotonic()
     while True:

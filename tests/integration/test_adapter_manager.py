@@ -388,10 +388,14 @@ def test_real_llama_backend_hot_swaps_and_rolls_back_on_canary(
     import hashlib
 
     from edgecloud.device.backends import LlamaCppBackend
-    from edgecloud.types import ChatMessage, Chunk, SamplingParams
+    from edgecloud.types import Chunk, SamplingParams
 
-    canary = [{"prompt": "What is the capital of France?", "expect": "paris"},
-              {"prompt": "What color is the sky on a clear day?", "expect": "blue"}]  # fmt: skip
+    # raw completion prompts (a base model, no chat template): few-shot Q/A
+    shots = (
+        "Q: What is the capital of Italy?\nA: Rome\nQ: How many legs does a spider have?\nA: 8\n"
+    )
+    canary = [{"prompt": f"{shots}Q: What is the capital of France?\nA:", "expect": "paris"},
+              {"prompt": f"{shots}Q: What color is the sky on a clear day?\nA:", "expect": "blue"}]  # fmt: skip
     base_sha = hashlib.sha256(default_gguf.read_bytes()).hexdigest()
     # 1: a LoRA with B = 0 (the model answers as before); 2: random B that garbles it
     for n, b_std in enumerate((0.0, 0.5)):
@@ -404,9 +408,10 @@ def test_real_llama_backend_hot_swaps_and_rolls_back_on_canary(
     root = tmp_path / "device"
 
     def answer(backend: LlamaCppBackend) -> str:
-        prompt = [ChatMessage(role="user", content=canary[0]["prompt"])]
         params = SamplingParams(temperature=0.0, max_tokens=16)
-        return "".join(c.text for c in backend.stream(prompt, params) if isinstance(c, Chunk))
+        return "".join(
+            c.text for c in backend.stream(canary[0]["prompt"], params) if isinstance(c, Chunk)
+        )
 
     with LlamaCppBackend(default_gguf, n_ctx=512, n_threads=2) as backend:
         arch = backend.metadata("general.architecture") or ""
