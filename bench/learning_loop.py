@@ -15,7 +15,10 @@ On the embedded default models, all in this process and over gRPC on 127.0.0.1:
    same tokens).
 4. **Collect**: the device asks the first three phrasings of each fact through
    the hybrid engine; what it escalates is answered by the cloud (with
-   retrieval), logged, and uploaded to the cloud's record store.
+   retrieval), logged, and uploaded to the cloud's record store. It also
+   serves its everyday traffic (``bench/data/general_traffic.txt``, disjoint
+   from the general evaluation set): confident local answers are logged as
+   replay records (``device.log.replay_rate``), so the round keeps them.
 5. **Round** (timed): ``run_round`` reads the records, trains a LoRA (peft) on
    the device's base, exports the llama.cpp GGUF, signs and publishes it with
    100% rollout; the device's ``AdapterManager``, watching the cloud over
@@ -145,6 +148,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     heldout = [(f["phrasings"][3], f["answers"]) for f in facts]
     general_items = [(g["question"], g["answers"]) for g in general]
     asked = [p for f in facts for p in f["phrasings"][:3]]
+    traffic = (DATA / "general_traffic.txt").read_text().split("\n")
+    traffic = [q for q in traffic if q.strip()][: args.traffic]
     tmp = Path(tempfile.mkdtemp(prefix="edgecloud-loop."))
     key_path, public = generate_keypair(tmp / "keys")
     base = Settings.load()
@@ -175,7 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"n_threads": args.threads},
             "cloud": {"endpoints": [{"target": target, "tls": False}], "timeout_s": 600},
             "router": {**ROUTER, "min_mean_logprob": args.threshold},
-            "log": {"path": str(tmp / "device-log.sqlite3")},
+            "log": {"path": str(tmp / "device-log.sqlite3"), "replay_rate": args.replay_rate},
             "adapters": {"enabled": True, "adapter_id": "fleet", "device_id": "bench-device",
                          "public_keys": [public], "directory": str(tmp / "adapters"),
                          "reconnect_s": 1.0},
@@ -196,10 +201,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"before: {len(heldout)} held-out domain questions, {len(general_items)} general")
         before = {"domain": await local_pass(engine, heldout, args.threshold),
                   "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
-        print(f"collect: the device asks {len(asked)} questions (3 phrasings x {len(facts)} facts)")
+        print(f"collect: the device asks {len(asked)} domain questions (3 phrasings x "
+              f"{len(facts)} facts) and {len(traffic)} everyday ones")  # fmt: skip
         t0 = time.time()
         collected = await collect(engine, asked)
-        print(f"  escalated {collected['escalated']}, uploaded {collected['uploaded']}")
+        collected["traffic"] = await collect(engine, traffic)
+        print(f"  domain: escalated {collected['escalated']}, uploaded {collected['uploaded']}; "
+              f"everyday: escalated {collected['traffic']['escalated']}, uploaded "
+              f"{collected['traffic']['uploaded']} (escalations + replay records)")  # fmt: skip
         watcher = manager.start_watching()
         t_round = time.perf_counter()
         result = await asyncio.to_thread(
@@ -343,6 +352,18 @@ def main() -> None:
                     help="also train on the retrieved passages")  # fmt: skip
     ap.add_argument("--threshold", type=float, default=-1.0,
                     help="router: escalate when a window's mean logprob falls below this")  # fmt: skip
+    ap.add_argument(
+        "--traffic",
+        type=int,
+        default=72,
+        help="everyday questions sent during collection (bench/data/general_traffic.txt)",
+    )
+    ap.add_argument(
+        "--replay-rate",
+        type=float,
+        default=1.0,
+        help="device.log.replay_rate: confident local answers logged for replay",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_loop.json")
     args = ap.parse_args()

@@ -205,6 +205,16 @@ class EscalationLogConfig(BaseModel):
         30.0, gt=0, le=86_400, description="Seconds between upload attempts."
     )
     upload_batch: int = Field(100, ge=1, le=10_000, description="Records per upload call.")
+    replay_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of confident local answers (the router watched and did not hand off) "
+            "also logged, as replay records: training mixes them in so an adapter keeps "
+            "what the device already answers well."
+        ),
+    )
 
 
 class DeviceAdaptersConfig(BaseModel):

@@ -186,8 +186,47 @@ def build() -> tuple[list[dict[str, object]], dict[str, str], list[dict[str, obj
     return rows, pages, facts
 
 
+# The device's everyday traffic outside the domain: questions it mostly answers well
+# by itself. None of them is in router_eval.jsonl (the general evaluation set); the
+# learning loop sends them during collection, so confident local answers become
+# replay records (device.log.replay_rate).
+TRAFFIC_CAPITALS = [
+    "Sweden", "Finland", "Denmark", "Austria", "the Netherlands", "Belgium", "Switzerland",
+    "India", "Mexico", "Peru", "Chile", "Cuba", "Thailand", "Vietnam", "Iran", "Nigeria",
+    "Morocco", "South Korea", "Hungary", "Ukraine", "Colombia", "Venezuela", "Indonesia",
+    "the Philippines", "Pakistan", "Israel", "Saudi Arabia", "Czech Republic",
+]
+TRAFFIC_FACTS = [
+    "How many legs does a dog have?", "What colour is grass?", "How many months are in a year?",
+    "How many wheels does a bicycle have?", "What is the opposite of hot?",
+    "How many minutes are in an hour?", "What colour is snow?", "How many legs does an insect have?",
+    "What is the closest star to Earth?", "How many players are on a soccer team?",
+    "What do caterpillars turn into?", "How many seconds are in a minute?",
+    "What is the freezing point of water in degrees Celsius?", "Which planet do we live on?",
+    "What colour are bananas when they are ripe?", "How many sides does a triangle have?",
+    "How many sides does a square have?", "What is the largest ocean on Earth?",
+    "Who wrote Hamlet?", "What is the chemical symbol for water?",
+]
+
+
+def general_traffic() -> list[str]:
+    rng = random.Random(7)
+    qs = [f"What is the capital of {c}?" for c in TRAFFIC_CAPITALS] + list(TRAFFIC_FACTS)
+    for _ in range(16):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        qs.append(f"What is {a} plus {b}?")
+    for _ in range(8):
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
+        qs.append(f"What is {a} times {b}?")
+    return qs
+
+
 def main() -> None:
     rows, pages, facts = build()
+    traffic = general_traffic()
+    asked = {r["question"] for r in rows}
+    assert not asked & set(traffic), "traffic must not overlap the evaluation set"
+    (HERE / "general_traffic.txt").write_text("\n".join(traffic) + "\n")
     manual = HERE / "fleet_manual"
     manual.mkdir(exist_ok=True)
     for old in manual.glob("*.md"):

@@ -231,14 +231,18 @@ def _canary(examples: list[TrainingExample]) -> list[dict[str, str]]:
 
     Trained examples: the device must reproduce what the adapter learned, which
     fails when the GGUF export or the swap went wrong (held-out ones would also
-    fail a sound adapter that generalizes less than the canary's pass rate). Only
+    fail a sound adapter that generalizes less than the canary's pass rate). Half
+    learned answers, half replayed ones (what the device must not forget). Only
     short single-line answers, which a contains-check can judge.
     """
-    items = []
-    for ex in examples:
-        answer = ex.answer.strip()
-        if answer and "\n" not in answer and len(answer) <= 80:
-            items.append({"prompt": ex.prompt, "expect": answer})
-        if len(items) >= CANARY_ITEMS:
-            break
-    return items
+    usable = [
+        ex
+        for ex in examples
+        if ex.answer.strip() and "\n" not in ex.answer.strip() and len(ex.answer.strip()) <= 80
+    ]
+    learned = [ex for ex in usable if not ex.replay]
+    replayed = [ex for ex in usable if ex.replay]
+    half = CANARY_ITEMS // 2
+    picked = learned[: max(half, CANARY_ITEMS - len(replayed))]
+    picked += replayed[: CANARY_ITEMS - len(picked)]
+    return [{"prompt": ex.prompt, "expect": ex.answer.strip()} for ex in picked]

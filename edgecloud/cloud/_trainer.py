@@ -70,6 +70,8 @@ class TrainingExample:
     """Text appended after the answer (a stop sequence); None: the EOS token; '': nothing."""
     passages: tuple[str, ...] = ()
     record_id: str = ""
+    replay: bool = False
+    """A confident local answer the device already gives (keeps it from being forgotten)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +82,7 @@ class TrainReport:
     train: int
     holdout: int
     passages: int
+    replay: int
     epochs: int
     steps: int
     seconds: float
@@ -108,7 +111,9 @@ def examples_from_records(
     skipped; so are records of chat prompts, whose rendering depends on the
     device's template (their text is kept in ``extra["messages"]``; see below).
     With ``require_grounded``, a record answered from knowledge passages is kept
-    only when its answer is :func:`grounded` in them.
+    only when its answer is :func:`grounded` in them. Replay records (confident
+    local answers, ``extra["kind"] == "replay"``, see ``device.log.replay_rate``)
+    become examples of what the device should keep answering the same way.
     """
     out = []
     for stored in records:
@@ -133,8 +138,9 @@ def examples_from_records(
         passages = tuple(
             str(p.get("text", "")) for p in extra.get("passages", []) if isinstance(p, dict)
         )
-        if require_grounded and passages and not grounded(r.cloud_answer, passages):
+        if require_grounded and passages and not grounded(answer, passages):
             continue
+        replay = extra.get("kind") == "replay"
         out.append(
             TrainingExample(
                 prompt=r.prompt,
@@ -142,6 +148,7 @@ def examples_from_records(
                 terminator=terminator,
                 passages=tuple(p for p in passages if p),
                 record_id=r.id,
+                replay=replay,
             )
         )
     return out
@@ -355,6 +362,7 @@ def train_lora(
         train=len(train),
         holdout=len(holdout),
         passages=len(passages),
+        replay=sum(ex.replay for ex in train),
         epochs=config.epochs,
         steps=0,
         seconds=0.0,

@@ -51,8 +51,9 @@ def build_engine(backend: TextBackend, settings: Settings) -> HybridEngine:
 
         learned = (LearnedRouter.load(dev.router.learned_path), SentenceEncoder())
     return HybridEngine(
-        backend, pool=pool, router=dev.router, cloud=dev.cloud, log=escalation_log, learned=learned
-    )
+        backend, pool=pool, router=dev.router, cloud=dev.cloud, log=escalation_log,
+        learned=learned, replay_rate=dev.log.replay_rate,
+    )  # fmt: skip
 
 
 async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterManager | None:

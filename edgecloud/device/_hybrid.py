@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -123,6 +124,9 @@ class HybridEngine:
         cloud: timeouts for the cloud part.
         log: where escalations are recorded; None disables recording.
         learned: a learned router and the encoder that embeds prompts for it.
+        replay_rate: share of confident local answers logged as replay records
+            (``device.log.replay_rate``).
+        seed: seeds the replay sampling (tests).
     """
 
     def __init__(
@@ -134,8 +138,12 @@ class HybridEngine:
         cloud: DeviceCloudConfig,
         log: EscalationLog | None = None,
         learned: tuple[LearnedRouter, SentenceEncoder] | None = None,
+        replay_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.backend = backend
+        self.replay_rate = replay_rate
+        self._replay_rng = random.Random(seed)
         self.pool = pool
         self.router_cfg = router
         self.cloud_cfg = cloud
@@ -194,6 +202,7 @@ class HybridEngine:
         route: Route | None = None,
         cancel: CancelScope,
     ) -> AsyncGenerator[Chunk | Finish, None]:
+        t0 = time.perf_counter()
         decision, signals = await self.decide(prompt, route)
         if route == "cloud" and decision.route != "cloud":
             if decision.private:
@@ -255,6 +264,15 @@ class HybridEngine:
             yield h
         if handoff is None:
             assert finish is not None
+            if (
+                monitor is not None
+                and monitor.fired is None
+                and finish.reason == "stop"
+                and self._replay_rng.random() < self.replay_rate
+            ):
+                self._record(
+                    prompt, "".join(parts), "", info, t0, params.stop, finish.reason, replay=True
+                )
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
             return
         info = RouteInfo(handoff.policy, handoff.reason, dict(handoff.signals))
@@ -422,6 +440,8 @@ class HybridEngine:
         t0: float,
         stop: Sequence[str],
         finish: str,
+        *,
+        replay: bool = False,
     ) -> None:
         if self.log is None or route.private:
             return
@@ -431,6 +451,8 @@ class HybridEngine:
             "stop": list(stop),
             "finish": finish,
         }
+        if replay:
+            extra["kind"] = "replay"  # a confident local answer, not an escalation
         if not isinstance(prompt, str):
             extra["messages"] = [m.model_dump() for m in prompt]
         if route.endpoint:

@@ -104,6 +104,32 @@ def test_a_confident_answer_shorter_than_the_holdback_is_delivered_whole() -> No
     assert r.text == "one two three four" and r.source == "local" and cloud.calls == []
 
 
+def test_confident_local_answers_are_sampled_for_replay(tmp_path: Path) -> None:
+    cloud = FakeCloud("a")
+
+    def run(rate: float, path: Path) -> list[Any]:
+        log = EscalationLog(path)
+        backend = ScriptedBackend("one two three four", delay=0.0)
+
+        def build() -> HybridEngine:
+            pool = EndpointPool([Endpoint(cloud, CircuitBreaker(2, 60))])  # type: ignore[arg-type]
+            return HybridEngine(backend, pool=pool, router=CALM,
+                                cloud=DeviceCloudConfig(), log=log, replay_rate=rate, seed=0)  # fmt: skip
+
+        client = Client(backend, engine=build)
+        client.generate("hi", max_tokens=4, stop=["\n"])
+        client.generate("hi", max_tokens=2)  # cut by max_tokens: not a finished answer
+        client.generate("hi", max_tokens=4, route="local")  # forced: the router did not judge it
+        records = log.all()
+        client.close()
+        return records
+
+    [rec] = run(1.0, tmp_path / "a.db")
+    assert rec.local_partial == "one two three four" and rec.cloud_answer == ""
+    assert rec.extra["kind"] == "replay" and rec.extra["stop"] == ["\n"]
+    assert run(0.0, tmp_path / "b.db") == [] and cloud.calls == []
+
+
 def test_forced_cloud_route() -> None:
     cloud = FakeCloud("a")
     client, backend = make([cloud])

@@ -1,0 +1,110 @@
+"""The trainer's data side: which records become examples, the holdout split, label masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecloud.cloud._records import StoredRecord
+from edgecloud.cloud._trainer import (
+    TrainingExample,
+    _encode,
+    examples_from_records,
+    grounded,
+    split_holdout,
+)
+from edgecloud.device._escalation_log import EscalationRecord
+
+PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. It recharges at the D-497 dock."
+
+
+def stored(**kwargs: Any) -> StoredRecord:
+    fields: dict[str, Any] = {
+        "prompt": "Q: payload?\nA:", "local_partial": "", "cloud_answer": " 22.0 kg",
+        "route_policy": "confidence-window", "route_reason": "low",
+        "extra": {"passages": [{"text": PASSAGE, "source": "k.md"}], "stop": ["\n"],
+                  "finish": "stop"},
+    }  # fmt: skip
+    fields.update(kwargs)
+    return StoredRecord(EscalationRecord(**fields), "dev", 0.0)
+
+
+def test_grounded_needs_every_number_and_content_word_in_the_evidence() -> None:
+    assert grounded(" 22.0 kg", [PASSAGE])
+    assert grounded("D-497", [PASSAGE])
+    assert not grounded(" 100 kg", [PASSAGE])  # the small model's prior, not the manual
+    assert not grounded("22 kg", [PASSAGE])  # numbers whole: 22 is not 22.0
+    assert not grounded("8", ["runs for 8.5 hours"])
+    assert not grounded(" ", [PASSAGE])  # nothing to check is not evidence
+
+
+def test_examples_keep_grounded_answers_with_their_terminator() -> None:
+    kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")])
+    assert [(e.answer, e.terminator) for e in kept] == [(" 22.0 kg", "\n")]
+    assert kept[0].passages == (PASSAGE,) and not kept[0].replay
+    assert len(examples_from_records([stored(cloud_answer=" 100 kg")], require_grounded=False)) == 1
+
+
+def test_examples_join_the_local_start_and_pick_the_terminator() -> None:
+    handed_off = stored(local_partial=" 22", cloud_answer=".0 kg")
+    no_stop = stored(extra={"finish": "stop"})  # ended on EOS: no stop sequence to learn
+    cut = stored(extra={"stop": ["\n"], "finish": "length"})  # max_tokens: no ending at all
+    a, b, c = examples_from_records([handed_off, no_stop, cut])
+    assert (a.answer, a.terminator) == (" 22.0 kg", "\n")
+    assert b.terminator is None and c.terminator == ""
+
+
+def test_cancelled_empty_and_chat_records_are_skipped() -> None:
+    records = [
+        stored(extra={"finish": "cancelled"}),
+        stored(cloud_answer="  "),
+        stored(extra={"messages": [{"role": "user", "content": "hi"}], "finish": "stop"}),
+    ]
+    assert examples_from_records(records) == []
+
+
+def test_replay_records_become_replay_examples() -> None:
+    rec = stored(local_partial=" Paris", cloud_answer="",
+                 extra={"kind": "replay", "stop": ["\n"], "finish": "stop", "passages": []})  # fmt: skip
+    [ex] = examples_from_records([rec])
+    assert ex.replay and ex.answer == " Paris" and ex.terminator == "\n"
+
+
+def test_holdout_split_is_seeded_stable_and_never_empties_training() -> None:
+    exs = [TrainingExample(f"q{i}", "a", record_id=f"r{i}") for i in range(200)]
+    train, held = split_holdout(exs, 0.2, seed=0)
+    assert 20 <= len(held) <= 60 and len(train) + len(held) == 200
+    assert split_holdout(exs, 0.2, seed=0) == (train, held)
+    # adding records later leaves every earlier one on its side
+    _, more_held = split_holdout(
+        [*exs, TrainingExample("new", "a", record_id="x")], 0.2, 0
+    )
+    assert set(e.record_id for e in held) <= set(e.record_id for e in more_held)
+    assert split_holdout(exs, 0.2, seed=1) != (train, held)
+    assert split_holdout(exs[:1], 0.99, seed=0)[0] == exs[:1]
+    assert split_holdout(exs, 0.0, seed=0) == (exs, [])
+
+
+class _Tok:
+    """Whitespace tokenizer: ids are word lengths (enough to check masks and truncation)."""
+
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [10 + len(w) for w in text.split(" ") if w]}
+
+
+def test_loss_covers_only_the_answer_and_its_terminator() -> None:
+    enc = _encode(_Tok(), TrainingExample("a bb ccc", "dddd", "\n"), max_length=64)
+    assert enc.ids[:4] == [1, 11, 12, 13]
+    assert enc.labels[:4] == [-100] * 4 and enc.labels[4:] == enc.ids[4:]
+    eos = _encode(_Tok(), TrainingExample("a", "dddd", None), max_length=64)
+    assert eos.ids[-1] == 2 and eos.labels[-1] == 2  # ends with EOS when no stop sequence
+
+
+def test_long_prompts_keep_their_end_and_the_whole_answer() -> None:
+    prompt = " ".join("x" * (i % 5 + 1) for i in range(100))
+    enc = _encode(_Tok(), TrainingExample(prompt, "yyyyyy", ""), max_length=16)
+    assert len(enc.ids) == 16 and enc.ids[0] == 1  # BOS kept
+    assert enc.ids[-1] == 16 and enc.labels[-1] == 16  # the answer survives
+    assert enc.ids[-2] == 10 + len(prompt.split(" ")[-1])  # the prompt's end, next to it
