@@ -178,7 +178,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cache_dir=base.cache_dir,
         device={
             "model": {"n_threads": args.threads},
-            "cloud": {"endpoints": [{"target": target, "tls": False}], "timeout_s": 600},
+            # One CPU cloud shared with the device on 2 cores: a slow first token is load,
+            # not an outage, so neither the timeout nor the breaker may drop the cloud here.
+            "cloud": {"endpoints": [{"target": target, "tls": False}], "timeout_s": 600,
+                      "first_token_timeout_s": 300, "breaker_failures": 100},
             "router": {**ROUTER, "min_mean_logprob": args.threshold},
             "log": {"path": str(tmp / "device-log.sqlite3"), "replay_rate": args.replay_rate},
             "adapters": {"enabled": True, "adapter_id": "fleet", "device_id": "bench-device",
@@ -206,6 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time()
         collected = await collect(engine, asked)
         collected["traffic"] = await collect(engine, traffic)
+        if not collected["uploaded"]:
+            raise RuntimeError("no escalation reached the cloud's record store (see the log)")
         print(f"  domain: escalated {collected['escalated']}, uploaded {collected['uploaded']}; "
               f"everyday: escalated {collected['traffic']['escalated']}, uploaded "
               f"{collected['traffic']['uploaded']} (escalations + replay records)")  # fmt: skip
@@ -367,6 +372,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_loop.json")
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -274,6 +274,7 @@ def train_command(
     """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
     import time
 
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -309,11 +310,14 @@ def train_command(
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),
             transient=False,
         ) as bar:
             task = bar.add_task("starting", total=None, loss="-")
 
             def on_stage(text: str) -> None:
+                # a line per stage as well: logs and non-terminals see no live bar
+                bar.console.print(text, highlight=False, markup=False)
                 bar.update(task, description=text)
 
             def progress(step: int, total: int, loss: float) -> None:

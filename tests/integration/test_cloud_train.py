@@ -1,0 +1,127 @@
+"""``edgecloud cloud train --publish`` as an operator runs it: records in, a signed version out.
+
+A real SQLite record store with a few escalations (one ungrounded, one from
+another time window), the real base model, one epoch; the published version
+must verify with the public key, name the base model's sha256, hold a GGUF that
+llama.cpp accepts as a LoRA for this base, and be rolled out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgecloud.adapters._registry import AdapterRegistry
+from edgecloud.adapters._signing import generate_keypair, load_public_keys, verify
+from edgecloud.cloud._records import RecordStore
+from edgecloud.device._escalation_log import EscalationRecord
+
+pytestmark = pytest.mark.model
+
+EDGECLOUD = [sys.executable, "-c", "from edgecloud._cli import main; main()"]
+SHOTS = "Q: What is the capital of France?\nA: Paris\n"
+PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. The Kestrel is orange."
+
+
+def record(question: str, answer: str, rid: str) -> EscalationRecord:
+    return EscalationRecord(
+        prompt=f"{SHOTS}Q: {question}\nA:", local_partial="", cloud_answer=answer,
+        route_policy="confidence-window", route_reason="low confidence", id=rid,
+        extra={"passages": [{"text": PASSAGE, "source": "kestrel.md"}], "stop": ["\n"],
+               "finish": "stop"},
+    )  # fmt: skip
+
+
+def write_config(tmp: Path, key: Path, records: Path, registry: Path) -> Path:
+    config = tmp / "cloud.toml"
+    config.write_text(
+        f"""
+[cloud.records]
+path = "{records}"
+[cloud.registry]
+url = "{registry}"
+signing_key = "{key}"
+[cloud.train]
+adapter_id = "fleet"
+epochs = 1
+rank = 4
+alpha = 8.0
+holdout_fraction = 0.0
+threads = 2
+"""
+    )
+    return config
+
+
+@pytest.mark.timeout(420)
+def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_gguf: Path) -> None:
+    key, public = generate_keypair(tmp_path / "keys")
+    store = RecordStore(tmp_path / "records.db")
+    store.store(
+        [
+            record("What is the Kestrel's payload?", " 22.0 kg", "r1"),
+            record("What colour is the Kestrel?", " orange", "r2"),
+            record("How heavy a load can a Kestrel lift?", " 100 kg", "r3"),  # not in the manual
+        ],
+        device="robot-1",
+    )
+    store.close()
+    config = write_config(tmp_path, key, tmp_path / "records.db", tmp_path / "registry")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "round"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*EDGECLOUD, "cloud", "train", "--since", "1h", "--publish", "--out", str(out),
+         "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert summary["version"] == 1 and summary["records"] == 3
+    assert summary["metrics"]["train"] == 2  # the ungrounded answer was left out
+    assert "training LoRA on 2 examples" in proc.stderr  # progress for the operator
+    assert time.monotonic() - t0 < 600
+
+    registry = AdapterRegistry(tmp_path / "registry")
+    manifest = verify(registry.manifest("fleet", 1), load_public_keys([public]))
+    from edgecloud.device._models import sha256_file
+
+    assert manifest.base_model_sha256 == sha256_file(default_gguf)
+    assert manifest.base_architecture == "gemma3" and manifest.rank == 4
+    assert {"adapter.gguf", "peft/adapter_model.safetensors"} <= set(manifest.files)
+    assert [c.expect for c in manifest.canary] == ["22.0 kg", "orange"]
+    assert registry.rollout_state("fleet").stable == 1
+
+    from edgecloud.device.backends import LlamaCppBackend
+
+    with LlamaCppBackend(default_gguf, n_ctx=256, n_threads=2) as backend:
+        backend.set_adapter(out / "adapter.gguf")
+        assert backend.adapter == out / "adapter.gguf"
+
+
+def test_train_without_records_fails_clearly(tmp_path: Path) -> None:
+    key, _ = generate_keypair(tmp_path / "keys")
+    RecordStore(tmp_path / "records.db").close()
+    config = write_config(tmp_path, key, tmp_path / "records.db", tmp_path / "registry")
+    proc = subprocess.run(
+        [*EDGECLOUD, "cloud", "train", "--since", "24h", "--publish", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "0 usable examples from 0 records" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "registry" / "fleet").exists()
+
+
+def test_train_rejects_a_bad_window(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*EDGECLOUD, "cloud", "train", "--since", "yesterday-ish"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "neither a duration" in proc.stderr
