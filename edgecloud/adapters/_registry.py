@@ -30,10 +30,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +58,7 @@ from edgecloud.adapters._signing import SignedManifest, sign
 from edgecloud.errors import (
     AdapterError,
     AdapterFormatError,
+    AdapterIntegrityError,
     InvalidRequestError,
     UnknownAdapterError,
 )
@@ -112,7 +116,7 @@ def in_audience(adapter_id: str, device_id: str, percent: float) -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 class AdapterRegistry:
@@ -253,6 +257,51 @@ class AdapterRegistry:
         f: IO[bytes] = self._fs.open(f"{self._adapter(adapter_id)}/{version}/files/{name}", "rb")
         f.seek(offset)
         return f
+
+    def materialize(self, adapter_id: str, version: int, prefix: str, dest: Path) -> Path:
+        """Copy the files of a version under ``prefix`` (e.g. ``"peft/"``) into ``dest``,
+        each checked against the manifest's sha256; returns ``dest``.
+
+        A complete copy is reused; a new one is written to a temporary directory and
+        renamed, so ``dest`` is whole or absent.
+
+        Raises:
+            UnknownAdapterError: no such version, or no file under ``prefix``.
+            AdapterIntegrityError: a stored file does not match its manifest.
+        """
+        entries = {
+            name[len(prefix) :]: entry
+            for name, entry in self.manifest(adapter_id, version).unverified().files.items()
+            if name.startswith(prefix)
+        }
+        if not entries:
+            raise UnknownAdapterError(f"adapter {adapter_id!r} {version} has no {prefix!r} files")
+        if dest.is_dir() and all((dest / n).is_file() for n in entries):
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+        try:
+            for name, entry in entries.items():
+                target = tmp / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with (
+                    self.open_file(adapter_id, version, prefix + name) as src,
+                    target.open("wb") as out,
+                ):
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+                if digest.hexdigest() != entry.sha256:
+                    raise AdapterIntegrityError(
+                        f"adapter {adapter_id!r} {version}: {prefix + name} does not match its "
+                        "manifest"
+                    )
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
 
     def publish(
         self,

@@ -43,7 +43,13 @@ def serve_command(
     from edgecloud._cli import _fail, _settings
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._records import RecordStore
-    from edgecloud.cloud._server import records_path, registry_url, serve, server_credentials
+    from edgecloud.cloud._server import (
+        records_path,
+        registry_url,
+        serve,
+        server_credentials,
+        stable_peft_adapters,
+    )
     from edgecloud.cloud._torch import TorchBackend
 
     try:
@@ -64,6 +70,17 @@ def serve_command(
         kb = _load_knowledge(settings.cloud)
         records = RecordStore(records_path(settings.cloud, settings.cache_dir))
         registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
+        # Serve the stable version of every adapter line with the ids devices use
+        # (adapters named in cloud.model.adapters take precedence).
+        adapters = {
+            **stable_peft_adapters(registry, settings.cache_dir),
+            **cloud["model"]["adapters"],
+        }
+        if adapters != cloud["model"]["adapters"]:
+            cloud["model"]["adapters"] = adapters
+            settings = settings.model_copy(
+                update={"cloud": type(settings.cloud).model_validate(cloud)}
+            )
         backend = TorchBackend.load(settings)
     except EdgeCloudError as exc:
         raise _fail(exc) from None

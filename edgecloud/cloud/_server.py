@@ -29,7 +29,7 @@ from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._torch import TorchBackend
 from edgecloud.config import CloudConfig, default_cache_dir
-from edgecloud.errors import ConfigError
+from edgecloud.errors import ConfigError, UnknownAdapterError
 from edgecloud.transport._auth import TokenAuthInterceptor
 from edgecloud.transport._guard import DecodeGuardInterceptor
 
@@ -45,6 +45,7 @@ __all__ = [
     "records_path",
     "registry_url",
     "serve",
+    "stable_peft_adapters",
 ]
 
 log = logging.getLogger("edgecloud.cloud")
@@ -73,6 +74,29 @@ def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
     if config.records.path is not None:
         return config.records.path.expanduser()
     return (cache_dir or default_cache_dir()) / "cloud" / "escalations.sqlite3"
+
+
+def stable_peft_adapters(registry: AdapterRegistry, cache_dir: Path) -> dict[str, Path]:
+    """adapter id -> local peft directory of its stable version, for every adapter line in
+    the registry that has one with peft files (copied once into the cache, verified).
+
+    The cloud then serves ``adapter_id`` requests with the same LoRA its devices run.
+
+    Raises:
+        AdapterIntegrityError: a stored file does not match its manifest.
+    """
+    found: dict[str, Path] = {}
+    for adapter_id in registry.adapters():
+        stable = registry.rollout_state(adapter_id).stable
+        if stable is None:
+            continue
+        dest = cache_dir / "cloud" / "adapters" / adapter_id / str(stable)
+        try:
+            found[adapter_id] = registry.materialize(adapter_id, stable, "peft/", dest)
+        except UnknownAdapterError:
+            log.info("adapter %s v%d has no peft files; the cloud serves it without", adapter_id,
+                     stable)  # fmt: skip
+    return found
 
 
 def registry_url(config: CloudConfig, cache_dir: Path | None = None) -> str:

@@ -183,3 +183,30 @@ def test_fleet_reports(registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_pa
         registry.report("", "default", 1, "running")
     with pytest.raises(AdapterFormatError):
         registry.report("r", "../x", 1, "running")
+
+
+def test_the_cloud_materializes_the_stable_peft_files_verified(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    from edgecloud.cloud._server import stable_peft_adapters
+    from edgecloud.errors import AdapterIntegrityError
+
+    cache = tmp_path / "cache"
+    publish_fake(registry, key, tmp_path / "src", extra={"peft/adapter_model.safetensors": b"w1"})
+    publish_fake(registry, key, tmp_path / "src", extra={"peft/adapter_model.safetensors": b"w2"})
+    assert stable_peft_adapters(registry, cache) == {}  # published, not rolled out
+    registry.rollout("default", 2, 100)
+    [(aid, path)] = stable_peft_adapters(registry, cache).items()
+    assert aid == "default" and path == cache / "cloud" / "adapters" / "default" / "2"
+    assert (path / "adapter_model.safetensors").read_bytes() == b"w2"
+    assert (path / "adapter_config.json").read_text() == '{"r": 8}'
+    assert stable_peft_adapters(registry, cache)["default"] == path  # reused
+    # bytes changed at rest in the registry: refused, nothing half-written left behind
+    registry.rollout("default", 1, 100)
+    stored = f"{registry._adapter('default')}/1/files/peft/adapter_model.safetensors"
+    with registry._fs.open(stored, "wb") as f:
+        f.write(b"evil")
+    with pytest.raises(AdapterIntegrityError):
+        stable_peft_adapters(registry, cache)
+    assert not (cache / "cloud" / "adapters" / "default" / "1").exists()
+    assert [p.name for p in (cache / "cloud" / "adapters" / "default").iterdir()] == ["2"]
