@@ -73,3 +73,11 @@ def test_sha256_must_be_hex(tmp_path: Path) -> None:
     cfg.write_text('[device.model]\nsha256 = "abc"\n')
     with pytest.raises(ConfigError, match=r"device\.model\.sha256"):
         Settings.load(cfg)
+
+
+def test_the_shipped_deployable_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    device = Settings.load(root / "device" / "device.toml")
+    assert device.device.log.replay_rate > 0 and not device.device.adapters.enabled
+    cloud = Settings.load(root / "cloud" / "cloud.example.toml")
+    assert cloud.cloud.train.require_grounded and cloud.cloud.train.rank == 16
