@@ -6,6 +6,7 @@ exported adapter must pick the same greedy tokens.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import time
@@ -20,11 +21,18 @@ from safetensors.numpy import save_file
 
 from edgecloud.adapters._gguf import export_lora_gguf, read_lora_gguf
 from edgecloud.device.backends import AdapterCapable, LlamaCppBackend
-from edgecloud.errors import AdapterFormatError, AdapterMismatchError, BackendClosedError
+from edgecloud.errors import (
+    AdapterFormatError,
+    AdapterMismatchError,
+    BackendClosedError,
+    InvalidRequestError,
+)
 from edgecloud.types import Chunk, SamplingParams
 
+# The random-adapter helper lives in bench/ (a program directory, not a package) so the
+# benchmark and this test share it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _lora import architecture, load_base_model, make_random_lora
+_lora: Any = importlib.import_module("_lora")
 
 pytestmark = pytest.mark.model
 
@@ -42,28 +50,33 @@ def torch_model() -> Iterator[Any]:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # see dev()
     try:
-        yield load_base_model()
+        yield _lora.load_base_model()
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def peft_dir(torch_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out: Path = make_random_lora(torch_model, tmp_path_factory.mktemp("peft"), rank=16, seed=1)
+    out: Path = _lora.make_random_lora(
+        torch_model, tmp_path_factory.mktemp("peft"), rank=16, seed=1
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def lora_gguf(peft_dir: Path, torch_model: Any) -> Path:
     out = peft_dir.parent / "adapter.gguf"
-    return export_lora_gguf(peft_dir, out, architecture=architecture(torch_model))
+    return export_lora_gguf(peft_dir, out, architecture=_lora.architecture(torch_model))
 
 
 @pytest.fixture(scope="module")
 def dev(default_gguf: Path) -> Iterator[LlamaCppBackend]:
-    b = LlamaCppBackend(default_gguf, n_ctx=512, n_threads=2)
+    # One thread: llama.cpp's threads spin-wait for each other at every op, so with two
+    # threads on a shared 2-core runner one busy neighbour makes decoding ~10x slower;
+    # one thread is slower on a quiet machine but stays inside the time budget.
+    b = LlamaCppBackend(default_gguf, n_ctx=512, n_threads=1)
     try:
         yield b
     finally:
@@ -154,6 +167,9 @@ def test_detaching_returns_exactly_the_base_output(
 def test_scale_zero_is_the_base_model(
     dev: LlamaCppBackend, lora_gguf: Path, base_tokens: list[list[int]]
 ) -> None:
+    with pytest.raises(InvalidRequestError, match="finite"):
+        dev.set_adapter(lora_gguf, scale=float("nan"))
+    assert dev.adapter is None
     dev.set_adapter(lora_gguf, scale=0.0)
     try:
         assert _tokens(dev, PROMPTS[0]) == base_tokens[0]
@@ -237,7 +253,7 @@ def test_swap_during_a_stream_waits_for_it(
 
 
 def test_close_frees_the_adapter_then_refuses_swaps(default_gguf: Path, lora_gguf: Path) -> None:
-    b = LlamaCppBackend(default_gguf, n_ctx=256, n_threads=2)
+    b = LlamaCppBackend(default_gguf, n_ctx=256, n_threads=1)
     started = time.perf_counter()
     b.set_adapter(lora_gguf)
     b.set_adapter(lora_gguf)  # a second handle replaces (and frees) the first

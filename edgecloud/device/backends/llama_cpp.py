@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import math
 import random
 import threading
 import time
@@ -263,11 +264,14 @@ class LlamaCppBackend(TextBackend):
                 (for example a tensor the base model does not have, or wrong shapes).
             AdapterMismatchError: the adapter is for another architecture.
             BackendClosedError: the backend is closed.
+            InvalidRequestError: ``scale`` is not finite.
         """
         from edgecloud.adapters._gguf import read_lora_gguf
 
         start = time.perf_counter()
         self._check_open()
+        if not math.isfinite(scale):
+            raise InvalidRequestError(f"adapter scale must be a finite number, not {scale}")
         ll = self._ll
         handle: Any = None
         if path is not None:
