@@ -2,7 +2,7 @@
 
 Two rank-16 LoRA adapters for the default model (Gemma 3 270M Q4_K_M) are made
 with peft, exported to llama.cpp LoRA GGUFs and kept on disk. Then, alternating
-in one process (2 threads, greedy, the same short prompt):
+in one process (``--threads``, greedy, the same short prompt):
 
 * **hot swap**: ``LlamaCppBackend.set_adapter(other)`` on the loaded model, then
   a request up to its first token (the swap empties the KV cache, so the prompt
@@ -271,7 +271,7 @@ def _plot(result: dict[str, Any], out: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("ms (log scale)")
     ax.set_title(
-        f"Gemma 3 270M Q4_K_M, LoRA rank {result['adapter_rank']}, {result['threads']} threads\n"
+        f"Gemma 3 270M Q4_K_M, LoRA rank {result['adapter_rank']}, threads={result['threads']}\n"
         f"reload / hot swap (p50): {result['ratio_ready_p50']:.0f}x until ready, "
         f"{result['ratio_reload_over_swap_p50']:.1f}x to first token",
         fontsize=10,
