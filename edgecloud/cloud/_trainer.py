@@ -243,25 +243,51 @@ def _collate(batch: Sequence[_Encoded], pad_id: int, torch: Any, device: Any) ->
     }
 
 
+def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
+    """(summed cross-entropy over the labelled tokens, their count).
+
+    The logits are computed only at the positions that predict a labelled token
+    (``logits_to_keep`` with their indices): the output head of a small model
+    with a large vocabulary (Gemma: 262k x 640) costs more than its layers, and
+    the prompt positions carry no loss anyway.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().flatten()
+    kwargs: dict[str, Any] = {}
+    if _takes_index_tensor(model):
+        kwargs["logits_to_keep"] = keep
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
+    ).logits
+    if "logits_to_keep" not in kwargs:
+        logits = logits[:, :-1][:, keep]
+    picked = targets[:, keep]
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        picked.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return loss, int((picked != -100).sum())
+
+
+def _takes_index_tensor(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (an index tensor since
+    transformers 4.50 for most causal LMs)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def _answer_loss(model: Any, items: list[_Encoded], pad_id: int, torch: Any, device: Any) -> float:
     """Mean loss per answer token over ``items``."""
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(items), 16):
-            batch = _collate(items[i : i + 16], pad_id, torch, device)
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]),
-                shift_labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
+            loss, n = _loss_sum(model, _collate(items[i : i + 16], pad_id, torch, device), torch)
             total += float(loss)
-            count += int((shift_labels != -100).sum())
+            count += n
     return total / max(count, 1)
 
 
@@ -396,8 +422,8 @@ def train_lora(
     for _epoch in range(config.epochs):
         losses = []
         for batch in _batches(items, config.batch_size, rng):
-            inputs = _collate(batch, pad_id, torch, device)
-            loss = model(**inputs).loss
+            total_loss, n_tokens = _loss_sum(model, _collate(batch, pad_id, torch, device), torch)
+            loss = total_loss / max(n_tokens, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -75,9 +75,7 @@ def test_holdout_split_is_seeded_stable_and_never_empties_training() -> None:
     assert 20 <= len(held) <= 60 and len(train) + len(held) == 200
     assert split_holdout(exs, 0.2, seed=0) == (train, held)
     # adding records later leaves every earlier one on its side
-    _, more_held = split_holdout(
-        [*exs, TrainingExample("new", "a", record_id="x")], 0.2, 0
-    )
+    _, more_held = split_holdout([*exs, TrainingExample("new", "a", record_id="x")], 0.2, 0)
     assert set(e.record_id for e in held) <= set(e.record_id for e in more_held)
     assert split_holdout(exs, 0.2, seed=1) != (train, held)
     assert split_holdout(exs[:1], 0.99, seed=0)[0] == exs[:1]
@@ -108,3 +106,31 @@ def test_long_prompts_keep_their_end_and_the_whole_answer() -> None:
     assert len(enc.ids) == 16 and enc.ids[0] == 1  # BOS kept
     assert enc.ids[-1] == 16 and enc.labels[-1] == 16  # the answer survives
     assert enc.ids[-2] == 10 + len(prompt.split(" ")[-1])  # the prompt's end, next to it
+
+
+def test_the_answer_only_loss_equals_the_full_model_loss() -> None:
+    """Logits computed only where an answer token is predicted give the same loss as
+    transformers' own (all positions, -100 ignored), on a tiny random Gemma 3."""
+    import torch
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
+
+    from edgecloud.cloud._trainer import _collate, _Encoded, _loss_sum
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+    )  # fmt: skip
+    model = Gemma3ForCausalLM(config).eval()
+    items = [
+        _Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
+        _Encoded([1, 5, 6, 40, 41, 42, 43, 2], [-100, -100, -100, 40, 41, 42, 43, 2]),
+        _Encoded([1, 3, 4], [-100, 3, 4]),
+    ]
+    batch = _collate(items, 0, torch, torch.device("cpu"))
+    with torch.no_grad():
+        total, n = _loss_sum(model, batch, torch)
+        reference = model(**batch).loss
+    assert n == 2 + 5 + 2
+    assert abs(float(total) / n - float(reference)) < 1e-5
