@@ -483,6 +483,14 @@ class CloudTrainConfig(BaseModel):
             "cloud retrieved for them (records without passages are always kept)."
         ),
     )
+    strip_common_prefix: bool = Field(
+        True,
+        description=(
+            "Train without the lines every prompt shares (few-shot examples, a system "
+            "prompt): they say nothing about any one record and, on a small model, make "
+            "most of each step's cost."
+        ),
+    )
     seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")
     threads: int | None = Field(
         None, ge=1, le=512, description="torch CPU threads; None keeps torch's default."

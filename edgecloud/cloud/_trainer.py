@@ -28,10 +28,12 @@ CPU float32 here; CUDA in bfloat16 when present.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -48,6 +50,7 @@ __all__ = [
     "TrainProgress",
     "TrainReport",
     "TrainingExample",
+    "common_prompt_prefix",
     "examples_from_records",
     "grounded",
     "split_holdout",
@@ -172,6 +175,19 @@ def grounded(answer: str, passages: Sequence[str], *, min_word_chars: int = 3) -
     words = [w.lower() for w in _WORD.findall(answer)]
     content = [w for w in words if _NUMBER.search(w) or len(w) >= min_word_chars]
     return bool(content) and all(w in evidence for w in content)
+
+
+def common_prompt_prefix(examples: Sequence[TrainingExample]) -> str:
+    """The whole lines every prompt starts with (few-shot examples, a system prompt).
+
+    Cut at a line end so no example loses part of its own line; empty when fewer
+    than two examples or nothing is shared.
+    """
+    if len(examples) < 2:
+        return ""
+    prefix = os.path.commonprefix([ex.prompt for ex in examples])  # noqa: RUF071 - text, not paths
+    cut = prefix.rfind("\n")
+    return prefix[: cut + 1] if cut >= 0 else ""
 
 
 def split_holdout(
@@ -371,6 +387,10 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
+    shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""
+    if shared:
+        log.info("training without the %d-character prompt prefix all records share", len(shared))
+        train = [dataclasses.replace(ex, prompt=ex.prompt[len(shared) :]) for ex in train]
     items = [_encode(tokenizer, ex, config.max_length) for ex in train]
     passages: list[str] = []
     if config.include_passages:
