@@ -16,6 +16,10 @@ ready to serve (``set_adapter`` returned / backend built with the adapter), and
 the first token after only a KV-cache reset (no swap) shows how much of the
 to-first-token figures is the prompt evaluation both of them redo.
 
+Then the update's network part: the adapter published to a registry behind the
+real AdapterSync service on 127.0.0.1, and the device verifying the signed
+manifest, streaming the file (FetchAdapter) and checking its sha256 and header.
+
     python bench/adapter_swap.py [--swaps 20] [--threads 2]
 
 Prints a table, writes bench/results/adapter_swap.json and adapter_swap.png.
@@ -24,6 +28,7 @@ Prints a table, writes bench/results/adapter_swap.json and adapter_swap.png.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -93,6 +98,61 @@ def _time_cold_cache(backend: Any) -> float:
     (and a reload) makes the next request redo."""
     backend._reset_cache()
     return _first_token(backend)
+
+
+async def _time_fetch(adapter: Path, repeats: int) -> list[float]:
+    """Seconds from a published rank-r adapter in a registry to a verified file on the
+    device: signature check, FetchAdapter stream over 127.0.0.1, sha256, GGUF header."""
+    from grpc import aio
+
+    from edgecloud._proto.v1 import adapters_pb2_grpc as pb
+    from edgecloud.adapters._gguf import read_lora_gguf
+    from edgecloud.adapters._registry import AdapterRegistry
+    from edgecloud.adapters._signing import (
+        generate_keypair,
+        load_private_key,
+        load_public_keys,
+        verify,
+    )
+    from edgecloud.cloud._adapter_service import AdapterSyncServicer
+    from edgecloud.config import CloudRegistryConfig
+    from edgecloud.transport import AdapterSyncClient
+
+    with tempfile.TemporaryDirectory(prefix="adapter_fetch.") as tmp_name:
+        tmp = Path(tmp_name)
+        key_path, public = generate_keypair(tmp / "keys")
+        registry = AdapterRegistry(tmp / "registry")
+        info = read_lora_gguf(adapter)
+        manifest = registry.publish(
+            {"adapter.gguf": adapter}, key=load_private_key(key_path), adapter_id="bench",
+            base_model_sha256="0" * 64, base_architecture=info.architecture, rank=info.rank,
+            alpha=info.alpha, target_modules=["q_proj"],
+        )  # fmt: skip
+        server = aio.server()
+        chunk = CloudRegistryConfig().chunk_bytes
+        pb.add_AdapterSyncServicer_to_server(
+            AdapterSyncServicer(registry, chunk_bytes=chunk), server
+        )  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        trusted = load_public_keys([public])
+        times = []
+        try:
+            async with AdapterSyncClient(f"127.0.0.1:{port}", tls=False) as client:
+                for i in range(repeats + 1):  # the first one opens the channel: not counted
+                    dest = tmp / f"device{i}" / "adapter.gguf"
+                    dest.parent.mkdir()
+                    t0 = time.perf_counter()
+                    m = verify(registry.manifest("bench", manifest.version), trusted)
+                    entry = m.files["adapter.gguf"]
+                    await client.fetch("bench", m.version, "adapter.gguf", dest,
+                                       expected_sha256=entry.sha256, expected_size=entry.size)  # fmt: skip
+                    read_lora_gguf(dest).check_architecture(info.architecture)
+                    if i:
+                        times.append(time.perf_counter() - t0)
+        finally:
+            await server.stop(0)
+        return times
 
 
 def _time_reload(model_path: Path, adapter: Path, threads: int) -> tuple[float, float]:
@@ -172,12 +232,12 @@ def main() -> None:
         prompt_tokens = backend.count_tokens(PROMPT)
         adapter_bytes = adapters[0].stat().st_size
         backend.close()
+        # The update's network part, timed separately: the real AdapterSync service over
+        # loopback, the device verifying the signed manifest, streaming the GGUF and
+        # checking its sha256 and header, as AdapterManager does before a swap.
+        runs["fetch_and_verify_s"] = asyncio.run(_time_fetch(adapters[0], args.swaps))
         load_after = os.getloadavg()
 
-    # Only the device-local part of an update is timed here: the adapter is already on
-    # disk. Fetching it from the registry and verifying signature and hashes is a
-    # separate phase; its timing belongs in its own function beside _time_swap and its
-    # own key in the result, measured on a real transfer.
     stats = {key: _summary(values) for key, values in runs.items()}
     swap, reload = stats["swap_to_first_token_s"], stats["reload_to_first_token_s"]
     pairs = zip(runs["reload_to_first_token_s"], runs["swap_to_first_token_s"], strict=True)
@@ -225,6 +285,7 @@ def main() -> None:
         "  first token, empty KV, no swap": stats["cold_cache_first_token_s"],
         "reload + adapter → first token": reload,
         "  reload + adapter → ready": stats["reload_ready_s"],
+        "fetch + verify over loopback": stats["fetch_and_verify_s"],
     }
     for label, s in rows.items():
         table.add_row(label, *(f"{s[k] * 1000:.1f}" for k in ("p50", "p90", "min", "max")))

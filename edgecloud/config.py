@@ -483,6 +483,19 @@ class CloudTrainConfig(BaseModel):
             "cloud retrieved for them (records without passages are always kept)."
         ),
     )
+    relabel_samples: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description=(
+            "For answers that fail require_grounded: sample this many new answers from the "
+            "cloud model with the same passages and keep a grounded one two samples agree "
+            "on; 0 leaves those records out."
+        ),
+    )
+    relabel_temperature: float = Field(
+        0.8, gt=0.0, le=2.0, description="Sampling temperature of relabeling."
+    )
     strip_common_prefix: bool = Field(
         True,
         description=(

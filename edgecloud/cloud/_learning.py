@@ -156,6 +156,7 @@ def run_round(
 
     stage("records", "reading escalation records")
     n_records = 0
+    rejected: list[TrainingExample] = []
     if examples is None:
         store = RecordStore(records_path(settings.cloud, settings.cache_dir))
         try:
@@ -163,7 +164,9 @@ def run_round(
         finally:
             store.close()
         n_records = len(records)
-        examples = examples_from_records(records, require_grounded=cfg.require_grounded)
+        examples = examples_from_records(
+            records, require_grounded=cfg.require_grounded, rejected=rejected
+        )
     else:
         n_records = len(examples)
     if len(examples) < cfg.min_records:
@@ -176,7 +179,10 @@ def run_round(
     stage("train", f"training LoRA on {len(examples)} examples")
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_dir = out_dir / "peft"
-    report = train_lora(model_dir, examples, cfg, peft_dir, progress=progress)
+    report = train_lora(
+        model_dir, examples, cfg, peft_dir, progress=progress, rejected=rejected,
+        prompt_format=settings.cloud.model.prompt_format,
+    )  # fmt: skip
     stage("export", "exporting the llama.cpp LoRA GGUF")
     gguf_out = export_lora_gguf(peft_dir, out_dir / "adapter.gguf", architecture=arch)
     result = RoundResult(report, out_dir, gguf_out, peft_dir, n_records)

@@ -37,6 +37,7 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "common_prompt_prefix",
     "examples_from_records",
     "grounded",
+    "relabel",
     "split_holdout",
     "train_lora",
 ]
@@ -86,6 +88,7 @@ class TrainReport:
     holdout: int
     passages: int
     replay: int
+    relabeled: int
     epochs: int
     steps: int
     seconds: float
@@ -106,7 +109,10 @@ class TrainReport:
 
 
 def examples_from_records(
-    records: Iterable[StoredRecord], *, require_grounded: bool = True
+    records: Iterable[StoredRecord],
+    *,
+    require_grounded: bool = True,
+    rejected: list[TrainingExample] | None = None,
 ) -> list[TrainingExample]:
     """Distillation examples from stored escalation records.
 
@@ -114,7 +120,8 @@ def examples_from_records(
     skipped; so are records of chat prompts, whose rendering depends on the
     device's template (their text is kept in ``extra["messages"]``; see below).
     With ``require_grounded``, a record answered from knowledge passages is kept
-    only when its answer is :func:`grounded` in them. Replay records (confident
+    only when its answer is :func:`grounded` in them (the others go to
+    ``rejected`` when given, for :func:`train_lora` to relabel). Replay records (confident
     local answers, ``extra["kind"] == "replay"``, see ``device.log.replay_rate``)
     become examples of what the device should keep answering the same way.
     """
@@ -141,19 +148,20 @@ def examples_from_records(
         passages = tuple(
             str(p.get("text", "")) for p in extra.get("passages", []) if isinstance(p, dict)
         )
-        if require_grounded and passages and not grounded(answer, passages):
-            continue
         replay = extra.get("kind") == "replay"
-        out.append(
-            TrainingExample(
-                prompt=r.prompt,
-                answer=answer,
-                terminator=terminator,
-                passages=tuple(p for p in passages if p),
-                record_id=r.id,
-                replay=replay,
-            )
+        example = TrainingExample(
+            prompt=r.prompt,
+            answer=answer,
+            terminator=terminator,
+            passages=tuple(p for p in passages if p),
+            record_id=r.id,
+            replay=replay,
         )
+        if require_grounded and passages and not grounded(answer, passages):
+            if rejected is not None:
+                rejected.append(example)
+            continue
+        out.append(example)
     return out
 
 
@@ -333,6 +341,63 @@ def _exact_rate(
     return right / max(len(examples), 1)
 
 
+def relabel(
+    model: Any,
+    tokenizer: Any,
+    rejected: Sequence[TrainingExample],
+    prompt_format: str,
+    *,
+    samples: int,
+    temperature: float,
+    device: Any,
+) -> list[TrainingExample]:
+    """New answers for records whose cloud answer was not grounded in its passages.
+
+    The cloud model is asked again with the same passages in its prompt, sampling
+    ``samples`` answers; the answer kept is the most frequent one that is
+    :func:`grounded`, when at least two samples agree on it. A small model's greedy
+    answer often follows its prior over the context ("100 kg"); among samples the
+    one the evidence supports usually recurs. Records with no such answer stay out.
+    """
+    import torch
+
+    from edgecloud.cloud._prompting import apply_format
+    from edgecloud.types import Passage
+
+    out = []
+    for ex in rejected:
+        text = apply_format(prompt_format, ex.prompt, [Passage(p, "", 0.0) for p in ex.passages])
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        ids = torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]])
+        budget = len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) + 8
+        with torch.no_grad():
+            rows = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=torch.ones_like(ids).to(device),
+                do_sample=True,
+                temperature=temperature,
+                top_p=0.95,
+                max_new_tokens=budget,
+                num_return_sequences=samples,
+                pad_token_id=tokenizer.pad_token_id or 0,
+            )
+        votes: Counter[str] = Counter()
+        first: dict[str, str] = {}
+        for row in rows:
+            answer = tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True)
+            if ex.terminator:
+                answer = answer.split(ex.terminator, 1)[0]
+            key = answer.strip()
+            if key and grounded(answer, ex.passages):
+                votes[key] += 1
+                first.setdefault(key, answer)
+        if votes:
+            key, n = votes.most_common(1)[0]
+            if n >= 2:
+                out.append(dataclasses.replace(ex, answer=first[key]))
+    return out
+
+
 def train_lora(
     model_dir: Path,
     examples: Sequence[TrainingExample],
@@ -341,6 +406,8 @@ def train_lora(
     *,
     progress: TrainProgress | None = None,
     evaluate_exact: bool = True,
+    rejected: Sequence[TrainingExample] = (),
+    prompt_format: str = "Context: {context}\n\n{prompt}",
 ) -> TrainReport:
     """Train a LoRA adapter on ``examples`` and save it (peft format) in ``out_dir``.
 
@@ -353,6 +420,9 @@ def train_lora(
         progress: called after every optimizer step.
         evaluate_exact: also generate the held-out answers before and after
             (slower; the loss is always reported).
+        rejected: examples whose answers failed the grounding check, to
+            :func:`relabel` first (``config.relabel_samples`` > 0).
+        prompt_format: the cloud's ``cloud.model.prompt_format``, for relabeling.
 
     Raises:
         InvalidRequestError: fewer usable examples than ``config.min_records``.
@@ -386,6 +456,15 @@ def train_lora(
         raise CloudModelLoadError(f"cannot load the base model from {model_dir}: {exc}") from exc
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    relabeled: list[TrainingExample] = []
+    if rejected and config.relabel_samples > 0:
+        base.eval()
+        relabeled = relabel(
+            base, tokenizer, rejected, prompt_format,
+            samples=config.relabel_samples, temperature=config.relabel_temperature, device=device,
+        )  # fmt: skip
+        log.info("relabeled %d of %d ungrounded records", len(relabeled), len(rejected))
+        examples = [*examples, *relabeled]
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
     shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""
     if shared:
@@ -409,6 +488,7 @@ def train_lora(
         holdout=len(holdout),
         passages=len(passages),
         replay=sum(ex.replay for ex in train),
+        relabeled=len(relabeled),
         epochs=config.epochs,
         steps=0,
         seconds=0.0,

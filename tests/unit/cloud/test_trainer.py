@@ -134,3 +134,58 @@ def test_the_answer_only_loss_equals_the_full_model_loss() -> None:
         reference = model(**batch).loss
     assert n == 2 + 5 + 2
     assert abs(float(total) / n - float(reference)) < 1e-5
+
+
+class _CharTok:
+    """Characters as token ids (decode inverts encode): enough for relabel's bookkeeping."""
+
+    bos_token_id = None
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(int(i)) for i in ids)
+
+
+class _Sampler:
+    """A 'model' whose samples are given: one list of answers per generate call."""
+
+    def __init__(self, answers: list[list[str]]) -> None:
+        self.answers = answers
+        self.prompts: list[str] = []
+
+    def generate(self, input_ids: Any, num_return_sequences: int, **_: Any) -> Any:
+        import torch
+
+        prompt = input_ids[0].tolist()
+        self.prompts.append("".join(chr(i) for i in prompt))
+        batch = self.answers.pop(0)
+        assert len(batch) == num_return_sequences
+        width = max(len(a) for a in batch)
+        rows = [prompt + [ord(c) for c in a.ljust(width, "\n")] for a in batch]
+        return torch.tensor(rows)
+
+
+def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
+    import torch
+
+    from edgecloud.cloud._trainer import relabel
+
+    ex = TrainingExample("Q: payload?\nA:", " 100 kg", "\n", (PASSAGE,), "r1")
+    model = _Sampler([
+        [" 100 kg\n", " 22.0 kg\nQ:", " 22.0 kg", " 7 kg"],  # 22.0 kg: grounded, twice
+        [" 100 kg", " 22.0 kg", " 100 kg", " 9 kg"],  # grounded once only: no label
+        [" 100 kg", " 100 kg", " 100 kg", " 100 kg"],  # never grounded
+    ])  # fmt: skip
+    out = relabel(model, _CharTok(), [ex, ex, ex], "Context: {context}\n\n{prompt}",
+                  samples=4, temperature=0.8, device=torch.device("cpu"))  # fmt: skip
+    assert [e.answer for e in out] == [" 22.0 kg"] and out[0].record_id == "r1"
+    assert model.prompts[0] == f"Context: {PASSAGE}\n\nQ: payload?\nA:"  # the cloud's own prompt
+
+
+def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
+    rejected: list[TrainingExample] = []
+    kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")], rejected=rejected)
+    assert [e.answer for e in kept] == [" 22.0 kg"] and [e.answer for e in rejected] == [" 100 kg"]
