@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "log": {"path": str(tmp / "device-log.sqlite3"), "replay_rate": args.replay_rate},
             "adapters": {"enabled": True, "adapter_id": "fleet", "device_id": "bench-device",
                          "public_keys": [public], "directory": str(tmp / "adapters"),
-                         "reconnect_s": 1.0},
+                         "reconnect_s": 1.0, "canary_min_pass": args.canary_min_pass},
         },
     )  # fmt: skip
     gguf = ensure_default_model(base.cache_dir)
@@ -221,9 +221,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             progress=progress_printer(t_round), on_stage=lambda s: print(f"round: {s}", flush=True),
         )  # fmt: skip
         t_published = time.perf_counter()
+        refused = False
         while manager.current_version != result.version:
             if result.version in manager.bad_versions:
-                raise RuntimeError(f"the device refused v{result.version} (canary or checks)")
+                refused = True  # canary failed: the device rolled back, as it should
+                print(f"round: the device refused v{result.version} (canary) and rolled back")
+                break
             if watcher.done():
                 watcher.result()  # raises what stopped it
             if time.perf_counter() - t_published > 300:
@@ -234,6 +237,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f"({t_swapped - t_published:.2f} s after publishing)")  # fmt: skip
         after = {"domain": await local_pass(engine, heldout, args.threshold),
                  "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+        forced = None
+        if refused:
+            # What the refused adapter would have done (diagnostic; the device runs the base).
+            backend.set_adapter(result.gguf)
+            forced = {"domain": await local_pass(engine, heldout, args.threshold),
+                      "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+            backend.set_adapter(None)
     finally:
         await manager.stop()
         await sync.close()
@@ -249,6 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "domain_escalation_cut": cut,
         "general_local_accuracy": [before["general"]["accuracy"], after["general"]["accuracy"]],
         "general_points_lost": 100 * (before["general"]["accuracy"] - after["general"]["accuracy"]),
+        "device_refused_by_canary": refused,
         "round_s": t_swapped - t_round,
         "ship_and_swap_s": t_swapped - t_published,
         "stage_s": result.stage_seconds,
@@ -279,6 +290,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "version": result.version,
         "before": before,
         "after": after,
+        "refused_adapter_forced": forced,
+        "canary": [c["expect"] for c in report.canary],
         "settings": {
             "facts": args.facts,
             "general": args.general,
@@ -369,6 +382,8 @@ def main() -> None:
         default=1.0,
         help="device.log.replay_rate: confident local answers logged for replay",
     )
+    ap.add_argument("--canary-min-pass", type=float, default=0.8,
+                    help="device.adapters.canary_min_pass")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_loop.json")
     args = ap.parse_args()

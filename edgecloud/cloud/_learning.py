@@ -21,7 +21,6 @@ from edgecloud.cloud._trainer import (
     TrainProgress,
     TrainReport,
     examples_from_records,
-    split_holdout,
     train_lora,
 )
 from edgecloud.config import Settings
@@ -33,8 +32,6 @@ log = logging.getLogger("edgecloud.cloud")
 
 StageCallback = Callable[[str], None]
 """Called with a short description as each stage of a round starts."""
-
-CANARY_ITEMS = 8
 
 
 @dataclass(slots=True)
@@ -176,12 +173,12 @@ def run_round(
         )
     stage("base", "loading the base model")
     model_dir, _gguf, base_sha, arch = base_model(settings, base_gguf)
-    stage("train", f"training LoRA on {len(examples)} examples")
+    stage("train", f"training from {len(examples)} examples ({len(rejected)} to relabel)")
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_dir = out_dir / "peft"
     report = train_lora(
         model_dir, examples, cfg, peft_dir, progress=progress, rejected=rejected,
-        prompt_format=settings.cloud.model.prompt_format,
+        prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage,
     )  # fmt: skip
     stage("export", "exporting the llama.cpp LoRA GGUF")
     gguf_out = export_lora_gguf(peft_dir, out_dir / "adapter.gguf", architecture=arch)
@@ -192,7 +189,6 @@ def run_round(
 
         stage("publish", "signing and publishing")
         registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
-        train, _held = split_holdout(examples, cfg.holdout_fraction, cfg.seed)
         manifest = registry.publish(
             {
                 "adapter.gguf": gguf_out,
@@ -208,7 +204,7 @@ def run_round(
             target_modules=list(cfg.target_modules),
             data=_data(since, until, n_records, report),
             metrics=report.metrics(),
-            canary=_canary(train),
+            canary=report.canary,
         )
         result.version = manifest.version
         registry.rollout(cfg.adapter_id, manifest.version, rollout_percent)
@@ -230,25 +226,3 @@ def _data(since: float | None, until: float | None, records: int, report: TrainR
         "holdout": report.holdout,
         "with_passages": report.passages > 0,
     }
-
-
-def _canary(examples: list[TrainingExample]) -> list[dict[str, str]]:
-    """A few (prompt, expected answer) pairs the device checks after installing.
-
-    Trained examples: the device must reproduce what the adapter learned, which
-    fails when the GGUF export or the swap went wrong (held-out ones would also
-    fail a sound adapter that generalizes less than the canary's pass rate). Half
-    learned answers, half replayed ones (what the device must not forget). Only
-    short single-line answers, which a contains-check can judge.
-    """
-    usable = [
-        ex
-        for ex in examples
-        if ex.answer.strip() and "\n" not in ex.answer.strip() and len(ex.answer.strip()) <= 80
-    ]
-    learned = [ex for ex in usable if not ex.replay]
-    replayed = [ex for ex in usable if ex.replay]
-    half = CANARY_ITEMS // 2
-    picked = learned[: max(half, CANARY_ITEMS - len(replayed))]
-    picked += replayed[: CANARY_ITEMS - len(picked)]
-    return [{"prompt": ex.prompt, "expect": ex.answer.strip()} for ex in picked]

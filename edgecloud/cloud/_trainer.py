@@ -98,6 +98,9 @@ class TrainReport:
     holdout_exact_before: float | None = None
     holdout_exact_after: float | None = None
     losses: list[float] = field(default_factory=list)
+    canary: list[dict[str, str]] = field(default_factory=list)
+    """Trained examples the adapted torch model answers right: a device running the
+    exported adapter must answer them too (checks export and swap, not learning)."""
 
     def metrics(self) -> dict[str, float]:
         """The numeric fields, for a manifest."""
@@ -315,30 +318,49 @@ def _answer_loss(model: Any, items: list[_Encoded], pad_id: int, torch: Any, dev
     return total / max(count, 1)
 
 
+def _answers_right(model: Any, tokenizer: Any, ex: TrainingExample, device: Any) -> bool:
+    """Whether the greedy answer to ``ex.prompt``, cut at its terminator, is ``ex.answer``."""
+    import torch
+
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = bos + tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+    target = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor([ids], device=device),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
+            max_new_tokens=len(target) + 8,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or 0,
+        )
+    text = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    if ex.terminator:
+        text = text.split(ex.terminator, 1)[0]
+    return bool(text.strip() == ex.answer.strip())
+
+
 def _exact_rate(
     model: Any, tokenizer: Any, examples: Sequence[TrainingExample], device: Any
 ) -> float:
     """Share of examples whose greedy answer, cut at its terminator, equals the target."""
-    import torch
-
-    right = 0
-    for ex in examples:
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        ids = bos + tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
-        target = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=torch.tensor([ids], device=device),
-                attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=device),
-                max_new_tokens=len(target) + 8,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id or 0,
-            )
-        text = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
-        if ex.terminator:
-            text = text.split(ex.terminator, 1)[0]
-        right += text.strip() == ex.answer.strip()
+    right = sum(_answers_right(model, tokenizer, ex, device) for ex in examples)
     return right / max(len(examples), 1)
+
+
+def _canary_pool(examples: Sequence[TrainingExample]) -> list[TrainingExample]:
+    """Trained examples a contains-check can judge (short, one line), learned and replayed
+    ones alternating, so the canary covers what was learned and what must be kept."""
+    usable = [
+        ex
+        for ex in examples
+        if ex.answer.strip() and "\n" not in ex.answer.strip() and len(ex.answer.strip()) <= 80
+    ]
+    learned = [ex for ex in usable if not ex.replay]
+    replayed = [ex for ex in usable if ex.replay]
+    pool: list[TrainingExample] = []
+    for i in range(max(len(learned), len(replayed))):
+        pool += [group[i] for group in (learned, replayed) if i < len(group)]
+    return pool
 
 
 def relabel(
@@ -408,6 +430,8 @@ def train_lora(
     evaluate_exact: bool = True,
     rejected: Sequence[TrainingExample] = (),
     prompt_format: str = "Context: {context}\n\n{prompt}",
+    on_stage: Callable[[str], None] | None = None,
+    canary_size: int = 8,
 ) -> TrainReport:
     """Train a LoRA adapter on ``examples`` and save it (peft format) in ``out_dir``.
 
@@ -423,6 +447,8 @@ def train_lora(
         rejected: examples whose answers failed the grounding check, to
             :func:`relabel` first (``config.relabel_samples`` > 0).
         prompt_format: the cloud's ``cloud.model.prompt_format``, for relabeling.
+        on_stage: told when relabeling and training start.
+        canary_size: canary items to pick (see :attr:`TrainReport.canary`).
 
     Raises:
         InvalidRequestError: fewer usable examples than ``config.min_records``.
@@ -458,6 +484,8 @@ def train_lora(
 
     relabeled: list[TrainingExample] = []
     if rejected and config.relabel_samples > 0:
+        if on_stage is not None:
+            on_stage(f"relabeling {len(rejected)} ungrounded answers by sampling")
         base.eval()
         relabeled = relabel(
             base, tokenizer, rejected, prompt_format,
@@ -466,6 +494,7 @@ def train_lora(
         log.info("relabeled %d of %d ungrounded records", len(relabeled), len(rejected))
         examples = [*examples, *relabeled]
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
+    pool = _canary_pool(train)  # full prompts, as devices send them
     shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""
     if shared:
         log.info("training without the %d-character prompt prefix all records share", len(shared))
@@ -512,6 +541,8 @@ def train_lora(
         model = get_peft_model(base, lora)
     except ValueError as exc:  # e.g. a target module the model does not have
         raise InvalidRequestError(f"cannot apply LoRA: {exc}") from exc
+    if on_stage is not None:
+        on_stage(f"training LoRA on {len(items)} examples ({len(passages)} passages)")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     rng = random.Random(config.seed)
@@ -540,6 +571,11 @@ def train_lora(
         report.holdout_loss_after = _answer_loss(model, held_items, pad_id, torch, device)
         if evaluate_exact:
             report.holdout_exact_after = _exact_rate(model, tokenizer, holdout, device)
+    for ex in pool[: 4 * canary_size]:  # bounded: a weak adapter must not stall the round
+        if len(report.canary) >= canary_size:
+            break
+        if _answers_right(model, tokenizer, ex, device):
+            report.canary.append({"prompt": ex.prompt, "expect": ex.answer.strip()})
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     report.seconds = time.perf_counter() - t0

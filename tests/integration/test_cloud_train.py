@@ -29,6 +29,13 @@ SHOTS = "Q: What is the capital of France?\nA: Paris\n"
 PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. The Kestrel is orange."
 
 
+QUESTIONS = (
+    "What is the Kestrel's payload?",
+    "What colour is the Kestrel?",
+    "How heavy a load can a Kestrel lift?",
+)
+
+
 def record(question: str, answer: str, rid: str) -> EscalationRecord:
     return EscalationRecord(
         prompt=f"{SHOTS}Q: {question}\nA:", local_partial="", cloud_answer=answer,
@@ -65,9 +72,9 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     store = RecordStore(tmp_path / "records.db")
     store.store(
         [
-            record("What is the Kestrel's payload?", " 22.0 kg", "r1"),
-            record("What colour is the Kestrel?", " orange", "r2"),
-            record("How heavy a load can a Kestrel lift?", " 100 kg", "r3"),  # not in the manual
+            record(QUESTIONS[0], " 22.0 kg", "r1"),
+            record(QUESTIONS[1], " orange", "r2"),
+            record(QUESTIONS[2], " 100 kg", "r3"),  # not in the manual
         ],
         device="robot-1",
     )
@@ -84,8 +91,10 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["version"] == 1 and summary["records"] == 3
-    assert summary["metrics"]["train"] == 2  # the ungrounded answer was left out
-    assert "training LoRA on 2 examples" in proc.stderr  # progress for the operator
+    # the ungrounded answer was left out, unless sampling found a grounded one to replace it
+    assert summary["metrics"]["train"] == 2 + summary["metrics"]["relabeled"]
+    assert "training LoRA on" in proc.stderr  # progress for the operator
+    assert "relabeling 1 ungrounded answers" in proc.stderr
     assert time.monotonic() - t0 < 600
 
     registry = AdapterRegistry(tmp_path / "registry")
@@ -95,7 +104,9 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     assert manifest.base_model_sha256 == sha256_file(default_gguf)
     assert manifest.base_architecture == "gemma3" and manifest.rank == 4
     assert {"adapter.gguf", "peft/adapter_model.safetensors"} <= set(manifest.files)
-    assert [c.expect for c in manifest.canary] == ["22.0 kg", "orange"]
+    # canary items: trained prompts the adapted model answers right (none is fine after 1 epoch)
+    asked = {f"{SHOTS}Q: {q}\nA:" for q in QUESTIONS}
+    assert {c.prompt for c in manifest.canary} <= asked
     assert registry.rollout_state("fleet").stable == 1
 
     from edgecloud.device.backends import LlamaCppBackend
