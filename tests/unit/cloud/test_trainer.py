@@ -189,3 +189,14 @@ def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
     rejected: list[TrainingExample] = []
     kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")], rejected=rejected)
     assert [e.answer for e in kept] == [" 22.0 kg"] and [e.answer for e in rejected] == [" 100 kg"]
+
+
+def test_canary_candidates_alternate_learned_and_replayed_short_answers() -> None:
+    from edgecloud.cloud._trainer import _canary_pool
+
+    learned = [TrainingExample(f"q{i}", f" a{i}", "\n") for i in range(3)]
+    replayed = [TrainingExample(f"r{i}", f" b{i}", "\n", replay=True) for i in range(2)]
+    long = TrainingExample("x", " " + "y" * 100, "\n")
+    multi = TrainingExample("z", " line\nline", "")
+    pool = _canary_pool([*learned, long, *replayed, multi])
+    assert [e.prompt for e in pool] == ["q0", "r0", "q1", "r1", "q2"]
