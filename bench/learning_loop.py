@@ -346,9 +346,9 @@ def plot(out: dict[str, Any], path: Path) -> None:
     ax.bar([x + 0.2 for x in xs], [100 * s[k][1] for k in keys], 0.4, label="after one round")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
     ax.axhline(85, color="grey", lw=0.8, ls=":")
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_ylim(0, 110)
     ax.set_title("Device, local only (llama.cpp + LoRA GGUF)")
     losses = out["train"]["losses"]
     ax2.plot(range(1, len(losses) + 1), losses, marker="o")
