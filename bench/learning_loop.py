@@ -25,7 +25,7 @@ On the embedded default models, all in this process and over gRPC on 127.0.0.1:
    ``WatchAdapters``, fetches, verifies, installs, hot-swaps and runs its canary.
 6. **After**: step 3 again with the adapter on.
 
-    python bench/learning_loop.py [--facts 24] [--epochs 8] [--passages]
+    python bench/learning_loop.py [--facts 24] [--epochs 6] [--passages]
 
 Prints a table; writes bench/results/learning_loop.json and learning_loop.png.
 """
@@ -365,7 +365,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--facts", type=int, default=24, help="facts of the domain (of 46)")
     ap.add_argument("--general", type=int, default=80, help="general questions (forgetting)")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--passages", action=argparse.BooleanOptionalAction, default=False,
                     help="also train on the retrieved passages")  # fmt: skip
     ap.add_argument("--threshold", type=float, default=-1.0,

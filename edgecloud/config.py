@@ -460,8 +460,10 @@ class CloudTrainConfig(BaseModel):
             "embedding is left out)."
         ),
     )  # fmt: skip
-    epochs: int = Field(8, ge=1, le=1000, description="Passes over the training records.")
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="AdamW learning rate.")
+    # 3e-4 x 6 epochs kept the general set (37/76 vs 34/76 before) where 1e-3 x 8 lost
+    # 11 points for 3 more of 24 held-out domain answers (bench/learning_loop.py records).
+    epochs: int = Field(6, ge=1, le=1000, description="Passes over the training records.")
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
     max_length: int = Field(
         256, ge=16, le=32_768, description="Tokens per example; longer ones are cut."
