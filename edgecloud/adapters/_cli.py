@@ -7,7 +7,6 @@ unless ``--adapter-id`` names another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -124,6 +123,7 @@ def publish(
     from edgecloud.adapters._manifest import DEVICE_FILE
     from edgecloud.adapters._signing import load_private_key
     from edgecloud.device._adapters import load_canary
+    from edgecloud.device._models import sha256_file
     from edgecloud.errors import AdapterFormatError, ConfigError
 
     try:
@@ -148,7 +148,7 @@ def publish(
             files,
             key=private,
             adapter_id=aid,
-            base_model_sha256=_sha256(base_model),
+            base_model_sha256=sha256_file(base_model),
             base_architecture=info.architecture,
             rank=int(peft_config.get("r") or info.rank),
             alpha=float(peft_config.get("lora_alpha") or info.alpha),
@@ -163,14 +163,6 @@ def publish(
     except EdgeCloudError as exc:
         raise _fail(exc) from None
     out.print(f"published {aid} v{manifest.version} ({len(files)} files)", highlight=False)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _peft_config(path: Path) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def export_lora_gguf(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return out
 
 
@@ -379,7 +379,8 @@ def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or creation in ``path`` durable (POSIX: fsync the directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgecloud.adapters._gguf import fsync_dir
 from edgecloud.adapters._manifest import DEVICE_FILE, CanaryItem, Manifest, canonical_json
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
 from edgecloud.config import DeviceAdaptersConfig
@@ -53,7 +53,7 @@ from edgecloud.errors import (
     EdgeCloudError,
     TransportError,
 )
-from edgecloud.transport._adapters import AdapterOffer
+from edgecloud.transport._adapters import AdapterOffer, hash_file
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
 __all__ = ["AdapterBackend", "AdapterManager", "AdapterSource", "load_canary"]
@@ -64,7 +64,6 @@ _STATE_FILE = "current.json"
 _TMP_PREFIX = ".tmp-"
 _DOWNLOADS = ".download"
 _CANARY_TOKENS = 48
-_HASH_BLOCK = 1 << 20
 
 
 class AdapterBackend(AdapterCapable, Protocol):
@@ -148,14 +147,6 @@ def load_canary(path: Path) -> list[CanaryItem]:
     return items
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(path: Path, data: bytes) -> None:
     """Write ``path`` so that after a crash it holds the old bytes or the new, never half."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
@@ -168,16 +159,11 @@ def _write_durable(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
+    digest, size = hash_file(path)
     return digest.hexdigest(), size
 
 
@@ -467,11 +453,11 @@ class AdapterManager:
                 os.fsync(f.fileno())
         with (tmp / DEVICE_FILE).open("rb") as f:
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         self._hook("staged")
         # One rename: the version directory exists complete, or not at all.
         os.replace(tmp, final)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         shutil.rmtree(download.parent, ignore_errors=True)
         self._hook("installed")
 

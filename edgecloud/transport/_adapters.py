@@ -75,7 +75,8 @@ def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".partial")
 
 
-def _hash_prefix(path: Path) -> tuple[Any, int]:
+def hash_file(path: Path) -> tuple[Any, int]:
+    """(sha256 object, bytes) of a file, read in blocks; the object can take more bytes."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as f:
@@ -181,7 +182,7 @@ class AdapterSyncClient:
             if partial.stat().st_size > expected_size:
                 partial.unlink()
             else:
-                digest, offset = await asyncio.to_thread(_hash_prefix, partial)
+                digest, offset = await asyncio.to_thread(hash_file, partial)
         if offset < expected_size:
             offset = await self._download(
                 (adapter_id, version, name), partial, digest, offset, expected_size,
