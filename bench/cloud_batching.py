@@ -100,15 +100,43 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def drive(
-    target: str, streams: int, tokens: int, adapters: list[str | None] | None = None
+    target: str,
+    streams: int,
+    tokens: int,
+    adapters: list[str | None] | None = None,
+    offset: int = 0,
+    keep_runs: bool = False,
 ) -> dict[str, Any]:
     async with CloudClient(target, tls=False, timeout_s=600) as client:
         runs = await asyncio.gather(*[
-            one_stream(client, PROMPTS[i % len(PROMPTS)], tokens,
+            one_stream(client, PROMPTS[(offset + i) % len(PROMPTS)], tokens,
                        adapters[i % len(adapters)] if adapters else None)
             for i in range(streams)
         ])  # fmt: skip
-    return summarize(list(runs))
+    out = summarize(list(runs))
+    if keep_runs:
+        out["runs"] = list(runs)
+    return out
+
+
+def pool_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level over several rounds: median tok/s; TTFT and ITL over every request."""
+    runs = [r for rnd in rounds for r in rnd["runs"]]
+    ttft = [r["arrivals"][0] - r["start"] for r in runs if r["arrivals"]]
+    itl = [b - a for r in runs for a, b in zip(r["arrivals"], r["arrivals"][1:], strict=False)]
+    return {
+        "streams": rounds[0]["streams"],
+        "rounds": len(rounds),
+        "requests": len(runs),
+        "tokens": sum(r["tokens"] for r in rounds),
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
+        "tokens_per_s_rounds": [r["tokens_per_s"] for r in rounds],
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p99_s": pct(ttft, 0.99),
+        "ttft_max_s": max(ttft),
+        "ttft_p99_s_rounds": [r["ttft_p99_s"] for r in rounds],
+        "itl_p50_s": pct(itl, 0.5),
+    }
 
 
 async def in_process(backend: TorchBackend, prompt: str, tokens: int) -> dict[str, Any]:
@@ -249,12 +277,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
     try:
         await drive(target, 2, 4)  # warm-up: first forward passes are slow
-        levels = []
-        for streams in args.levels:
-            level = await drive(target, streams, tokens)
-            print(f"  {streams:>3} streams: {level['tokens_per_s']:.1f} tok/s", flush=True)
-            levels.append(level)
-        out["levels"] = levels
+        # Rounds interleave the levels (1, 4, 16, 32, 1, 4, ...) so a noisy moment on
+        # the machine does not land on one level only; each round rotates the prompts.
+        per_level: dict[int, list[dict[str, Any]]] = {n: [] for n in args.levels}
+        for rnd in range(args.rounds):
+            for streams in args.levels:
+                level = await drive(target, streams, tokens, offset=rnd * 7, keep_runs=True)
+                per_level[streams].append(level)
+                print(f"  round {rnd + 1} {streams:>3} streams: {level['tokens_per_s']:.1f} tok/s, "
+                      f"TTFT p99 {level['ttft_p99_s'] * 1000:.0f} ms", flush=True)  # fmt: skip
+        out["levels"] = [pool_rounds(per_level[n]) for n in args.levels]
 
         grpc_runs, local_runs = [], []
         for _ in range(args.overhead_reps):
@@ -362,6 +394,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="1 and 4 streams, 16 tokens")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="runs of every level, interleaved; TTFT percentiles pool them",
+    )
     parser.add_argument("--baseline-requests", type=int, default=16)
     parser.add_argument("--overhead-reps", type=int, default=3)
     parser.add_argument("--no-compare-transformers", dest="compare_transformers",
@@ -374,7 +412,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.quick:
         args.levels, args.tokens, args.baseline_requests, args.overhead_reps = [1, 4], 16, 2, 1
-        args.adapter_streams = 4
+        args.adapter_streams, args.rounds = 4, 1
     result = asyncio.run(main(args))
     report(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -299,7 +299,11 @@ class CloudModelConfig(BaseModel):
         "auto", description="'auto' picks CUDA when present, else CPU."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+        "auto",
+        description=(
+            "'auto' is bfloat16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16, "
+            "AMX), float32 on other CPUs."
+        ),
     )
     threads: int | None = Field(
         None,
@@ -558,12 +562,21 @@ class CloudConfig(BaseModel):
         30.0, ge=0.0, le=3600.0, description="On SIGTERM, time given to in-flight streams."
     )
     admission_window_ms: float = Field(
-        2.0,
+        15.0,
         ge=0.0,
         le=1000.0,
         description=(
-            "When idle, wait this long after the first request so that requests arriving "
-            "together are prefilled in one batch."
+            "When idle, wait at most this long after the first request so that requests "
+            "arriving together are prefilled in one batch; 0 prefills at once."
+        ),
+    )
+    admission_gap_ms: float = Field(
+        5.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "The admission wait ends sooner once no request has arrived for this long "
+            "(a lone request waits this, not the whole window)."
         ),
     )
 

@@ -9,6 +9,16 @@ Prefill goes first so a new request's time to first token is one prefill, not a
 queue of decode steps; a cancelled sequence gives back its slot and cache
 before the next step.
 
+Admission when idle: a CPU forward costs about the same for 1 row as for 8 (it
+reads every weight either way: 65 ms for one 9-token prompt, 129 ms for eight,
+167 ms for sixteen, bfloat16 on 2 cores), so a burst should be prefilled
+together. After a first arrival the scheduler waits until no request has
+arrived for ``admission_gap_s``, and never longer than ``admission_window_s``
+in all. Measured with 16 gRPC streams opened at once from one client: they
+reach the scheduler over 7 ms with a 3.6 ms pause inside; a fixed 2 ms window
+split them into two prefills of 8 (the second eight waited 245 ms for their
+first token); a 5 ms gap takes all 16 in one. A lone request pays the gap once.
+
 Admission is bounded: ``max_running`` sequences in the batch and ``max_queued``
 waiting; a request beyond both fails at once with
 :class:`~edgecloud.errors.OverloadedError` instead of growing a queue.
@@ -69,8 +79,10 @@ class Scheduler:
         engine: the model side.
         max_running: most sequences in the batch.
         max_queued: most sequences waiting for a slot.
-        admission_window_s: when idle, how long to wait after a first arrival so
+        admission_window_s: when idle, the longest wait after a first arrival so
             that requests arriving together share one prefill.
+        admission_gap_s: the wait ends sooner once no request has arrived for
+            this long.
     """
 
     def __init__(
@@ -79,12 +91,15 @@ class Scheduler:
         *,
         max_running: int,
         max_queued: int,
-        admission_window_s: float = 0.002,
+        admission_window_s: float = 0.015,
+        admission_gap_s: float = 0.005,
     ) -> None:
         self._engine = engine
         self._max_running = max_running
         self._max_queued = max_queued
         self._window = admission_window_s
+        self._gap = min(admission_gap_s, admission_window_s)
+        self._last_arrival = 0.0
         self._waiting: deque[Sequence_] = deque()
         self._running: list[Sequence_] = []
         self._joining: list[Sequence_] = []  # taken from the queue, being prefilled
@@ -122,6 +137,7 @@ class Scheduler:
                     f"{self._max_queued} queued); retry later"
                 )
             self._waiting.append(seq)
+            self._last_arrival = time.monotonic()
             self._cond.notify()
 
     def wake(self) -> None:
@@ -144,9 +160,8 @@ class Scheduler:
                         self._cond.wait()
                     if self._stopping:
                         break
-                    idle = not self._running
-                if idle and self._window > 0:
-                    time.sleep(self._window)
+                    if not self._running:
+                        self._gather_burst()
                 try:
                     self._iterate()
                 except Exception:  # the batch fails, the service stays up
@@ -165,6 +180,18 @@ class Scheduler:
                 seq.finish("cancelled", CloudError("the inference engine failed"))
             else:
                 seq.finish("cancelled")
+
+    def _gather_burst(self) -> None:
+        """With the lock held and nothing running: wait for the rest of a burst."""
+        if self._window <= 0 or not self._waiting:
+            return
+        deadline = self._waiting[0].enqueued_at + self._window
+        while not self._stopping and len(self._waiting) < self._max_running:
+            until = min(deadline, self._last_arrival + self._gap)
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _fail_batch(self) -> None:
         """Fail the sequences of a step that raised, and start over with an empty batch.

@@ -235,3 +235,44 @@ def test_close_cancels_pending_work() -> None:
     for _, out in pairs:
         assert out.done.wait(1)
         assert out.finish.reason == "cancelled"
+
+
+def test_a_burst_arriving_with_short_pauses_shares_one_prefill(engine: FakeEngine) -> None:
+    # Gap 0.2 s, window 5 s: three requests 20 ms apart are one burst.
+    sched = Scheduler(
+        engine, max_running=8, max_queued=0, admission_window_s=5.0, admission_gap_s=0.2
+    )
+    outs = []
+    for name in ("a", "b", "c"):
+        seq, out = make(name, max_tokens=2)
+        sched.submit(seq)
+        outs.append(out)
+        time.sleep(0.02)
+    assert all(o.done.wait(5) for o in outs)
+    sched.close(5)
+    assert engine.prefills[0] == ["a", "b", "c"]
+
+
+def test_a_lone_request_waits_for_the_gap_not_the_window(engine: FakeEngine) -> None:
+    sched = Scheduler(
+        engine, max_running=8, max_queued=0, admission_window_s=30.0, admission_gap_s=0.05
+    )
+    seq, out = make("alone", max_tokens=1)
+    start = time.monotonic()
+    sched.submit(seq)
+    assert out.done.wait(10), "a lone request waited for the whole admission window"
+    waited = time.monotonic() - start
+    sched.close(5)
+    assert 0.05 <= waited < 10
+
+
+def test_the_admission_wait_ends_when_the_batch_is_full(engine: FakeEngine) -> None:
+    sched = Scheduler(
+        engine, max_running=2, max_queued=0, admission_window_s=30.0, admission_gap_s=30.0
+    )
+    pair = [make(n, max_tokens=1) for n in ("x", "y")]
+    for seq, _ in pair:
+        sched.submit(seq)
+    assert all(out.done.wait(10) for _, out in pair)
+    sched.close(5)
+    assert engine.prefills[0] == ["x", "y"]
