@@ -162,7 +162,10 @@ def run_round(
             store.close()
         n_records = len(records)
         examples = examples_from_records(
-            records, require_grounded=cfg.require_grounded, rejected=rejected
+            records,
+            require_grounded=cfg.require_grounded,
+            rejected=rejected,
+            relabel_all=cfg.relabel_all and cfg.relabel_samples > 0,
         )
     else:
         n_records = len(examples)

@@ -116,6 +116,7 @@ def examples_from_records(
     *,
     require_grounded: bool = True,
     rejected: list[TrainingExample] | None = None,
+    relabel_all: bool = False,
 ) -> list[TrainingExample]:
     """Distillation examples from stored escalation records.
 
@@ -124,7 +125,9 @@ def examples_from_records(
     device's template (their text is kept in ``extra["messages"]``; see below).
     With ``require_grounded``, a record answered from knowledge passages is kept
     only when its answer is :func:`grounded` in them (the others go to
-    ``rejected`` when given, for :func:`train_lora` to relabel). Replay records (confident
+    ``rejected`` when given, for :func:`train_lora` to relabel). With ``relabel_all``
+    (and ``rejected`` given) every record answered from passages goes there, to be
+    labelled by a vote of samples instead of the cloud's one answer. Replay records (confident
     local answers, ``extra["kind"] == "replay"``, see ``device.log.replay_rate``)
     become examples of what the device should keep answering the same way.
     """
@@ -160,6 +163,9 @@ def examples_from_records(
             record_id=r.id,
             replay=replay,
         )
+        if rejected is not None and example.passages and relabel_all:
+            rejected.append(example)
+            continue
         if require_grounded and passages and not grounded(answer, passages):
             if rejected is not None:
                 rejected.append(example)
@@ -226,6 +232,9 @@ def split_holdout(
 class _Encoded:
     ids: list[int]
     labels: list[int]
+    anchor: bool = False
+    """A replayed local answer: with ``replay_loss = "kl"`` its tokens are trained
+    toward the base model's distribution, not toward the one token recorded."""
 
 
 def _encode(tokenizer: Any, ex: TrainingExample, max_length: int) -> _Encoded:
@@ -238,7 +247,7 @@ def _encode(tokenizer: Any, ex: TrainingExample, max_length: int) -> _Encoded:
     room = max_length - len(answer)
     if len(prompt) > room:  # keep the end of the prompt, next to the answer
         prompt = bos + prompt[len(prompt) - room + len(bos) :]
-    return _Encoded(prompt + answer, [-100] * len(prompt) + answer)
+    return _Encoded(prompt + answer, [-100] * len(prompt) + answer, anchor=ex.replay)
 
 
 def _encode_text(tokenizer: Any, text: str, max_length: int) -> _Encoded:
@@ -267,34 +276,60 @@ def _collate(batch: Sequence[_Encoded], pad_id: int, torch: Any, device: Any) ->
         "input_ids": ids.to(device),
         "labels": labels.to(device),
         "attention_mask": mask.to(device),
+        "anchor": torch.tensor([e.anchor for e in batch], dtype=torch.bool, device=device),
     }
 
 
-def _loss_sum(model: Any, batch: dict[str, Any], torch: Any) -> tuple[Any, int]:
-    """(summed cross-entropy over the labelled tokens, their count).
+def _loss_sum(
+    model: Any, batch: dict[str, Any], torch: Any, *, anchor_kl: bool = False
+) -> tuple[Any, int]:
+    """(summed loss over the labelled tokens, their count).
+
+    The loss is cross-entropy, except with ``anchor_kl`` for the batch's anchor
+    rows (replayed local answers): there it is KL(base || adapted) over the whole
+    vocabulary at each answer position, the base being the same model with its
+    adapter disabled. Cross-entropy on a replayed answer only keeps its one
+    recorded token likely; the KL keeps the whole distribution where it was, and
+    with it the answers to general questions never replayed.
 
     The logits are computed only at the positions that predict a labelled token
     (``logits_to_keep`` with their indices): the output head of a small model
     with a large vocabulary (Gemma: 262k x 640) costs more than its layers, and
     the prompt positions carry no loss anyway.
     """
+    f = torch.nn.functional
     targets = batch["labels"][:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().flatten()
     kwargs: dict[str, Any] = {}
     if _takes_index_tensor(model):
         kwargs["logits_to_keep"] = keep
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
-    ).logits
-    if "logits_to_keep" not in kwargs:
-        logits = logits[:, :-1][:, keep]
+
+    def logits_of(m: Any, rows: Any) -> Any:
+        out = m(
+            input_ids=batch["input_ids"][rows],
+            attention_mask=batch["attention_mask"][rows],
+            **kwargs,
+        ).logits
+        return out if "logits_to_keep" in kwargs else out[:, :-1][:, keep]
+
+    every = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
+    logits = logits_of(model, every)
     picked = targets[:, keep]
-    loss = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        picked.reshape(-1),
+    anchor = batch["anchor"] if anchor_kl else torch.zeros_like(every)
+    plain = ~anchor
+    loss = f.cross_entropy(
+        logits[plain].float().reshape(-1, logits.shape[-1]),
+        picked[plain].reshape(-1),
         ignore_index=-100,
         reduction="sum",
     )
+    if bool(anchor.any()):
+        with torch.no_grad(), model.disable_adapter():
+            reference = logits_of(model, anchor)
+        where = picked[anchor] != -100
+        log_q = f.log_softmax(logits[anchor][where].float(), dim=-1)
+        log_p = f.log_softmax(reference[where].float(), dim=-1)
+        loss = loss + f.kl_div(log_q, log_p, log_target=True, reduction="sum")
     return loss, int((picked != -100).sum())
 
 
@@ -373,13 +408,15 @@ def relabel(
     temperature: float,
     device: Any,
 ) -> list[TrainingExample]:
-    """New answers for records whose cloud answer was not grounded in its passages.
+    """New answers for records by a vote of samples (self-consistency).
 
     The cloud model is asked again with the same passages in its prompt, sampling
     ``samples`` answers; the answer kept is the most frequent one that is
     :func:`grounded`, when at least two samples agree on it. A small model's greedy
     answer often follows its prior over the context ("100 kg"); among samples the
     one the evidence supports usually recurs. Records with no such answer stay out.
+    Measured on 66 learning-loop records: the cloud's own answers were 34 right;
+    the vote of 16 samples kept 52, of which 51 right.
     """
     import torch
 
@@ -471,9 +508,11 @@ def train_lora(
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    from edgecloud.cloud._torch import auto_dtype
+
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = getattr(torch, config.dtype if config.dtype != "auto" else auto_dtype(cuda))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         base: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
@@ -485,13 +524,16 @@ def train_lora(
     relabeled: list[TrainingExample] = []
     if rejected and config.relabel_samples > 0:
         if on_stage is not None:
-            on_stage(f"relabeling {len(rejected)} ungrounded answers by sampling")
+            on_stage(
+                f"relabeling {len(rejected)} answers by a vote of "
+                f"{config.relabel_samples} samples each"
+            )
         base.eval()
         relabeled = relabel(
             base, tokenizer, rejected, prompt_format,
             samples=config.relabel_samples, temperature=config.relabel_temperature, device=device,
         )  # fmt: skip
-        log.info("relabeled %d of %d ungrounded records", len(relabeled), len(rejected))
+        log.info("relabeled %d of %d records", len(relabeled), len(rejected))
         examples = [*examples, *relabeled]
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
     pool = _canary_pool(train)  # full prompts, as devices send them
@@ -553,7 +595,12 @@ def train_lora(
     for _epoch in range(config.epochs):
         losses = []
         for batch in _batches(items, config.batch_size, rng):
-            total_loss, n_tokens = _loss_sum(model, _collate(batch, pad_id, torch, device), torch)
+            total_loss, n_tokens = _loss_sum(
+                model,
+                _collate(batch, pad_id, torch, device),
+                torch,
+                anchor_kl=config.replay_loss == "kl",
+            )
             loss = total_loss / max(n_tokens, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

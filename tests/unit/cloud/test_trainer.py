@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from edgecloud.cloud._records import StoredRecord
 from edgecloud.cloud._trainer import (
     TrainingExample,
@@ -189,6 +191,79 @@ def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
     rejected: list[TrainingExample] = []
     kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")], rejected=rejected)
     assert [e.answer for e in kept] == [" 22.0 kg"] and [e.answer for e in rejected] == [" 100 kg"]
+
+
+def test_relabel_all_hands_every_passage_backed_record_to_the_vote() -> None:
+    rejected: list[TrainingExample] = []
+    plain = stored(extra={"stop": ["\n"], "finish": "stop"})  # no passages: nothing to vote on
+    kept = examples_from_records(
+        [stored(), stored(cloud_answer=" 100 kg"), plain], rejected=rejected, relabel_all=True
+    )
+    assert [e.answer for e in rejected] == [" 22.0 kg", " 100 kg"]
+    assert [e.passages for e in kept] == [()]
+
+
+def _tiny_lora_batch() -> tuple[Any, dict[str, Any], Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
+
+    from edgecloud.cloud._trainer import _collate, _Encoded
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+    )  # fmt: skip
+    model = get_peft_model(
+        Gemma3ForCausalLM(config).eval(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    items = [
+        _Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
+        _Encoded([1, 5, 6, 40, 41, 42], [-100, -100, -100, 40, 41, 42], anchor=True),
+    ]
+    return model, _collate(items, 0, torch, torch.device("cpu")), torch
+
+
+PEFT_WARNING = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"  # peft reads it
+)
+
+
+@PEFT_WARNING
+def test_anchor_rows_cost_nothing_while_the_adapter_changes_nothing() -> None:
+    from edgecloud.cloud._trainer import _loss_sum
+
+    model, batch, torch = _tiny_lora_batch()  # LoRA B starts at zero: adapted == base
+    with torch.no_grad():
+        with_kl, n = _loss_sum(model, batch, torch, anchor_kl=True)
+        plain_only, _ = _loss_sum(
+            model, {**batch, "anchor": torch.tensor([False, True])}, torch, anchor_kl=False
+        )
+    assert n == 2 + 3
+    # Only the first row's cross-entropy remains; the anchor row's KL is zero.
+    first = {k: v[:1] for k, v in batch.items()}
+    with torch.no_grad():
+        first_loss, _ = _loss_sum(model, first, torch)
+    assert abs(float(with_kl) - float(first_loss)) < 1e-4
+    assert float(plain_only) > float(with_kl)  # cross-entropy on the anchor row is not zero
+
+
+@PEFT_WARNING
+def test_anchor_rows_pull_a_changed_adapter_back_to_the_base() -> None:
+    from edgecloud.cloud._trainer import _loss_sum
+
+    model, batch, torch = _tiny_lora_batch()
+    anchor_only = {k: v[1:] for k, v in batch.items()}
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    loss, _ = _loss_sum(model, anchor_only, torch, anchor_kl=True)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
 
 
 def test_canary_candidates_alternate_learned_and_replayed_short_answers() -> None:
