@@ -169,9 +169,10 @@ def run_round(
         )
     else:
         n_records = len(examples)
-    if len(examples) < cfg.min_records:
+    candidates = len(examples) + (len(rejected) if cfg.relabel_samples > 0 else 0)
+    if candidates < cfg.min_records:
         raise InvalidRequestError(
-            f"{len(examples)} usable examples from {n_records} records; a round needs at "
+            f"{candidates} usable examples from {n_records} records; a round needs at "
             f"least {cfg.min_records} (cloud.train.min_records)"
         )
     stage("base", "loading the base model")

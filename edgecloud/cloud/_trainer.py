@@ -488,12 +488,14 @@ def train_lora(
         canary_size: canary items to pick (see :attr:`TrainReport.canary`).
 
     Raises:
-        InvalidRequestError: fewer usable examples than ``config.min_records``.
+        InvalidRequestError: fewer usable examples than ``config.min_records``
+            (counting those to relabel before relabeling, and again after).
         CloudModelLoadError: the base model or peft could not be loaded.
     """
-    if len(examples) < config.min_records:
+    candidates = len(examples) + (len(rejected) if config.relabel_samples > 0 else 0)
+    if candidates < config.min_records:
         raise InvalidRequestError(
-            f"{len(examples)} usable records; a round needs at least {config.min_records}"
+            f"{candidates} usable records; a round needs at least {config.min_records}"
         )
     try:
         import torch
@@ -535,6 +537,11 @@ def train_lora(
         )  # fmt: skip
         log.info("relabeled %d of %d records", len(relabeled), len(rejected))
         examples = [*examples, *relabeled]
+    if len(examples) < config.min_records:
+        raise InvalidRequestError(
+            f"{len(examples)} usable records after relabeling {len(rejected)} by a vote of "
+            f"samples; a round needs at least {config.min_records}"
+        )
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
     pool = _canary_pool(train)  # full prompts, as devices send them
     shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""

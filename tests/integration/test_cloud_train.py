@@ -91,10 +91,11 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["version"] == 1 and summary["records"] == 3
-    # the ungrounded answer was left out, unless sampling found a grounded one to replace it
-    assert summary["metrics"]["train"] == 2 + summary["metrics"]["relabeled"]
+    # every answer from passages is labelled by a vote of samples (cloud.train.relabel_all);
+    # a record whose samples agree on no grounded answer is left out
+    assert 1 <= summary["metrics"]["train"] == summary["metrics"]["relabeled"] <= 3
     assert "training LoRA on" in proc.stderr  # progress for the operator
-    assert "relabeling 1 ungrounded answers" in proc.stderr
+    assert "relabeling 3 answers by a vote of 16 samples each" in proc.stderr
     assert time.monotonic() - t0 < 600
 
     registry = AdapterRegistry(tmp_path / "registry")
