@@ -25,7 +25,7 @@ On the embedded default models, all in this process and over gRPC on 127.0.0.1:
    ``WatchAdapters``, fetches, verifies, installs, hot-swaps and runs its canary.
 6. **After**: step 3 again with the adapter on.
 
-    python bench/learning_loop.py [--facts 24] [--epochs 6] [--passages]
+    python bench/learning_loop.py [--facts 24] [--epochs N] [--passages]
 
 Prints a table; writes bench/results/learning_loop.json and learning_loop.png.
 """
@@ -161,7 +161,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "knowledge": {"directory": str(MANUAL), "index_dir": str(tmp / "idx")},
             "records": {"path": str(tmp / "records.sqlite3")},
             "registry": {"url": str(tmp / "registry"), "signing_key": str(key_path)},
-            "train": {"epochs": args.epochs, "include_passages": args.passages,
+            "train": {**({"epochs": args.epochs} if args.epochs else {}),
+                      "include_passages": args.passages,
                       "threads": args.threads, "adapter_id": "fleet"},
         },
     )  # fmt: skip
@@ -295,7 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "facts": args.facts,
             "general": args.general,
-            "epochs": args.epochs,
+            "epochs": settings.cloud.train.epochs,
             "passages": args.passages,
             "threshold": args.threshold,
             "router": ROUTER,
@@ -365,7 +366,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--facts", type=int, default=24, help="facts of the domain (of 46)")
     ap.add_argument("--general", type=int, default=80, help="general questions (forgetting)")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: cloud.train.epochs)"
+    )
     ap.add_argument("--passages", action=argparse.BooleanOptionalAction, default=False,
                     help="also train on the retrieved passages")  # fmt: skip
     ap.add_argument("--threshold", type=float, default=-1.0,

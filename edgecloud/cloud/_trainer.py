@@ -398,6 +398,60 @@ def _canary_pool(examples: Sequence[TrainingExample]) -> list[TrainingExample]:
     return pool
 
 
+def sample_answers(
+    model: Any,
+    tokenizer: Any,
+    ids: Any,
+    *,
+    samples: int,
+    budget: int,
+    temperature: float,
+    terminator: str | None,
+    device: Any,
+    top_k: int = 64,
+    top_p: float = 0.95,
+) -> list[str]:
+    """``samples`` sampled continuations of the prompt ``ids`` ([1, n] token ids).
+
+    The prompt (passages included: hundreds of tokens) is evaluated once and its
+    cache copied to every sample, and each step samples among the ``top_k`` best
+    tokens (then ``top_p``), so a step costs one batched forward. transformers'
+    ``generate(num_return_sequences=n)`` evaluated the prompt n times and drew
+    from the whole 262k vocabulary per row (``multinomial``: 82 ms per step for
+    16 rows, as much as the forward). A row stops at ``terminator`` or EOS.
+    """
+    import torch
+
+    eos = tokenizer.eos_token_id
+    tokens: list[list[int]] = [[] for _ in range(samples)]
+    done = [False] * samples
+    with torch.no_grad():
+        out = model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(samples)
+        logits = out.logits[:, -1, :].float().expand(samples, -1)
+        for _ in range(budget):
+            best = torch.topk(logits / temperature, min(top_k, logits.shape[-1]), dim=-1)
+            probs = best.values.softmax(-1)
+            probs = probs * ((probs.cumsum(-1) - probs) < top_p)  # keeps the best token
+            picked = best.indices.gather(1, torch.multinomial(probs, 1))
+            for i, token in enumerate(picked[:, 0].tolist()):
+                if done[i]:
+                    continue
+                if token == eos:
+                    done[i] = True
+                    continue
+                tokens[i].append(token)
+                if terminator and terminator in tokenizer.decode(tokens[i][-8:]):
+                    done[i] = True
+            if all(done):
+                break
+            out = model(input_ids=picked, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
 def relabel(
     model: Any,
     tokenizer: Any,
@@ -407,6 +461,7 @@ def relabel(
     samples: int,
     temperature: float,
     device: Any,
+    sampler: Callable[..., list[str]] | None = None,
 ) -> list[TrainingExample]:
     """New answers for records by a vote of samples (self-consistency).
 
@@ -423,27 +478,20 @@ def relabel(
     from edgecloud.cloud._prompting import apply_format
     from edgecloud.types import Passage
 
+    sampler = sampler or sample_answers
     out = []
     for ex in rejected:
         text = apply_format(prompt_format, ex.prompt, [Passage(p, "", 0.0) for p in ex.passages])
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         ids = torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]])
         budget = len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) + 8
-        with torch.no_grad():
-            rows = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=torch.ones_like(ids).to(device),
-                do_sample=True,
-                temperature=temperature,
-                top_p=0.95,
-                max_new_tokens=budget,
-                num_return_sequences=samples,
-                pad_token_id=tokenizer.pad_token_id or 0,
-            )
+        answers = sampler(
+            model, tokenizer, ids, samples=samples, budget=budget, temperature=temperature,
+            terminator=ex.terminator, device=device,
+        )  # fmt: skip
         votes: Counter[str] = Counter()
         first: dict[str, str] = {}
-        for row in rows:
-            answer = tokenizer.decode(row[ids.shape[1] :], skip_special_tokens=True)
+        for answer in answers:
             if ex.terminator:
                 answer = answer.split(ex.terminator, 1)[0]
             key = answer.strip()

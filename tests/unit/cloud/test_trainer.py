@@ -152,22 +152,19 @@ class _CharTok:
 
 
 class _Sampler:
-    """A 'model' whose samples are given: one list of answers per generate call."""
+    """Stands in for :func:`sample_answers`: one given list of answers per record."""
 
     def __init__(self, answers: list[list[str]]) -> None:
         self.answers = answers
         self.prompts: list[str] = []
 
-    def generate(self, input_ids: Any, num_return_sequences: int, **_: Any) -> Any:
-        import torch
-
-        prompt = input_ids[0].tolist()
-        self.prompts.append("".join(chr(i) for i in prompt))
+    def __call__(
+        self, model: Any, tokenizer: Any, ids: Any, *, samples: int, **_: Any
+    ) -> list[str]:
+        self.prompts.append(tokenizer.decode(ids[0].tolist()))
         batch = self.answers.pop(0)
-        assert len(batch) == num_return_sequences
-        width = max(len(a) for a in batch)
-        rows = [prompt + [ord(c) for c in a.ljust(width, "\n")] for a in batch]
-        return torch.tensor(rows)
+        assert len(batch) == samples
+        return batch
 
 
 def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
@@ -176,15 +173,16 @@ def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
     from edgecloud.cloud._trainer import relabel
 
     ex = TrainingExample("Q: payload?\nA:", " 100 kg", "\n", (PASSAGE,), "r1")
-    model = _Sampler([
+    sampler = _Sampler([
         [" 100 kg\n", " 22.0 kg\nQ:", " 22.0 kg", " 7 kg"],  # 22.0 kg: grounded, twice
         [" 100 kg", " 22.0 kg", " 100 kg", " 9 kg"],  # grounded once only: no label
         [" 100 kg", " 100 kg", " 100 kg", " 100 kg"],  # never grounded
     ])  # fmt: skip
-    out = relabel(model, _CharTok(), [ex, ex, ex], "Context: {context}\n\n{prompt}",
-                  samples=4, temperature=0.8, device=torch.device("cpu"))  # fmt: skip
+    out = relabel(None, _CharTok(), [ex, ex, ex], "Context: {context}\n\n{prompt}",
+                  samples=4, temperature=0.8, device=torch.device("cpu"),
+                  sampler=sampler)  # fmt: skip
     assert [e.answer for e in out] == [" 22.0 kg"] and out[0].record_id == "r1"
-    assert model.prompts[0] == f"Context: {PASSAGE}\n\nQ: payload?\nA:"  # the cloud's own prompt
+    assert sampler.prompts[0] == f"Context: {PASSAGE}\n\nQ: payload?\nA:"  # the cloud's prompt
 
 
 def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
@@ -264,6 +262,42 @@ def test_anchor_rows_pull_a_changed_adapter_back_to_the_base() -> None:
     loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
     assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+@PEFT_WARNING
+def test_sampled_answers_stop_at_the_terminator_and_share_one_prompt_pass() -> None:
+    import torch
+    from transformers import Gemma3TextConfig
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
+
+    from edgecloud.cloud._trainer import sample_answers
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+        eos_token_id=1, bos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    model = Gemma3ForCausalLM(config).eval()
+    calls: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+
+    class Tok:
+        eos_token_id = 1
+
+        def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+            return "".join(chr(97 + i % 26) if i > 2 else "" for i in ids)
+
+    answers = sample_answers(
+        model, Tok(), torch.tensor([[2, 40, 41, 42]]), samples=6, budget=12,
+        temperature=1.0, terminator="e", device=torch.device("cpu"),
+    )  # fmt: skip
+    assert len(answers) == 6 and len(set(answers)) > 1  # sampled, not six copies
+    for a in answers:
+        assert len(a) <= 12 and ("e" not in a or a.endswith("e"))  # cut at the terminator
+    assert calls[0] == 1 and all(n == 6 for n in calls[1:])  # the prompt ran once
 
 
 def test_canary_candidates_alternate_learned_and_replayed_short_answers() -> None:
