@@ -72,12 +72,12 @@ async def local_pass(
     the router would have escalated it (the monitor's rule over the same tokens)."""
     from edgecloud.device._hybrid import CancelScope
     from edgecloud.router import window_extremes
-    from edgecloud.types import Chunk, SamplingParams
+    from edgecloud.types import Chunk, Finish, SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=24, stop=("\n",))
     rows = []
     for question, answers in items:
-        text, lps, ents = "", [], []
+        text, lps, ents, scope = "", [], [], None
         async for ev in engine.stream(
             few_shot_prompt(question), params, route="local", cancel=CancelScope()
         ):
@@ -85,13 +85,20 @@ async def local_pass(
                 text += ev.text
                 lps.append(ev.logprob)
                 ents.append(ev.entropy)
+            elif isinstance(ev, Finish) and ev.route is not None:
+                scope = ev.route.signals.get("adapter_in_scope")
         lo, _ = window_extremes(lps, ents, ROUTER["window"], ROUTER["min_tokens"])
         rows.append({"question": question, "answer": text.strip(), "right": is_right(text, answers),
-                     "escalate": lo < threshold, "min_window_logprob": lo})  # fmt: skip
+                     "escalate": lo < threshold, "min_window_logprob": lo,
+                     "adapter_scope": scope})  # fmt: skip
     n = max(len(rows), 1)
+    scoped = [r for r in rows if r["adapter_scope"] is not None]
     return {
         "accuracy": sum(r["right"] for r in rows) / n,
         "escalation_rate": sum(r["escalate"] for r in rows) / n,
+        "adapter_rate": (
+            sum(bool(r["adapter_scope"]) for r in scoped) / len(scoped) if scoped else None
+        ),
         "rows": rows,
     }
 
@@ -129,6 +136,17 @@ def progress_printer(started: float) -> Any:
     return on_step
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--train``; the value is JSON when it parses as JSON."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--train takes KEY=VALUE, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.adapters._signing import generate_keypair
@@ -151,6 +169,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     traffic = (DATA / "general_traffic.txt").read_text().split("\n")
     traffic = [q for q in traffic if q.strip()][: args.traffic]
     tmp = Path(tempfile.mkdtemp(prefix="edgecloud-loop."))
+    print(f"work directory: {tmp} (records.sqlite3 there can be reused with --records)")
+    if args.records is not None:
+        import shutil
+
+        shutil.copyfile(args.records, tmp / "records.sqlite3")
     key_path, public = generate_keypair(tmp / "keys")
     base = Settings.load()
     settings = Settings.load(
@@ -163,7 +186,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "registry": {"url": str(tmp / "registry"), "signing_key": str(key_path)},
             "train": {**({"epochs": args.epochs} if args.epochs else {}),
                       "include_passages": args.passages,
-                      "threads": args.threads, "adapter_id": "fleet"},
+                      "threads": args.threads, "adapter_id": "fleet",
+                      **dict(_setting(kv) for kv in args.train)},
         },
     )  # fmt: skip
     t_setup = time.perf_counter()
@@ -197,7 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sync = AdapterSyncClient(target, tls=False)
     manager = AdapterManager(
         backend, device.device.adapters, base_sha256=base_sha, base_architecture=arch,
-        root=tmp / "adapters", client=sync,
+        root=tmp / "adapters", client=sync, on_scope=engine.set_adapter_scope,
     )  # fmt: skip
     manager.start()
     setup_s = time.perf_counter() - t_setup
@@ -208,13 +232,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"collect: the device asks {len(asked)} domain questions (3 phrasings x "
               f"{len(facts)} facts) and {len(traffic)} everyday ones")  # fmt: skip
         t0 = time.time()
-        collected = await collect(engine, asked)
-        collected["traffic"] = await collect(engine, traffic)
-        if not collected["uploaded"]:
+        if args.records is not None:
+            t0 = 0.0  # every record of the earlier run
+            collected = {"reused": str(args.records)}
+        else:
+            collected = await collect(engine, asked)
+            collected["traffic"] = await collect(engine, traffic)
+        if args.records is None and not collected["uploaded"]:
             raise RuntimeError("no escalation reached the cloud's record store (see the log)")
-        print(f"  domain: escalated {collected['escalated']}, uploaded {collected['uploaded']}; "
-              f"everyday: escalated {collected['traffic']['escalated']}, uploaded "
-              f"{collected['traffic']['uploaded']} (escalations + replay records)")  # fmt: skip
+        if args.records is None:
+            print(f"  domain: escalated {collected['escalated']}, uploaded "
+                  f"{collected['uploaded']}; everyday: escalated "
+                  f"{collected['traffic']['escalated']}, uploaded "
+                  f"{collected['traffic']['uploaded']} (escalations + replay records)")  # fmt: skip
         watcher = manager.start_watching()
         t_round = time.perf_counter()
         result = await asyncio.to_thread(
@@ -238,6 +268,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f"({t_swapped - t_published:.2f} s after publishing)")  # fmt: skip
         after = {"domain": await local_pass(engine, heldout, args.threshold),
                  "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+        unscoped = None
+        if result.scope is not None and not refused:
+            # The same adapter on every request (device.adapters.scope = false): what the
+            # scope spares the general answers, and what it costs the domain.
+            engine.set_adapter_scope(None)
+            unscoped = {"domain": await local_pass(engine, heldout, args.threshold),
+                        "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+            engine.set_adapter_scope(result.scope)
         forced = None
         if refused:
             # What the refused adapter would have done (diagnostic; the device runs the base).
@@ -261,6 +299,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "general_local_accuracy": [before["general"]["accuracy"], after["general"]["accuracy"]],
         "general_points_lost": 100 * (before["general"]["accuracy"] - after["general"]["accuracy"]),
         "device_refused_by_canary": refused,
+        "scope": result.scope is not None,
+        "unscoped_domain_local_accuracy": unscoped["domain"]["accuracy"] if unscoped else None,
+        "unscoped_general_local_accuracy": unscoped["general"]["accuracy"] if unscoped else None,
         "round_s": t_swapped - t_round,
         "ship_and_swap_s": t_swapped - t_published,
         "stage_s": result.stage_seconds,
@@ -292,6 +333,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "before": before,
         "after": after,
         "refused_adapter_forced": forced,
+        "after_unscoped": unscoped,
         "canary": [c["expect"] for c in report.canary],
         "settings": {
             "facts": args.facts,
@@ -387,6 +429,11 @@ def main() -> None:
     )
     ap.add_argument("--canary-min-pass", type=float, default=0.8,
                     help="device.adapters.canary_min_pass")  # fmt: skip
+    ap.add_argument("--records", type=Path, default=None,
+                    help="train on the records.sqlite3 of an earlier run instead of collecting "
+                         "(faster when only training changes)")  # fmt: skip
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a cloud.train setting for the round (repeatable), e.g. rank=32")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "learning_loop.json")
     args = ap.parse_args()

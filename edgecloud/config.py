@@ -253,6 +253,14 @@ class DeviceAdaptersConfig(BaseModel):
     )
     keep: int = Field(3, ge=1, le=100, description="Installed versions kept on disk.")
     scale: float = Field(1.0, gt=0.0, le=4.0, description="LoRA scale applied at swap time.")
+    scope: bool = Field(
+        True,
+        description=(
+            "Apply an adapter only to the requests inside the scope its version carries "
+            "(a head over the prompt's sentence embedding, fitted by the trainer); the rest "
+            "are answered by the base model. Off: the adapter answers every request."
+        ),
+    )
     canary: Path | None = Field(
         None,
         description=(
@@ -543,6 +551,21 @@ class CloudTrainConfig(BaseModel):
             "prompt): they say nothing about any one record and, on a small model, make "
             "most of each step's cost."
         ),
+    )
+    scope: bool = Field(
+        True,
+        description=(
+            "Fit the adapter's scope (which requests it is for) on the round's records: a "
+            "logistic head over sentence embeddings of the escalated prompts (inside) against "
+            "the replayed ones (outside), signed into the manifest. Needs replay records "
+            "(device.log.replay_rate) and the sentence encoder; without them, no scope."
+        ),
+    )
+    scope_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="A request is in scope when the head's probability reaches this.",
     )
     seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")
     threads: int | None = Field(

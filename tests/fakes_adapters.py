@@ -53,6 +53,7 @@ class FakeAdapterBackend:
         self._answer = base_answer
         self.swaps: list[Path | None] = []
         self.prompts: list[str] = []
+        self.used_adapter: list[bool] = []
         self._lock = threading.Lock()
 
     @property
@@ -82,9 +83,12 @@ class FakeAdapterBackend:
         cancel: threading.Event | None = None,
         *,
         prefix: str = "",
+        use_adapter: bool = True,
     ) -> Iterator[Chunk | Finish]:
         self.prompts.append(prompt if isinstance(prompt, str) else prompt[-1].content)
-        words = self._answer.split(" ")[: params.max_tokens]
+        self.used_adapter.append(use_adapter and self._adapter is not None)
+        answer = self._answer if use_adapter else self.base_answer
+        words = answer.split(" ")[: params.max_tokens]
         for i, word in enumerate(words):
             yield Chunk(("" if i == 0 else " ") + word, i, -0.1, 0.5, "local", i)
         yield Finish("stop", 3, len(words))
@@ -103,6 +107,7 @@ def publish_fake(
     size: int = 0,
     extra: Mapping[str, bytes] | None = None,
     gguf: Path | None = None,
+    scope: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish one version holding a fake ``adapter.gguf`` and a small peft dir."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,7 @@ def publish_fake(
         "data": {"records": 10, "train": 8, "holdout": 2},
         "metrics": {"holdout_accuracy": 0.5},
         "canary": list(canary),
+        "scope": scope,
     }
     return registry.publish(files, key=key, **kwargs)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "AdapterRegistry",
+    "AdapterScope",
     "CanaryItem",
     "Manifest",
     "SignedManifest",
@@ -37,6 +38,7 @@ __all__ = [
 
 _HOME = {
     "AdapterRegistry": "_registry",
+    "AdapterScope": "_manifest",
     "CanaryItem": "_manifest",
     "Manifest": "_manifest",
     "SignedManifest": "_signing",

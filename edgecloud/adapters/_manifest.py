@@ -2,8 +2,9 @@
 
 A manifest names the base model it was trained for (sha256 of the GGUF and its
 architecture), the LoRA shape, the data it was trained on, its held-out metrics,
-the canary prompts a device runs after swapping it in, and every file of the
-version with its sha256 and size. The signature covers :meth:`Manifest.to_json`,
+the canary prompts a device runs after swapping it in, optionally the scope of
+requests it applies to, and every file of the version with its sha256 and size.
+The signature covers :meth:`Manifest.to_json`,
 the canonical JSON bytes (sorted keys, no whitespace); a device verifies those
 exact bytes and only then parses them.
 """
@@ -11,7 +12,9 @@ exact bytes and only then parses them.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +25,7 @@ from edgecloud.errors import AdapterFormatError
 __all__ = [
     "ADAPTER_ID_PATTERN",
     "DEVICE_FILE",
+    "AdapterScope",
     "CanaryItem",
     "FileEntry",
     "Manifest",
@@ -114,6 +118,68 @@ class CanaryItem(BaseModel):
     expect: str = Field(min_length=1, max_length=1024)
 
 
+class AdapterScope(BaseModel):
+    """Which requests a version is for: a logistic head over the prompt's sentence embedding.
+
+    The trainer fits it on the prompts the adapter learned (the device used to
+    escalate them: inside) against the device's replayed confident answers (what
+    it already knew: outside). A device applies the adapter to a request only
+    when :meth:`applies` says so and answers the rest with the base model, so an
+    adapter trained on one domain leaves the device's other answers as they were.
+    The head reads the device's sentence encoder (``encoder`` names it,
+    ``weights`` has its dimension) on :meth:`text` of the prompt.
+
+    Examples:
+        >>> scope = manifest.scope                                          # doctest: +SKIP
+        >>> scope.applies(encoder.encode([scope.text(prompt)])[0])          # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    encoder: str = Field(
+        min_length=1, max_length=128, description="The sentence encoder the head reads."
+    )
+    strip_prefix: str = Field(
+        "",
+        max_length=65_536,
+        description="Removed from a prompt that starts with it before embedding (the lines "
+        "every training prompt shared, such as few-shot examples).",
+    )
+    weights: tuple[float, ...] = Field(
+        min_length=1, max_length=8192, description="One weight per embedding dimension."
+    )
+    bias: float = Field(description="Intercept of the logistic head.")
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="In scope when the head's probability reaches this."
+    )
+
+    def text(self, prompt_text: str) -> str:
+        """What to embed for ``prompt_text``: without :attr:`strip_prefix` when it starts so."""
+        if self.strip_prefix and prompt_text.startswith(self.strip_prefix):
+            return prompt_text[len(self.strip_prefix) :]
+        return prompt_text
+
+    def probability(self, embedding: Sequence[float]) -> float:
+        """The head's probability that a request with this embedding is in scope.
+
+        Raises:
+            ValueError: the embedding's dimension is not the head's.
+        """
+        if len(embedding) != len(self.weights):
+            raise ValueError(
+                f"embedding has {len(embedding)} dimensions, the scope expects "
+                f"{len(self.weights)} ({self.encoder})"
+            )
+        z = self.bias + math.fsum(
+            w * float(x) for w, x in zip(self.weights, embedding, strict=True)
+        )
+        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
+
+    def applies(self, embedding: Sequence[float]) -> bool:
+        """Whether the adapter is for a request with this embedding."""
+        return self.probability(embedding) >= self.threshold
+
+
 class Manifest(BaseModel):
     """One adapter version: base model, LoRA shape, data, metrics, canary, files.
 
@@ -139,6 +205,9 @@ class Manifest(BaseModel):
         default_factory=dict, description="Held-out metrics, e.g. accuracy before and after."
     )
     canary: tuple[CanaryItem, ...] = Field((), description="Prompts a device checks after a swap.")
+    scope: AdapterScope | None = Field(
+        None, description="The requests the adapter is for; None: every request."
+    )
     created_at: datetime = Field(description="When the version was published (UTC).")
     files: dict[str, FileEntry] = Field(
         min_length=1, description="Relative posix file name -> sha256 and size."

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecloud.adapters._manifest import (
+    AdapterScope,
     CanaryItem,
     FileEntry,
     Manifest,
@@ -317,6 +318,7 @@ class AdapterRegistry:
         data: TrainingData | Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
         canary: Sequence[CanaryItem | Mapping[str, str]] = (),
+        scope: AdapterScope | Mapping[str, Any] | None = None,
     ) -> Manifest:
         """Store a new version (latest + 1) of ``adapter_id`` and return its manifest.
 
@@ -328,6 +330,7 @@ class AdapterRegistry:
             files: relative posix name in the version -> local file, e.g.
                 ``{"adapter.gguf": ..., "peft/adapter_config.json": ...}``.
             key: the Ed25519 signing key (:func:`load_private_key`).
+            scope: the requests the adapter is for (None: every request).
 
         Raises:
             AdapterFormatError: a bad adapter id or file name, or manifest fields
@@ -356,6 +359,7 @@ class AdapterRegistry:
                 data=TrainingData.model_validate(data or {}),
                 metrics=dict(metrics or {}),
                 canary=tuple(CanaryItem.model_validate(c) for c in canary),
+                scope=AdapterScope.model_validate(scope) if scope is not None else None,
                 created_at=_now(),
                 files=entries,
             )

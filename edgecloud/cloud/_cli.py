@@ -359,6 +359,7 @@ def train_command(
         "version": result.version,
         "rollout_percent": result.rollout_percent,
         "metrics": result.report.metrics(),
+        "scope": result.scope is not None,
         "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
     }
     typer.echo(json.dumps(summary, indent=2))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from edgecloud.cloud._hf import cache_keyword, returned_cache
 from edgecloud.cloud._sequence import Sequence_, TokenStep
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class TorchEngine:
         self._pad = pad_id
         self._device = device
         self._use_adapters = use_adapters
+        self._cache_kw = cache_keyword(model)
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._mask: torch.Tensor | None = None  # [rows, length], 1 = real token
@@ -80,15 +82,15 @@ class TorchEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             # An index, not ``1``: the slice ``1`` takes is a non-contiguous view in a
             # prefill, and torch's CPU bfloat16 ``linear`` on a non-contiguous 3-D
             # input took 17 s here for the 262k-row output layer (55 ms contiguous).
             logits_to_keep=self._torch.tensor([ids.shape[1] - 1], device=ids.device),
+            **{self._cache_kw: cache},
             **kwargs,
         )
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :], returned_cache(out)
 
     def _can_pack(self, seqs: Sequence[Sequence_]) -> bool:
         """Whether ``seqs`` can be prefilled as one packed row (see :meth:`_prefill_packed`)."""
@@ -155,15 +157,15 @@ class TorchEngine:
                 input_ids=ids,
                 attention_mask=bias,
                 position_ids=positions,
-                past_key_values=DynamicCache(),
                 use_cache=True,
                 logits_to_keep=(ends - 1).to(dev),
+                **{self._cache_kw: DynamicCache()},
                 **kwargs,
             )
             steps, chosen = self._pick(out.logits[0], seqs)
             blank = pad[:, None, :, None]
             keys, values = [], []
-            for layer in out.past_key_values.layers:
+            for layer in returned_cache(out).layers:
                 # [1, heads, total, dim] -> [rows, heads, width, dim]
                 keys.append(layer.keys[0][:, source].transpose(0, 1).masked_fill(blank, 0.0))
                 values.append(layer.values[0][:, source].transpose(0, 1).masked_fill(blank, 0.0))

@@ -14,19 +14,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecloud.cloud._trainer import (
     TrainingExample,
     TrainProgress,
     TrainReport,
+    common_prompt_prefix,
     examples_from_records,
     train_lora,
 )
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, InvalidRequestError
 
-__all__ = ["RoundResult", "base_model", "run_round"]
+__all__ = ["RoundResult", "base_model", "fit_scope", "run_round"]
+
+if TYPE_CHECKING:
+    from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.device._encoder import SentenceEncoder
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -45,6 +50,7 @@ class RoundResult:
     records: int
     version: int | None = None
     rollout_percent: float | None = None
+    scope: AdapterScope | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -78,6 +84,46 @@ def base_model(settings: Settings, base_gguf: Path | None = None) -> tuple[Path,
         raise ConfigError(f"base GGUF not found: {base_gguf}")
     model_dir, _ = resolve_model_dir(settings)
     return model_dir, base_gguf, sha256_file(base_gguf), _architecture(base_gguf)
+
+
+def fit_scope(
+    examples: list[TrainingExample],
+    *,
+    threshold: float = 0.5,
+    encoder: SentenceEncoder | None = None,
+) -> AdapterScope | None:
+    """The requests an adapter trained on ``examples`` is for, or None when it cannot tell.
+
+    Inside: the prompts devices escalated (what the adapter learned); outside: the
+    replayed prompts (``device.log.replay_rate``: what the device already answered
+    well). A logistic head (:class:`edgecloud.router.LearnedRouter`, the learned
+    router's fit) on their sentence embeddings, without the prompt lines all
+    examples share (few-shot examples say nothing about a request). None without
+    examples of both kinds.
+    """
+    from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.router import LearnedRouter
+
+    inside = [ex.prompt for ex in examples if not ex.replay]
+    outside = [ex.prompt for ex in examples if ex.replay]
+    if not inside or not outside:
+        log.warning("no adapter scope: it needs escalated and replayed records (%d and %d); "
+                    "the adapter will answer every request", len(inside), len(outside))  # fmt: skip
+        return None
+    if encoder is None:
+        from edgecloud.device._encoder import SentenceEncoder
+
+        encoder = SentenceEncoder()
+    prefix = common_prompt_prefix(examples)
+    texts = [p[len(prefix) :] if p.startswith(prefix) else p for p in inside + outside]
+    head = LearnedRouter.fit(encoder.encode(texts), [True] * len(inside) + [False] * len(outside))
+    return AdapterScope(
+        encoder=encoder.identity,
+        strip_prefix=prefix,
+        weights=tuple(float(w) for w in head.weights),
+        bias=head.bias,
+        threshold=threshold,
+    )
 
 
 def _architecture(gguf_path: Path) -> str:
@@ -184,9 +230,15 @@ def run_round(
         model_dir, examples, cfg, peft_dir, progress=progress, rejected=rejected,
         prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage,
     )  # fmt: skip
+    scope = None
+    if cfg.scope:
+        stage("scope", "fitting the adapter's scope (which requests it is for)")
+        scope = fit_scope([*examples, *rejected], threshold=cfg.scope_threshold)
+        if scope is not None:
+            (out_dir / "scope.json").write_text(scope.model_dump_json(indent=1))
     stage("export", "exporting the llama.cpp LoRA GGUF")
     gguf_out = export_lora_gguf(peft_dir, out_dir / "adapter.gguf", architecture=arch)
-    result = RoundResult(report, out_dir, gguf_out, peft_dir, n_records)
+    result = RoundResult(report, out_dir, gguf_out, peft_dir, n_records, scope=scope)
     if publish and key is not None:
         from edgecloud.adapters._registry import AdapterRegistry
         from edgecloud.cloud._server import registry_url
@@ -209,6 +261,7 @@ def run_round(
             data=_data(since, until, n_records, report),
             metrics=report.metrics(),
             canary=report.canary,
+            scope=scope,
         )
         result.version = manifest.version
         registry.rollout(cfg.adapter_id, manifest.version, rollout_percent)

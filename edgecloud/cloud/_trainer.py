@@ -422,12 +422,15 @@ def sample_answers(
     """
     import torch
 
+    from edgecloud.cloud._hf import cache_keyword, returned_cache
+
     eos = tokenizer.eos_token_id
+    cache_kw = cache_keyword(model)
     tokens: list[list[int]] = [[] for _ in range(samples)]
     done = [False] * samples
     with torch.no_grad():
         out = model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = returned_cache(out)
         cache.batch_repeat_interleave(samples)
         logits = out.logits[:, -1, :].float().expand(samples, -1)
         for _ in range(budget):
@@ -446,8 +449,8 @@ def sample_answers(
                     done[i] = True
             if all(done):
                 break
-            out = model(input_ids=picked, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=picked, use_cache=True, **{cache_kw: cache})
+            cache = returned_cache(out)
             logits = out.logits[:, -1, :].float()
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 

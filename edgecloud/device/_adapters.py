@@ -38,7 +38,13 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecloud.adapters._gguf import fsync_dir
-from edgecloud.adapters._manifest import DEVICE_FILE, CanaryItem, Manifest, canonical_json
+from edgecloud.adapters._manifest import (
+    DEVICE_FILE,
+    AdapterScope,
+    CanaryItem,
+    Manifest,
+    canonical_json,
+)
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
 from edgecloud.config import DeviceAdaptersConfig
 from edgecloud.device.backends._base import AdapterCapable
@@ -182,6 +188,8 @@ class AdapterManager:
             and :meth:`apply` with offers from elsewhere.
         step_hook: called with the name of each install step ("downloaded",
             "staged", "installed", "swapped"); tests inject crashes here.
+        on_scope: told the scope of each version swapped in (None: the version has
+            none, or the base model runs), e.g. :meth:`HybridEngine.set_adapter_scope`.
 
     Raises:
         ConfigError: a public key or the canary file cannot be read.
@@ -203,6 +211,7 @@ class AdapterManager:
         root: Path,
         client: AdapterSource | None = None,
         step_hook: Callable[[str], None] | None = None,
+        on_scope: Callable[[AdapterScope | None], None] | None = None,
     ) -> None:
         self._backend = backend
         self._config = config
@@ -211,6 +220,7 @@ class AdapterManager:
         self._dir = Path(root).expanduser() / config.adapter_id
         self._client = client
         self._hook = step_hook or (lambda step: None)
+        self._on_scope = on_scope or (lambda scope: None)
         self._trusted = load_public_keys(config.public_keys)
         self._canary = load_canary(config.canary) if config.canary is not None else None
         self.device_id = config.device_id or socket.gethostname()
@@ -257,8 +267,9 @@ class AdapterManager:
         if state.version is None:
             return None
         try:
-            path = self._verified_install(state.version)
+            path, manifest = self._verified_install(state.version)
             self._backend.set_adapter(path, scale=self._config.scale)
+            self._set_scope(manifest.scope)
         except (AdapterError, OSError) as exc:
             log.error("cannot restore adapter version %d: %s", state.version, exc)
             self._save_state()
@@ -281,8 +292,9 @@ class AdapterManager:
         state = _State(version=self._current, bad=sorted(self._bad))
         _write_durable(self._dir / _STATE_FILE, state.model_dump_json().encode())
 
-    def _verified_install(self, version: int) -> Path:
-        """The installed GGUF of ``version`` after checking it again end to end."""
+    def _verified_install(self, version: int) -> tuple[Path, Manifest]:
+        """The installed GGUF of ``version`` and its manifest, after checking them again
+        end to end."""
         where = self._dir / str(version)
         try:
             meta = json.loads((where / "manifest.sig").read_bytes())
@@ -298,7 +310,7 @@ class AdapterManager:
         path = where / DEVICE_FILE
         if _sha256(path) != (entry.sha256, entry.size):
             raise AdapterIntegrityError(f"installed {path} differs from its manifest")
-        return path
+        return path, manifest
 
     # -- one offer --------------------------------------------------------------------------
 
@@ -351,7 +363,7 @@ class AdapterManager:
                 log.info("ignoring offer of bad adapter version %d", version)
                 return self._current
             if version == 0:
-                await self._swap(None)
+                await self._swap(None, None)
                 self._current = None
                 await asyncio.to_thread(self._save_state)
                 await self._report(0, "running")
@@ -381,7 +393,7 @@ class AdapterManager:
         path = await self._install(signed, manifest)
         previous = self._current
         try:
-            await self._swap(path)
+            await self._swap(path, manifest.scope)
         except AdapterError:
             # Refused before the swap (not a LoRA GGUF, another architecture): the
             # backend still runs the previous version; the files are useless.
@@ -394,7 +406,7 @@ class AdapterManager:
             detail = f"{passed}/{len(items)} canary prompts passed"
             log.error("adapter %s v%d failed its canary (%s); rolling back to %s",
                       offer.adapter_id, version, detail, previous or "the base model")  # fmt: skip
-            await self._swap(await asyncio.to_thread(self._good_path, previous))
+            await self._swap(*await asyncio.to_thread(self._good_path, previous))
             self._bad.add(version)
             await asyncio.to_thread(self._save_state)
             await asyncio.to_thread(shutil.rmtree, path.parent, True)
@@ -407,26 +419,35 @@ class AdapterManager:
         await self._report(version, "running")
         return version
 
-    def _good_path(self, version: int | None) -> Path | None:
-        """The GGUF to roll back to; the base model when the old version is unusable."""
+    def _good_path(self, version: int | None) -> tuple[Path | None, AdapterScope | None]:
+        """The GGUF to roll back to and its scope; the base model when the old version
+        is unusable."""
         if version is None:
-            return None
+            return None, None
         try:
-            return self._verified_install(version)
+            path, manifest = self._verified_install(version)
         except (AdapterError, OSError) as exc:
             log.error("cannot roll back to version %d (%s): using the base model", version, exc)
             self._current = None
-            return None
+            return None, None
+        return path, manifest.scope
 
-    async def _swap(self, path: Path | None) -> None:
+    async def _swap(self, path: Path | None, scope: AdapterScope | None) -> None:
         await asyncio.to_thread(self._backend.set_adapter, path, scale=self._config.scale)
+        # After the swap: until the new scope arrives, requests see the new adapter
+        # under the old scope (or none), never the old adapter under the new scope.
+        await asyncio.to_thread(self._set_scope, scope if path is not None else None)
+
+    def _set_scope(self, scope: AdapterScope | None) -> None:
+        self._on_scope(scope if self._config.scope else None)
 
     async def _install(self, signed: SignedManifest, manifest: Manifest) -> Path:
         version = manifest.version
         final = self._dir / str(version)
         if final.is_dir():
             with contextlib.suppress(AdapterError, OSError):
-                return await asyncio.to_thread(self._verified_install, version)
+                path, _ = await asyncio.to_thread(self._verified_install, version)
+                return path
             await asyncio.to_thread(shutil.rmtree, final, True)
         if self._client is None:
             raise TransportError(f"adapter version {version} is not installed and no cloud is set")

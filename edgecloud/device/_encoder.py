@@ -78,6 +78,19 @@ class SentenceEncoder:
         self._backend = OnnxBackend(model, intra_op_threads=threads)
         self._inputs = {s.name for s in self._backend.inputs}
         self.dim = int(self._backend.outputs[0].shape[-1] or 0)
+        self._model_path = Path(model)
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """Names this encoder's weights (file name and sha256 prefix), so a head trained
+        on its embeddings (an adapter scope) is only read with the same encoder."""
+        if self._identity is None:
+            from edgecloud.device._models import sha256_file
+
+            digest = sha256_file(self._model_path)[:16]
+            self._identity = f"{self._model_path.name}:{digest}"
+        return self._identity
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> npt.NDArray[np.float32]:
         """Embed ``texts``; returns an array of shape (len(texts), dim)."""

@@ -90,6 +90,7 @@ async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterMa
         base_architecture=arch or "",
         root=cfg.directory or settings.cache_dir / "adapters",
         client=client,
+        on_scope=engine.set_adapter_scope,
     )
     await asyncio.to_thread(manager.start)
     return manager

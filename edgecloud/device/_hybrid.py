@@ -56,6 +56,7 @@ from edgecloud.router import (
 from edgecloud.types import ChatMessage, Chunk, Finish, Passage, RouteInfo, SamplingParams
 
 if TYPE_CHECKING:
+    from edgecloud.adapters._manifest import AdapterScope
     from edgecloud.device._encoder import SentenceEncoder
     from edgecloud.device._endpoints import Endpoint, EndpointPool
     from edgecloud.device.backends import TextBackend
@@ -149,6 +150,7 @@ class HybridEngine:
         self.cloud_cfg = cloud
         self.log = log
         self.learned = learned
+        self._scope: tuple[AdapterScope, SentenceEncoder] | None = None
         self.usage = _CloudUsage()
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
         self.policies: list[Policy] = [
@@ -166,6 +168,53 @@ class HybridEngine:
             min_tokens=router.min_tokens,
             max_local_tokens=router.max_local_tokens,
         )
+
+    def set_adapter_scope(
+        self, scope: AdapterScope | None, *, encoder: SentenceEncoder | None = None
+    ) -> None:
+        """Answer only requests inside ``scope`` with the backend's adapter (None: all).
+
+        The adapter manager calls this with each version it swaps in. A scope needs
+        the sentence encoder it was fitted with (``encoder``, else the learned
+        router's, else the embedded default); when that encoder cannot be loaded or
+        is another one, the scope is dropped with a warning and the adapter answers
+        every request, as a version without a scope does.
+        """
+        if scope is None:
+            self._scope = None
+            return
+        if encoder is None and self.learned is not None:
+            encoder = self.learned[1]
+        if encoder is None and self._scope is not None:
+            encoder = self._scope[1]
+        try:
+            if encoder is None:
+                from edgecloud.device._encoder import SentenceEncoder
+
+                encoder = SentenceEncoder()
+            identity = encoder.identity
+        except (EdgeCloudError, ImportError, OSError) as exc:
+            log.warning("adapter scope ignored (no sentence encoder: %s): the adapter "
+                        "answers every request", exc)  # fmt: skip
+            self._scope = None
+            return
+        if identity != scope.encoder or encoder.dim != len(scope.weights):
+            log.warning("adapter scope ignored: fitted with encoder %s, this device has %s; "
+                        "the adapter answers every request", scope.encoder, identity)  # fmt: skip
+            self._scope = None
+            return
+        self._scope = (scope, encoder)
+
+    async def _in_scope(self, prompt: str | Sequence[ChatMessage]) -> tuple[float, bool] | None:
+        """(the adapter scope's probability for ``prompt``, whether it applies); None:
+        no scope is set."""
+        current = self._scope
+        if current is None:
+            return None
+        scope, encoder = current
+        vec = await asyncio.to_thread(encoder.encode, [scope.text(prompt_text(prompt))])
+        p = scope.probability(vec[0].tolist())
+        return p, p >= scope.threshold
 
     def _available(self) -> list[Endpoint]:
         return self.pool.available() if self.pool is not None else []
@@ -210,11 +259,17 @@ class HybridEngine:
                     f"the request demands the cloud but must stay on the device: {decision.reason}"
                 )
             raise TransportError(f"the request demands the cloud: {decision.reason}")
-        info = RouteInfo(
-            decision.policy, decision.reason, dict(decision.signals), private=decision.private
-        )
+        signals_out: dict[str, float | int | str | bool] = dict(decision.signals)
+        in_scope = await self._in_scope(prompt)
+        use_adapter = in_scope is None or in_scope[1]
+        if in_scope is not None:
+            signals_out["adapter_scope"] = in_scope[0]
+            signals_out["adapter_in_scope"] = in_scope[1]
+        info = RouteInfo(decision.policy, decision.reason, signals_out, private=decision.private)
         if decision.route == "cloud":
-            async for ev in self._cloud_part(prompt, params, "", 0, info, cancel, route == "cloud"):
+            async for ev in self._cloud_part(
+                prompt, params, "", 0, info, cancel, route == "cloud", use_adapter
+            ):
                 yield ev
             return
         watch = (
@@ -232,7 +287,9 @@ class HybridEngine:
         holdback = self.router_cfg.holdback_tokens if monitor is not None else 0
         handoff: Decision | None = None
         finish: Finish | None = None
-        async with contextlib.aclosing(self._local(prompt, params, "", cancel)) as events:
+        async with contextlib.aclosing(
+            self._local(prompt, params, "", cancel, use_adapter)
+        ) as events:
             async for ev in events:
                 if isinstance(ev, Finish):
                     finish = ev
@@ -276,7 +333,9 @@ class HybridEngine:
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
             return
         info = RouteInfo(handoff.policy, handoff.reason, dict(handoff.signals))
-        async for ev in self._cloud_part(prompt, params, "".join(parts), n, info, cancel, False):
+        async for ev in self._cloud_part(
+            prompt, params, "".join(parts), n, info, cancel, False, use_adapter
+        ):
             yield ev
 
     async def _cloud_part(
@@ -288,6 +347,7 @@ class HybridEngine:
         info: RouteInfo,
         cancel: CancelScope,
         demanded: bool,
+        use_adapter: bool = True,
     ) -> AsyncGenerator[Chunk | Finish, None]:
         """Stream the rest of the answer from the cloud; finish locally if it fails."""
         t0 = time.perf_counter()
@@ -348,7 +408,7 @@ class HybridEngine:
         finish: Finish | None = None
         n_local = 0
         async with contextlib.aclosing(
-            self._local(prompt, local_params, prefix + "".join(texts), cancel)
+            self._local(prompt, local_params, prefix + "".join(texts), cancel, use_adapter)
         ) as events:
             async for ev in events:
                 if isinstance(ev, Finish):
@@ -403,10 +463,18 @@ class HybridEngine:
         params: SamplingParams,
         prefix: str,
         cancel: CancelScope,
+        use_adapter: bool = True,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        """The device model's stream, run in a worker thread; leaving early stops it."""
+        """The device model's stream, run in a worker thread; leaving early stops it.
+
+        ``use_adapter=False`` (a request outside the adapter's scope) asks the backend
+        for its base model; the flag is only passed then, so backends without
+        adapters need not know it."""
         stop = cancel.child()
-        events = await asyncio.to_thread(self.backend.stream, prompt, params, stop, prefix=prefix)
+        extra: dict[str, Any] = {} if use_adapter else {"use_adapter": False}
+        events = await asyncio.to_thread(
+            self.backend.stream, prompt, params, stop, prefix=prefix, **extra
+        )
         queue: asyncio.Queue[object] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         worker = threading.Thread(

@@ -441,3 +441,46 @@ def test_real_llama_backend_hot_swaps_and_rolls_back_on_canary(
         assert "paris" in answer(backend).lower()
     print(f"\nreal adapter v1 (1.5 MB): fetch+verify+install+swap+2 canary prompts {took:.2f} s")
     assert [(r.version, r.status) for r in registry.fleet("default")] == [(3, "rejected")]
+
+
+def test_each_version_swapped_in_hands_its_signed_scope_on(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    scope = {"encoder": "fake:1", "weights": [1.0, -1.0], "bias": 0.0, "threshold": 0.6}
+    publish_fake(registry, key, tmp_path / "src", answer="scoped", scope=scope)
+    publish_fake(registry, key, tmp_path / "src", answer="unscoped")
+    root = tmp_path / "device"
+    seen: list[Any] = []
+
+    async def body(cfg: DeviceAdaptersConfig) -> None:
+        async with serving(registry, tmp_path) as server:
+            client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
+            m = manager(FakeAdapterBackend(), cfg, root, client, on_scope=seen.append)
+            m.start()
+            assert await m.apply(offer(registry, 1)) == 1
+            await client.close()
+
+    run(lambda: body(config(key)))
+    assert seen[-1] is not None and seen[-1].weights == (1.0, -1.0)
+    assert seen[-1].threshold == 0.6 and seen[-1].encoder == "fake:1"
+    # A restart restores version 1 with its scope, read back from the signed manifest.
+    restored = manager(FakeAdapterBackend(), config(key), root, None, on_scope=seen.append)
+    assert restored.start() == 1 and seen[-1] is not None and seen[-1].bias == 0.0
+
+    async def newer() -> None:
+        async with serving(registry, tmp_path) as server:
+            client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
+            m = manager(FakeAdapterBackend(), config(key), root, client, on_scope=seen.append)
+            m.start()
+            assert await m.apply(offer(registry, 2)) == 2  # a version without a scope
+            assert seen[-1] is None
+            assert await m.apply(AdapterOffer("default", 0)) is None  # the base model
+            assert seen[-1] is None
+            await client.close()
+
+    run(newer)
+    # device.adapters.scope = false: the adapter answers everything, whatever it carries.
+    seen.clear()
+    root = tmp_path / "device-without-scopes"
+    run(lambda: body(config(key, scope=False)))
+    assert seen == [None]

@@ -45,6 +45,19 @@ def record(question: str, answer: str, rid: str) -> EscalationRecord:
     )  # fmt: skip
 
 
+GENERAL = ("What is the capital of Spain?", "How many legs does a cat have?",
+           "What colour is grass?", "Who wrote Hamlet?")  # fmt: skip
+
+
+def replay(question: str, answer: str, rid: str) -> EscalationRecord:
+    """A confident local answer the device logged (device.log.replay_rate)."""
+    return EscalationRecord(
+        prompt=f"{SHOTS}Q: {question}\nA:", local_partial=answer, cloud_answer="",
+        route_policy="default", route_reason="confident", id=rid,
+        extra={"kind": "replay", "stop": ["\n"], "finish": "stop"},
+    )  # fmt: skip
+
+
 def write_config(tmp: Path, key: Path, records: Path, registry: Path) -> Path:
     config = tmp / "cloud.toml"
     config.write_text(
@@ -75,6 +88,8 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
             record(QUESTIONS[0], " 22.0 kg", "r1"),
             record(QUESTIONS[1], " orange", "r2"),
             record(QUESTIONS[2], " 100 kg", "r3"),  # not in the manual
+            *(replay(q, a, f"p{i}") for i, (q, a) in
+              enumerate(zip(GENERAL, (" Madrid", " 4", " green", " Shakespeare"), strict=True))),
         ],
         device="robot-1",
     )
@@ -90,10 +105,11 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
-    assert summary["version"] == 1 and summary["records"] == 3
+    assert summary["version"] == 1 and summary["records"] == 7
     # every answer from passages is labelled by a vote of samples (cloud.train.relabel_all);
     # a record whose samples agree on no grounded answer is left out
-    assert 1 <= summary["metrics"]["train"] == summary["metrics"]["relabeled"] <= 3
+    assert 1 <= summary["metrics"]["relabeled"] <= 3
+    assert summary["metrics"]["train"] == summary["metrics"]["relabeled"] + 4  # + replay
     assert "training LoRA on" in proc.stderr  # progress for the operator
     assert "relabeling 3 answers by a vote of 16 samples each" in proc.stderr
     assert time.monotonic() - t0 < 600
@@ -106,9 +122,24 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     assert manifest.base_architecture == "gemma3" and manifest.rank == 4
     assert {"adapter.gguf", "peft/adapter_model.safetensors"} <= set(manifest.files)
     # canary items: trained prompts the adapted model answers right (none is fine after 1 epoch)
-    asked = {f"{SHOTS}Q: {q}\nA:" for q in QUESTIONS}
+    asked = {f"{SHOTS}Q: {q}\nA:" for q in QUESTIONS + GENERAL}
     assert {c.prompt for c in manifest.canary} <= asked
     assert registry.rollout_state("fleet").stable == 1
+    # The scope, signed in the manifest: escalated phrasings inside, replayed ones outside,
+    # read with the device's own encoder on the prompt without the shared few-shot lines.
+    scope = manifest.scope
+    assert scope is not None and scope.strip_prefix == SHOTS
+    from edgecloud.device._encoder import SentenceEncoder
+
+    encoder = SentenceEncoder()
+    assert scope.encoder == encoder.identity
+
+    def p(question: str) -> float:
+        vec = encoder.encode([scope.text(f"{SHOTS}Q: {question}\nA:")])[0]
+        return scope.probability(vec.tolist())
+
+    assert p("Tell me how much the Kestrel robot can carry.") > scope.threshold
+    assert p("What is the capital of Italy?") < scope.threshold
 
     from edgecloud.device.backends import LlamaCppBackend
 

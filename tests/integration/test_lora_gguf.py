@@ -164,6 +164,28 @@ def test_detaching_returns_exactly_the_base_output(
         dev.set_adapter(None)
 
 
+def test_a_request_without_the_adapter_gets_the_base_output_and_keeps_it_loaded(
+    dev: LlamaCppBackend, lora_gguf: Path, base_tokens: list[list[int]]
+) -> None:
+    dev.set_adapter(lora_gguf)
+    try:
+        adapted = _tokens(dev, PROMPTS[0])
+        assert adapted != base_tokens[0]
+
+        def tokens(use_adapter: bool) -> list[int]:
+            events = dev.stream(PROMPTS[0], GREEDY, use_adapter=use_adapter)
+            return [e.token_id for e in events if isinstance(e, Chunk)]
+
+        # Alternating: each change drops the KV cache, so neither leaks into the other.
+        assert tokens(False) == base_tokens[0]
+        assert dev.adapter == lora_gguf  # still loaded
+        assert tokens(True) == adapted
+        assert tokens(False) == base_tokens[0]
+        assert _tokens(dev, PROMPTS[0]) == adapted  # the default is the adapter
+    finally:
+        dev.set_adapter(None)
+
+
 def test_scale_zero_is_the_base_model(
     dev: LlamaCppBackend, lora_gguf: Path, base_tokens: list[list[int]]
 ) -> None:

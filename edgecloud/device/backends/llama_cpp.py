@@ -166,6 +166,7 @@ class LlamaCppBackend(TextBackend):
         self._adapter_handles: list[Any] = []
         self._adapter_path: Path | None = None
         self._adapter_scale = 0.0
+        self._adapter_on = False  # whether the loaded adapter is attached to the context
         self._finalizer = weakref.finalize(
             self, _free_native, ll, ctx, model, self._adapter_handles
         )
@@ -304,6 +305,7 @@ class LlamaCppBackend(TextBackend):
                 self._adapter_handles[:] = [handle] if handle else []
                 self._adapter_path = path
                 self._adapter_scale = scale if handle else 0.0
+                self._adapter_on = bool(handle)
         finally:
             self._lock.release()
         return time.perf_counter() - start
@@ -365,7 +367,14 @@ class LlamaCppBackend(TextBackend):
         cancel: threading.Event | None = None,
         *,
         prefix: str = "",
+        use_adapter: bool = True,
     ) -> Iterator[Chunk | Finish]:
+        """Stream the answer to ``prompt``; see :meth:`TextBackend.stream`.
+
+        ``use_adapter=False`` answers this request with the base model while an
+        adapter stays loaded (an adapter scope's out-of-scope requests): detaching
+        and attaching take microseconds, but each change empties the KV cache.
+        """
         tokens, rendered = self._prompt_tokens(prompt, prefix)
         if not tokens:
             raise InvalidRequestError("the prompt is empty after tokenization")
@@ -381,7 +390,7 @@ class LlamaCppBackend(TextBackend):
                 f"max_tokens={params.max_tokens} exceeds the model context of {self._n_ctx} tokens"
             )
         stops = tuple(params.stop) + rendered.stop
-        return self._generate(tokens, params, stops, cancel or threading.Event())
+        return self._generate(tokens, params, stops, cancel or threading.Event(), use_adapter)
 
     def _generate(
         self,
@@ -389,6 +398,7 @@ class LlamaCppBackend(TextBackend):
         params: SamplingParams,
         stops: tuple[str, ...],
         cancel: threading.Event,
+        use_adapter: bool = True,
     ) -> Iterator[Chunk | Finish]:
         if not self._lock.acquire(cancel):
             yield Finish("cancelled", len(prompt), 0)
@@ -398,6 +408,11 @@ class LlamaCppBackend(TextBackend):
             ll = self._ll
             with self._native:
                 self._check_open()
+                want = bool(use_adapter and self._adapter_handles)
+                if want != self._adapter_on:
+                    self._attach(self._adapter_handles[0] if want else None, self._adapter_scale)
+                    self._adapter_on = want
+                    self._reset_cache()  # the cached keys and values were computed otherwise
                 self._prefill(prompt)
                 sampler = self._make_sampler(params)
             ctx, vocab, native = self._ctx, self._vocab, self._native
