@@ -88,8 +88,12 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
             record(QUESTIONS[0], " 22.0 kg", "r1"),
             record(QUESTIONS[1], " orange", "r2"),
             record(QUESTIONS[2], " 100 kg", "r3"),  # not in the manual
-            *(replay(q, a, f"p{i}") for i, (q, a) in
-              enumerate(zip(GENERAL, (" Madrid", " 4", " green", " Shakespeare"), strict=True))),
+            *(
+                replay(q, a, f"p{i}")
+                for i, (q, a) in enumerate(
+                    zip(GENERAL, (" Madrid", " 4", " green", " Shakespeare"), strict=True)
+                )
+            ),
         ],
         device="robot-1",
     )
