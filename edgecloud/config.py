@@ -506,9 +506,10 @@ class CloudTrainConfig(BaseModel):
     relabel_all: bool = Field(
         True,
         description=(
-            "Relabel every record answered from passages, not only those failing "
-            "require_grounded: its label becomes the grounded answer most of "
-            "relabel_samples samples agree on (self-consistency), or it is left out."
+            "Relabel every escalated record, not only those failing require_grounded: "
+            "its label becomes the answer most of relabel_samples samples agree on "
+            "(self-consistency; grounded in its passages, or shared by "
+            "relabel_min_share of them when it had none), or it is left out."
         ),
     )
     relabel_samples: int = Field(
@@ -523,6 +524,24 @@ class CloudTrainConfig(BaseModel):
     )
     relabel_temperature: float = Field(
         0.7, gt=0.0, le=2.0, description="Sampling temperature of relabeling."
+    )
+    relabel_min_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "For records the cloud answered without passages (nothing to ground them in): "
+            "the share of relabel_samples that must agree on an answer to keep it."
+        ),
+    )
+    check_replay: bool = Field(
+        True,
+        description=(
+            "Look each replayed local answer up in the cloud's knowledge base "
+            "(cloud.knowledge): one the passages found for it do not support is a "
+            "confident wrong answer, relabeled by the vote like an escalation instead "
+            "of replayed as it was."
+        ),
     )
     # Measured once on the learning-loop records (bfloat16, 3e-4 x 6 epochs, votes of
     # 16): 'label' 18/24 held-out domain and 29/76 general (base 32/76); 'kl' 15/24

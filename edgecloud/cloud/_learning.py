@@ -27,10 +27,11 @@ from edgecloud.cloud._trainer import (
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, InvalidRequestError
 
-__all__ = ["RoundResult", "base_model", "fit_scope", "run_round"]
+__all__ = ["RoundResult", "base_model", "check_replay", "fit_scope", "run_round"]
 
 if TYPE_CHECKING:
     from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.device._encoder import SentenceEncoder
 
 log = logging.getLogger("edgecloud.cloud")
@@ -84,6 +85,45 @@ def base_model(settings: Settings, base_gguf: Path | None = None) -> tuple[Path,
         raise ConfigError(f"base GGUF not found: {base_gguf}")
     model_dir, _ = resolve_model_dir(settings)
     return model_dir, base_gguf, sha256_file(base_gguf), _architecture(base_gguf)
+
+
+def check_replay(
+    examples: list[TrainingExample],
+    knowledge: KnowledgeBase,
+    *,
+    top_k: int = 2,
+    min_score: float = 0.0,
+) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """(examples to keep, replayed answers to relabel): replay checked against knowledge.
+
+    A replayed record is an answer the device gave confidently, kept so that a round
+    does not unlearn it; but a small model is confidently wrong too. When the
+    knowledge base has passages for its question (searched as the cloud searches a
+    request) that do not support the answer (:func:`grounded`), it is a confident
+    wrong answer: replaying it would teach the error, so it goes to the vote with
+    those passages, as an escalation would have. Replayed answers the passages
+    support, and those the knowledge base knows nothing of, stay as they are.
+    """
+    import dataclasses
+
+    from edgecloud.cloud._prompting import question_of
+    from edgecloud.cloud._trainer import grounded
+
+    keep: list[TrainingExample] = []
+    wrong: list[TrainingExample] = []
+    for ex in examples:
+        if not ex.replay:
+            keep.append(ex)
+            continue
+        found = knowledge.search(question_of(ex.prompt), top_k, min_score)
+        passages = tuple(p.text for p in found)
+        if passages and not grounded(ex.answer, passages):
+            wrong.append(dataclasses.replace(ex, replay=False, passages=passages))
+        else:
+            keep.append(ex)
+    log.info("replay: %d of %d replayed answers contradict the knowledge base; relabeling them",
+             len(wrong), sum(ex.replay for ex in examples))  # fmt: skip
+    return keep, wrong
 
 
 def fit_scope(
@@ -200,6 +240,7 @@ def run_round(
     stage("records", "reading escalation records")
     n_records = 0
     rejected: list[TrainingExample] = []
+    wrong: list[TrainingExample] = []
     if examples is None:
         store = RecordStore(records_path(settings.cloud, settings.cache_dir))
         try:
@@ -215,6 +256,19 @@ def run_round(
         )
     else:
         n_records = len(examples)
+    if cfg.check_replay and cfg.relabel_samples > 0 and any(ex.replay for ex in examples):
+        from edgecloud.cloud._server import load_knowledge
+
+        knowledge = load_knowledge(settings.cloud)
+        if knowledge is not None:
+            stage("replay", "checking replayed answers against the knowledge base")
+            examples, wrong = check_replay(
+                examples, knowledge, top_k=settings.cloud.knowledge.top_k,
+                min_score=settings.cloud.knowledge.min_score,
+            )  # fmt: skip
+            rejected += wrong
+            if on_stage is not None and wrong:
+                on_stage(f"{len(wrong)} replayed answers contradict the knowledge base")
     candidates = len(examples) + (len(rejected) if cfg.relabel_samples > 0 else 0)
     if candidates < cfg.min_records:
         raise InvalidRequestError(
@@ -230,6 +284,7 @@ def run_round(
         model_dir, examples, cfg, peft_dir, progress=progress, rejected=rejected,
         prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage,
     )  # fmt: skip
+    report.replay_contradicted = len(wrong)
     scope = None
     if cfg.scope:
         stage("scope", "fitting the adapter's scope (which requests it is for)")

@@ -97,6 +97,8 @@ class TrainReport:
     holdout_loss_after: float | None = None
     holdout_exact_before: float | None = None
     holdout_exact_after: float | None = None
+    replay_contradicted: int = 0
+    """Replayed local answers the knowledge base contradicted, relabeled instead."""
     losses: list[float] = field(default_factory=list)
     canary: list[dict[str, str]] = field(default_factory=list)
     """Trained examples the adapted torch model answers right: a device running the
@@ -126,8 +128,9 @@ def examples_from_records(
     With ``require_grounded``, a record answered from knowledge passages is kept
     only when its answer is :func:`grounded` in them (the others go to
     ``rejected`` when given, for :func:`train_lora` to relabel). With ``relabel_all``
-    (and ``rejected`` given) every record answered from passages goes there, to be
-    labelled by a vote of samples instead of the cloud's one answer. Replay records (confident
+    (and ``rejected`` given) every escalated record goes there, to be labelled by a
+    vote of samples instead of the cloud's one answer (with its passages, or without
+    when it had none). Replay records (confident
     local answers, ``extra["kind"] == "replay"``, see ``device.log.replay_rate``)
     become examples of what the device should keep answering the same way.
     """
@@ -163,7 +166,7 @@ def examples_from_records(
             record_id=r.id,
             replay=replay,
         )
-        if rejected is not None and example.passages and relabel_all:
+        if rejected is not None and relabel_all and not replay:
             rejected.append(example)
             continue
         if require_grounded and passages and not grounded(answer, passages):
@@ -465,6 +468,7 @@ def relabel(
     temperature: float,
     device: Any,
     sampler: Callable[..., list[str]] | None = None,
+    min_share: float = 0.5,
 ) -> list[TrainingExample]:
     """New answers for records by a vote of samples (self-consistency).
 
@@ -475,6 +479,10 @@ def relabel(
     one the evidence supports usually recurs. Records with no such answer stay out.
     Measured on 66 learning-loop records: the cloud's own answers were 34 right;
     the vote of 16 samples kept 52, of which 51 right.
+
+    A record the cloud answered without passages has nothing to be grounded in: its
+    answer is kept only when at least ``min_share`` of the samples agree on it (the
+    teacher is sure), since distilling what a teacher guesses teaches guesses.
     """
     import torch
 
@@ -484,7 +492,11 @@ def relabel(
     sampler = sampler or sample_answers
     out = []
     for ex in rejected:
-        text = apply_format(prompt_format, ex.prompt, [Passage(p, "", 0.0) for p in ex.passages])
+        text = ex.prompt
+        if ex.passages:
+            text = apply_format(
+                prompt_format, ex.prompt, [Passage(p, "", 0.0) for p in ex.passages]
+            )
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         ids = torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]])
         budget = len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) + 8
@@ -498,12 +510,12 @@ def relabel(
             if ex.terminator:
                 answer = answer.split(ex.terminator, 1)[0]
             key = answer.strip()
-            if key and grounded(answer, ex.passages):
+            if key and (not ex.passages or grounded(answer, ex.passages)):
                 votes[key] += 1
                 first.setdefault(key, answer)
         if votes:
             key, n = votes.most_common(1)[0]
-            if n >= 2:
+            if n >= (2 if ex.passages else max(2, math.ceil(min_share * samples))):
                 out.append(dataclasses.replace(ex, answer=first[key]))
     return out
 
@@ -585,6 +597,7 @@ def train_lora(
         relabeled = relabel(
             base, tokenizer, rejected, prompt_format,
             samples=config.relabel_samples, temperature=config.relabel_temperature, device=device,
+            min_share=config.relabel_min_share,
         )  # fmt: skip
         log.info("relabeled %d of %d records", len(relabeled), len(rejected))
         examples = [*examples, *relabeled]

@@ -191,14 +191,56 @@ def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
     assert [e.answer for e in kept] == [" 22.0 kg"] and [e.answer for e in rejected] == [" 100 kg"]
 
 
-def test_relabel_all_hands_every_passage_backed_record_to_the_vote() -> None:
+def test_relabel_all_hands_every_escalated_record_to_the_vote() -> None:
     rejected: list[TrainingExample] = []
-    plain = stored(extra={"stop": ["\n"], "finish": "stop"})  # no passages: nothing to vote on
+    plain = stored(extra={"stop": ["\n"], "finish": "stop"})  # answered without passages
+    replayed = stored(extra={"stop": ["\n"], "finish": "stop", "kind": "replay"})
     kept = examples_from_records(
-        [stored(), stored(cloud_answer=" 100 kg"), plain], rejected=rejected, relabel_all=True
+        [stored(), stored(cloud_answer=" 100 kg"), plain, replayed],
+        rejected=rejected,
+        relabel_all=True,
     )
-    assert [e.answer for e in rejected] == [" 22.0 kg", " 100 kg"]
-    assert [e.passages for e in kept] == [()]
+    assert [e.answer for e in rejected] == [" 22.0 kg", " 100 kg", " 22.0 kg"]
+    assert [e.passages for e in rejected][2] == ()
+    assert [e.replay for e in kept] == [True]  # a replayed answer is not the cloud's
+
+
+def test_without_passages_a_label_needs_the_share_of_samples_to_agree() -> None:
+    import torch
+
+    from edgecloud.cloud._trainer import relabel
+
+    ex = TrainingExample("Q: What colour is snow?\nA:", " Red", "\n", (), "r1")
+    sampler = _Sampler([
+        [" white", " white", " white", " Red"],  # 3 of 4 agree: kept
+        [" white", " white", " Red", " blue"],  # 2 of 4: half is not enough at 0.75
+    ])  # fmt: skip
+    out = relabel(None, _CharTok(), [ex, ex], "Context: {context}\n\n{prompt}", samples=4,
+                  temperature=0.8, device=torch.device("cpu"), sampler=sampler,
+                  min_share=0.75)  # fmt: skip
+    assert [e.answer for e in out] == [" white"]
+    assert sampler.prompts[0] == "Q: What colour is snow?\nA:"  # what the cloud ran: no context
+
+
+def test_replayed_answers_the_knowledge_contradicts_go_to_the_vote() -> None:
+    from edgecloud.cloud._learning import check_replay
+    from edgecloud.types import Passage
+
+    class Knowledge:
+        def search(self, query: str, k: int = 3, min_score: float = 0.0) -> list[Passage]:
+            self.asked = (query, k, min_score)
+            return [Passage(PASSAGE, "kestrel.md", 0.8)] if "Kestrel" in query else []
+
+    shots = "Q: What is the capital of France?\nA: Paris\n"
+    wrong = TrainingExample(f"{shots}Q: Kestrel payload?\nA:", " 100 kg", "\n", replay=True)
+    right = TrainingExample(f"{shots}Q: Kestrel payload?\nA:", " 22.0 kg", "\n", replay=True)
+    unknown = TrainingExample(f"{shots}Q: Capital of Spain?\nA:", " Madrid", "\n", replay=True)
+    learned = TrainingExample(f"{shots}Q: Kestrel colour?\nA:", " orange", "\n", (PASSAGE,))
+    kb = Knowledge()
+    keep, relabel = check_replay([wrong, right, unknown, learned], kb, top_k=2, min_score=0.3)  # type: ignore[arg-type]
+    assert keep == [right, unknown, learned]
+    assert [(e.answer, e.replay, e.passages) for e in relabel] == [(" 100 kg", False, (PASSAGE,))]
+    assert kb.asked == ("Capital of Spain?", 2, 0.3)  # the question, as the cloud searches
 
 
 def _tiny_lora_batch() -> tuple[Any, dict[str, Any], Any]:
