@@ -134,12 +134,12 @@ def fit_scope(
 ) -> AdapterScope | None:
     """The requests an adapter trained on ``examples`` is for, or None when it cannot tell.
 
-    Inside: the prompts devices escalated (what the adapter learned); outside: the
-    replayed prompts (``device.log.replay_rate``: what the device already answered
-    well). A logistic head (:class:`edgecloud.router.LearnedRouter`, the learned
-    router's fit) on their sentence embeddings, without the prompt lines all
-    examples share (few-shot examples say nothing about a request). None without
-    examples of both kinds.
+    Inside: the prompts the adapter learned an answer for (escalations, and replayed
+    answers the knowledge base contradicted); outside: the replayed prompts
+    (``device.log.replay_rate``: what the device already answered well). A logistic
+    head (:class:`edgecloud.router.LearnedRouter`, the learned router's fit) on their
+    sentence embeddings, without the prompt lines all examples share (few-shot
+    examples say nothing about a request). None without examples of both kinds.
     """
     from edgecloud.adapters._manifest import AdapterScope
     from edgecloud.router import LearnedRouter
@@ -280,15 +280,18 @@ def run_round(
     stage("train", f"training from {len(examples)} examples ({len(rejected)} to relabel)")
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_dir = out_dir / "peft"
+    used: list[TrainingExample] = []
     report = train_lora(
         model_dir, examples, cfg, peft_dir, progress=progress, rejected=rejected,
-        prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage,
+        prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage, used=used,
     )  # fmt: skip
     report.replay_contradicted = len(wrong)
     scope = None
     if cfg.scope:
         stage("scope", "fitting the adapter's scope (which requests it is for)")
-        scope = fit_scope([*examples, *rejected], threshold=cfg.scope_threshold)
+        # What the adapter learned (records the vote left out are not), against what
+        # was replayed as it was.
+        scope = fit_scope(used, threshold=cfg.scope_threshold)
         if scope is not None:
             (out_dir / "scope.json").write_text(scope.model_dump_json(indent=1))
     stage("export", "exporting the llama.cpp LoRA GGUF")

@@ -532,6 +532,7 @@ def train_lora(
     prompt_format: str = "Context: {context}\n\n{prompt}",
     on_stage: Callable[[str], None] | None = None,
     canary_size: int = 8,
+    used: list[TrainingExample] | None = None,
 ) -> TrainReport:
     """Train a LoRA adapter on ``examples`` and save it (peft format) in ``out_dir``.
 
@@ -549,6 +550,9 @@ def train_lora(
         prompt_format: the cloud's ``cloud.model.prompt_format``, for relabeling.
         on_stage: told when relabeling and training start.
         canary_size: canary items to pick (see :attr:`TrainReport.canary`).
+        used: gets the examples the round ended up with (relabeled ones with their
+            new answers; records the vote left out are not in it), held-out ones
+            included.
 
     Raises:
         InvalidRequestError: fewer usable examples than ``config.min_records``
@@ -606,6 +610,8 @@ def train_lora(
             f"{len(examples)} usable records after relabeling {len(rejected)} by a vote of "
             f"samples; a round needs at least {config.min_records}"
         )
+    if used is not None:
+        used.extend(examples)
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
     pool = _canary_pool(train)  # full prompts, as devices send them
     shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""
