@@ -385,19 +385,27 @@ def plot(out: dict[str, Any], path: Path) -> None:
               "general accuracy"]  # fmt: skip
     keys = ["domain_local_accuracy", "domain_escalation_rate", "general_local_accuracy"]
     xs = range(len(keys))
-    ax.bar([x - 0.2 for x in xs], [100 * s[k][0] for k in keys], 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [100 * s[k][1] for k in keys], 0.4, label="after one round")
+    unscoped = out.get("after_unscoped")
+    width = 0.27 if unscoped else 0.4
+    ax.bar([x - width / 2 * (2 if unscoped else 1) for x in xs], [100 * s[k][0] for k in keys],
+           width, label="before")  # fmt: skip
+    ax.bar([x if unscoped else x + 0.2 for x in xs], [100 * s[k][1] for k in keys], width,
+           label="after one round (adapter in its scope)" if unscoped else "after one round")  # fmt: skip
+    if unscoped:
+        values = [100 * unscoped["domain"]["accuracy"], 100 * unscoped["domain"]["escalation_rate"],
+                  100 * unscoped["general"]["accuracy"]]  # fmt: skip
+        ax.bar([x + width for x in xs], values, width, label="after, adapter on every request")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("%")
     ax.axhline(85, color="grey", lw=0.8, ls=":")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_ylim(0, 110)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_ylim(0, 125)
     ax.set_title("Device, local only (llama.cpp + LoRA GGUF)")
     losses = out["train"]["losses"]
     ax2.plot(range(1, len(losses) + 1), losses, marker="o")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("training loss (answer tokens)")
-    ax2.set_title(f"round {s['round_s']:.0f} s: " + ", ".join(
+    ax2.set_title(f"round {s['round_s']:.0f} s:\n" + ", ".join(
         f"{k} {v:.0f}s" for k, v in s["stage_s"].items()), fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
