@@ -575,9 +575,10 @@ class CloudTrainConfig(BaseModel):
         True,
         description=(
             "Fit the adapter's scope (which requests it is for) on the round's records: a "
-            "logistic head over sentence embeddings of the escalated prompts (inside) against "
-            "the replayed ones (outside), signed into the manifest. Needs replay records "
-            "(device.log.replay_rate) and the sentence encoder; without them, no scope."
+            "logistic head over sentence embeddings of the prompts it learned an answer for "
+            "(inside) against the replayed ones (outside), signed into the manifest. Needs "
+            "replay records (device.log.replay_rate) and the sentence encoder; without "
+            "them, no scope."
         ),
     )
     scope_threshold: float = Field(

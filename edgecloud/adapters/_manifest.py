@@ -11,16 +11,19 @@ exact bytes and only then parses them.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgecloud.errors import AdapterFormatError
+
+if TYPE_CHECKING:
+    from edgecloud.router import LearnedRouter
 
 __all__ = [
     "ADAPTER_ID_PATTERN",
@@ -121,9 +124,9 @@ class CanaryItem(BaseModel):
 class AdapterScope(BaseModel):
     """Which requests a version is for: a logistic head over the prompt's sentence embedding.
 
-    The trainer fits it on the prompts the adapter learned (the device used to
-    escalate them: inside) against the device's replayed confident answers (what
-    it already knew: outside). A device applies the adapter to a request only
+    The trainer fits it on the prompts the adapter learned an answer for (inside)
+    against the device's replayed confident answers (what it already knew:
+    outside). A device applies the adapter to a request only
     when :meth:`applies` says so and answers the rest with the base model, so an
     adapter trained on one domain leaves the device's other answers as they were.
     The head reads the device's sentence encoder (``encoder`` names it,
@@ -170,10 +173,14 @@ class AdapterScope(BaseModel):
                 f"embedding has {len(embedding)} dimensions, the scope expects "
                 f"{len(self.weights)} ({self.encoder})"
             )
-        z = self.bias + math.fsum(
-            w * float(x) for w, x in zip(self.weights, embedding, strict=True)
-        )
-        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, z))))
+        return float(self._head.predict(embedding))
+
+    @functools.cached_property
+    def _head(self) -> LearnedRouter:
+        # The learned router's logistic head (numpy, loaded on first use).
+        from edgecloud.router import LearnedRouter
+
+        return LearnedRouter(self.weights, self.bias)
 
     def applies(self, embedding: Sequence[float]) -> bool:
         """Whether the adapter is for a request with this embedding."""

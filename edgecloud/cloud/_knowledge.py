@@ -164,6 +164,11 @@ class KnowledgeBase:
         (self.index_dir / "manifest.json").write_text(json.dumps(manifest))
         log.info("indexed %d chunks from %d files in %s", len(chunks), len(files), self.directory)
 
+    @property
+    def encoder(self) -> SentenceEncoder:
+        """The sentence encoder the index was built with (and queries are embedded with)."""
+        return self._encoder
+
     def __len__(self) -> int:
         return len(self._chunks)
 

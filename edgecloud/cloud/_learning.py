@@ -241,6 +241,7 @@ def run_round(
     n_records = 0
     rejected: list[TrainingExample] = []
     wrong: list[TrainingExample] = []
+    knowledge: KnowledgeBase | None = None
     if examples is None:
         store = RecordStore(records_path(settings.cloud, settings.cache_dir))
         try:
@@ -291,7 +292,8 @@ def run_round(
         stage("scope", "fitting the adapter's scope (which requests it is for)")
         # What the adapter learned (records the vote left out are not), against what
         # was replayed as it was.
-        scope = fit_scope(used, threshold=cfg.scope_threshold)
+        encoder = knowledge.encoder if knowledge is not None else None  # one ONNX session
+        scope = fit_scope(used, threshold=cfg.scope_threshold, encoder=encoder)
         if scope is not None:
             (out_dir / "scope.json").write_text(scope.model_dump_json(indent=1))
     stage("export", "exporting the llama.cpp LoRA GGUF")

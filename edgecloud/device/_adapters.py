@@ -436,7 +436,7 @@ class AdapterManager:
         await asyncio.to_thread(self._backend.set_adapter, path, scale=self._config.scale)
         # After the swap: until the new scope arrives, requests see the new adapter
         # under the old scope (or none), never the old adapter under the new scope.
-        await asyncio.to_thread(self._set_scope, scope if path is not None else None)
+        await asyncio.to_thread(self._set_scope, scope)
 
     def _set_scope(self, scope: AdapterScope | None) -> None:
         self._on_scope(scope if self._config.scope else None)
