@@ -106,7 +106,10 @@ def encode(
         lo = float(min(a.min(initial=0.0), 0.0)) if a.size else 0.0
         hi = float(max(a.max(initial=0.0), 0.0)) if a.size else 0.0
         # Including 0 in the range makes zero exact, which keeps ReLU sparsity intact.
-        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        # A range so small that its step is no normal float32 (subnormal activations)
+        # would divide by zero in float32; such values are zero at this precision.
+        step = (hi - lo) / 255.0
+        scale = step if step >= float(np.finfo(np.float32).tiny) else 1.0
         zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
         q = np.clip(np.rint(a / scale) + zero_point, -128, 127).astype(np.int8)
         data = q.tobytes()
