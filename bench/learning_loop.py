@@ -154,11 +154,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._learning import base_model, run_round
     from edgecloud.cloud._records import RecordStore
+    from edgecloud.common.encoder import SentenceEncoder
+    from edgecloud.common.models import ensure_default_model
     from edgecloud.config import Settings
     from edgecloud.device._adapters import AdapterManager
-    from edgecloud.device._encoder import SentenceEncoder
     from edgecloud.device._factory import build_engine
-    from edgecloud.device._models import ensure_default_model
     from edgecloud.device.backends import LlamaCppBackend
     from edgecloud.transport import AdapterSyncClient
 

@@ -84,7 +84,7 @@ async def cloud_answers(rows: list[dict[str, Any]], concurrency: int) -> list[di
 
 def learned_scores(rows: list[dict[str, Any]], wrong: list[bool], folds: int = 5) -> list[float]:
     """Out-of-fold p(poor) from the learned router on MiniLM embeddings of the question."""
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.router import LearnedRouter
 
     x = SentenceEncoder().encode([r["question"] for r in rows])

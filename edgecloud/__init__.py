@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from edgecloud._client import AsyncClient, AsyncStream, Client, Stream
+from edgecloud._version import __version__
 from edgecloud.config import Settings
 from edgecloud.errors import (
     ConfigError,
@@ -37,8 +38,6 @@ from edgecloud.types import (
     Timings,
     Usage,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from edgecloud._bridge import DONE, LoopThread, iterate_async, pump_events
-from edgecloud.config import Settings, format_validation_error
+from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
+from edgecloud.common.settings import format_validation_error
+from edgecloud.common.text import normalize_prompt
+from edgecloud.config import Settings
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import (
-    ChatMessage,
     Chunk,
     Confidence,
     Finish,
@@ -33,54 +34,11 @@ from edgecloud.types import (
 )
 
 if TYPE_CHECKING:
+    from edgecloud.common.models import ProgressCallback
     from edgecloud.device._hybrid import CancelScope, HybridEngine
-    from edgecloud.device._models import ProgressCallback
     from edgecloud.device.backends import TextBackend
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
-
-
-def _validate_text(text: str, what: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidRequestError(
-            f"{what} is not valid UTF-8 text: {exc.reason} at position {exc.start}"
-        ) from exc
-    return text
-
-
-def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
-    """Check a prompt and turn dict messages into :class:`ChatMessage` objects.
-
-    Raises:
-        InvalidRequestError: empty prompt, invalid UTF-8, or a malformed message.
-    """
-    if isinstance(prompt, bytes):
-        try:
-            prompt = prompt.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequestError(
-                f"prompt is not valid UTF-8: {exc.reason} at byte {exc.start}"
-            ) from exc
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise InvalidRequestError("prompt must not be empty")
-        return _validate_text(prompt, "prompt")
-    messages: list[ChatMessage] = []
-    for i, msg in enumerate(prompt):
-        try:
-            m = msg if isinstance(msg, ChatMessage) else ChatMessage.model_validate(msg)
-        except ValidationError as exc:
-            raise InvalidRequestError(
-                f"messages[{i}] is invalid: {format_validation_error(exc)}"
-            ) from exc
-        messages.append(
-            ChatMessage(role=m.role, content=_validate_text(m.content, f"messages[{i}]"))
-        )
-    if not messages:
-        raise InvalidRequestError("messages must not be empty")
-    return messages
 
 
 class ResultBuilder:

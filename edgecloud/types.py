@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "BackendInfo",
     "ChatMessage",
     "Chunk",
     "Confidence",
@@ -28,6 +29,7 @@ __all__ = [
     "RouteInfo",
     "SamplingParams",
     "Source",
+    "TensorSpec",
     "Timings",
     "Usage",
 ]
@@ -209,3 +211,22 @@ class GenerationResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What a loaded backend is running."""
+
+    kind: str
+    model: str
+    path: str
+    details: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of a graph input or output (``None`` = dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecloud.common.files import fsync_dir
 from edgecloud.errors import AdapterError, AdapterFormatError, AdapterMismatchError
 
 if TYPE_CHECKING:
@@ -377,12 +378,3 @@ def _read_tensors(peft_dir: Path) -> dict[str, npt.NDArray[Any]]:
 
 def _natural(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or creation in ``path`` durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

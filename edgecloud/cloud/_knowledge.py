@@ -27,7 +27,7 @@ from edgecloud.types import Passage
 if TYPE_CHECKING:
     import numpy.typing as npt
 
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
 
 __all__ = ["KnowledgeBase", "Passage", "chunk_text"]
 
@@ -77,7 +77,7 @@ class KnowledgeBase:
 
     Args:
         directory: the documents (``*.txt``, ``*.md``), searched recursively.
-        encoder: a :class:`~edgecloud.device._encoder.SentenceEncoder`.
+        encoder: a :class:`~edgecloud.common.encoder.SentenceEncoder`.
         index_dir: where the index is kept; default ``<directory>/.edgecloud-index``.
         max_chars: chunk size.
         progress: called with (chunks embedded, total) while (re)building.

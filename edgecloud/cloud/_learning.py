@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgecloud.cloud._settings import CloudSettings
 from edgecloud.cloud._trainer import (
     TrainingExample,
     TrainProgress,
@@ -24,7 +25,6 @@ from edgecloud.cloud._trainer import (
     examples_from_records,
     train_lora,
 )
-from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, InvalidRequestError
 
 __all__ = ["RoundResult", "base_model", "check_replay", "fit_scope", "run_round"]
@@ -32,7 +32,7 @@ __all__ = ["RoundResult", "base_model", "check_replay", "fit_scope", "run_round"
 if TYPE_CHECKING:
     from edgecloud.adapters._manifest import AdapterScope
     from edgecloud.cloud._knowledge import KnowledgeBase
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -55,7 +55,9 @@ class RoundResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def base_model(settings: Settings, base_gguf: Path | None = None) -> tuple[Path, Path, str, str]:
+def base_model(
+    settings: CloudSettings, base_gguf: Path | None = None
+) -> tuple[Path, Path, str, str]:
     """(HF model dir to train, base GGUF the devices run, its sha256, its architecture).
 
     The base GGUF is ``base_gguf``, else ``cloud.model.path`` when it is a GGUF,
@@ -67,7 +69,8 @@ def base_model(settings: Settings, base_gguf: Path | None = None) -> tuple[Path,
         ConfigError: the cloud model is a directory and no base GGUF was named.
     """
     from edgecloud.cloud._torch import resolve_model_dir
-    from edgecloud.device._models import ensure_default_model, sha256_file
+    from edgecloud.common.files import sha256_file
+    from edgecloud.common.models import ensure_default_model
 
     configured = settings.cloud.model.path
     if base_gguf is None:
@@ -151,7 +154,7 @@ def fit_scope(
                     "the adapter will answer every request", len(inside), len(outside))  # fmt: skip
         return None
     if encoder is None:
-        from edgecloud.device._encoder import SentenceEncoder
+        from edgecloud.common.encoder import SentenceEncoder
 
         encoder = SentenceEncoder()
     prefix = common_prompt_prefix(examples)
@@ -178,7 +181,7 @@ def _architecture(gguf_path: Path) -> str:
 
 
 def run_round(
-    settings: Settings,
+    settings: CloudSettings,
     out_dir: Path,
     *,
     since: float | None = None,

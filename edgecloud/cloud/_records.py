@@ -13,41 +13,28 @@ Each record keeps the identity of the device that uploaded it (its token name,
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import (
+    RECORD_COLUMNS,
+    EscalationRecord,
+    create_table_sql,
+    record_from_row,
+    record_row,
+)
 
 __all__ = ["RecordStore", "StoredRecord"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS escalations (
-    id TEXT PRIMARY KEY,
-    device TEXT,
-    received_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    prompt TEXT NOT NULL,
-    local_partial TEXT NOT NULL,
-    cloud_answer TEXT NOT NULL,
-    route_policy TEXT NOT NULL,
-    route_reason TEXT NOT NULL,
-    signals TEXT NOT NULL,
-    latency_ms REAL NOT NULL,
-    extra TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS escalations_received ON escalations (received_at);
-"""
-
-_COLUMNS = (
-    "id, device, received_at, created_at, prompt, local_partial, cloud_answer, "
-    "route_policy, route_reason, signals, latency_ms, extra"
-)
+_OWN = (("device", "TEXT"), ("received_at", "REAL NOT NULL"))
+_SCHEMA = create_table_sql("escalations", _OWN, index=("escalations_received", "received_at"))
+_COLUMNS = ", ".join(name for name, _ in (*RECORD_COLUMNS, *_OWN))
+_MARKS = ", ".join("?" * (len(RECORD_COLUMNS) + len(_OWN)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +78,12 @@ class RecordStore:
             The ids of all ``records`` (new and already stored), in order: all are stored.
         """
         now = time.time() if received_at is None else received_at
-        rows = [
-            (
-                r.id,
-                device,
-                now,
-                r.created_at,
-                r.prompt,
-                r.local_partial,
-                r.cloud_answer,
-                r.route_policy,
-                r.route_reason,
-                json.dumps(dict(r.signals)),
-                r.latency_ms,
-                json.dumps(dict(r.extra)),
-            )
-            for r in records
-        ]
+        rows = [(*record_row(r), device, now) for r in records]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    f"INSERT OR IGNORE INTO escalations ({_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR IGNORE INTO escalations ({_COLUMNS}) VALUES ({_MARKS})",
                     rows,
                 )
             except BaseException:
@@ -144,23 +114,5 @@ class RecordStore:
 
 
 def _row_to_record(row: tuple[Any, ...]) -> StoredRecord:
-    (rid, device, received_at, created_at, prompt, partial, answer, policy, reason,
-     signals, latency, extra) = row  # fmt: skip
-    record = EscalationRecord(
-        prompt=prompt,
-        local_partial=partial,
-        cloud_answer=answer,
-        route_policy=policy,
-        route_reason=reason,
-        signals=_json_object(signals),
-        latency_ms=float(latency),
-        extra=_json_object(extra),
-        id=rid,
-        created_at=float(created_at),
-    )
-    return StoredRecord(record, device, float(received_at))
-
-
-def _json_object(text: str) -> Mapping[str, Any]:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
+    *fields, device, received_at = row
+    return StoredRecord(record_from_row(fields), device, float(received_at))

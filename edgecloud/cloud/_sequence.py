@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from edgecloud.device._text import StopMatcher
+from edgecloud.common.text import StopMatcher
 from edgecloud.types import Chunk, Finish, FinishReason, SamplingParams
 
 __all__ = ["Emit", "Sequence_", "TokenStep"]

@@ -27,8 +27,9 @@ from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
+from edgecloud.cloud._settings import CloudConfig
 from edgecloud.cloud._torch import TorchBackend
-from edgecloud.config import CloudConfig, default_cache_dir
+from edgecloud.common.settings import default_cache_dir
 from edgecloud.errors import ConfigError, UnknownAdapterError
 from edgecloud.transport._auth import TokenAuthInterceptor
 from edgecloud.transport._guard import DecodeGuardInterceptor
@@ -119,7 +120,7 @@ def load_knowledge(
     if cfg.directory is None or not cfg.enabled:
         return None
     from edgecloud.cloud._knowledge import KnowledgeBase
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
 
     kb = KnowledgeBase(
         cfg.directory.expanduser(),

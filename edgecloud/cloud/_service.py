@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
-from edgecloud import __version__
-from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud._version import __version__
 from edgecloud.cloud._prompting import question_of
 from edgecloud.cloud._records import RecordStore
+from edgecloud.cloud._settings import CloudConfig
 from edgecloud.cloud._torch import CloudRequest, TorchBackend
-from edgecloud.config import CloudConfig
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
+from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import AuthError, EdgeCloudError, InvalidRequestError
 from edgecloud.transport._auth import CURRENT_DEVICE
 from edgecloud.transport._serde import (

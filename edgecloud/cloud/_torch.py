@@ -49,7 +49,7 @@ from typing import Any
 from edgecloud.cloud._prompting import apply_format
 from edgecloud.cloud._scheduler import LoadSnapshot, Scheduler
 from edgecloud.cloud._sequence import Sequence_
-from edgecloud.config import CloudConfig, Settings
+from edgecloud.cloud._settings import CloudConfig, CloudSettings
 from edgecloud.errors import (
     CloudModelLoadError,
     EdgeCloudError,
@@ -137,8 +137,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model_dir(settings: Settings) -> tuple[Path, str]:
-    from edgecloud.device._models import ensure_default_model, sha256_file
+def resolve_model_dir(settings: CloudSettings) -> tuple[Path, str]:
+    from edgecloud.common.files import sha256_file
+    from edgecloud.common.models import ensure_default_model
 
     cfg = settings.cloud.model
     path = cfg.path.expanduser() if cfg.path is not None else None
@@ -209,14 +210,13 @@ class TorchBackend:
         self._torch = torch
 
     @classmethod
-    def load(cls, settings: Settings | None = None) -> TorchBackend:
+    def load(cls, settings: CloudSettings) -> TorchBackend:
         """Load the configured model (the embedded default GGUF when none) and its adapters.
 
         Raises:
             CloudModelLoadError: the model or an adapter could not be loaded.
             ModelNotFoundError: the default model packages are not installed.
         """
-        settings = settings or Settings.load()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         cfg = settings.cloud.model
         try:
@@ -255,7 +255,7 @@ class TorchBackend:
     def prompt_text(self, request: CloudRequest) -> str:
         """The prompt as the model sees it, before the assistant prefix: chat rendered
         with the plain template, retrieved passages put in by ``prompt_format``."""
-        from edgecloud.device._chat import render_plain
+        from edgecloud.common.chat import render_plain
 
         text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
         if request.passages:

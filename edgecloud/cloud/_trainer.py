@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecloud.cloud._records import StoredRecord
-from edgecloud.config import CloudTrainConfig
+from edgecloud.cloud._settings import CloudTrainConfig
 from edgecloud.errors import CloudModelLoadError, InvalidRequestError
 
 __all__ = [

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from edgecloud.config import LocalModelConfig, Settings, format_validation_error
-from edgecloud.device._models import (
+from edgecloud.common.models import (
     DEFAULT_MODEL_NAME,
     ProgressCallback,
     default_model_path,
     ensure_default_model,
 )
+from edgecloud.common.settings import format_validation_error
+from edgecloud.device._settings import DeviceSettings, LocalModelConfig
 from edgecloud.device.backends import (
     BackendInfo,
     LocalBackend,
@@ -43,7 +44,7 @@ __all__ = [
 
 
 def load_text_backend(
-    settings: Settings,
+    settings: DeviceSettings,
     *,
     model: str | Path | None = None,
     progress: ProgressCallback | None = None,

@@ -37,7 +37,6 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecloud.adapters._gguf import fsync_dir
 from edgecloud.adapters._manifest import (
     DEVICE_FILE,
     AdapterScope,
@@ -46,7 +45,8 @@ from edgecloud.adapters._manifest import (
     canonical_json,
 )
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
-from edgecloud.config import DeviceAdaptersConfig
+from edgecloud.common.files import fsync_dir, hash_file
+from edgecloud.device._settings import DeviceAdaptersConfig
 from edgecloud.device.backends._base import AdapterCapable
 from edgecloud.errors import (
     AdapterCanaryError,
@@ -59,7 +59,7 @@ from edgecloud.errors import (
     EdgeCloudError,
     TransportError,
 )
-from edgecloud.transport._adapters import AdapterOffer, hash_file
+from edgecloud.transport._adapters import AdapterOffer
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
 __all__ = ["AdapterBackend", "AdapterManager", "AdapterSource", "load_canary"]

@@ -17,58 +17,33 @@ and a fresh one is created, so the device keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecloud.common.records import (
+    RECORD_COLUMNS,
+    EscalationRecord,
+    create_table_sql,
+    record_from_row,
+    record_row,
+)
 from edgecloud.errors import DeviceError
 
-__all__ = ["EscalationLog", "EscalationRecord"]
+__all__ = ["EscalationLog"]
 
 log = logging.getLogger("edgecloud.device.log")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS escalations (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    prompt TEXT NOT NULL,
-    local_partial TEXT NOT NULL,
-    cloud_answer TEXT NOT NULL,
-    route_policy TEXT NOT NULL,
-    route_reason TEXT NOT NULL,
-    signals TEXT NOT NULL,
-    latency_ms REAL NOT NULL,
-    private INTEGER NOT NULL,
-    extra TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS escalations_created ON escalations (created_at);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class EscalationRecord:
-    """One escalated request and what came of it."""
-
-    prompt: str
-    local_partial: str
-    cloud_answer: str
-    route_policy: str
-    route_reason: str
-    signals: Mapping[str, Any] = field(default_factory=dict)
-    latency_ms: float = 0.0
-    private: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Anything else worth keeping, e.g. the knowledge passages the cloud used."""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created_at: float = field(default_factory=time.time)
+_COLUMNS = ", ".join(name for name, _ in (*RECORD_COLUMNS, ("private", "")))
+_MARKS = ", ".join("?" * (len(RECORD_COLUMNS) + 1))
+_SCHEMA = create_table_sql(
+    "escalations", [("private", "INTEGER NOT NULL")], index=("escalations_created", "created_at")
+)
 
 
 class EscalationLog:
@@ -133,13 +108,9 @@ class EscalationLog:
 
     def append(self, record: EscalationRecord) -> None:
         """Store a record, evicting the oldest ones beyond the cap."""
-        row = (
-            record.id, record.created_at, record.prompt, record.local_partial, record.cloud_answer,
-            record.route_policy, record.route_reason, json.dumps(dict(record.signals)),
-            record.latency_ms, int(record.private), json.dumps(dict(record.extra)),
-        )  # fmt: skip
+        row = (*record_row(record), int(record.private))
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            db.execute(f"INSERT OR REPLACE INTO escalations ({_COLUMNS}) VALUES ({_MARKS})", row)
             (count,) = db.execute("SELECT COUNT(*) FROM escalations").fetchone()
             excess = count - self.max_records
             if excess > 0:
@@ -154,7 +125,8 @@ class EscalationLog:
         """The oldest records waiting for upload, never the private ones."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM escalations WHERE private = 0 ORDER BY created_at, id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM escalations WHERE private = 0 "
+                "ORDER BY created_at, id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_from_row(r) for r in rows]
@@ -177,7 +149,9 @@ class EscalationLog:
     def all(self) -> list[EscalationRecord]:
         """Every record, private ones included, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM escalations ORDER BY created_at, id").fetchall()
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM escalations ORDER BY created_at, id"
+            ).fetchall()
         return [_from_row(r) for r in rows]
 
     def close(self) -> None:
@@ -186,8 +160,4 @@ class EscalationLog:
 
 
 def _from_row(r: Sequence[Any]) -> EscalationRecord:
-    return EscalationRecord(
-        id=r[0], created_at=r[1], prompt=r[2], local_partial=r[3], cloud_answer=r[4],
-        route_policy=r[5], route_reason=r[6], signals=json.loads(r[7]), latency_ms=r[8],
-        private=bool(r[9]), extra=json.loads(r[10]),
-    )  # fmt: skip
+    return record_from_row(r[:-1], private=bool(r[-1]))

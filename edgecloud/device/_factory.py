@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgecloud.config import Settings
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
+from edgecloud.device._settings import DeviceSettings
 from edgecloud.device.backends import TextBackend
 from edgecloud.device.backends._base import AdapterCapable
 
@@ -24,7 +24,7 @@ __all__ = ["adapter_manager", "build_engine", "maintain"]
 log = logging.getLogger("edgecloud.device")
 
 
-def build_engine(backend: TextBackend, settings: Settings) -> HybridEngine:
+def build_engine(backend: TextBackend, settings: DeviceSettings) -> HybridEngine:
     """Call inside the event loop that will run the engine (gRPC channels bind to it)."""
     from edgecloud.transport import CloudClient
 
@@ -46,7 +46,7 @@ def build_engine(backend: TextBackend, settings: Settings) -> HybridEngine:
         escalation_log = EscalationLog(path, max_records=dev.log.max_records)
     learned = None
     if dev.router.learned_path is not None:
-        from edgecloud.device._encoder import SentenceEncoder
+        from edgecloud.common.encoder import SentenceEncoder
         from edgecloud.router import LearnedRouter
 
         learned = (LearnedRouter.load(dev.router.learned_path), SentenceEncoder())
@@ -56,7 +56,7 @@ def build_engine(backend: TextBackend, settings: Settings) -> HybridEngine:
     )  # fmt: skip
 
 
-async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterManager | None:
+async def adapter_manager(engine: HybridEngine, settings: DeviceSettings) -> AdapterManager | None:
     """The adapter manager ``device.adapters`` asks for, restored to its last good version.
 
     None when adapters are off or the backend cannot take them. It follows the
@@ -73,8 +73,8 @@ async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterMa
     if not isinstance(backend, AdapterCapable):
         log.warning("device.adapters is enabled but %s cannot take adapters", backend.info.kind)
         return None
+    from edgecloud.common.files import sha256_file
     from edgecloud.device._adapters import AdapterManager
-    from edgecloud.device._models import sha256_file
     from edgecloud.transport import AdapterSyncClient
 
     model = Path(backend.info.path)
@@ -96,7 +96,7 @@ async def adapter_manager(engine: HybridEngine, settings: Settings) -> AdapterMa
     return manager
 
 
-async def maintain(engine: HybridEngine, settings: Settings) -> None:
+async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
     """Probe endpoint health, upload the escalation log and follow adapter versions,
     forever (cancel to stop)."""
     manager = await adapter_manager(engine, settings)
@@ -109,7 +109,7 @@ async def maintain(engine: HybridEngine, settings: Settings) -> None:
             await manager.stop()
 
 
-async def _upkeep(engine: HybridEngine, settings: Settings) -> None:
+async def _upkeep(engine: HybridEngine, settings: DeviceSettings) -> None:
     cfg = settings.device
     next_upload = time.monotonic()
     while True:

@@ -34,9 +34,10 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from edgecloud._bridge import DONE, pump_events
-from edgecloud.config import DeviceCloudConfig, RouterConfig
-from edgecloud.device._escalation_log import EscalationLog, EscalationRecord
+from edgecloud.common.aio import DONE, pump_events
+from edgecloud.common.records import EscalationRecord
+from edgecloud.device._escalation_log import EscalationLog
+from edgecloud.device._settings import DeviceCloudConfig
 from edgecloud.errors import EdgeCloudError, InvalidRequestError, TransportError
 from edgecloud.router import (
     BudgetPolicy,
@@ -53,11 +54,12 @@ from edgecloud.router import (
     WindowThresholds,
     route_request,
 )
+from edgecloud.router._settings import RouterConfig
 from edgecloud.types import ChatMessage, Chunk, Finish, Passage, RouteInfo, SamplingParams
 
 if TYPE_CHECKING:
     from edgecloud.adapters._manifest import AdapterScope
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.device._endpoints import Endpoint, EndpointPool
     from edgecloud.device.backends import TextBackend
     from edgecloud.router import LearnedRouter
@@ -189,7 +191,7 @@ class HybridEngine:
             encoder = self._scope[1]
         try:
             if encoder is None:
-                from edgecloud.device._encoder import SentenceEncoder
+                from edgecloud.common.encoder import SentenceEncoder
 
                 encoder = SentenceEncoder()
             identity = encoder.identity

@@ -7,8 +7,9 @@ Depends on the standard library only (numpy for the learned router's head).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from edgecloud.router._calibrate import Calibration, auroc, calibrate_window, threshold_for_rate
-from edgecloud.router._learned import LearnedRouter
 from edgecloud.router._monitor import ConfidenceMonitor, WindowThresholds, window_extremes
 from edgecloud.router._policies import (
     DEFAULT_PRIVACY_PATTERNS,
@@ -24,6 +25,9 @@ from edgecloud.router._policies import (
     Route,
     route_request,
 )
+
+if TYPE_CHECKING:
+    from edgecloud.router._learned import LearnedRouter
 
 __all__ = [
     "DEFAULT_PRIVACY_PATTERNS",
@@ -47,3 +51,12 @@ __all__ = [
     "threshold_for_rate",
     "window_extremes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The learned router needs numpy; ``import edgecloud`` must not load it.
+    if name == "LearnedRouter":
+        from edgecloud.router._learned import LearnedRouter
+
+        return LearnedRouter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,7 +87,7 @@ class SplitModel:
         cloud_retry_s: float = 5.0,
         probe_interval_s: float = 5.0,
     ) -> None:
-        from edgecloud.device.backends.onnx import OnnxBackend
+        from edgecloud.common.onnx import OnnxRunner
 
         if device_slowdown < 1.0:
             raise ValueError("device_slowdown must be >= 1")
@@ -106,7 +106,7 @@ class SplitModel:
         self._cloud_down_until = 0.0
         self._probe_interval = probe_interval_s
         self._last_probe = 0.0
-        self._whole = OnnxBackend(
+        self._whole = OnnxRunner(
             self.path, providers=["CPUExecutionProvider"], intra_op_threads=threads
         )
         self._heads: dict[tuple[str, ...], Any] = {}
@@ -121,7 +121,7 @@ class SplitModel:
         return self.partitioner.cuts()
 
     def _head(self, cut: Cut) -> Any:
-        from edgecloud.device.backends.onnx import OnnxBackend
+        from edgecloud.common.onnx import OnnxRunner
 
         with self._lock:
             b = self._heads.get(cut.tensors)
@@ -131,7 +131,7 @@ class SplitModel:
                     return None
                 path = Path(self._dir) / f"head-{len(self._heads)}.onnx"
                 path.write_bytes(proto.SerializeToString())
-                b = OnnxBackend(
+                b = OnnxRunner(
                     path, providers=["CPUExecutionProvider"], intra_op_threads=self._threads
                 )
                 self._heads[cut.tensors] = b

@@ -203,7 +203,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return kpb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        from edgecloud import __version__
+        from edgecloud._version import __version__
 
         return kpb.ServerMetadataResponse(name="edgecloud", version=__version__, extensions=[])
 

@@ -56,13 +56,13 @@ class TensorModel:
         providers: Sequence[str] | None = None,
         threads: int = 0,
     ) -> None:
-        from edgecloud.device.backends.onnx import OnnxBackend
+        from edgecloud.common.onnx import OnnxRunner
 
         self.name = name
         self.partitioner = Partitioner(path)
         self._providers = providers
         self._threads = threads
-        self.whole = OnnxBackend(path, providers=providers, intra_op_threads=threads)
+        self.whole = OnnxRunner(path, providers=providers, intra_op_threads=threads)
         self._tails: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._dir = tempfile.mkdtemp(prefix=f"edgecloud-split-{name}-")
@@ -73,8 +73,8 @@ class TensorModel:
         return str(self.whole.info.details["providers"][0])
 
     def tail(self, cut: Cut) -> Any:
-        """The warm tail session (an ``OnnxBackend``) for ``cut``, built on first use."""
-        from edgecloud.device.backends.onnx import OnnxBackend
+        """The warm tail session (an ``OnnxRunner``) for ``cut``, built on first use."""
+        from edgecloud.common.onnx import OnnxRunner
 
         key = cut.tensors
         with self._lock:
@@ -85,7 +85,7 @@ class TensorModel:
                     raise ActivationError("the all-device cut has no tail to run")
                 path = Path(self._dir) / f"tail-{len(self._tails)}.onnx"
                 path.write_bytes(model.SerializeToString())
-                backend = OnnxBackend(
+                backend = OnnxRunner(
                     path, providers=self._providers, intra_op_threads=self._threads
                 )
                 self._tails[key] = backend

@@ -20,6 +20,7 @@ import grpc
 
 from edgecloud._proto.v1 import adapters_pb2 as pb
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_grpc
+from edgecloud.common.files import hash_file
 from edgecloud.errors import AdapterIntegrityError
 from edgecloud.transport._client import CloudClient
 from edgecloud.transport._status import error_from_rpc
@@ -73,17 +74,6 @@ def offer_from_proto(msg: pb.AdapterOffer) -> AdapterOffer:
 def partial_path(dest: Path) -> Path:
     """Where :meth:`AdapterSyncClient.fetch` keeps the bytes received so far."""
     return dest.with_name(dest.name + ".partial")
-
-
-def hash_file(path: Path) -> tuple[Any, int]:
-    """(sha256 object, bytes) of a file, read in blocks; the object can take more bytes."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return digest, size
 
 
 class AdapterSyncClient:

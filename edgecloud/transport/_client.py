@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from edgecloud._client import normalize_prompt
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
+from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import ConfigError, InvalidRequestError
 from edgecloud.transport._serde import (
     chat_to_proto,

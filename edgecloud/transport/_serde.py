@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from edgecloud._proto.v1 import inference_pb2 as pb
-from edgecloud.config import format_validation_error
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
+from edgecloud.common.settings import format_validation_error
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, Passage, SamplingParams
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EDGECLOUD = [sys.executable, "-c", "from edgecloud._cli import main; main()"]
+EDGECLOUD = [sys.executable, "-c", "from edgecloud.cli import main; main()"]
 
 
 def start_cloud(

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgecloud._cli import app
 from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.adapters._signing import load_public_keys, verify
+from edgecloud.cli.app import app
 from tests.fakes_adapters import make_lora_dir
 
 

@@ -134,7 +134,7 @@ def test_router_train_writes_a_usable_learned_router(model_cache: Path, tmp_path
     p = _run(["router", "train", str(data), "--out", str(tmp_path / "router.json")], model_cache)
     assert p.returncode == 0, p.stderr
     head = LearnedRouter.load(tmp_path / "router.json")
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
 
     probs = head.predict(
         SentenceEncoder().encode(

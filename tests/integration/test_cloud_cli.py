@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.model
 
-EDGECLOUD = [sys.executable, "-c", "from edgecloud._cli import main; main()"]
+EDGECLOUD = [sys.executable, "-c", "from edgecloud.cli import main; main()"]
 MANUAL = Path(__file__).parents[2] / "bench" / "data" / "fleet_manual"
 
 

@@ -21,9 +21,10 @@ import pytest
 from edgecloud.cloud import CloudServer, TorchBackend
 from edgecloud.cloud._knowledge import KnowledgeBase
 from edgecloud.cloud._records import RecordStore, StoredRecord
+from edgecloud.common.encoder import SentenceEncoder
+from edgecloud.common.records import EscalationRecord
 from edgecloud.config import CloudConfig, Settings
-from edgecloud.device._encoder import SentenceEncoder
-from edgecloud.device._escalation_log import EscalationLog, EscalationRecord
+from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.errors import AuthError, InvalidRequestError
 from edgecloud.transport import hash_token
 from edgecloud.types import Chunk, Finish

@@ -428,7 +428,8 @@ def test_seeded_sampling_is_reproducible(backend: TorchBackend) -> None:
 
 def test_converted_weights_are_cached_as_safetensors(backend: TorchBackend) -> None:
     from edgecloud.cloud._torch import converted_model_dir
-    from edgecloud.device._models import ensure_default_model, sha256_file
+    from edgecloud.common.files import sha256_file
+    from edgecloud.common.models import ensure_default_model
 
     settings = Settings.load()
     digest = sha256_file(ensure_default_model(settings.cache_dir))

@@ -20,11 +20,11 @@ import pytest
 from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.adapters._signing import generate_keypair, load_public_keys, verify
 from edgecloud.cloud._records import RecordStore
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
 
 pytestmark = pytest.mark.model
 
-EDGECLOUD = [sys.executable, "-c", "from edgecloud._cli import main; main()"]
+EDGECLOUD = [sys.executable, "-c", "from edgecloud.cli import main; main()"]
 SHOTS = "Q: What is the capital of France?\nA: Paris\n"
 PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. The Kestrel is orange."
 
@@ -120,7 +120,7 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
 
     registry = AdapterRegistry(tmp_path / "registry")
     manifest = verify(registry.manifest("fleet", 1), load_public_keys([public]))
-    from edgecloud.device._models import sha256_file
+    from edgecloud.common.files import sha256_file
 
     assert manifest.base_model_sha256 == sha256_file(default_gguf)
     assert manifest.base_architecture == "gemma3" and manifest.rank == 4
@@ -133,7 +133,7 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     # read with the device's own encoder on the prompt without the shared few-shot lines.
     scope = manifest.scope
     assert scope is not None and scope.strip_prefix == SHOTS
-    from edgecloud.device._encoder import SentenceEncoder
+    from edgecloud.common.encoder import SentenceEncoder
 
     encoder = SentenceEncoder()
     assert scope.encoder == encoder.identity

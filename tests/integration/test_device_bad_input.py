@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgecloud import Client
+from edgecloud.common.files import sha256_file
 from edgecloud.config import Settings
 from edgecloud.device import ensure_default_model, load_text_backend
-from edgecloud.device._models import sha256_file
 from edgecloud.device.backends import LlamaCppBackend
 from edgecloud.errors import (
     ConfigError,

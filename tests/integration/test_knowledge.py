@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.cloud._knowledge import KnowledgeBase
-from edgecloud.device._encoder import SentenceEncoder
+from edgecloud.common.encoder import SentenceEncoder
 from edgecloud.errors import ConfigError
 
 MANUAL = Path(__file__).parents[2] / "bench" / "data" / "fleet_manual"

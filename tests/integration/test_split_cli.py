@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgecloud._cli import app
+from edgecloud.cli.app import app
 from edgecloud.split import BackgroundServer
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "split" / "models"

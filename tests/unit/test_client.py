@@ -6,7 +6,7 @@ import time
 import pytest
 
 from edgecloud import AsyncClient, Client, InvalidRequestError
-from edgecloud._client import normalize_prompt
+from edgecloud.common.text import normalize_prompt
 from edgecloud.device.backends._base import FifoLock
 from edgecloud.types import ChatMessage, SamplingParams
 from tests.fakes import ScriptedBackend

@@ -6,12 +6,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+from edgecloud.types import BackendInfo, ChatMessage, Chunk, Finish, SamplingParams, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,16 +24,6 @@ __all__ = [
     "TensorSpec",
     "TextBackend",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class BackendInfo:
-    """What a loaded backend is running."""
-
-    kind: str
-    model: str
-    path: str
-    details: Mapping[str, Any]
 
 
 class LocalBackend(ABC):
@@ -120,15 +109,6 @@ class AdapterCapable(Protocol):
             AdapterMismatchError: an adapter for another base model.
         """
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """Name, numpy dtype and shape of a graph input or output (``None`` = dynamic)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...]
 
 
 class TensorBackend(LocalBackend):

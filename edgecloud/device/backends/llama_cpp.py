@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from edgecloud.device._chat import ChatFormatter, RenderedPrompt
-from edgecloud.device._models import check_model_file
+from edgecloud.common.chat import ChatFormatter, RenderedPrompt
+from edgecloud.common.models import check_model_file
+from edgecloud.common.text import StopMatcher, Utf8Stream
 from edgecloud.device._signals import StepSignals
-from edgecloud.device._text import StopMatcher, Utf8Stream
 from edgecloud.device.backends._base import BackendInfo, FifoLock, TextBackend
 from edgecloud.errors import (
     AdapterFormatError,

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from edgecloud.cloud._records import RecordStore
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
 
 
 def record(i: int, **kwargs: object) -> EscalationRecord:

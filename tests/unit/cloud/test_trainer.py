@@ -14,7 +14,7 @@ from edgecloud.cloud._trainer import (
     grounded,
     split_holdout,
 )
-from edgecloud.device._escalation_log import EscalationRecord
+from edgecloud.common.records import EscalationRecord
 
 PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. It recharges at the D-497 dock."
 

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.device._escalation_log import EscalationLog, EscalationRecord
+from edgecloud.common.records import EscalationRecord
+from edgecloud.device._escalation_log import EscalationLog
 
 
 def rec(i: int, *, private: bool = False) -> EscalationRecord:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from edgecloud.cli.split import parse_link
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, InvalidRequestError
-from edgecloud.split._cli import parse_link
 
 
 def test_split_settings_have_bounds_and_name_the_field() -> None:

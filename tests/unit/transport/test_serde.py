@@ -76,7 +76,7 @@ def test_finish_passages_round_trip() -> None:
 
 
 def test_escalation_record_round_trip() -> None:
-    from edgecloud.device._escalation_log import EscalationRecord
+    from edgecloud.common.records import EscalationRecord
     from edgecloud.transport._serde import record_from_proto, record_to_proto
 
     record = EscalationRecord(

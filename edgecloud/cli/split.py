@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,13 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
+from edgecloud.cli._common import emit, fail
+from edgecloud.errors import EdgeCloudError, InvalidRequestError
+
+__all__ = ["parse_link", "split_app"]
 
 split_app = typer.Typer(
     help="Split inference of ONNX models between this device and the cloud.",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
 
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
@@ -35,11 +35,6 @@ def parse_link(text: str) -> float:
     if m is None or float(m.group(1)) <= 0:
         raise InvalidRequestError(f"not a link bandwidth: {text!r} (try 1mbit, 10mbit, 100mbit)")
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _fail(exc: EdgeCloudError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(2 if isinstance(exc, (InvalidRequestError, ConfigError)) else 1)
 
 
 def _model(
@@ -105,7 +100,7 @@ def serve(
     try:
         settings = Settings.load(None)
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     cfg = settings.split
     interceptors = []
     if settings.cloud.auth.tokens:
@@ -116,10 +111,10 @@ def serve(
     for spec in model or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise _fail(InvalidRequestError(f"--model wants NAME=PATH, got {spec!r}"))
+            raise fail(InvalidRequestError(f"--model wants NAME=PATH, got {spec!r}"))
         models[name] = Path(path)
     if not models:
-        raise _fail(InvalidRequestError("no models: pass --model NAME=PATH or set split.models"))
+        raise fail(InvalidRequestError("no models: pass --model NAME=PATH or set split.models"))
 
     async def main() -> None:
         server = await SplitServer.start(
@@ -141,7 +136,7 @@ def serve(
     try:
         asyncio.run(main())
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @split_app.command("profile")
@@ -160,7 +155,7 @@ def profile(
     from edgecloud.split import SplitModel
 
     if device != "local":
-        raise _fail(InvalidRequestError("only --device local is supported"))
+        raise fail(InvalidRequestError("only --device local is supported"))
     try:
         sm = _model(model, cloud, link, rtt_ms, device_slowdown, token)
         assert isinstance(sm, SplitModel)
@@ -169,7 +164,7 @@ def profile(
             best, costs = sm.choose()
             est = sm.link.estimate
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     rows = [
         {
             "index": c.profile.cut.index,
@@ -184,8 +179,8 @@ def profile(
         if cloud or c.profile.local
     ]
     if as_json:
-        print(json.dumps({"rtt_ms": est.rtt_s * 1e3, "bandwidth_Bps": est.bandwidth_Bps,
-                          "chosen": best.profile.cut.name, "cuts": rows}, indent=2))  # fmt: skip
+        emit("profile", rtt_ms=est.rtt_s * 1e3, bandwidth_Bps=est.bandwidth_Bps,
+             chosen=best.profile.cut.name, cuts=rows)  # fmt: skip
         return
     table = Table(title=f"{model.name}: link RTT {est.rtt_s * 1e3:.1f} ms, "
                   f"{est.bandwidth_Bps * 8 / 1e6:.2f} Mbit/s")  # fmt: skip
@@ -230,18 +225,18 @@ def run(
             outputs = sm.run(feeds)
             last = sm.last
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     assert last is not None
     if output is not None:
         np.savez(output, **outputs)  # type: ignore[arg-type]
-    summary = {
-        "cut": last.cut.name,
-        "cut_index": last.cut.index,
-        "predicted_ms": last.predicted_s * 1e3,
-        "latency_ms": last.latency_s * 1e3,
-        "fallback": last.fallback,
-        "outputs": {
+    emit(
+        "run",
+        cut=last.cut.name,
+        cut_index=last.cut.index,
+        predicted_ms=last.predicted_s * 1e3,
+        latency_ms=last.latency_s * 1e3,
+        fallback=last.fallback,
+        outputs={
             k: {"shape": list(v.shape), "argmax": int(np.argmax(v))} for k, v in outputs.items()
         },
-    }
-    sys.stdout.write(json.dumps(summary) + "\n")
+    )

@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from edgecloud.common.files import ProgressCallback, sha256_file
 from edgecloud.errors import ModelIntegrityError, ModelLoadError, ModelNotFoundError
 
 __all__ = [
@@ -34,27 +34,11 @@ log = logging.getLogger("edgecloud.device")
 DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
 _BLOCK = 4 << 20
 
-ProgressCallback = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) as long work proceeds."""
-
 _MAGIC = {".gguf": b"GGUF"}
 
 
 def default_model_path(cache_dir: Path) -> Path:
     return cache_dir / "models" / DEFAULT_MODEL_NAME
-
-
-def sha256_file(path: Path, progress: ProgressCallback | None = None) -> str:
-    total = path.stat().st_size
-    digest = hashlib.sha256()
-    done = 0
-    with path.open("rb") as fh:
-        while block := fh.read(_BLOCK):
-            digest.update(block)
-            done += len(block)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest()
 
 
 def _marker(path: Path) -> Path:

@@ -1,6 +1,6 @@
 import pytest
 
-from edgecloud.device._chat import PLAIN_STOP, ChatFormatter
+from edgecloud.common.chat import PLAIN_STOP, ChatFormatter
 from edgecloud.errors import ConfigError, InvalidRequestError
 from edgecloud.types import ChatMessage
 

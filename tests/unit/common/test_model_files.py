@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.device._models import check_model_file
+from edgecloud.common.models import check_model_file
 from edgecloud.errors import ModelIntegrityError, ModelLoadError, ModelNotFoundError
 
 

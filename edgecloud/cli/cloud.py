@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import sys
 from pathlib import Path
@@ -11,16 +10,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from edgecloud.cli._common import ConfigOpt, emit, fail, load_settings
 from edgecloud.errors import EdgeCloudError
 
 __all__ = ["cloud_app"]
 
 cloud_app = typer.Typer(help="Serve or query the cloud inference service.", no_args_is_help=True)
-
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
-]
 
 
 @cloud_app.command("serve")
@@ -40,7 +35,6 @@ def serve_command(
     config: ConfigOpt = None,
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
-    from edgecloud._cli import _fail, _settings
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._records import RecordStore
     from edgecloud.cloud._server import (
@@ -53,7 +47,7 @@ def serve_command(
     from edgecloud.cloud._torch import TorchBackend
 
     try:
-        settings = _settings(config)
+        settings = load_settings(config)
         cloud: dict[str, Any] = settings.cloud.model_dump()
         if host is not None:
             cloud["host"] = host
@@ -83,13 +77,13 @@ def serve_command(
             )
         backend = TorchBackend.load(settings)
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     try:
         asyncio.run(
             serve(backend, settings.cloud, knowledge=kb, records=records, registry=registry)
         )
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     finally:
         backend.close()
 
@@ -136,7 +130,6 @@ def generate_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
 ) -> None:
     """Stream an answer from a cloud service, with per-token confidence."""
-    from edgecloud._cli import _fail
     from edgecloud.transport import CloudClient
     from edgecloud.types import Finish
 
@@ -161,11 +154,9 @@ def generate_command(
                     passages = [{"text": p.text, "source": p.source, "score": p.score}
                                 for p in event.passages]  # fmt: skip
                     if as_json:
-                        end = {"type": "finish", "reason": event.reason,
-                               "prompt_tokens": event.prompt_tokens,
-                               "completion_tokens": event.completion_tokens,
-                               "passages": passages}  # fmt: skip
-                        print(json.dumps(end))
+                        emit("finish", reason=event.reason, prompt_tokens=event.prompt_tokens,
+                             completion_tokens=event.completion_tokens,
+                             passages=passages)  # fmt: skip
                     else:
                         mean = lp / n if n else math.nan
                         print(f"\n-- {event.completion_tokens} tokens | mean logprob {mean:.3f} | "
@@ -176,10 +167,9 @@ def generate_command(
                 if event.token_id >= 0:
                     n, lp = n + 1, lp + event.logprob
                 if as_json:
-                    tok = {"type": "token", "text": event.text, "token_id": event.token_id,
-                           "logprob": event.logprob, "entropy": event.entropy,
-                           "index": event.index}  # fmt: skip
-                    print(json.dumps(tok))
+                    emit("token", text=event.text, token_id=event.token_id,
+                         logprob=event.logprob, entropy=event.entropy,
+                         index=event.index)  # fmt: skip
                 else:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
@@ -187,7 +177,7 @@ def generate_command(
     try:
         asyncio.run(run())
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @cloud_app.command("info")
@@ -201,8 +191,7 @@ def info_command(
     ] = False,
     ca: Annotated[Optional[Path], typer.Option(help="PEM CA to trust.")] = None,
 ) -> None:
-    """Print the service's models, adapters, version and load as JSON."""
-    from edgecloud._cli import _fail
+    """Print the service's models, adapters, version and load as a JSON line."""
     from edgecloud.transport import CloudClient
 
     tls = not insecure and not (target.startswith(("localhost:", "127.0.0.1:")) and ca is None)
@@ -212,9 +201,9 @@ def info_command(
             return dict(await c.info())
 
     try:
-        typer.echo(json.dumps(asyncio.run(run()), indent=2))
+        emit("info", **asyncio.run(run()))
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @cloud_app.command("hash-token")
@@ -227,7 +216,7 @@ def hash_token_command(
     from edgecloud.transport import hash_token, new_token
 
     token = token or new_token()
-    typer.echo(json.dumps({"token": token, "sha256": hash_token(token)}))
+    emit("token_hash", token=token, sha256=hash_token(token))
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -301,13 +290,12 @@ def train_command(
         TimeRemainingColumn,
     )
 
-    from edgecloud._cli import _fail, _settings
     from edgecloud.cloud._learning import run_round
 
     now = time.time()
     start = parse_since(since, now)
     try:
-        settings = _settings(config)
+        settings = load_settings(config)
         train: dict[str, Any] = settings.cloud.train.model_dump()
         if adapter_id is not None:
             train["adapter_id"] = adapter_id
@@ -352,14 +340,14 @@ def train_command(
                 on_stage=on_stage,
             )
     except EdgeCloudError as exc:
-        raise _fail(exc) from None
-    summary: dict[str, Any] = {
-        "out": str(result.out_dir),
-        "records": result.records,
-        "version": result.version,
-        "rollout_percent": result.rollout_percent,
-        "metrics": result.report.metrics(),
-        "scope": result.scope is not None,
-        "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()},
-    }
-    typer.echo(json.dumps(summary, indent=2))
+        raise fail(exc) from None
+    emit(
+        "round",
+        out=str(result.out_dir),
+        records=result.records,
+        version=result.version,
+        rollout_percent=result.rollout_percent,
+        metrics=result.report.metrics(),
+        scope=result.scope is not None,
+        stage_seconds={k: round(v, 2) for k, v in result.stage_seconds.items()},
+    )

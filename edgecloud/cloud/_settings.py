@@ -1,0 +1,384 @@
+"""Settings of the cloud service (``[cloud]``).
+
+Model, TLS, auth, knowledge, records, registry and training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import Field, field_validator, model_validator
+
+from edgecloud.common.settings import Section
+
+__all__ = [
+    "CloudAuthConfig",
+    "CloudConfig",
+    "CloudKnowledgeConfig",
+    "CloudModelConfig",
+    "CloudRecordsConfig",
+    "CloudRegistryConfig",
+    "CloudSettings",
+    "CloudTlsConfig",
+    "CloudTrainConfig",
+]
+
+
+class CloudModelConfig(Section):
+    """The model the cloud service runs."""
+
+    path: Path | None = Field(
+        None,
+        description=(
+            "A GGUF file (dequantized once, cached as safetensors) or a Hugging Face model "
+            "directory; None loads the embedded default GGUF the devices run."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' picks CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "'auto' is bfloat16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16, "
+            "AMX), float32 on other CPUs."
+        ),
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description=(
+            "CPU threads for torch; None keeps torch's default (one per core). On small "
+            "shared VMs 1 can be much faster: see cloud/cloud.example.toml."
+        ),
+    )
+    adapters: dict[str, Path] = Field(
+        default_factory=dict,
+        description="LoRA adapters (peft directories) loaded at start, by adapter id.",
+    )
+    prompt_format: str = Field(
+        "Context: {context}\n\n{prompt}",
+        min_length=1,
+        max_length=4096,
+        description=(
+            "How retrieved knowledge is put into a prompt: a template with {context} (the "
+            "passages, one per line) and either {prompt} (the request's prompt or rendered "
+            "chat) or {head} and {tail} (the prompt split before its last 'Q:' line, so the "
+            "passages can sit right before the real question of a few-shot Q/A prompt)."
+        ),
+    )
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _format_has_fields(cls, value: str) -> str:
+        if "{context}" not in value:
+            raise ValueError("must contain {context}")
+        if "{prompt}" not in value and "{tail}" not in value:
+            raise ValueError("must contain {prompt}, or {head} and {tail}")
+        try:
+            value.format(context="", prompt="", head="", tail="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"not a valid template ({exc}); write literal braces as {{{{ }}}}"
+            ) from exc
+        return value
+
+
+class CloudTlsConfig(Section):
+    """TLS for the cloud service; mTLS when `client_ca` is set."""
+
+    cert: Path | None = Field(None, description="PEM server certificate chain.")
+    key: Path | None = Field(None, description="PEM private key of `cert`.")
+    client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
+
+
+class CloudAuthConfig(Section):
+    """Per-device bearer tokens, stored as sha256 hex digests (`edgecloud cloud hash-token`)."""
+
+    tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="device id -> sha256 hex digest of its token; empty disables auth.",
+    )
+    adapters: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "device id -> adapter ids it may use; a device not listed may use all of them."
+        ),
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
+        for device, digest in value.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"token of {device!r} must be a sha256 hex digest, not a token")
+        return value
+
+
+class CloudKnowledgeConfig(Section):
+    """Retrieval over the organization's documents, put into each prompt."""
+
+    enabled: bool = Field(True, description="Use the knowledge base when `directory` is set.")
+    directory: Path | None = Field(
+        None, description="Documents (*.md, *.txt, searched recursively); None: no knowledge."
+    )
+    index_dir: Path | None = Field(
+        None, description="Where the index is kept; None: <directory>/.edgecloud-index."
+    )
+    top_k: int = Field(2, ge=1, le=64, description="Passages put into each prompt, at most.")
+    min_score: float = Field(
+        0.3, ge=-1.0, le=10.0, description="Passages scoring below this are left out."
+    )
+
+
+class CloudRecordsConfig(Section):
+    """Where uploaded escalation records are stored (SQLite, WAL)."""
+
+    path: Path | None = Field(
+        None, description="SQLite database; None: <cache_dir>/cloud/escalations.sqlite3."
+    )
+    max_record_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=64 << 20,
+        description="Largest serialized record accepted; bigger ones fail the upload.",
+    )
+
+
+class CloudRegistryConfig(Section):
+    """Where signed adapter versions are stored and how they are signed."""
+
+    url: str | None = Field(
+        None,
+        description=(
+            "A local directory or any fsspec URL (s3://bucket/prefix, ...); "
+            "None: <cache_dir>/registry."
+        ),
+    )
+    signing_key: Path | None = Field(
+        None,
+        description=(
+            "Ed25519 private key (PEM) that signs published manifests; "
+            "`edgecloud adapters keygen` makes one."
+        ),
+    )
+    chunk_bytes: int = Field(
+        256 * 1024, ge=1024, le=16 << 20, description="Bytes per FetchAdapter chunk."
+    )
+
+
+class CloudTrainConfig(Section):
+    """LoRA training of adapters from escalation records (`edgecloud cloud train`)."""
+
+    adapter_id: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The adapter line a round publishes a new version of.",
+    )
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0.0, le=4096.0, description="LoRA alpha (scale = alpha/r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ],
+        min_length=1,
+        description=(
+            "Module names that get LoRA (attention and MLP projections; the tied "
+            "embedding is left out)."
+        ),
+    )  # fmt: skip
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the training records.")
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0, description="AdamW learning rate.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per optimizer step.")
+    max_length: int = Field(
+        256, ge=16, le=32_768, description="Tokens per example; longer ones are cut."
+    )
+    holdout_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Records kept out of training to evaluate on."
+    )
+    include_passages: bool = Field(
+        False,
+        description=(
+            "Also train on the knowledge passages the cloud retrieved for each record "
+            "(as plain text, loss on all of it)."
+        ),
+    )
+    require_grounded: bool = Field(
+        True,
+        description=(
+            "Train only on answers whose numbers and words all occur in the passages the "
+            "cloud retrieved for them (records without passages are always kept)."
+        ),
+    )
+    relabel_all: bool = Field(
+        True,
+        description=(
+            "Relabel every escalated record, not only those failing require_grounded: "
+            "its label becomes the answer most of relabel_samples samples agree on "
+            "(self-consistency; grounded in its passages, or shared by "
+            "relabel_min_share of them when it had none), or it is left out."
+        ),
+    )
+    relabel_samples: int = Field(
+        16,
+        ge=0,
+        le=64,
+        description=(
+            "Answers sampled from the cloud model with a record's passages when relabeling; "
+            "a label needs two samples to agree on it. 0 turns relabeling off (records that "
+            "fail require_grounded are then left out)."
+        ),
+    )
+    relabel_temperature: float = Field(
+        0.7, gt=0.0, le=2.0, description="Sampling temperature of relabeling."
+    )
+    relabel_min_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "For records the cloud answered without passages (nothing to ground them in): "
+            "the share of relabel_samples that must agree on an answer to keep it."
+        ),
+    )
+    check_replay: bool = Field(
+        True,
+        description=(
+            "Look each replayed local answer up in the cloud's knowledge base "
+            "(cloud.knowledge): one the passages found for it do not support is a "
+            "confident wrong answer, relabeled by the vote like an escalation instead "
+            "of replayed as it was."
+        ),
+    )
+    replay_loss: Literal["kl", "label"] = Field(
+        "label",
+        description=(
+            "How replayed local answers (device.log.replay_rate) train: 'kl' keeps the "
+            "adapted model's whole next-token distribution on them close to the base "
+            "model's (one more forward, without the adapter); 'label' trains on their "
+            "tokens like any answer."
+        ),
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description=(
+            "Precision of the frozen base weights while relabeling and training (the LoRA "
+            "weights stay float32). 'auto' is bfloat16 on CUDA and on CPUs with native "
+            "bfloat16, float32 elsewhere."
+        ),
+    )
+    strip_common_prefix: bool = Field(
+        True,
+        description=(
+            "Train without the lines every prompt shares (few-shot examples, a system "
+            "prompt): they say nothing about any one record and, on a small model, make "
+            "most of each step's cost."
+        ),
+    )
+    scope: bool = Field(
+        True,
+        description=(
+            "Fit the adapter's scope (which requests it is for) on the round's records: a "
+            "logistic head over sentence embeddings of the prompts it learned an answer for "
+            "(inside) against the replayed ones (outside), signed into the manifest. Needs "
+            "replay records (device.log.replay_rate) and the sentence encoder; without "
+            "them, no scope."
+        ),
+    )
+    scope_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="A request is in scope when the head's probability reaches this.",
+    )
+    seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="torch CPU threads; None keeps torch's default."
+    )
+    min_records: int = Field(
+        1, ge=1, description="A round with fewer usable records publishes nothing."
+    )
+
+
+class CloudConfig(Section):
+    """The cloud inference service (`edgecloud cloud serve`)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(50051, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    insecure: bool = Field(
+        False,
+        description="Serve plain text without TLS; allowed only on a loopback host.",
+    )
+    model: CloudModelConfig = Field(default_factory=CloudModelConfig)
+    tls: CloudTlsConfig = Field(default_factory=CloudTlsConfig)
+    auth: CloudAuthConfig = Field(default_factory=CloudAuthConfig)
+    knowledge: CloudKnowledgeConfig = Field(default_factory=CloudKnowledgeConfig)
+    records: CloudRecordsConfig = Field(default_factory=CloudRecordsConfig)
+    registry: CloudRegistryConfig = Field(default_factory=CloudRegistryConfig)
+    train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
+    max_running_sequences: int = Field(
+        32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Requests waiting for a batch slot; beyond it calls fail at once.",
+    )
+    max_new_tokens: int = Field(
+        4096, ge=1, le=1 << 20, description="Largest `max_tokens` a request may ask for."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, le=1 << 20, description="`max_tokens` of requests that leave it unset."
+    )
+    max_context_tokens: int = Field(
+        8192, ge=16, le=1 << 20, description="Prompt plus new tokens of one sequence, at most."
+    )
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="Largest gRPC message received or sent."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="On SIGTERM, time given to in-flight streams."
+    )
+    admission_window_ms: float = Field(
+        15.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "When idle, wait at most this long after the first request so that requests "
+            "arriving together are prefilled in one batch; 0 prefills at once."
+        ),
+    )
+    admission_gap_ms: float = Field(
+        5.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "The admission wait ends sooner once no request has arrived for this long "
+            "(a lone request waits this, not the whole window)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> CloudConfig:
+        if self.default_max_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) exceeds max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+        return self
+
+
+class CloudSettings(Protocol):
+    """What cloud code reads of the root settings (:class:`edgecloud.config.Settings`)."""
+
+    @property
+    def cloud(self) -> CloudConfig: ...
+
+    @property
+    def cache_dir(self) -> Path: ...

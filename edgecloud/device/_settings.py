@@ -1,0 +1,192 @@
+"""Settings of the device runtime (``[device]``): model, cloud endpoints, log, adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import Field
+
+from edgecloud.common.settings import Section, default_threads
+from edgecloud.router._settings import RouterConfig
+from edgecloud.types import SamplingParams
+
+__all__ = [
+    "DeviceAdaptersConfig",
+    "DeviceCloudConfig",
+    "DeviceConfig",
+    "DeviceSettings",
+    "EndpointConfig",
+    "EscalationLogConfig",
+    "LocalModelConfig",
+]
+
+
+class LocalModelConfig(Section):
+    """The on-device language model."""
+
+    path: Path | None = Field(
+        None, description="GGUF file to load; None loads the embedded default model."
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected sha256 of `path`, checked before loading when set.",
+    )
+    n_ctx: int = Field(2048, ge=64, le=262_144, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=8, le=16_384, description="Prompt tokens per decode call.")
+    n_threads: int = Field(
+        default_factory=default_threads, ge=1, le=512, description="CPU threads for decoding."
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp flash attention; 'auto' lets llama.cpp decide."
+    )
+    chat_template: str = Field(
+        "auto",
+        min_length=1,
+        description=(
+            "'auto' uses the model's own template when the GGUF has one, else 'plain'; "
+            "'plain' is the documented User:/Assistant: template; anything else is a "
+            "Jinja2 template with `messages` and `add_generation_prompt`."
+        ),
+    )
+
+
+class EndpointConfig(Section):
+    """One cloud inference service the device may escalate to."""
+
+    target: str = Field(min_length=3, description="host:port of the cloud service.")
+    token: str | None = Field(
+        None, min_length=8, description="This device's bearer token (prefer token_file)."
+    )
+    token_file: Path | None = Field(None, description="File holding the bearer token.")
+    tls: bool = Field(True, description="Use TLS; False is accepted for loopback targets only.")
+    root_certificates: Path | None = Field(None, description="PEM CA bundle to trust.")
+    client_cert: Path | None = Field(None, description="PEM certificate for mTLS.")
+    client_key: Path | None = Field(None, description="PEM private key for mTLS.")
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+class DeviceCloudConfig(Section):
+    """Where and how the device escalates."""
+
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, max_length=16, description="In order of preference; empty = offline."
+    )
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline of one cloud stream.")
+    first_token_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Give up on an endpoint that sends no token by then."
+    )
+    health_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between health probes of the endpoints."
+    )
+    breaker_failures: int = Field(3, ge=1, le=100, description="Failures that open a breaker.")
+    breaker_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds before an open breaker lets a trial through."
+    )
+
+
+class EscalationLogConfig(Section):
+    """The device's store-and-forward log of escalations."""
+
+    enabled: bool = Field(True, description="Record escalations.")
+    path: Path | None = Field(None, description="SQLite file; default <cache_dir>/escalations.db.")
+    max_records: int = Field(10_000, ge=1, le=10_000_000, description="Oldest evicted beyond this.")
+    upload_interval_s: float = Field(
+        30.0, gt=0, le=86_400, description="Seconds between upload attempts."
+    )
+    upload_batch: int = Field(100, ge=1, le=10_000, description="Records per upload call.")
+    replay_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of confident local answers (the router watched and did not hand off) "
+            "also logged, as replay records: training mixes them in so an adapter keeps "
+            "what the device already answers well."
+        ),
+    )
+
+
+class DeviceAdaptersConfig(Section):
+    """LoRA adapters the device receives from the cloud, verifies and hot-swaps."""
+
+    enabled: bool = Field(
+        False, description="Watch the cloud for adapters, install and hot-swap them."
+    )
+    adapter_id: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The adapter line this device follows (a registry target).",
+    )
+    device_id: str | None = Field(
+        None,
+        max_length=128,
+        description="Identity for staged rollouts and version reports; None: the host name.",
+    )
+    cohort: str | None = Field(
+        None,
+        max_length=64,
+        description="Rollout cohort (e.g. 'lab'): a staged rollout to it reaches this device.",
+    )
+    directory: Path | None = Field(
+        None, description="Installed versions live here; None: <cache_dir>/adapters."
+    )
+    public_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Trusted Ed25519 public keys (base64 of the 32 raw bytes, or a path to a PEM "
+            "file). An adapter signed by none of them is refused; with none configured, "
+            "every adapter is refused."
+        ),
+    )
+    keep: int = Field(3, ge=1, le=100, description="Installed versions kept on disk.")
+    scale: float = Field(1.0, gt=0.0, le=4.0, description="LoRA scale applied at swap time.")
+    scope: bool = Field(
+        True,
+        description=(
+            "Apply an adapter only to the requests inside the scope its version carries "
+            "(a head over the prompt's sentence embedding, fitted by the trainer); the rest "
+            "are answered by the base model. Off: the adapter answers every request."
+        ),
+    )
+    canary: Path | None = Field(
+        None,
+        description=(
+            'JSONL of canary prompts ({"prompt": ..., "expect": ...}) run after each '
+            "swap; None: run the adapter's own canary set from its manifest, if any."
+        ),
+    )
+    canary_min_pass: float = Field(
+        0.8, ge=0.0, le=1.0, description="Fraction of canary prompts that must pass."
+    )
+    reconnect_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Wait before re-opening a broken watch stream."
+    )
+
+
+class DeviceConfig(Section):
+    """Everything the device runtime needs."""
+
+    model: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    generation: SamplingParams = Field(
+        default_factory=SamplingParams, description="Defaults for each request."
+    )
+    cloud: DeviceCloudConfig = Field(default_factory=DeviceCloudConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
+    adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
+
+
+class DeviceSettings(Protocol):
+    """What device code reads of the root settings (:class:`edgecloud.config.Settings`)."""
+
+    @property
+    def device(self) -> DeviceConfig: ...
+
+    @property
+    def cache_dir(self) -> Path: ...

@@ -1,0 +1,53 @@
+"""Settings of the escalation policies (``[device.router]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from edgecloud.common.settings import Section
+
+__all__ = [
+    "RouterConfig",
+]
+
+
+class RouterConfig(Section):
+    """Escalation policy settings (see edgecloud.router)."""
+
+    window: int = Field(8, ge=1, le=512, description="Tokens in the confidence window.")
+    min_mean_logprob: float = Field(
+        -1.5, le=0, description="Hand off when the window's mean logprob falls below this."
+    )
+    max_mean_entropy: float = Field(
+        float("inf"), gt=0, description="Hand off when the window's mean entropy exceeds this."
+    )
+    min_tokens: int = Field(
+        4, ge=1, le=4096, description="Local tokens before a hand-off may fire."
+    )
+    max_local_tokens: int | None = Field(
+        None, ge=1, description="No hand-off after this many local tokens."
+    )
+    holdback_tokens: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Local tokens kept from the app until this many are confidently produced. A "
+            "hand-off within them discards them and the cloud answers from scratch, so a "
+            "short answer that starts wrong is not continued from its wrong start (costs "
+            "this many tokens of latency)."
+        ),
+    )
+    learned_path: Path | None = Field(
+        None, description="A LearnedRouter JSON; enables pre-generation prediction."
+    )
+    learned_threshold: float = Field(
+        0.5, ge=0, le=1, description="Escalate before generating when p(poor) >= this."
+    )
+    privacy_patterns: dict[str, str] | None = Field(
+        None, description="name -> regex of personal data kept local; None = built-in set."
+    )
+    budget_tokens_per_hour: int = Field(0, ge=0, description="Cloud tokens per hour; 0 = no cap.")
+    budget_tokens_per_day: int = Field(0, ge=0, description="Cloud tokens per day; 0 = no cap.")
