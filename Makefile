@@ -4,6 +4,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= Explain what a servo motor is.
+# llama.cpp is built for any x86-64 with AVX2 (GGML_NATIVE=OFF): a native build on a CPU with
+# AMX emits tile instructions that a kernel or sandbox without AMX state support kills with
+# SIGSEGV. Override for a tuned build, e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON".
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: install install-unit demo test test-unit check format bench clean
 
@@ -14,6 +18,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: the CPU wheel; an unpinned resolve pulls multi-GB CUDA wheels
 	$(BIN)/pip install --quiet torch==2.13.0
+	# no pip cache for llama-cpp-python: a cached wheel built with other flags would be reused
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3.16'
 	$(BIN)/pip install --quiet -e '.[device,cloud,split,dev]'
 
 # The fast loop: no model, no llama-cpp-python compile (torch's CPU wheel is a download).
