@@ -40,15 +40,15 @@ test: install
 	$(BIN)/python -m pytest tests
 
 check: install
-	$(BIN)/ruff format --check edgecloud tests bench examples
-	$(BIN)/ruff check edgecloud tests bench examples
+	$(BIN)/ruff format --check edgecloud tests bench examples scripts
+	$(BIN)/ruff check edgecloud tests bench examples scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	PYTHON=$(BIN)/python scripts/gen_protos.sh --check
 
 format: install
-	$(BIN)/ruff format edgecloud tests bench examples
-	$(BIN)/ruff check --fix edgecloud tests bench examples
+	$(BIN)/ruff format edgecloud tests bench examples scripts
+	$(BIN)/ruff check --fix edgecloud tests bench examples scripts
 
 bench: install
 	$(BIN)/python bench/local_decode.py
