@@ -19,7 +19,7 @@ from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.settings import format_validation_error
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
-from edgecloud.errors import InvalidRequestError
+from edgecloud.errors import InvalidRequestError, StreamNotFinishedError
 from edgecloud.types import (
     Chunk,
     Confidence,
@@ -181,20 +181,42 @@ class _BaseClient:
         return load_text_backend(settings, model=model, progress=progress, **overrides), settings
 
     async def _engine_close(self) -> None:
-        engine = self._engine
-        if engine is not None:
-            if engine.pool is not None:
-                await engine.pool.close()
-            if engine.log is not None:
-                engine.log.close()
+        if self._engine is not None:
+            await self._engine.aclose()
 
 
-class Stream:
+class _Outcome:
+    """The :class:`GenerationResult` a stream has once it ended (shared by both streams)."""
+
+    _result: GenerationResult | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stream reached its end, so that :attr:`result` can be read."""
+        return self._result is not None
+
+    @property
+    def result(self) -> GenerationResult:
+        """The whole answer: text, confidence, usage, timings and route.
+
+        Raises:
+            StreamNotFinishedError: the stream has not ended yet (iterate it to
+                the end, or close it), or it failed with an error.
+        """
+        if self._result is None:
+            raise StreamNotFinishedError(
+                "the stream has no result yet: iterate it to the end or close it first"
+            )
+        return self._result
+
+
+class Stream(_Outcome):
     """A running generation: iterate for :class:`Chunk` objects.
 
-    ``result`` holds the :class:`GenerationResult` once the stream is exhausted;
-    ``cancel()`` (from any thread) ends it within one token; ``close()`` also
-    frees the model for the next caller. Use it as a context manager.
+    ``result`` is the :class:`GenerationResult` once the stream is exhausted
+    (or closed); ``cancel()`` (from any thread) ends it within one token;
+    ``close()`` also frees the model for the next caller. Use it as a context
+    manager.
     """
 
     def __init__(
@@ -203,7 +225,6 @@ class Stream:
         self._events = events
         self._builder = builder
         self._cancel = cancel
-        self.result: GenerationResult | None = None
 
     def __iter__(self) -> Stream:
         return self
@@ -212,7 +233,7 @@ class Stream:
         event = next(self._events)
         now = time.perf_counter()
         if isinstance(event, Finish):
-            self.result = self._builder.finish(event, now)
+            self._result = self._builder.finish(event, now)
             self._release()
             raise StopIteration
         self._builder.add(event, now)
@@ -230,7 +251,7 @@ class Stream:
 
     def close(self) -> None:
         self._cancel.set()
-        if self.result is None:
+        if self._result is None:
             for _ in self:  # drain to the Finish marker so `result` is set
                 pass
         self._release()
@@ -376,12 +397,25 @@ class Client(_BaseClient):
             return 0
         return self._runner.run(self._engine.upload_pending())
 
-    def generate(self, prompt: Prompt | bytes, **params: Any) -> GenerationResult:
-        """Generate a whole answer; same arguments as :meth:`stream`."""
-        with self.stream(prompt, **params) as stream:
+    def generate(
+        self,
+        prompt: Prompt | bytes,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        route: str | None = None,
+    ) -> GenerationResult:
+        """Generate a whole answer; the arguments and errors are those of :meth:`stream`."""
+        with self.stream(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, seed=seed, stop=stop, route=route,
+        ) as stream:  # fmt: skip
             for _ in stream:
                 pass
-        assert stream.result is not None
         return stream.result
 
     def close(self) -> None:
@@ -405,7 +439,7 @@ class Client(_BaseClient):
         self.close()
 
 
-class AsyncStream:
+class AsyncStream(_Outcome):
     """The async twin of :class:`Stream`: ``async for chunk in stream``.
 
     The model runs in a worker thread; chunks cross to the event loop through a
@@ -424,8 +458,7 @@ class AsyncStream:
         self._cancel = cancel
         self._queue: asyncio.Queue[object] | None = None
         self._worker: threading.Thread | None = None
-        self._finished = False
-        self.result: GenerationResult | None = None
+        self._exhausted = False
         # A stream dropped mid-way (``break`` out of ``async for``) cancels its generation
         # so the worker thread frees the model; the thread holds no reference to ``self``.
         weakref.finalize(self, cancel.set)
@@ -457,18 +490,18 @@ class AsyncStream:
             raise
 
     async def __anext__(self) -> Chunk:
-        if self._finished:
+        if self._exhausted:
             raise StopAsyncIteration
         item = await self._next_event()
         now = time.perf_counter()
         if item is DONE:
-            self._finished = True
+            self._exhausted = True
             raise StopAsyncIteration
         if isinstance(item, BaseException):
-            self._finished = True
+            self._exhausted = True
             raise item
         if isinstance(item, Finish):
-            self.result = self._builder.finish(item, now)
+            self._result = self._builder.finish(item, now)
             return await self.__anext__()
         assert isinstance(item, Chunk)
         self._builder.add(item, now)
@@ -481,18 +514,18 @@ class AsyncStream:
         self._cancel.set()
         if isinstance(self._events, AsyncIterator):
             aclose = getattr(self._events, "aclose", None)
-            if self.result is None and not self._finished:
+            if self._result is None and not self._exhausted:
                 async for _ in self:
                     pass
             if aclose is not None:
                 await aclose()
-            self._finished = True
+            self._exhausted = True
             return
         if self._queue is None:  # never started: close the generator here
             close = getattr(self._events, "close", None)
             if close is not None:
                 close()
-            self._finished = True
+            self._exhausted = True
             return
         async for _ in self:
             pass
@@ -512,16 +545,50 @@ class AsyncStream:
 class AsyncClient(_BaseClient):
     """The asyncio twin of :class:`Client`; model calls run in worker threads.
 
+    Open it with ``await AsyncClient.open(...)``: the model loads in a worker
+    thread while the event loop keeps running.
+
     Examples:
         >>> import asyncio
         >>> from edgecloud import AsyncClient
         >>> async def main() -> None:                          # doctest: +SKIP
-        ...     async with AsyncClient.local() as client:
+        ...     async with await AsyncClient.open() as client:
         ...         async for chunk in client.stream("Q: What is 2+2?\\nA:", max_tokens=8):
         ...             print(chunk.text, end="")
         ...         result = await client.generate("Q: Capital of Italy?\\nA:", stop=["\\n"])
+        ...         print(result.text, result.confidence.mean_logprob)
         >>> asyncio.run(main())                                # doctest: +SKIP
     """
+
+    @classmethod
+    async def open(
+        cls,
+        model: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        progress: ProgressCallback | None = None,
+        **model_overrides: Any,
+    ) -> AsyncClient:
+        """A client on a local GGUF model, loaded in a worker thread; arguments as
+        :meth:`Client.local`. The cloud side (with ``device.cloud.endpoints``) starts
+        on first use, in the running loop.
+
+        Cancelling the call while the model loads closes the model once it is loaded.
+
+        Raises:
+            ConfigError: bad settings or model overrides.
+            ModelLoadError: the model cannot be loaded.
+        """
+        load = asyncio.ensure_future(
+            asyncio.to_thread(cls._load_local, model, settings, progress, model_overrides)
+        )
+        try:
+            # Shielded: a cancelled caller must not orphan a model that is half loaded.
+            backend, loaded = await asyncio.shield(load)
+        except asyncio.CancelledError:
+            load.add_done_callback(_close_loaded)
+            raise
+        return cls(backend, defaults=loaded.device.generation, settings=loaded)
 
     @classmethod
     def local(
@@ -532,16 +599,17 @@ class AsyncClient(_BaseClient):
         progress: ProgressCallback | None = None,
         **model_overrides: Any,
     ) -> AsyncClient:
-        """Same as :meth:`Client.local`. Loading blocks (about half a second for
-        the default model): call it before the loop starts, or through
-        ``await asyncio.to_thread(AsyncClient.local)``."""
+        """Same as :meth:`Client.local`, loading the model in the calling thread
+        (about half a second for the default model). Inside a running event loop,
+        use :meth:`open`, which does not block the loop."""
         backend, loaded = cls._load_local(model, settings, progress, model_overrides)
         return cls(backend, defaults=loaded.device.generation, settings=loaded)
 
     @classmethod
     def from_config(cls, path: str | Path) -> AsyncClient:
-        """See :meth:`Client.from_config`; the cloud side starts on first use, in the
-        running loop."""
+        """See :meth:`Client.from_config`; loads in the calling thread (inside a running
+        loop: ``await AsyncClient.open(settings=Settings.load(path))``). The cloud side
+        starts on first use, in the running loop."""
         return cls.local(settings=Settings.load(path))
 
     def _hybrid(self) -> HybridEngine | None:
@@ -580,11 +648,25 @@ class AsyncClient(_BaseClient):
         events, builder = self._start(prompt, overrides, cancel)
         return AsyncStream(events, builder, cancel)
 
-    async def generate(self, prompt: Prompt | bytes, **params: Any) -> GenerationResult:
-        async with self.stream(prompt, **params) as stream:
+    async def generate(
+        self,
+        prompt: Prompt | bytes,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        route: str | None = None,
+    ) -> GenerationResult:
+        """Generate a whole answer; see :meth:`Client.generate`."""
+        async with self.stream(
+            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, seed=seed, stop=stop, route=route,
+        ) as stream:  # fmt: skip
             async for _ in stream:
                 pass
-        assert stream.result is not None
         return stream.result
 
     async def aclose(self) -> None:
@@ -604,3 +686,9 @@ class AsyncClient(_BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _close_loaded(load: asyncio.Future[tuple[TextBackend, Settings]]) -> None:
+    """Close the backend an abandoned :meth:`AsyncClient.open` loaded."""
+    if not load.cancelled() and load.exception() is None:
+        load.result()[0].close()

@@ -7,6 +7,8 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     ├── ConfigError                     bad settings or TOML (not retryable)
     ├── InvalidRequestError             bad call arguments: empty prompt, invalid
     │                                   UTF-8, max_tokens out of range (not retryable)
+    ├── StreamNotFinishedError          a stream's result read before the stream ended
+    │                                   (not retryable)
     ├── DeviceError                     the on-device runtime
     │   ├── ModelLoadError              a model file could not be loaded
     │   │   ├── ModelNotFoundError      the path does not exist
@@ -73,6 +75,7 @@ __all__ = [
     "OverloadedError",
     "RemoteError",
     "SplitError",
+    "StreamNotFinishedError",
     "TransportError",
     "UnknownAdapterError",
     "UnknownModelError",
@@ -92,6 +95,10 @@ class ConfigError(EdgeCloudError):
 
 class InvalidRequestError(EdgeCloudError, ValueError):
     """The arguments of a call are invalid (also a ``ValueError``)."""
+
+
+class StreamNotFinishedError(EdgeCloudError, RuntimeError):
+    """A stream's ``result`` was read before the stream ended (also a ``RuntimeError``)."""
 
 
 class DeviceError(EdgeCloudError):

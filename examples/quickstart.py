@@ -25,7 +25,6 @@ def main() -> None:
             for chunk in stream:
                 print(chunk.text, end="", flush=True)
             r = stream.result
-            assert r is not None
             print(
                 f"   [{r.source}, {r.usage.completion_tokens} tokens, "
                 f"mean logprob {r.confidence.mean_logprob:.2f}, "
@@ -34,7 +33,8 @@ def main() -> None:
             )
 
     async def run_async() -> None:
-        async with await asyncio.to_thread(AsyncClient.local, n_threads=2) as client:
+        # open() loads the model in a worker thread: the event loop keeps running meanwhile.
+        async with await AsyncClient.open(n_threads=2) as client:
             prompt = FEW_SHOT.format(question="What is 3 + 4?")
             texts = [chunk.text async for chunk in client.stream(prompt, max_tokens=8, stop=["\n"])]
             print("async:", "".join(texts).strip())

@@ -1,13 +1,16 @@
-"""A project fake of the cloud client: scripted answers and failures, records what it was sent."""
+"""Project fakes of the cloud: an endpoint client (what the device calls) and an engine
+(what the inference service serves), both scripted; each records what it was sent."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-from edgecloud.errors import TransportError
-from edgecloud.types import Chunk, Finish, Passage, SamplingParams
+from edgecloud.cloud import BackendInfo, CloudRequest, LoadSnapshot
+from edgecloud.common.chat import render_plain
+from edgecloud.errors import TransportError, UnknownAdapterError
+from edgecloud.types import Chunk, Finish, FinishReason, Passage, SamplingParams
 
 
 class FakeCloud:
@@ -23,6 +26,7 @@ class FakeCloud:
         self.healthy = healthy
         self.calls: list[dict[str, Any]] = []
         self.uploaded: dict[str, Any] = {}
+        self.closes = 0
 
     async def stream(
         self, prompt: Any, params: SamplingParams | None = None, **kw: Any
@@ -45,10 +49,70 @@ class FakeCloud:
             raise TransportError("unreachable")
         return True
 
-    async def upload(self, records: Sequence[Any], timeout_s: float = 10.0) -> list[str]:
+    async def upload(self, records: Sequence[Any], *, timeout_s: float | None = None) -> list[str]:
         for r in records:
             self.uploaded[r.id] = r
         return [r.id for r in records]
 
     async def close(self) -> None:
-        pass
+        self.closes += 1
+
+
+class ScriptedEngine:
+    """A :class:`~edgecloud.cloud.CloudBackend` that answers every prompt with ``answer``.
+
+    Token i of the answer has logprob ``-0.1 * (i + 1)`` and entropy ``0.5 + i``; with an
+    ``assistant_prefix`` that starts the answer it continues after it, as a model would.
+    The prompt it "saw" (passages put in front) is kept in ``prompts``; ``gate``, when set,
+    holds every token until the test releases it.
+    """
+
+    def __init__(self, answer: str = "the engine answers slowly", *,
+                 adapters: Sequence[str] = (), max_running: int = 4,
+                 gate: asyncio.Event | None = None) -> None:  # fmt: skip
+        self.words = answer.split(" ")
+        self._adapters = tuple(adapters)
+        self._max_running = max_running
+        self.gate = gate
+        self.requests: list[CloudRequest] = []
+        self.prompts: list[str] = []
+        self.running = 0
+        self.cancelled = 0
+        self.closed = False
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo("scripted", "scripted-cloud", self._adapters, "nowhere", "none")
+
+    def load_snapshot(self) -> LoadSnapshot:
+        return LoadSnapshot(self.running, 0, self._max_running, 0)
+
+    async def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish, None]:
+        if request.adapter_id is not None and request.adapter_id not in self._adapters:
+            raise UnknownAdapterError(f"adapter {request.adapter_id!r} is not loaded")
+        self.requests.append(request)
+        text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
+        context = "".join(f"[{p.source}] {p.text}\n" for p in request.passages)
+        self.prompts.append(context + text)
+        done = len(request.assistant_prefix.split()) if request.assistant_prefix else 0
+        rest = self.words[done:]
+        self.running += 1
+        n = 0
+        try:
+            for i, word in enumerate(rest[: request.params.max_tokens]):
+                if self.gate is not None:
+                    await self.gate.wait()
+                yield Chunk((" " if done + i else "") + word, 100 + done + i,
+                            -0.1 * (done + i + 1), 0.5 + done + i, "cloud", i)  # fmt: skip
+                n += 1
+            reason: FinishReason = "stop" if len(rest) <= request.params.max_tokens else "length"
+            prompt_tokens = len((context + text).split()) + done
+            yield Finish(reason, prompt_tokens, n)
+        except (GeneratorExit, asyncio.CancelledError):  # closed early, or the call was cancelled
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -73,9 +73,9 @@ def generate(
             raise fail(exc) from None
         except KeyboardInterrupt:
             stream.cancel()
-    result = stream.result
-    if result is None:
+    if not stream.finished:
         return
+    result = stream.result
     c, t = result.confidence, result.timings
     tok_s = result.usage.completion_tokens / t.total_s if t.total_s > 0 else math.nan
     if as_json:
@@ -170,9 +170,9 @@ def chat(
                 messages.pop()
                 out.print(f"\n[bold red]error:[/] {exc}")
                 continue
-            r = stream.result
-            if r is None:
+            if not stream.finished:
                 continue
+            r = stream.result
             messages.append({"role": "assistant", "content": r.text.strip()})
             badge = {"local": "local", "cloud": "cloud", "mixed": "local→cloud"}[r.source]
             why = f" · {r.route.policy}: {r.route.reason}" if r.route is not None else ""

@@ -1,4 +1,8 @@
-"""The cloud inference service: a torch backend with continuous batching behind gRPC.
+"""The cloud inference service: a cloud engine behind gRPC.
+
+The service talks to its engine through :class:`CloudBackend`;
+:class:`TorchBackend` (a transformers model with continuous batching) is the
+engine built in.
 
 Names load on first use, so ``edgecloud`` commands that never touch the cloud
 (and ``import edgecloud.cloud`` itself) load neither grpc nor torch.
@@ -18,14 +22,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edgecloud.cloud._backend import BackendInfo, CloudBackend, CloudRequest, LoadSnapshot
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._records import RecordStore, StoredRecord
-    from edgecloud.cloud._scheduler import LoadSnapshot
     from edgecloud.cloud._server import CloudServer, serve
-    from edgecloud.cloud._torch import BackendInfo, CloudRequest, TorchBackend
+    from edgecloud.cloud._torch import TorchBackend
 
 __all__ = [
     "BackendInfo",
+    "CloudBackend",
     "CloudRequest",
     "CloudServer",
     "KnowledgeBase",
@@ -37,12 +42,13 @@ __all__ = [
 ]
 
 _HOME = {
-    "BackendInfo": "edgecloud.cloud._torch",
-    "CloudRequest": "edgecloud.cloud._torch",
+    "BackendInfo": "edgecloud.cloud._backend",
+    "CloudBackend": "edgecloud.cloud._backend",
+    "CloudRequest": "edgecloud.cloud._backend",
+    "LoadSnapshot": "edgecloud.cloud._backend",
     "TorchBackend": "edgecloud.cloud._torch",
     "CloudServer": "edgecloud.cloud._server",
     "serve": "edgecloud.cloud._server",
-    "LoadSnapshot": "edgecloud.cloud._scheduler",
     "KnowledgeBase": "edgecloud.cloud._knowledge",
     "RecordStore": "edgecloud.cloud._records",
     "StoredRecord": "edgecloud.cloud._records",

@@ -34,13 +34,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+from edgecloud.cloud._backend import LoadSnapshot
 from edgecloud.cloud._sequence import Sequence_, TokenStep
 from edgecloud.errors import CloudError, OverloadedError
 
-__all__ = ["BatchEngine", "LoadSnapshot", "Scheduler"]
+__all__ = ["BatchEngine", "Scheduler"]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -62,14 +62,6 @@ class BatchEngine(Protocol):
 
     def reset(self) -> None:
         """Drop every row (after a failed step, whatever state it left)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSnapshot:
-    running: int
-    queued: int
-    max_running: int
-    max_queued: int
 
 
 class Scheduler:

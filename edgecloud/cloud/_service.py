@@ -22,10 +22,10 @@ from grpc import aio
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud._version import __version__
+from edgecloud.cloud._backend import CloudBackend, CloudRequest
 from edgecloud.cloud._prompting import question_of
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._settings import CloudConfig
-from edgecloud.cloud._torch import CloudRequest, TorchBackend
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import AuthError, EdgeCloudError, InvalidRequestError
@@ -37,7 +37,7 @@ from edgecloud.transport._serde import (
     record_from_proto,
 )
 from edgecloud.transport._status import status_for
-from edgecloud.types import ChatMessage, Passage
+from edgecloud.types import ChatMessage, Finish, Passage
 
 if TYPE_CHECKING:
     from edgecloud.cloud._knowledge import KnowledgeBase
@@ -51,11 +51,17 @@ _MAX_RECORDS_PER_UPLOAD = 10_000
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    """``edgecloud.v1.InferenceService`` over a :class:`TorchBackend`."""
+    """``edgecloud.v1.InferenceService`` over any :class:`~edgecloud.cloud.CloudBackend`.
+
+    What is the same for every engine happens here: ``max_tokens`` is checked
+    against ``cloud.max_new_tokens``, a device's adapter against the ones it may
+    use, knowledge passages are retrieved, put into the request and reported in
+    the :class:`~edgecloud.types.Finish`.
+    """
 
     def __init__(
         self,
-        backend: TorchBackend,
+        backend: CloudBackend,
         config: CloudConfig,
         *,
         knowledge: KnowledgeBase | None = None,
@@ -80,6 +86,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> CloudRequest:
         prompt = normalize_prompt(prompt_from_proto(msg))
         params = params_from_proto(msg.sampling, default_max_tokens=self._config.default_max_tokens)
+        if params.max_tokens > self._config.max_new_tokens:
+            raise InvalidRequestError(
+                f"max_tokens {params.max_tokens} exceeds the service limit "
+                f"{self._config.max_new_tokens}"
+            )
         adapter = msg.adapter_id or None
         device = CURRENT_DEVICE.get()
         allowed = self._config.auth.adapters.get(device) if device is not None else None
@@ -102,6 +113,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
             cloud_request = self._request(request, context)
+            passages: tuple[Passage, ...] = ()
             if not request.skip_knowledge:
                 passages = await self._passages(cloud_request.prompt)
                 if passages:
@@ -109,9 +121,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stream = self._backend.generate(cloud_request)
             try:
                 async for event in stream:
+                    if passages and isinstance(event, Finish):
+                        event = dataclasses.replace(event, passages=passages)
                     yield event_to_proto(event)
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
         except _PermissionDenied:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
         except EdgeCloudError as exc:

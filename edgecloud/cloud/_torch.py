@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.cloud._prompting import apply_format
-from edgecloud.cloud._scheduler import LoadSnapshot, Scheduler
+from edgecloud.cloud._scheduler import Scheduler
 from edgecloud.cloud._sequence import Sequence_
 from edgecloud.cloud._settings import CloudConfig, CloudSettings
 from edgecloud.errors import (
@@ -56,36 +54,11 @@ from edgecloud.errors import (
     InvalidRequestError,
     UnknownAdapterError,
 )
-from edgecloud.types import ChatMessage, Chunk, Finish, Passage, SamplingParams
+from edgecloud.types import Chunk, Finish
 
-__all__ = ["BackendInfo", "CloudRequest", "TorchBackend", "converted_model_dir"]
+__all__ = ["TorchBackend", "converted_model_dir"]
 
 log = logging.getLogger("edgecloud.cloud")
-
-
-@dataclass(frozen=True, slots=True)
-class CloudRequest:
-    """One generation as the service hands it to a backend (already validated)."""
-
-    prompt: str | list[ChatMessage]
-    params: SamplingParams
-    adapter_id: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    deadline: float | None = None
-    """``time.monotonic()`` after which the request is cancelled."""
-    assistant_prefix: str = ""
-    """Answer text already produced elsewhere; generation continues after it."""
-    passages: tuple[Passage, ...] = ()
-    """Knowledge passages to put into the prompt (``cloud.model.prompt_format``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BackendInfo:
-    backend: str
-    model: str
-    adapters: tuple[str, ...]
-    device: str
-    dtype: str
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -159,8 +132,9 @@ def resolve_model_dir(settings: CloudSettings) -> tuple[Path, str]:
 class TorchBackend:
     """Serves a transformers model with continuous batching and per-request LoRA.
 
-    Build it with :meth:`load`; call :meth:`generate` from an event loop; the
-    model runs in the scheduler thread, never on the loop.
+    A :class:`~edgecloud.cloud.CloudBackend`. Build it with :meth:`load`; call
+    :meth:`generate` from an event loop; the model runs in the scheduler thread,
+    never on the loop.
     """
 
     def __init__(
@@ -250,6 +224,7 @@ class TorchBackend:
         return cls(model, tokenizer, settings.cloud, model_name=name, adapters=list(cfg.adapters))
 
     def load_snapshot(self) -> LoadSnapshot:
+        """Sequences in the batch and in the queue now, and the limits of both."""
         return self._scheduler.load()
 
     def prompt_text(self, request: CloudRequest) -> str:
@@ -291,23 +266,20 @@ class TorchBackend:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
 
-    async def generate(self, request: CloudRequest) -> AsyncIterator[Chunk | Finish]:
-        """Stream chunks, then one :class:`Finish`.
+    async def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish, None]:
+        """Stream chunks, then one :class:`Finish` (see :meth:`CloudBackend.generate`).
 
         Closing the iterator (or cancelling the consuming task) frees the batch
-        slot before the next decode step.
+        slot before the next decode step. ``max_tokens`` is capped by the room
+        left in ``cloud.max_context_tokens``; the service checks it against
+        ``cloud.max_new_tokens`` before it gets here.
 
         Raises:
-            InvalidRequestError: bad prompt, or ``max_tokens`` above the service limit.
+            InvalidRequestError: the prompt leaves no room for new tokens.
             UnknownAdapterError: ``adapter_id`` is not loaded.
             OverloadedError: the batch and queue are full.
         """
         params = request.params
-        if params.max_tokens > self._config.max_new_tokens:
-            raise InvalidRequestError(
-                f"max_tokens {params.max_tokens} exceeds the service limit "
-                f"{self._config.max_new_tokens}"
-            )
         if request.adapter_id and request.adapter_id not in self._adapters:
             raise UnknownAdapterError(f"adapter {request.adapter_id!r} is not loaded")
         prompt_ids = self.encode(request)
@@ -337,19 +309,21 @@ class TorchBackend:
                 event = await queue.get()
                 if isinstance(event, BaseException):
                     raise event
-                if isinstance(event, Finish):
-                    if request.passages:
-                        event = dataclasses.replace(event, passages=request.passages)
-                    yield event
-                    return
                 yield event
+                if isinstance(event, Finish):
+                    return
         finally:
             if not seq.finished:
                 seq.cancelled = True
                 self._scheduler.wake()
 
     def close(self) -> None:
+        """Stop the scheduler thread (waits up to 30 s for the step it is in)."""
         self._scheduler.close(timeout=30)
+
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop, without blocking it."""
+        await asyncio.to_thread(self.close)
 
 
 def _attach_adapters(model: Any, adapters: Mapping[str, Path]) -> Any:

@@ -5,18 +5,63 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from edgecloud.transport import CloudClient
+    from edgecloud.common.records import EscalationRecord
+    from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
-__all__ = ["CircuitBreaker", "Endpoint", "EndpointPool"]
+__all__ = ["CircuitBreaker", "Endpoint", "EndpointClient", "EndpointPool"]
 
 log = logging.getLogger("edgecloud.device.endpoints")
 
 BreakerState = Literal["closed", "open", "half-open"]
+
+
+class EndpointClient(Protocol):
+    """What the device calls on one cloud endpoint.
+
+    :class:`~edgecloud.transport.CloudClient` (gRPC to an edgecloud service) is
+    one; every method raises errors of the edgecloud tree (a
+    :class:`~edgecloud.errors.TransportError` when the endpoint cannot be reached),
+    which the pool and the hybrid engine count against the endpoint's breaker.
+    """
+
+    @property
+    def target(self) -> str:
+        """Where the endpoint is (``host:port``), for logs and ``RouteInfo.endpoint``."""
+        ...
+
+    def stream(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        *,
+        timeout_s: float | None = None,
+        assistant_prefix: str = "",
+    ) -> AsyncIterator[Chunk | Finish]:
+        """Chunks of the answer (``source="cloud"``, with logprob and entropy), then one
+        :class:`~edgecloud.types.Finish` (with the passages the answer used).
+
+        ``assistant_prefix`` is the answer so far (a mid-answer hand-off): the
+        endpoint continues after it and streams only what follows. ``timeout_s``
+        bounds the whole stream.
+        """
+        ...
+
+    async def upload(self, records: Sequence[EscalationRecord]) -> list[str]:
+        """Store escalation records there; returns the ids stored (safe to repeat)."""
+        ...
+
+    async def health(self, *, timeout_s: float) -> bool:
+        """Whether the endpoint serves now."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
 
 
 @dataclass
@@ -61,7 +106,7 @@ class CircuitBreaker:
 class Endpoint:
     """One cloud service: its client, breaker and last health probe."""
 
-    def __init__(self, client: CloudClient, breaker: CircuitBreaker) -> None:
+    def __init__(self, client: EndpointClient, breaker: CircuitBreaker) -> None:
         self.client = client
         self.breaker = breaker
         self.healthy: bool | None = None  # None: not probed yet

@@ -18,6 +18,7 @@ from edgecloud.device.backends._base import AdapterCapable
 
 if TYPE_CHECKING:
     from edgecloud.device._adapters import AdapterManager
+    from edgecloud.transport import CloudClient
 
 __all__ = ["adapter_manager", "build_engine", "maintain"]
 
@@ -80,9 +81,12 @@ async def adapter_manager(engine: HybridEngine, settings: DeviceSettings) -> Ada
     model = Path(backend.info.path)
     sha = await asyncio.to_thread(sha256_file, model)
     arch = backend.metadata("general.architecture") if hasattr(backend, "metadata") else None
-    client = None
-    if engine.pool is not None and engine.pool.endpoints:
-        client = AdapterSyncClient(engine.pool.endpoints[0].client)
+    cloud = _adapter_cloud(engine)
+    client = AdapterSyncClient(cloud) if cloud is not None else None
+    if client is None and engine.pool is not None and engine.pool.endpoints:
+        first = engine.pool.endpoints[0].target
+        log.warning("device.adapters: the first cloud endpoint %s is no edgecloud service; "
+                    "adapter versions are not followed", first)  # fmt: skip
     manager = AdapterManager(
         backend,
         cfg,
@@ -96,11 +100,22 @@ async def adapter_manager(engine: HybridEngine, settings: DeviceSettings) -> Ada
     return manager
 
 
+def _adapter_cloud(engine: HybridEngine) -> CloudClient | None:
+    """The endpoint adapter versions come from: the first one, when it is an edgecloud
+    gRPC service (adapter sync shares its channel, TLS and token)."""
+    from edgecloud.transport import CloudClient
+
+    if engine.pool is None or not engine.pool.endpoints:
+        return None
+    first = engine.pool.endpoints[0].client
+    return first if isinstance(first, CloudClient) else None
+
+
 async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
     """Probe endpoint health, upload the escalation log and follow adapter versions,
     forever (cancel to stop)."""
     manager = await adapter_manager(engine, settings)
-    if manager is not None and engine.pool is not None and engine.pool.endpoints:
+    if manager is not None and _adapter_cloud(engine) is not None:
         manager.start_watching()
     try:
         await _upkeep(engine, settings)

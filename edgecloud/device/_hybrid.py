@@ -152,6 +152,7 @@ class HybridEngine:
         self.cloud_cfg = cloud
         self.log = log
         self.learned = learned
+        self._closed = False
         self._scope: tuple[AdapterScope, SentenceEncoder] | None = None
         self.usage = _CloudUsage()
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
@@ -432,10 +433,9 @@ class HybridEngine:
         prefix: str,
         cancel: CancelScope,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        kwargs: dict[str, Any] = {"timeout_s": self.cloud_cfg.timeout_s}
-        if prefix:
-            kwargs["assistant_prefix"] = prefix
-        agen = ep.client.stream(prompt, params, **kwargs)
+        agen = ep.client.stream(
+            prompt, params, timeout_s=self.cloud_cfg.timeout_s, assistant_prefix=prefix
+        )
         try:
             first = True
             while not cancel.is_set():
@@ -561,6 +561,21 @@ class HybridEngine:
                 continue
             return self.log.acknowledge(acked)
         return 0
+
+    async def aclose(self) -> None:
+        """Close the cloud endpoints and the escalation log; later calls do nothing.
+
+        The local backend is not closed: the engine was handed it and does not own it.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.pool is not None:
+                await self.pool.close()
+        finally:
+            if self.log is not None:
+                self.log.close()
 
 
 def _passage(p: Passage) -> dict[str, Any]:

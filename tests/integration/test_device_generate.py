@@ -62,7 +62,6 @@ def test_result_summary_is_consistent(backend: LlamaCppBackend) -> None:
     stream = Client(backend).stream(QA, max_tokens=12)
     chunks = list(stream)
     r = stream.result
-    assert r is not None
     assert r.text == "".join(c.text for c in chunks)
     assert r.source == "local" and all(c.source == "local" for c in chunks)
     lps = [c.logprob for c in chunks]
@@ -108,7 +107,7 @@ def test_cancel_stops_within_a_token_and_frees_the_model(backend: LlamaCppBacken
     got = [next(stream) for _ in range(3)]
     stream.cancel()
     rest = list(stream)
-    assert stream.result is not None and stream.result.finish_reason == "cancelled"
+    assert stream.result.finish_reason == "cancelled"
     assert len(rest) <= 1
     assert stream.result.usage.completion_tokens <= len(got) + 1
     assert client.generate(QA, max_tokens=3).usage.completion_tokens == 3
@@ -170,6 +169,23 @@ def test_local_client_from_settings(model_cache: Path) -> None:
         r = client.generate(QA, max_tokens=4, stop="\n")
         assert r.model == "gemma-3-270m-q4_k_m"
         assert not math.isnan(r.confidence.mean_entropy)
+
+
+def test_async_client_opens_in_a_worker_thread(model_cache: Path, backend: LlamaCppBackend) -> None:
+    from edgecloud.config import Settings
+
+    settings = Settings.load(cache_dir=model_cache)
+
+    async def main() -> tuple[int, str]:
+        async with await AsyncClient.open(settings=settings, n_threads=2, n_ctx=512) as client:
+            stream = client.stream(QA, max_tokens=4, stop="\n")
+            text = "".join([c.text async for c in stream])
+            assert stream.result.text == text and stream.result.model == "gemma-3-270m-q4_k_m"
+            return client.backend.n_ctx, text
+
+    n_ctx, text = asyncio.run(main())
+    assert n_ctx == 512
+    assert text == Client(backend).generate(QA, max_tokens=4, stop="\n").text  # greedy: same
 
 
 def test_local_client_uses_the_settings_it_loaded(

@@ -77,7 +77,7 @@ def test_mid_answer_handoff_continues_on_the_cloud_and_is_logged_then_uploaded(
         stream = client.stream("The three primary colours are", max_tokens=16)
         chunks = list(stream)
         r = stream.result
-        assert r is not None and r.route is not None
+        assert r.route is not None
         assert r.route.policy == "confidence-window" and r.route.local_tokens_before_handoff == 3
         assert [c.source for c in chunks[:3]] == ["local"] * 3
         assert chunks[3].source == "cloud" and r.source == "mixed"
@@ -163,7 +163,7 @@ def test_cloud_killed_mid_stream_is_finished_on_the_device(
                 if chunk.source == "cloud" and len([c for c in seen if c.source == "cloud"]) == 2:
                     proc.send_signal(signal.SIGKILL)
             r = stream.result
-        assert r is not None and r.route is not None and r.route.fallback is not None
+        assert r.route is not None and r.route.fallback is not None
         sources = [c.source for c in seen]
         assert sources[:2] == ["local", "local"] and "cloud" in sources and sources[-1] == "local"
         assert r.usage.completion_tokens == 40 or r.finish_reason == "stop"

@@ -1,13 +1,19 @@
 import asyncio
+import inspect
 import math
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgecloud import AsyncClient, Client, InvalidRequestError
+import edgecloud.device
+from edgecloud import AsyncClient, Client, InvalidRequestError, Settings
 from edgecloud.common.text import normalize_prompt
+from edgecloud.device.backends import TextBackend
 from edgecloud.device.backends._base import FifoLock
+from edgecloud.errors import BackendClosedError, StreamNotFinishedError
 from edgecloud.types import ChatMessage, SamplingParams
 from tests.fakes import ScriptedBackend
 
@@ -18,7 +24,6 @@ def test_stream_and_result_statistics() -> None:
     chunks = list(stream)
     assert [c.text for c in chunks] == ["one", " two", " three"]
     r = stream.result
-    assert r is not None
     assert r.text == "one two three"
     assert r.finish_reason == "length"
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (3, 3, 6)
@@ -73,7 +78,6 @@ def test_cancel_from_another_thread_ends_the_stream() -> None:
     assert first.text == "one"
     stream.cancel()
     rest = list(stream)
-    assert stream.result is not None
     assert stream.result.finish_reason == "cancelled"
     assert len(rest) <= 1
     assert client.generate("again").finish_reason == "stop"  # the backend is free again
@@ -84,7 +88,6 @@ def test_nan_confidence_when_no_tokens() -> None:
     stream = client.stream("x")
     stream.cancel()
     stream.close()
-    assert stream.result is not None
     assert stream.result.confidence.tokens == 0
     assert math.isnan(stream.result.confidence.mean_logprob)
 
@@ -94,7 +97,7 @@ def test_async_stream_matches_sync() -> None:
         client = AsyncClient(ScriptedBackend())
         stream = client.stream("x", max_tokens=4)
         texts = [c.text async for c in stream]
-        assert stream.result is not None and stream.result.text == "one two three four"
+        assert stream.result.text == "one two three four"
         result = await client.generate("y")
         assert result.finish_reason == "stop"
         return texts
@@ -172,3 +175,180 @@ def test_bad_route_is_refused_on_a_local_client_too() -> None:
         client.stream("x", route="edge")
     with pytest.raises(InvalidRequestError, match="needs cloud endpoints"):
         client.stream("x", route="cloud")
+
+
+def test_result_is_readable_once_the_stream_ended_and_not_before() -> None:
+    client = Client(ScriptedBackend())
+    stream = client.stream("x", max_tokens=2)
+    assert not stream.finished
+    with pytest.raises(StreamNotFinishedError, match="iterate it to the end"):
+        _ = stream.result
+    assert next(stream).text == "one"
+    with pytest.raises(StreamNotFinishedError):
+        _ = stream.result
+    assert [c.text for c in stream] == [" two"]
+    assert stream.finished and stream.result.text == "one two"
+
+
+def test_async_result_is_readable_once_the_stream_ended_and_not_before() -> None:
+    async def main() -> str:
+        stream = AsyncClient(ScriptedBackend()).stream("x", max_tokens=2)
+        assert not stream.finished
+        with pytest.raises(StreamNotFinishedError):
+            _ = stream.result
+        texts = [c.text async for c in stream]
+        assert texts == ["one", " two"] and stream.finished
+        return stream.result.text
+
+    assert asyncio.run(main()) == "one two"
+
+
+class FailingBackend(ScriptedBackend):
+    """Yields one token, then fails as a native runtime error translated by a backend would."""
+
+    def stream(self, prompt: Any, params: SamplingParams, cancel: Any = None, *,
+               prefix: str = "") -> Any:  # fmt: skip
+        events = super().stream(prompt, params, cancel, prefix=prefix)
+
+        def run() -> Any:
+            yield next(iter(events))
+            raise BackendClosedError("the model went away")
+
+        return run()
+
+
+def test_a_failed_stream_has_no_result() -> None:
+    stream = Client(FailingBackend()).stream("x")
+    with pytest.raises(BackendClosedError):
+        list(stream)
+    assert not stream.finished
+    with pytest.raises(StreamNotFinishedError):
+        _ = stream.result
+
+    async def main() -> None:
+        stream = AsyncClient(FailingBackend()).stream("x")
+        with pytest.raises(BackendClosedError):
+            async for _ in stream:
+                pass
+        assert not stream.finished
+        with pytest.raises(StreamNotFinishedError):
+            _ = stream.result
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_generate_takes_the_typed_keywords_of_stream(cls: type[Client | AsyncClient]) -> None:
+    def keywords(fn: Any) -> list[tuple[str, Any, Any, Any]]:
+        params = inspect.signature(fn).parameters.values()
+        return [(p.name, p.kind, p.default, p.annotation) for p in params]
+
+    assert keywords(cls.generate) == keywords(cls.stream)
+    assert ("max_tokens", inspect.Parameter.KEYWORD_ONLY, None, "int | None") in keywords(
+        cls.generate
+    )
+
+
+def test_async_generate_passes_every_keyword_on() -> None:
+    backend = ScriptedBackend()
+
+    async def main() -> str:
+        client = AsyncClient(backend)
+        with pytest.raises(InvalidRequestError, match="route must be"):
+            await client.generate("x", route="edge")
+        r = await client.generate("x", max_tokens=2, temperature=0.5, top_p=0.9, top_k=7,
+                                  seed=3, stop="\n", route="local")  # fmt: skip
+        return r.text
+
+    assert asyncio.run(main()) == "one two"
+    p = backend.seen[-1][1]
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop) == (
+        2, 0.5, 0.9, 7, 3, ("\n",)
+    )  # fmt: skip
+
+
+class SlowLoader:
+    """Stands in for ``edgecloud.device.load_text_backend``: blocks like a real model load."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls: list[dict[str, Any]] = []
+        self.threads: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.backends: list[ScriptedBackend] = []
+
+    def __call__(self, settings: Settings, **kwargs: Any) -> TextBackend:
+        self.calls.append(kwargs)
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        self.release.wait(self.seconds)
+        backend = ScriptedBackend()
+        self.backends.append(backend)
+        return backend
+
+
+def test_async_open_loads_in_a_worker_thread_without_blocking_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loader = SlowLoader(0.3)
+    monkeypatch.setattr(edgecloud.device, "load_text_backend", loader)
+    settings = Settings.load(device={"generation": {"max_tokens": 2}})
+
+    async def main() -> tuple[int, str]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            async with await AsyncClient.open(
+                Path("m.gguf"), settings=settings, n_threads=2
+            ) as client:
+                during = ticks
+                text = (await client.generate("x")).text
+        finally:
+            ticker.cancel()
+        return during, text
+
+    during, text = asyncio.run(main())
+    assert during >= 10  # the loop ran on while the model loaded (0.3 s)
+    assert text == "one two"  # the settings' generation defaults apply
+    [call] = loader.calls
+    assert call["model"] == Path("m.gguf") and call["n_threads"] == 2
+    assert loader.threads[0] != threading.get_ident()
+    assert loader.backends[0].closed  # async with closed it
+
+
+def test_cancelling_async_open_closes_the_model_once_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loader = SlowLoader(10)
+    monkeypatch.setattr(edgecloud.device, "load_text_backend", loader)
+
+    async def main() -> None:
+        opening = asyncio.create_task(AsyncClient.open(settings=Settings.load()))
+        await asyncio.to_thread(loader.started.wait, 5)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        loader.release.set()
+        for _ in range(100):
+            if loader.backends and loader.backends[0].closed:
+                return
+            await asyncio.sleep(0.02)
+
+    asyncio.run(main())
+    assert loader.backends and loader.backends[0].closed
+
+
+def test_async_local_still_loads_synchronously(monkeypatch: pytest.MonkeyPatch) -> None:
+    loader = SlowLoader(0)
+    monkeypatch.setattr(edgecloud.device, "load_text_backend", loader)
+    client = AsyncClient.local(settings=Settings.load(), n_ctx=256)
+    assert loader.threads == [threading.get_ident()] and loader.calls[0]["n_ctx"] == 256
+    assert asyncio.run(client.generate("x", max_tokens=1)).text == "one"

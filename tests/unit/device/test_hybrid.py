@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ def make(
     def engine() -> HybridEngine:
         pool = EndpointPool(
             [Endpoint(c, CircuitBreaker(failures=2, cooldown_s=60)) for c in clouds]
-        )  # type: ignore[arg-type]
+        )
         return HybridEngine(backend, pool=pool, router=router, cloud=cfg, log=log)
 
     return Client(backend, engine=engine), backend
@@ -57,7 +59,6 @@ def test_mid_answer_handoff_continues_after_the_local_part() -> None:
     stream = client.stream("hi", max_tokens=10)
     chunks = list(stream)
     r = stream.result
-    assert r is not None
     assert [c.source for c in chunks] == ["local"] * 3 + ["cloud"] * 3
     assert [c.index for c in chunks] == list(range(6))
     assert r.text == "one two three cloud says hello"
@@ -78,11 +79,11 @@ def test_a_handoff_within_the_holdback_drops_the_unshown_tokens(tmp_path: Path) 
     stream = client.stream("hi", max_tokens=10, stop=["\n"])
     chunks = list(stream)
     r = stream.result
-    assert r is not None and r.route is not None
+    assert r.route is not None
     assert [c.source for c in chunks] == ["cloud"] * 3  # the app never saw the local start
     assert r.text == " cloud says hello" and r.source == "cloud"
     assert r.route.escalated and r.route.local_tokens_before_handoff == 0
-    assert "assistant_prefix" not in cloud.calls[0]  # the cloud answers from scratch
+    assert cloud.calls[0]["assistant_prefix"] == ""  # the cloud answers from scratch
     [rec] = log.all()
     assert rec.local_partial == "" and rec.cloud_answer == " cloud says hello"
     assert rec.extra["stop"] == ["\n"]
@@ -112,7 +113,7 @@ def test_confident_local_answers_are_sampled_for_replay(tmp_path: Path) -> None:
         backend = ScriptedBackend("one two three four", delay=0.0)
 
         def build() -> HybridEngine:
-            pool = EndpointPool([Endpoint(cloud, CircuitBreaker(2, 60))])  # type: ignore[arg-type]
+            pool = EndpointPool([Endpoint(cloud, CircuitBreaker(2, 60))])
             return HybridEngine(backend, pool=pool, router=CALM,
                                 cloud=DeviceCloudConfig(), log=log, replay_rate=rate, seed=0)  # fmt: skip
 
@@ -136,7 +137,7 @@ def test_forced_cloud_route() -> None:
     r = client.generate("hi", route="cloud")
     assert r.source == "cloud" and r.route is not None and r.route.policy == "forced"
     assert backend.seen == []
-    assert "assistant_prefix" not in cloud.calls[0]
+    assert cloud.calls[0]["assistant_prefix"] == ""
 
 
 def test_private_request_never_reaches_the_cloud() -> None:
@@ -171,7 +172,7 @@ def test_cloud_dying_mid_stream_is_finished_on_the_device() -> None:
     stream = client.stream("hi", max_tokens=9)
     chunks = list(stream)
     r = stream.result
-    assert r is not None and r.route is not None
+    assert r.route is not None
     assert r.route.fallback is not None and "went away" in r.route.fallback
     assert [c.source for c in chunks[:5]] == ["local"] * 3 + ["cloud"] * 2
     assert all(c.source == "local" for c in chunks[5:]) and len(chunks) > 5
@@ -225,6 +226,43 @@ def test_cancelling_during_the_cloud_part_ends_quietly() -> None:
     first = next(stream)
     assert first.source == "cloud"
     stream.close()  # cancel and drain: no error although the cloud part was demanded
-    assert stream.result is not None and stream.result.finish_reason == "cancelled"
+    assert stream.result.finish_reason == "cancelled"
     assert stream.result.route is not None and stream.result.route.fallback is None
     assert client.generate("hi", route="cloud", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_aclose_closes_the_endpoints_and_the_log_once(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    clouds = [FakeCloud("a"), FakeCloud("b")]
+    pool = EndpointPool([Endpoint(c, CircuitBreaker()) for c in clouds])
+    engine = HybridEngine(ScriptedBackend(), pool=pool, router=CALM, cloud=DeviceCloudConfig(),
+                          log=log)  # fmt: skip
+
+    async def close_twice() -> None:
+        await engine.aclose()
+        await engine.aclose()  # idempotent: nothing is closed twice
+
+    asyncio.run(close_twice())
+    assert [c.closes for c in clouds] == [1, 1]
+    with pytest.raises(sqlite3.ProgrammingError):  # the log's database is closed
+        len(log)
+
+
+def test_an_offline_engine_closes_its_log(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    engine = HybridEngine(ScriptedBackend(), pool=None, router=CALM, cloud=DeviceCloudConfig(),
+                          log=log)  # fmt: skip
+    asyncio.run(engine.aclose())
+    with pytest.raises(sqlite3.ProgrammingError):
+        len(log)
+
+
+def test_closing_the_client_closes_its_engine(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    cloud = FakeCloud("a")
+    client, backend = make([cloud], log=log)
+    assert client.generate("hi", max_tokens=10).source == "mixed"
+    client.close()
+    assert cloud.closes == 1 and backend.closed
+    with pytest.raises(sqlite3.ProgrammingError):
+        len(log)
