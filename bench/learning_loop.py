@@ -152,8 +152,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.adapters._signing import generate_keypair
     from edgecloud.cloud import CloudServer, TorchBackend
     from edgecloud.cloud._knowledge import KnowledgeBase
-    from edgecloud.cloud._learning import base_model, run_round
     from edgecloud.cloud._records import RecordStore
+    from edgecloud.cloud.train import base_model, run_round
     from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.common.models import ensure_default_model
     from edgecloud.config import Settings

@@ -219,30 +219,46 @@ def hash_token_command(
     emit("token_hash", token=token, sha256=hash_token(token))
 
 
-_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+class _RoundProgress:
+    """A round's stages and training steps, shown with rich on stderr."""
 
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-def parse_since(text: str, now: float) -> float:
-    """``24h``/``30m``/``7d``/``90s``/``2w`` ago, or an ISO 8601 time, as Unix seconds.
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task("starting", total=None, loss="-")
 
-    Raises:
-        typer.BadParameter: neither form.
-    """
-    from datetime import datetime, timezone
+    def __enter__(self) -> _RoundProgress:
+        self._bar.start()
+        return self
 
-    value = text.strip()
-    unit = value[-1:].lower()
-    if unit in _DURATION and value[:-1].replace(".", "", 1).isdigit():
-        return now - float(value[:-1]) * _DURATION[unit]
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither a duration (24h, 30m, 7d) nor an ISO 8601 time"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+    def __exit__(self, *_: object) -> None:
+        self._bar.stop()
+
+    def stage(self, text: str) -> None:
+        # a line per stage as well: logs and non-terminals see no live bar
+        self._bar.console.print(text, highlight=False, markup=False)
+        self._bar.update(self._task, description=text)
+
+    def step(self, step: int, total: int, loss: float) -> None:
+        self._bar.update(self._task, completed=step, total=total, loss=f"{loss:.3f}")
 
 
 @cloud_app.command("train")
@@ -280,65 +296,32 @@ def train_command(
     """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
     import time
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from edgecloud.cloud._learning import run_round
+    from edgecloud.cloud.train import parse_since, run_round
+    from edgecloud.errors import InvalidRequestError
 
     now = time.time()
-    start = parse_since(since, now)
+    try:
+        start = parse_since(since, now)
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+    options = {"adapter_id": adapter_id, "epochs": epochs, "include_passages": with_passages}
     try:
         settings = load_settings(config)
-        train: dict[str, Any] = settings.cloud.train.model_dump()
-        if adapter_id is not None:
-            train["adapter_id"] = adapter_id
-        if epochs is not None:
-            train["epochs"] = epochs
-        if with_passages is not None:
-            train["include_passages"] = with_passages
+        train = {
+            **settings.cloud.train.model_dump(),
+            **{k: v for k, v in options.items() if v is not None},
+        }
         cloud = settings.cloud.model_copy(
             update={"train": type(settings.cloud.train).model_validate(train)}
         )
         settings = settings.model_copy(update={"cloud": cloud})
         out_dir = out or settings.cache_dir / "rounds" / time.strftime("%Y%m%d-%H%M%S")
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        ) as bar:
-            task = bar.add_task("starting", total=None, loss="-")
-
-            def on_stage(text: str) -> None:
-                # a line per stage as well: logs and non-terminals see no live bar
-                bar.console.print(text, highlight=False, markup=False)
-                bar.update(task, description=text)
-
-            def progress(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, loss=f"{loss:.3f}")
-
+        with _RoundProgress() as shown:
             result = run_round(
-                settings,
-                out_dir,
-                since=start,
-                until=now,
-                publish=publish,
-                rollout_percent=percent,
-                base_gguf=base_gguf,
-                progress=progress,
-                on_stage=on_stage,
-            )
+                settings, out_dir, since=start, until=now, publish=publish,
+                rollout_percent=percent, base_gguf=base_gguf, progress=shown.step,
+                on_stage=shown.stage,
+            )  # fmt: skip
     except EdgeCloudError as exc:
         raise fail(exc) from None
     emit(

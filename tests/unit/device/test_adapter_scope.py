@@ -15,8 +15,8 @@ import numpy.typing as npt
 import pytest
 
 from edgecloud.adapters._manifest import AdapterScope, Manifest
-from edgecloud.cloud._learning import fit_scope
-from edgecloud.cloud._trainer import TrainingExample
+from edgecloud.cloud.train import TrainingExample
+from edgecloud.cloud.train._scope import fit_scope
 from edgecloud.config import DeviceCloudConfig, RouterConfig
 from edgecloud.device._hybrid import CancelScope, HybridEngine
 from edgecloud.errors import AdapterFormatError

@@ -1,4 +1,5 @@
-"""The trainer's data side: which records become examples, the holdout split, label masks."""
+"""Training by stage: which records become examples, the holdout split, label masks, the loss,
+the vote, the replay check, the canary, the record window."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from typing import Any
 import pytest
 
 from edgecloud.cloud._records import StoredRecord
-from edgecloud.cloud._trainer import (
+from edgecloud.cloud.train._examples import (
     TrainingExample,
-    _encode,
     examples_from_records,
     grounded,
     split_holdout,
 )
+from edgecloud.cloud.train._loss import encode
 from edgecloud.common.records import EscalationRecord
 
 PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. It recharges at the D-497 dock."
@@ -40,17 +41,20 @@ def test_grounded_needs_every_number_and_content_word_in_the_evidence() -> None:
 
 
 def test_examples_keep_grounded_answers_with_their_terminator() -> None:
-    kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")])
+    kept, _ = examples_from_records([stored(), stored(cloud_answer=" 100 kg")])
     assert [(e.answer, e.terminator) for e in kept] == [(" 22.0 kg", "\n")]
     assert kept[0].passages == (PASSAGE,) and not kept[0].replay
-    assert len(examples_from_records([stored(cloud_answer=" 100 kg")], require_grounded=False)) == 1
+    kept, to_relabel = examples_from_records(
+        [stored(cloud_answer=" 100 kg")], require_grounded=False
+    )
+    assert len(kept) == 1 and to_relabel == []
 
 
 def test_examples_join_the_local_start_and_pick_the_terminator() -> None:
     handed_off = stored(local_partial=" 22", cloud_answer=".0 kg")
     no_stop = stored(extra={"finish": "stop"})  # ended on EOS: no stop sequence to learn
     cut = stored(extra={"stop": ["\n"], "finish": "length"})  # max_tokens: no ending at all
-    a, b, c = examples_from_records([handed_off, no_stop, cut])
+    (a, b, c), _ = examples_from_records([handed_off, no_stop, cut])
     assert (a.answer, a.terminator) == (" 22.0 kg", "\n")
     assert b.terminator is None and c.terminator == ""
 
@@ -61,13 +65,13 @@ def test_cancelled_empty_and_chat_records_are_skipped() -> None:
         stored(cloud_answer="  "),
         stored(extra={"messages": [{"role": "user", "content": "hi"}], "finish": "stop"}),
     ]
-    assert examples_from_records(records) == []
+    assert examples_from_records(records) == ([], [])
 
 
 def test_replay_records_become_replay_examples() -> None:
     rec = stored(local_partial=" Paris", cloud_answer="",
                  extra={"kind": "replay", "stop": ["\n"], "finish": "stop", "passages": []})  # fmt: skip
-    [ex] = examples_from_records([rec])
+    [ex], _ = examples_from_records([rec])
     assert ex.replay and ex.answer == " Paris" and ex.terminator == "\n"
 
 
@@ -95,16 +99,16 @@ class _Tok:
 
 
 def test_loss_covers_only_the_answer_and_its_terminator() -> None:
-    enc = _encode(_Tok(), TrainingExample("a bb ccc", "dddd", "\n"), max_length=64)
+    enc = encode(_Tok(), TrainingExample("a bb ccc", "dddd", "\n"), max_length=64)
     assert enc.ids[:4] == [1, 11, 12, 13]
     assert enc.labels[:4] == [-100] * 4 and enc.labels[4:] == enc.ids[4:]
-    eos = _encode(_Tok(), TrainingExample("a", "dddd", None), max_length=64)
+    eos = encode(_Tok(), TrainingExample("a", "dddd", None), max_length=64)
     assert eos.ids[-1] == 2 and eos.labels[-1] == 2  # ends with EOS when no stop sequence
 
 
 def test_long_prompts_keep_their_end_and_the_whole_answer() -> None:
     prompt = " ".join("x" * (i % 5 + 1) for i in range(100))
-    enc = _encode(_Tok(), TrainingExample(prompt, "yyyyyy", ""), max_length=16)
+    enc = encode(_Tok(), TrainingExample(prompt, "yyyyyy", ""), max_length=16)
     assert len(enc.ids) == 16 and enc.ids[0] == 1  # BOS kept
     assert enc.ids[-1] == 16 and enc.labels[-1] == 16  # the answer survives
     assert enc.ids[-2] == 10 + len(prompt.split(" ")[-1])  # the prompt's end, next to it
@@ -117,7 +121,7 @@ def test_the_answer_only_loss_equals_the_full_model_loss() -> None:
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
 
-    from edgecloud.cloud._trainer import _collate, _Encoded, _loss_sum
+    from edgecloud.cloud.train._loss import Encoded, collate, loss_sum
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -126,13 +130,13 @@ def test_the_answer_only_loss_equals_the_full_model_loss() -> None:
     )  # fmt: skip
     model = Gemma3ForCausalLM(config).eval()
     items = [
-        _Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
-        _Encoded([1, 5, 6, 40, 41, 42, 43, 2], [-100, -100, -100, 40, 41, 42, 43, 2]),
-        _Encoded([1, 3, 4], [-100, 3, 4]),
+        Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
+        Encoded([1, 5, 6, 40, 41, 42, 43, 2], [-100, -100, -100, 40, 41, 42, 43, 2]),
+        Encoded([1, 3, 4], [-100, 3, 4]),
     ]
-    batch = _collate(items, 0, torch, torch.device("cpu"))
+    batch = collate(items, 0, torch, torch.device("cpu"))
     with torch.no_grad():
-        total, n = _loss_sum(model, batch, torch)
+        total, n = loss_sum(model, batch, torch)
         reference = model(**batch).loss
     assert n == 2 + 5 + 2
     assert abs(float(total) / n - float(reference)) < 1e-5
@@ -170,7 +174,7 @@ class _Sampler:
 def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
     import torch
 
-    from edgecloud.cloud._trainer import relabel
+    from edgecloud.cloud.train._relabel import relabel
 
     ex = TrainingExample("Q: payload?\nA:", " 100 kg", "\n", (PASSAGE,), "r1")
     sampler = _Sampler([
@@ -186,19 +190,15 @@ def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
 
 
 def test_ungrounded_records_are_handed_back_for_relabeling() -> None:
-    rejected: list[TrainingExample] = []
-    kept = examples_from_records([stored(), stored(cloud_answer=" 100 kg")], rejected=rejected)
+    kept, rejected = examples_from_records([stored(), stored(cloud_answer=" 100 kg")])
     assert [e.answer for e in kept] == [" 22.0 kg"] and [e.answer for e in rejected] == [" 100 kg"]
 
 
 def test_relabel_all_hands_every_escalated_record_to_the_vote() -> None:
-    rejected: list[TrainingExample] = []
     plain = stored(extra={"stop": ["\n"], "finish": "stop"})  # answered without passages
     replayed = stored(extra={"stop": ["\n"], "finish": "stop", "kind": "replay"})
-    kept = examples_from_records(
-        [stored(), stored(cloud_answer=" 100 kg"), plain, replayed],
-        rejected=rejected,
-        relabel_all=True,
+    kept, rejected = examples_from_records(
+        [stored(), stored(cloud_answer=" 100 kg"), plain, replayed], relabel_all=True
     )
     assert [e.answer for e in rejected] == [" 22.0 kg", " 100 kg", " 22.0 kg"]
     assert [e.passages for e in rejected][2] == ()
@@ -208,7 +208,7 @@ def test_relabel_all_hands_every_escalated_record_to_the_vote() -> None:
 def test_without_passages_a_label_needs_the_share_of_samples_to_agree() -> None:
     import torch
 
-    from edgecloud.cloud._trainer import relabel
+    from edgecloud.cloud.train._relabel import relabel
 
     ex = TrainingExample("Q: What colour is snow?\nA:", " Red", "\n", (), "r1")
     sampler = _Sampler([
@@ -223,7 +223,7 @@ def test_without_passages_a_label_needs_the_share_of_samples_to_agree() -> None:
 
 
 def test_replayed_answers_the_knowledge_contradicts_go_to_the_vote() -> None:
-    from edgecloud.cloud._learning import check_replay
+    from edgecloud.cloud.train._relabel import check_replay
     from edgecloud.types import Passage
 
     class Knowledge:
@@ -249,7 +249,7 @@ def _tiny_lora_batch() -> tuple[Any, dict[str, Any], Any]:
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
 
-    from edgecloud.cloud._trainer import _collate, _Encoded
+    from edgecloud.cloud.train._loss import Encoded, collate
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -260,10 +260,10 @@ def _tiny_lora_batch() -> tuple[Any, dict[str, Any], Any]:
         Gemma3ForCausalLM(config).eval(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     )
     items = [
-        _Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
-        _Encoded([1, 5, 6, 40, 41, 42], [-100, -100, -100, 40, 41, 42], anchor=True),
+        Encoded([1, 5, 6, 7, 8, 9], [-100, -100, -100, -100, 8, 9]),
+        Encoded([1, 5, 6, 40, 41, 42], [-100, -100, -100, 40, 41, 42], anchor=True),
     ]
-    return model, _collate(items, 0, torch, torch.device("cpu")), torch
+    return model, collate(items, 0, torch, torch.device("cpu")), torch
 
 
 PEFT_WARNING = pytest.mark.filterwarnings(
@@ -273,33 +273,33 @@ PEFT_WARNING = pytest.mark.filterwarnings(
 
 @PEFT_WARNING
 def test_anchor_rows_cost_nothing_while_the_adapter_changes_nothing() -> None:
-    from edgecloud.cloud._trainer import _loss_sum
+    from edgecloud.cloud.train._loss import loss_sum
 
     model, batch, torch = _tiny_lora_batch()  # LoRA B starts at zero: adapted == base
     with torch.no_grad():
-        with_kl, n = _loss_sum(model, batch, torch, anchor_kl=True)
-        plain_only, _ = _loss_sum(
+        with_kl, n = loss_sum(model, batch, torch, anchor_kl=True)
+        plain_only, _ = loss_sum(
             model, {**batch, "anchor": torch.tensor([False, True])}, torch, anchor_kl=False
         )
     assert n == 2 + 3
     # Only the first row's cross-entropy remains; the anchor row's KL is zero.
     first = {k: v[:1] for k, v in batch.items()}
     with torch.no_grad():
-        first_loss, _ = _loss_sum(model, first, torch)
+        first_loss, _ = loss_sum(model, first, torch)
     assert abs(float(with_kl) - float(first_loss)) < 1e-4
     assert float(plain_only) > float(with_kl)  # cross-entropy on the anchor row is not zero
 
 
 @PEFT_WARNING
 def test_anchor_rows_pull_a_changed_adapter_back_to_the_base() -> None:
-    from edgecloud.cloud._trainer import _loss_sum
+    from edgecloud.cloud.train._loss import loss_sum
 
     model, batch, torch = _tiny_lora_batch()
     anchor_only = {k: v[1:] for k, v in batch.items()}
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.5)
-    loss, _ = _loss_sum(model, anchor_only, torch, anchor_kl=True)
+    loss, _ = loss_sum(model, anchor_only, torch, anchor_kl=True)
     assert float(loss.detach()) > 0
     loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
@@ -312,7 +312,7 @@ def test_sampled_answers_stop_at_the_terminator_and_share_one_prompt_pass() -> N
     from transformers import Gemma3TextConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3ForCausalLM
 
-    from edgecloud.cloud._trainer import sample_answers
+    from edgecloud.cloud.train._relabel import sample_answers
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -343,11 +343,82 @@ def test_sampled_answers_stop_at_the_terminator_and_share_one_prompt_pass() -> N
 
 
 def test_canary_candidates_alternate_learned_and_replayed_short_answers() -> None:
-    from edgecloud.cloud._trainer import _canary_pool
+    from edgecloud.cloud.train._evaluate import canary_pool
 
     learned = [TrainingExample(f"q{i}", f" a{i}", "\n") for i in range(3)]
     replayed = [TrainingExample(f"r{i}", f" b{i}", "\n", replay=True) for i in range(2)]
     long = TrainingExample("x", " " + "y" * 100, "\n")
     multi = TrainingExample("z", " line\nline", "")
-    pool = _canary_pool([*learned, long, *replayed, multi])
+    pool = canary_pool([*learned, long, *replayed, multi])
     assert [e.prompt for e in pool] == ["q0", "r0", "q1", "r1", "q2"]
+
+
+def test_the_record_window_is_a_duration_before_now_or_an_iso_time() -> None:
+    from edgecloud.cloud.train import parse_since
+    from edgecloud.errors import InvalidRequestError
+
+    now = 1_000_000.0
+    assert parse_since("24h", now) == now - 86_400
+    assert parse_since(" 30m ", now) == now - 1_800
+    assert parse_since("1.5D", now) == now - 1.5 * 86_400
+    assert parse_since("2w", now) == now - 2 * 604_800
+    assert parse_since("1970-01-02T00:00:00", now) == 86_400  # no zone: UTC
+    assert parse_since("1970-01-02T01:00:00+01:00", now) == 86_400
+    for bad in ("yesterday-ish", "h", "-5h", "24x"):
+        with pytest.raises(InvalidRequestError, match="neither a duration"):
+            parse_since(bad, now)
+
+
+def test_round_stages_are_told_as_they_start_and_timed_until_the_next() -> None:
+    from edgecloud.cloud.train._round import _Stages
+
+    told: list[str] = []
+    stages = _Stages(told.append)
+    stages.start("records", "reading escalation records")
+    stages.tell("2 replayed answers contradict the knowledge base")
+    stages.start("train", "training")
+    seconds = stages.finish()
+    assert told == [
+        "reading escalation records",
+        "2 replayed answers contradict the knowledge base",
+        "training",
+    ]
+    assert list(seconds) == ["records", "train"] and min(seconds.values()) >= 0
+    assert stages.finish() == seconds  # nothing running any more
+
+
+def test_a_round_to_publish_without_a_signing_key_fails_before_reading_records(
+    tmp_path: Any,
+) -> None:
+    from edgecloud.cloud.train import run_round
+    from edgecloud.config import Settings
+    from edgecloud.errors import ConfigError
+
+    settings = Settings.load(
+        cache_dir=tmp_path, cloud={"records": {"path": str(tmp_path / "records.db")}}
+    )
+    told: list[str] = []
+    with pytest.raises(ConfigError, match="signing_key"):
+        run_round(settings, tmp_path / "round", publish=True, on_stage=told.append)
+    assert told == [] and not (tmp_path / "records.db").exists()
+
+
+def test_a_round_with_too_few_usable_records_says_how_many_it_had(tmp_path: Any) -> None:
+    from edgecloud.cloud._records import RecordStore
+    from edgecloud.cloud.train import run_round
+    from edgecloud.config import Settings
+    from edgecloud.errors import InvalidRequestError
+
+    store = RecordStore(tmp_path / "records.db")
+    store.store([stored().record, stored(extra={"finish": "cancelled"}).record], device="d")
+    store.close()
+    settings = Settings.load(
+        cache_dir=tmp_path,
+        cloud={"records": {"path": str(tmp_path / "records.db")}, "train": {"min_records": 2}},
+    )
+    told: list[str] = []
+    with pytest.raises(
+        InvalidRequestError, match="1 usable examples from 2 records; a round needs at least 2"
+    ):
+        run_round(settings, tmp_path / "round", on_stage=told.append)
+    assert told == ["reading escalation records"] and not (tmp_path / "round").exists()
