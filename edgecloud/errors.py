@@ -7,6 +7,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     ├── ConfigError                     bad settings or TOML (not retryable)
     ├── InvalidRequestError             bad call arguments: empty prompt, invalid
     │                                   UTF-8, max_tokens out of range (not retryable)
+    ├── NotFoundError                   the service has no such thing (NOT_FOUND;
+    │   │                               not retryable)
+    │   ├── UnknownAdapterError         (also an AdapterError, below)
+    │   └── UnknownModelError           (also a SplitError, below)
     ├── DeviceError                     the on-device runtime
     │   ├── ModelLoadError              a model file could not be loaded
     │   │   ├── ModelNotFoundError      the path does not exist
@@ -27,9 +31,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   ├── ActivationError             an activation is truncated, over the size limit,
     │   │                               or its shape/dtype does not match the cut
     │   └── UnknownModelError           the service holds no tensor model of that name
-    │                                   (NOT_FOUND)
+    │                                   (a NotFoundError)
     ├── AdapterError                    LoRA adapters: signature, hash, format
-    │   ├── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
+    │   ├── UnknownAdapterError         no adapter (version, file) with that id is there
+    │   │                               (a NotFoundError)
     │   ├── AdapterSignatureError       unsigned, or signed by a key the device does not trust
     │   ├── AdapterIntegrityError       a file's sha256 or size differs from its manifest
     │   │                               (tampered or truncated download)
@@ -41,8 +46,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
 
 Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
 with ``raise ... from exc`` so the cause stays visible in tracebacks. Over gRPC,
-``INVALID_ARGUMENT`` and ``OUT_OF_RANGE`` become :class:`InvalidRequestError` and
-``NOT_FOUND`` becomes :class:`UnknownAdapterError` (see ``edgecloud.transport``).
+``INVALID_ARGUMENT`` and ``OUT_OF_RANGE`` become :class:`InvalidRequestError`, and
+``NOT_FOUND`` becomes :class:`UnknownAdapterError` or :class:`UnknownModelError` when
+the service says which (its message starts with "unknown adapter" or "unknown model"),
+else :class:`NotFoundError` (see ``edgecloud.transport``).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "NotFoundError",
     "OverloadedError",
     "RemoteError",
     "SplitError",
@@ -92,6 +100,13 @@ class ConfigError(EdgeCloudError):
 
 class InvalidRequestError(EdgeCloudError, ValueError):
     """The arguments of a call are invalid (also a ``ValueError``)."""
+
+
+class NotFoundError(EdgeCloudError):
+    """The service holds nothing of the requested name (gRPC ``NOT_FOUND``).
+
+    Catch this to handle any missing thing; the subclasses say which kind.
+    """
 
 
 class DeviceError(EdgeCloudError):
@@ -169,7 +184,7 @@ class ActivationError(SplitError, InvalidRequestError):
     """An activation is truncated, over the size limit, or does not match the cut's shape/dtype."""
 
 
-class UnknownModelError(SplitError):
+class UnknownModelError(SplitError, NotFoundError):
     """The service holds no tensor model of the requested name (gRPC ``NOT_FOUND``)."""
 
 
@@ -177,7 +192,7 @@ class AdapterError(EdgeCloudError):
     """A LoRA adapter is invalid, unsigned, or does not match the base model."""
 
 
-class UnknownAdapterError(AdapterError):
+class UnknownAdapterError(AdapterError, NotFoundError):
     """No adapter with the requested id is loaded where the call ran."""
 
 
