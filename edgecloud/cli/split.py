@@ -123,7 +123,7 @@ def serve(
     ] = None,
     tls_client_ca: Annotated[
         Optional[Path],
-        typer.Option(help="PEM CA that must sign client certificates (mTLS; .tls.client_ca)."),
+        typer.Option(help="PEM CA of client certificates, for mTLS (split.serve.tls.client_ca)."),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
