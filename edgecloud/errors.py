@@ -9,6 +9,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │                                   UTF-8, max_tokens out of range (not retryable)
     ├── StreamNotFinishedError          a stream's result read before the stream ended
     │                                   (not retryable)
+    ├── NotFoundError                   the service has no such thing (NOT_FOUND;
+    │   │                               not retryable)
+    │   ├── UnknownAdapterError         (also an AdapterError, below)
+    │   └── UnknownModelError           (also a SplitError, below)
     ├── DeviceError                     the on-device runtime
     │   ├── ModelLoadError              a model file could not be loaded
     │   │   ├── ModelNotFoundError      the path does not exist
@@ -29,9 +33,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   ├── ActivationError             an activation is truncated, over the size limit,
     │   │                               or its shape/dtype does not match the cut
     │   └── UnknownModelError           the service holds no tensor model of that name
-    │                                   (NOT_FOUND)
+    │                                   (a NotFoundError)
     ├── AdapterError                    LoRA adapters: signature, hash, format
-    │   ├── UnknownAdapterError         no adapter with that id is loaded (NOT_FOUND)
+    │   ├── UnknownAdapterError         no adapter (version, file) with that id is there
+    │   │                               (a NotFoundError)
     │   ├── AdapterSignatureError       unsigned, or signed by a key the device does not trust
     │   ├── AdapterIntegrityError       a file's sha256 or size differs from its manifest
     │   │                               (tampered or truncated download)
@@ -43,8 +48,10 @@ Each class says whether retrying the same call may succeed (``retryable``)::
 
 Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
 with ``raise ... from exc`` so the cause stays visible in tracebacks. Over gRPC,
-``INVALID_ARGUMENT`` and ``OUT_OF_RANGE`` become :class:`InvalidRequestError` and
-``NOT_FOUND`` becomes :class:`UnknownAdapterError` (see ``edgecloud.transport``).
+``INVALID_ARGUMENT`` and ``OUT_OF_RANGE`` become :class:`InvalidRequestError`, and
+``NOT_FOUND`` becomes :class:`UnknownAdapterError` or :class:`UnknownModelError` when
+the service says which (its message starts with "unknown adapter" or "unknown model"),
+else :class:`NotFoundError` (see ``edgecloud.transport``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "NotFoundError",
     "OverloadedError",
     "RemoteError",
     "SplitError",
@@ -99,6 +107,13 @@ class InvalidRequestError(EdgeCloudError, ValueError):
 
 class StreamNotFinishedError(EdgeCloudError, RuntimeError):
     """A stream's ``result`` was read before the stream ended (also a ``RuntimeError``)."""
+
+
+class NotFoundError(EdgeCloudError):
+    """The service holds nothing of the requested name (gRPC ``NOT_FOUND``).
+
+    Catch this to handle any missing thing; the subclasses say which kind.
+    """
 
 
 class DeviceError(EdgeCloudError):
@@ -176,7 +191,7 @@ class ActivationError(SplitError, InvalidRequestError):
     """An activation is truncated, over the size limit, or does not match the cut's shape/dtype."""
 
 
-class UnknownModelError(SplitError):
+class UnknownModelError(SplitError, NotFoundError):
     """The service holds no tensor model of the requested name (gRPC ``NOT_FOUND``)."""
 
 
@@ -184,7 +199,7 @@ class AdapterError(EdgeCloudError):
     """A LoRA adapter is invalid, unsigned, or does not match the base model."""
 
 
-class UnknownAdapterError(AdapterError):
+class UnknownAdapterError(AdapterError, NotFoundError):
     """No adapter with the requested id is loaded where the call ran."""
 
 

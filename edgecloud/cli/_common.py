@@ -30,7 +30,12 @@ from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
 
 __all__ = [
     "AssemblyProgress",
+    "CaOpt",
+    "ClientCertOpt",
+    "ClientKeyOpt",
     "ConfigOpt",
+    "InsecureOpt",
+    "TokenOpt",
     "emit",
     "err",
     "fail",
@@ -44,6 +49,21 @@ ConfigOpt = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="TOML settings file (else $EDGECLOUD_CONFIG)."),
 ]
+
+# What every client command takes to reach a service: TLS unless --insecure (the one
+# plain-text rule: edgecloud.transport.check_plaintext, loopback targets only).
+TokenOpt = Annotated[
+    Optional[str],
+    typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="Plain text instead of TLS (loopback targets only).")
+]
+CaOpt = Annotated[Optional[Path], typer.Option(help="PEM CA to trust (else the system roots).")]
+ClientCertOpt = Annotated[
+    Optional[Path], typer.Option(help="PEM client certificate, for a service with mTLS.")
+]
+ClientKeyOpt = Annotated[Optional[Path], typer.Option(help="PEM private key of --client-cert.")]
 
 
 def load_settings(config: Path | None, verbose: bool = False) -> Settings:

@@ -10,7 +10,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgecloud.cli._common import ConfigOpt, emit, fail, load_settings
+from edgecloud.cli._common import (
+    CaOpt,
+    ClientCertOpt,
+    ClientKeyOpt,
+    ConfigOpt,
+    InsecureOpt,
+    TokenOpt,
+    emit,
+    fail,
+    load_settings,
+)
 from edgecloud.errors import EdgeCloudError
 
 __all__ = ["cloud_app"]
@@ -37,14 +47,9 @@ def serve_command(
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._records import RecordStore
-    from edgecloud.cloud._server import (
-        records_path,
-        registry_url,
-        serve,
-        server_credentials,
-        stable_peft_adapters,
-    )
+    from edgecloud.cloud._server import records_path, registry_url, serve, stable_peft_adapters
     from edgecloud.cloud._torch import TorchBackend
+    from edgecloud.transport import server_credentials
 
     try:
         settings = load_settings(config)
@@ -60,7 +65,8 @@ def serve_command(
         if knowledge is not None:
             cloud["knowledge"]["directory"] = knowledge
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
-        server_credentials(settings.cloud)  # fail on bad TLS settings before the slow load
+        c = settings.cloud  # fail on bad TLS settings before the slow load
+        server_credentials(c.tls, host=c.host, insecure=c.insecure, section="cloud")
         kb = _load_knowledge(settings.cloud)
         records = RecordStore(records_path(settings.cloud, settings.cache_dir))
         registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
@@ -118,28 +124,33 @@ def generate_command(
     no_knowledge: Annotated[
         bool, typer.Option("--no-knowledge", help="Answer without the service's knowledge base.")
     ] = False,
-    token: Annotated[
-        Optional[str],
-        typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain text (loopback only).")
-    ] = False,
-    ca: Annotated[Optional[Path], typer.Option(help="PEM CA to trust.")] = None,
+    token: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    ca: CaOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
 ) -> None:
-    """Stream an answer from a cloud service, with per-token confidence."""
+    """Stream an answer from a cloud service, with per-token confidence.
+
+    TLS unless --insecure, which only a loopback target (127.0.0.1, ::1, localhost) takes.
+    """
     from edgecloud.transport import CloudClient
     from edgecloud.types import Finish
 
     text = sys.stdin.read() if prompt == "-" else prompt
     request: Any = [{"role": "user", "content": text}] if chat else text
-    tls = not insecure and not (target.startswith(("localhost:", "127.0.0.1:")) and ca is None)
 
     async def run() -> None:
         async with CloudClient(
-            target, token=token, tls=tls, root_certificates=ca, timeout_s=timeout
+            target,
+            token=token,
+            tls=not insecure,
+            root_certificates=ca,
+            client_cert=client_cert,
+            client_key=client_key,
+            timeout_s=timeout,
         ) as c:
             overrides: dict[str, Any] = {"temperature": temperature}
             if max_tokens is not None:
@@ -183,21 +194,27 @@ def generate_command(
 @cloud_app.command("info")
 def info_command(
     target: Annotated[str, typer.Option(help="host:port of the service.")] = "localhost:50051",
-    token: Annotated[
-        Optional[str], typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token.")
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain text (loopback only).")
-    ] = False,
-    ca: Annotated[Optional[Path], typer.Option(help="PEM CA to trust.")] = None,
+    token: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    ca: CaOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
 ) -> None:
-    """Print the service's models, adapters, version and load as a JSON line."""
+    """Print the service's models, adapters, version and load as a JSON line.
+
+    TLS unless --insecure, which only a loopback target (127.0.0.1, ::1, localhost) takes.
+    """
     from edgecloud.transport import CloudClient
 
-    tls = not insecure and not (target.startswith(("localhost:", "127.0.0.1:")) and ca is None)
-
     async def run() -> dict[str, Any]:
-        async with CloudClient(target, token=token, tls=tls, root_certificates=ca) as c:
+        async with CloudClient(
+            target,
+            token=token,
+            tls=not insecure,
+            root_certificates=ca,
+            client_cert=client_cert,
+            client_key=client_key,
+        ) as c:
             return dict(await c.info())
 
     try:

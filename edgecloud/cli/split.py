@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from edgecloud.cli._common import emit, fail
-from edgecloud.errors import EdgeCloudError, InvalidRequestError
+from edgecloud.cli._common import (
+    CaOpt,
+    ClientCertOpt,
+    ClientKeyOpt,
+    ConfigOpt,
+    InsecureOpt,
+    TokenOpt,
+    emit,
+    fail,
+    load_settings,
+)
+from edgecloud.common.settings import format_validation_error
+from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
 
 __all__ = ["parse_link", "split_app"]
 
@@ -37,27 +49,42 @@ def parse_link(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+@dataclass(frozen=True)
+class _Cloud:
+    """Where the split service is and how to reach it (the client options)."""
+
+    address: Optional[str]
+    token: Optional[str]
+    insecure: bool
+    ca: Optional[Path]
+    client_cert: Optional[Path]
+    client_key: Optional[Path]
+
+
 def _model(
     path: Path,
-    cloud: Optional[str],
+    cloud: _Cloud,
     link: Optional[str],
     rtt_ms: float,
     slowdown: float,
-    token: Optional[str] = None,
+    config: Optional[Path],
 ) -> object:
-    from edgecloud.config import Settings
     from edgecloud.split import EmulatedLink, SplitClient, SplitModel
 
-    cfg = Settings.load(None).split
+    cfg = load_settings(config).split
     client = None
-    if cloud:
+    if cloud.address:
         emulated = EmulatedLink(parse_link(link), rtt_ms / 1e3) if link else None
         client = SplitClient(
-            cloud,
+            cloud.address,
             link=emulated,
             chunk_bytes=cfg.chunk_bytes,
             max_activation_bytes=cfg.max_activation_bytes,
-            token=token,
+            token=cloud.token,
+            tls=not cloud.insecure,
+            root_certificates=cloud.ca,
+            client_cert=cloud.client_cert,
+            client_key=cloud.client_key,
         )
     return SplitModel(
         path,
@@ -76,10 +103,6 @@ LinkOpt = Annotated[
 ]
 RttOpt = Annotated[float, typer.Option(help="RTT of the emulated link, in ms.")]
 SlowOpt = Annotated[float, typer.Option(help="Emulate a device this many times slower.")]
-TokenOpt = Annotated[
-    Optional[str],
-    typer.Option(envvar="EDGECLOUD_TOKEN", help="Bearer token ($EDGECLOUD_TOKEN)."),
-]
 
 
 @split_app.command("serve")
@@ -87,26 +110,50 @@ def serve(
     model: Annotated[
         Optional[list[str]], typer.Option(help="NAME=PATH of an ONNX model (repeatable).")
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 50061,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port; 0 picks a free one.")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text without TLS (loopback hosts only).")
+    ] = False,
+    tls_cert: Annotated[
+        Optional[Path], typer.Option(help="PEM server certificate chain (split.serve.tls.cert).")
+    ] = None,
+    tls_key: Annotated[
+        Optional[Path], typer.Option(help="PEM private key of --tls-cert (split.serve.tls.key).")
+    ] = None,
+    tls_client_ca: Annotated[
+        Optional[Path],
+        typer.Option(help="PEM CA of client certificates, for mTLS (split.serve.tls.client_ca)."),
+    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Serve tails (edgecloud.v1.SplitService) and KServe v2 inference for ONNX models.
 
-    With ``cloud.auth.tokens`` set, every call needs one of those bearer tokens.
+    TLS from split.serve.tls (or --tls-cert/--tls-key, and --tls-client-ca for mTLS);
+    plain text only with --insecure (split.serve.insecure) on a loopback host. With
+    bearer tokens in split.serve.auth (unset: cloud.auth), every call needs one.
     """
-    from edgecloud.config import Settings
     from edgecloud.split import SplitServer
 
     try:
-        settings = Settings.load(None)
+        settings = load_settings(config)
+        split: dict[str, Any] = settings.split.model_dump()
+        serving = split["serve"]
+        for key, value in (("host", host), ("port", port)):
+            if value is not None:
+                serving[key] = value
+        if insecure:
+            serving["insecure"] = True
+        for key, file in (("cert", tls_cert), ("key", tls_key), ("client_ca", tls_client_ca)):
+            if file is not None:
+                serving["tls"][key] = file
+        cfg = type(settings.split).model_validate(split)
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    cfg = settings.split
-    interceptors = []
-    if settings.cloud.auth.tokens:
-        from edgecloud.transport import TokenAuthInterceptor
-
-        interceptors.append(TokenAuthInterceptor(settings.cloud.auth.tokens))
+    except ValidationError as exc:  # an option out of range, e.g. --port 70000
+        raise fail(ConfigError(f"split: {format_validation_error(exc)}")) from None
+    serve_cfg = cfg.serve
+    auth = serve_cfg.auth if serve_cfg.auth is not None else settings.cloud.auth
     models = dict(cfg.models)  # [split.models] in the settings, then --model on top
     for spec in model or []:
         name, sep, path = spec.partition("=")
@@ -117,21 +164,22 @@ def serve(
         raise fail(InvalidRequestError("no models: pass --model NAME=PATH or set split.models"))
 
     async def main() -> None:
+        from edgecloud.transport import stop_signals
+
         server = await SplitServer.start(
             models,
-            host=host,
-            port=port,
+            host=serve_cfg.host,
+            port=serve_cfg.port,
             max_activation_bytes=cfg.max_activation_bytes,
             chunk_bytes=cfg.chunk_bytes,
-            interceptors=interceptors,
+            tls=serve_cfg.tls,
+            insecure=serve_cfg.insecure,
+            auth=auth,
         )
-        print(f"listening on {host}:{server.port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop(2.0)
+        print(f"listening on {serve_cfg.host}:{server.port}", flush=True)
+        async with stop_signals() as stop:
+            await stop.wait()
+            await server.stop(serve_cfg.shutdown_grace_s)
 
     try:
         asyncio.run(main())
@@ -149,15 +197,24 @@ def profile(
     device_slowdown: SlowOpt = 1.0,
     repeats: Annotated[int, typer.Option(min=1, max=100, help="Timed runs per cut.")] = 5,
     token: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    ca: CaOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
-    """Per-cut latency table: device head, cloud tail, bytes, predicted end-to-end latency."""
+    """Per-cut latency table: device head, cloud tail, bytes, predicted end-to-end latency.
+
+    The cloud is reached over TLS unless --insecure (loopback targets only).
+    """
     from edgecloud.split import SplitModel
 
     if device != "local":
         raise fail(InvalidRequestError("only --device local is supported"))
+    target = _Cloud(cloud, token, insecure, ca, client_cert, client_key)
     try:
-        sm = _model(model, cloud, link, rtt_ms, device_slowdown, token)
+        sm = _model(model, target, link, rtt_ms, device_slowdown, config)
         assert isinstance(sm, SplitModel)
         with sm:
             sm.profile(repeats=repeats)
@@ -205,14 +262,23 @@ def run(
     device_slowdown: SlowOpt = 1.0,
     output: Annotated[Optional[Path], typer.Option(help="Write the outputs to this .npz.")] = None,
     token: TokenOpt = None,
+    insecure: InsecureOpt = False,
+    ca: CaOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Choose the cut, run the head here and the tail in the cloud; print a JSON summary."""
+    """Choose the cut, run the head here and the tail in the cloud; print a JSON summary.
+
+    The cloud is reached over TLS unless --insecure (loopback targets only).
+    """
     import numpy as np
 
     from edgecloud.split import SplitModel
 
+    target = _Cloud(cloud, token, insecure, ca, client_cert, client_key)
     try:
-        sm = _model(model, cloud, link, rtt_ms, device_slowdown, token)
+        sm = _model(model, target, link, rtt_ms, device_slowdown, config)
         assert isinstance(sm, SplitModel)
         with sm:
             try:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from edgecloud._proto.v1 import adapters_pb2 as pb
@@ -26,7 +25,7 @@ from edgecloud.adapters._registry import AdapterRegistry, RolloutState
 from edgecloud.errors import AdapterFormatError, EdgeCloudError, InvalidRequestError
 from edgecloud.transport._adapters import AdapterOffer, offer_to_proto
 from edgecloud.transport._auth import CURRENT_DEVICE
-from edgecloud.transport._status import status_for
+from edgecloud.transport._status import abort
 
 __all__ = ["SERVICE_NAME", "AdapterSyncServicer"]
 
@@ -100,9 +99,9 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
                     sent = version
                 await asyncio.sleep(self._poll)
         except EdgeCloudError as exc:
-            await _abort(context, exc, "WatchAdapters")
+            await abort(context, exc, rpc="WatchAdapters", log=log)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
-            await _abort(context, exc, "WatchAdapters")
+            await abort(context, exc, rpc="WatchAdapters", log=log)
 
     async def FetchAdapter(
         self, request: pb.FetchRequest, context: aio.ServicerContext[Any, Any]
@@ -129,9 +128,9 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
             finally:
                 f.close()
         except EdgeCloudError as exc:
-            await _abort(context, exc, "FetchAdapter")
+            await abort(context, exc, rpc="FetchAdapter", log=log)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
-            await _abort(context, exc, "FetchAdapter")
+            await abort(context, exc, rpc="FetchAdapter", log=log)
 
     async def ReportAdapter(
         self, request: pb.AdapterReport, context: aio.ServicerContext[Any, Any]
@@ -145,9 +144,9 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
             )  # fmt: skip
             return pb.ReportAck()
         except EdgeCloudError as exc:
-            await _abort(context, exc, "ReportAdapter")
+            await abort(context, exc, rpc="ReportAdapter", log=log)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
-            await _abort(context, exc, "ReportAdapter")
+            await abort(context, exc, rpc="ReportAdapter", log=log)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
@@ -164,12 +163,3 @@ def _device(claimed: str) -> str:
     if not device or len(device) > _MAX_DEVICE_ID:
         raise InvalidRequestError(f"device_id must be 1-{_MAX_DEVICE_ID} characters")
     return device
-
-
-async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException, rpc: str) -> None:
-    code, message = status_for(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("%s failed", rpc, exc_info=exc)
-    else:
-        log.info("%s rejected: %s: %s", rpc, code.name, message)
-    await context.abort(code, message)

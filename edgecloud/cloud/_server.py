@@ -1,26 +1,21 @@
-"""The grpc.aio server: inference service, health, reflection, TLS, auth, graceful stop.
+"""The cloud service: inference and adapter sync on one grpc.aio server.
 
-Plain text is refused unless ``cloud.insecure`` is set *and* the host is a
-loopback address; otherwise TLS (mTLS with ``cloud.tls.client_ca``) is
-required. On SIGTERM or SIGINT the health status turns ``NOT_SERVING``, new
-calls are refused, and in-flight streams get ``cloud.shutdown_grace_s`` to end.
+The server comes from :func:`edgecloud.transport.create_server` (TLS, auth,
+health, reflection, sizes). Plain text is refused unless ``cloud.insecure`` is
+set *and* the host is a loopback address; otherwise TLS (mTLS with
+``cloud.tls.client_ca``) is required. On SIGTERM or SIGINT the health status
+turns ``NOT_SERVING``, new calls are refused, and in-flight streams get
+``cloud.shutdown_grace_s`` to end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import grpc
-from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_adapters_grpc
 from edgecloud._proto.v1 import inference_pb2 as pb
@@ -30,9 +25,8 @@ from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._settings import CloudConfig
 from edgecloud.cloud._torch import TorchBackend
 from edgecloud.common.settings import default_cache_dir
-from edgecloud.errors import ConfigError, UnknownAdapterError
-from edgecloud.transport._auth import TokenAuthInterceptor
-from edgecloud.transport._guard import DecodeGuardInterceptor
+from edgecloud.errors import UnknownAdapterError
+from edgecloud.transport._server import GrpcServer, create_server, stop_signals
 
 if TYPE_CHECKING:
     from edgecloud.adapters._registry import AdapterRegistry
@@ -52,22 +46,6 @@ __all__ = [
 log = logging.getLogger("edgecloud.cloud")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.expanduser().read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cloud.tls.{what}: cannot read {path}: {exc.strerror}") from exc
 
 
 def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
@@ -135,35 +113,6 @@ def load_knowledge(
     return kb
 
 
-def server_credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials from config, or None for plain text (loopback only).
-
-    Raises:
-        ConfigError: TLS is half-configured, or plain text was asked for off loopback.
-    """
-    tls = config.tls
-    if tls.cert is None and tls.key is None:
-        if not config.insecure:
-            raise ConfigError(
-                "cloud.tls.cert and cloud.tls.key are required; set cloud.insecure = true "
-                "(or --insecure) to serve plain text on a loopback host"
-            )
-        if not _is_loopback(config.host):
-            raise ConfigError(
-                f"cloud.insecure serves plain text and is allowed only on loopback, "
-                f"not on host {config.host!r}"
-            )
-        return None
-    if tls.cert is None or tls.key is None:
-        raise ConfigError("cloud.tls.cert and cloud.tls.key must be set together")
-    pair = [(_read(tls.key, "key"), _read(tls.cert, "cert"))]
-    if tls.client_ca is None:
-        return grpc.ssl_server_credentials(pair)
-    return grpc.ssl_server_credentials(
-        pair, root_certificates=_read(tls.client_ca, "client_ca"), require_client_auth=True
-    )
-
-
 class CloudServer:
     """A running inference service; build with :meth:`start`.
 
@@ -177,10 +126,8 @@ class CloudServer:
 
     def __init__(
         self,
-        server: aio.Server,
+        server: GrpcServer,
         backend: TorchBackend,
-        health: health_aio.HealthServicer,
-        port: int,
         grace: float,
         records: RecordStore,
         registry: AdapterRegistry | None = None,
@@ -188,8 +135,7 @@ class CloudServer:
     ) -> None:
         self._server = server
         self.backend = backend
-        self._health = health
-        self.port = port
+        self.port = server.port
         self._grace = grace
         self.records = records
         self.registry = registry
@@ -217,7 +163,16 @@ class CloudServer:
         Raises:
             ConfigError: bad TLS settings, or the address cannot be bound.
         """
-        credentials = server_credentials(config)
+        server = create_server(
+            host=config.host,
+            port=config.port if port is None else port,
+            tls=config.tls,
+            insecure=config.insecure,
+            section="cloud",
+            auth=config.auth,
+            max_message_bytes=config.max_message_bytes,
+            maximum_concurrent_rpcs=(config.max_running_sequences + config.max_queued_requests) * 2,
+        )
         if knowledge is None:
             knowledge = await asyncio.to_thread(load_knowledge, config)
         if records is None:
@@ -227,72 +182,29 @@ class CloudServer:
 
         if registry is None:
             registry = AdapterRegistry(registry_url(config))
-        # Auth first: an unauthenticated caller learns nothing, not even that its bytes parse.
-        interceptors: list[aio.ServerInterceptor] = []
-        if config.auth.tokens:
-            interceptors.append(TokenAuthInterceptor(config.auth.tokens))
-        interceptors.append(DecodeGuardInterceptor())
-        size = config.max_message_bytes
-        server = aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=(config.max_running_sequences + config.max_queued_requests) * 2,
-        )
-        pb_grpc.add_InferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(backend, config, knowledge=knowledge, records=records), server
+        inference = InferenceServicer(backend, config, knowledge=knowledge, records=records)
+        server.add_service(
+            SERVICE_NAME, partial(pb_grpc.add_InferenceServiceServicer_to_server, inference)
         )
         adapter_sync = _adapter_service.AdapterSyncServicer(
             registry, chunk_bytes=config.registry.chunk_bytes
         )
-        pb_adapters_grpc.add_AdapterSyncServicer_to_server(  # type: ignore[no-untyped-call]
-            adapter_sync, server
+        server.add_service(
+            _adapter_service.SERVICE_NAME,
+            partial(pb_adapters_grpc.add_AdapterSyncServicer_to_server, adapter_sync),
         )
-        health_servicer = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                _adapter_service.SERVICE_NAME,
-                health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        host = config.host
-        address = (
-            f"[{host}]:{port if port is not None else config.port}"
-            if ":" in host
-            else (f"{host}:{port if port is not None else config.port}")
-        )
-        try:
-            bound = (
-                server.add_secure_port(address, credentials)
-                if credentials is not None
-                else server.add_insecure_port(address)
-            )
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {address}: {exc}") from exc
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.warning("edgecloud cloud service listening on %s:%d", host, bound)
-        return cls(
-            server, backend, health_servicer, bound, config.shutdown_grace_s, records,
-            registry, adapter_sync,
-        )  # fmt: skip
+        log.warning("edgecloud cloud service listening on %s:%d", config.host, server.port)
+        return cls(server, backend, config.shutdown_grace_s, records, registry, adapter_sync)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, give in-flight streams ``grace`` seconds, then stop."""
-        await self._health.enter_graceful_shutdown()
-        if self._adapter_sync is not None:
-            self._adapter_sync.close()
-        await self._server.stop(self._grace if grace is None else grace)
+        """Health ``NOT_SERVING``, end watch streams, refuse new calls, give in-flight
+        streams ``grace`` seconds (default ``cloud.shutdown_grace_s``), then stop."""
+        sync = self._adapter_sync
+        await self._server.drain(
+            self._grace if grace is None else grace,
+            draining=sync.close if sync is not None else lambda: None,
+        )
         self.records.close()
 
     async def wait_for_termination(self) -> None:
@@ -312,14 +224,7 @@ async def serve(
     server = await CloudServer.start(
         backend, config, port=port, knowledge=knowledge, records=records, registry=registry
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    async with stop_signals() as stop:
         await stop.wait()
         log.warning("stopping: draining in-flight streams for up to %.0fs", config.shutdown_grace_s)
         await server.stop()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from edgecloud.common.settings import Section
+from edgecloud.transport._settings import AuthConfig, TlsConfig
 
 __all__ = [
     "CloudAuthConfig",
@@ -86,37 +87,19 @@ class CloudModelConfig(Section):
         return value
 
 
-class CloudTlsConfig(Section):
+class CloudTlsConfig(TlsConfig):
     """TLS for the cloud service; mTLS when `client_ca` is set."""
 
-    cert: Path | None = Field(None, description="PEM server certificate chain.")
-    key: Path | None = Field(None, description="PEM private key of `cert`.")
-    client_ca: Path | None = Field(
-        None, description="PEM CA bundle; when set, clients must present a certificate it signed."
-    )
 
-
-class CloudAuthConfig(Section):
+class CloudAuthConfig(AuthConfig):
     """Per-device bearer tokens, stored as sha256 hex digests (`edgecloud cloud hash-token`)."""
 
-    tokens: dict[str, str] = Field(
-        default_factory=dict,
-        description="device id -> sha256 hex digest of its token; empty disables auth.",
-    )
     adapters: dict[str, list[str]] = Field(
         default_factory=dict,
         description=(
             "device id -> adapter ids it may use; a device not listed may use all of them."
         ),
     )
-
-    @field_validator("tokens")
-    @classmethod
-    def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
-        for device, digest in value.items():
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError(f"token of {device!r} must be a sha256 hex digest, not a token")
-        return value
 
 
 class CloudKnowledgeConfig(Section):

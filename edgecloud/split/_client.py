@@ -1,10 +1,16 @@
-"""Device side of the wire: the split client and the emulated-link layer for benchmarks."""
+"""Device side of the wire: the split client and the emulated-link layer for benchmarks.
+
+The channel comes from :func:`edgecloud.transport.create_channel` (TLS, token,
+sizes) and failed calls leave through :func:`edgecloud.transport.error_from_rpc`,
+as for the cloud inference client.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,9 +18,11 @@ import numpy as np
 
 from edgecloud._proto.v1 import split_pb2 as spb
 from edgecloud._proto.v1 import split_pb2_grpc as spb_grpc
-from edgecloud.errors import EdgeCloudError, UnknownModelError
+from edgecloud.errors import EdgeCloudError
 from edgecloud.split import _wire
 from edgecloud.split._codec import Compression, Encoding, decode, encode
+from edgecloud.transport._channel import create_channel
+from edgecloud.transport._status import error_from_rpc
 
 __all__ = ["EmulatedLink", "SplitClient", "TailResult"]
 
@@ -70,16 +78,6 @@ class _Throttle(
         return self._slow(continuation(details, self._slow(request_iterator)))
 
 
-def _translate(exc: grpc.RpcError, target: str) -> EdgeCloudError:
-    from edgecloud.transport import error_from_rpc
-
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    if code == grpc.StatusCode.NOT_FOUND:
-        details = exc.details() if callable(getattr(exc, "details", None)) else ""
-        return UnknownModelError(details or f"unknown model ({target})")
-    return error_from_rpc(exc, target)
-
-
 @dataclass(frozen=True)
 class TailResult:
     """Outputs of a remote tail and where the time went."""
@@ -106,7 +104,15 @@ class SplitClient:
         chunk_bytes: largest data message.
         max_activation_bytes: largest output accepted back.
         timeout_s: deadline of each call.
-        token: bearer token, for a service started with ``cloud.auth.tokens``.
+        token: this device's bearer token, for a service with ``split.serve.auth``.
+        tls: use TLS. The default, False, is plain text, which only a loopback
+            ``address`` accepts (the split service's tests and benchmarks run there);
+            any other address needs ``tls=True``.
+        root_certificates: PEM CA (bytes or a file) to trust instead of the system roots.
+        client_cert, client_key: PEM pair (bytes or files) for mTLS.
+
+    Raises:
+        ConfigError: plain text to a non-loopback address, or bad TLS material.
     """
 
     def __init__(
@@ -118,27 +124,30 @@ class SplitClient:
         max_activation_bytes: int = 64 * 1024 * 1024,
         timeout_s: float = 30.0,
         token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | Path | None = None,
+        client_cert: bytes | Path | None = None,
+        client_key: bytes | Path | None = None,
     ) -> None:
         self.address = address
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.link = link
         self._chunk = chunk_bytes
         self._max = max_activation_bytes
         self._timeout = timeout_s
-        size = max(chunk_bytes, max_activation_bytes) + 1024 * 1024
-        channel = grpc.insecure_channel(
+        self._tls = tls
+        self._throttle = _Throttle(link) if link is not None else None
+        self._channel = create_channel(
             address,
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-            ],
+            aio=False,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
+            max_message_bytes=max(chunk_bytes, max_activation_bytes) + 1024 * 1024,
+            interceptors=[self._throttle] if self._throttle is not None else (),
         )
-        self._raw_channel = channel
-        self._throttle: _Throttle | None = None
-        if link is not None:
-            self._throttle = _Throttle(link)
-            channel = grpc.intercept_channel(channel, self._throttle)
-        self._stub = spb_grpc.SplitServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._stub = spb_grpc.SplitServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def set_link(self, link: EmulatedLink) -> None:
         """Change the emulated link (benchmarks of a link that changes under a running model).
@@ -185,12 +194,10 @@ class SplitClient:
         assembler = _wire.Assembler(self._max)
         t0 = time.perf_counter()
         try:
-            for chunk in self._stub.RunTail(
-                requests(), timeout=self._timeout, metadata=self._metadata
-            ):
+            for chunk in self._stub.RunTail(requests(), timeout=self._timeout):
                 assembler.feed(chunk)
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from exc
+            raise self._error(exc) from exc
         wall = time.perf_counter() - t0
         tensors = assembler.finish()
         outputs = {t.name: decode(t, max_bytes=self._max) for t in tensors}
@@ -206,10 +213,9 @@ class SplitClient:
             r = self._stub.ProfileTails(
                 spb.ProfileTailsRequest(model=model, repeats=repeats),
                 timeout=self._timeout * 4,
-                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from exc
+            raise self._error(exc) from exc
         return r.model_sha256, r.provider, {"+".join(t.cut): t.tail_ms / 1e3 for t in r.timings}
 
     def ping(self, payload_bytes: int = 0, reply_bytes: int = 0) -> float:
@@ -219,14 +225,16 @@ class SplitClient:
             self._stub.Ping(
                 spb.PingRequest(payload=b"\0" * payload_bytes, reply_bytes=reply_bytes),
                 timeout=self._timeout,
-                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from exc
+            raise self._error(exc) from exc
         return time.perf_counter() - t0
 
+    def _error(self, exc: grpc.RpcError) -> EdgeCloudError:
+        return error_from_rpc(exc, self.address, plaintext=not self._tls)
+
     def close(self) -> None:
-        self._raw_channel.close()
+        self._channel.close()
 
     def __enter__(self) -> SplitClient:
         return self

@@ -7,10 +7,15 @@ One server speaks two services for the same tensor models:
 * ``inference.GRPCInferenceService`` (KServe v2 / Open Inference Protocol):
   whole-model inference, so Triton and KServe clients work unchanged.
 
-onnxruntime calls run in worker threads, never on the event loop. Errors
-raised on purpose map to sanitized status codes (``NOT_FOUND`` for an unknown
-model, ``INVALID_ARGUMENT`` for a bad cut or activation); anything else is
-``INTERNAL`` with a fixed message, the traceback staying in the server log.
+The server comes from :func:`edgecloud.transport.create_server`: TLS (mTLS
+with a client CA), per-device bearer tokens, health, reflection, and plain text
+only when asked for and on a loopback host, as for the cloud service.
+
+onnxruntime calls run in worker threads, never on the event loop. Errors map
+to status codes through :func:`edgecloud.transport.status_for`, the one mapping
+(``NOT_FOUND`` for an unknown model, ``INVALID_ARGUMENT`` for a bad cut or
+activation); anything else is ``INTERNAL`` with a fixed message, the traceback
+staying in the server log.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 from grpc import aio
 
@@ -35,7 +40,6 @@ from edgecloud._proto.v1 import split_pb2 as spb
 from edgecloud._proto.v1 import split_pb2_grpc as spb_grpc
 from edgecloud.errors import (
     ActivationError,
-    ConfigError,
     EdgeCloudError,
     InvalidRequestError,
     UnknownModelError,
@@ -43,12 +47,18 @@ from edgecloud.errors import (
 from edgecloud.split import _wire
 from edgecloud.split._codec import Compression, decode, encode
 from edgecloud.split._store import ModelStore, check_activation
+from edgecloud.transport._server import GrpcServer, create_server
+from edgecloud.transport._settings import AuthConfig, TlsConfig
+from edgecloud.transport._status import abort
 
-__all__ = ["BackgroundServer", "SplitServer", "status_for_split"]
+__all__ = ["KSERVE_SERVICE", "SPLIT_SERVICE", "BackgroundServer", "SplitServer"]
 
 log = logging.getLogger("edgecloud.split")
 
 _VERSION = "1"
+
+SPLIT_SERVICE = spb.DESCRIPTOR.services_by_name["SplitService"].full_name
+KSERVE_SERVICE = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 # KServe v2 tensor data types <-> numpy dtype names
 _KSERVE_TO_NUMPY = {
@@ -73,24 +83,6 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-
-
-def status_for_split(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Status code and client-safe message for an exception raised by a handler."""
-    if isinstance(exc, UnknownModelError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, InvalidRequestError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, EdgeCloudError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error"
-
-
-async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    code, message = status_for_split(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        log.exception("split handler failed", exc_info=exc)
-    await context.abort(code, message)
 
 
 class SplitServicer(spb_grpc.SplitServiceServicer):
@@ -132,8 +124,7 @@ class SplitServicer(spb_grpc.SplitServiceServicer):
             encoded = [encode(n, v, encoding, compression) for n, v in outputs.items()]
             t3 = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a traceback
-            await _abort(context, exc)
-            return
+            await abort(context, exc, rpc="RunTail", log=log)
         for chunk in _wire.chunks(encoded, self._chunk):
             yield chunk
         yield spb.SplitChunk(
@@ -146,8 +137,7 @@ class SplitServicer(spb_grpc.SplitServiceServicer):
             repeats = max(1, min(int(request.repeats) or 5, 100))
             timings = await asyncio.to_thread(_profile_tails, model, repeats)
         except Exception as exc:  # noqa: BLE001 - see RunTail
-            await _abort(context, exc)
-            raise AssertionError("unreachable") from None
+            await abort(context, exc, rpc="ProfileTails", log=log)
         return spb.ProfileTailsResponse(
             model_sha256=model.partitioner.sha256,
             provider=model.provider,
@@ -212,8 +202,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             model = self._store.get(request.name)
             self._check_version(request.version)
         except Exception as exc:  # noqa: BLE001 - see RunTail
-            await _abort(context, exc)
-            raise AssertionError("unreachable") from None
+            await abort(context, exc, rpc="ModelMetadata", log=log)
 
         def meta(specs: Sequence[Any]) -> list[Any]:
             return [
@@ -241,8 +230,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             wanted = [o.name for o in request.outputs] or None
             outputs = await asyncio.to_thread(model.whole.run, feeds, wanted)
         except Exception as exc:  # noqa: BLE001 - see RunTail
-            await _abort(context, exc)
-            raise AssertionError("unreachable") from None
+            await abort(context, exc, rpc="ModelInfer", log=log)
         response = kpb.ModelInferResponse(
             model_name=model.name, model_version=_VERSION, id=request.id
         )
@@ -307,10 +295,10 @@ class SplitServer:
         ...     await server.wait_for_termination()
     """
 
-    def __init__(self, server: aio.Server, store: ModelStore, port: int) -> None:
+    def __init__(self, server: GrpcServer, store: ModelStore) -> None:
         self._server = server
         self.store = store
-        self.port = port
+        self.port = server.port
 
     @classmethod
     async def start(
@@ -323,57 +311,62 @@ class SplitServer:
         chunk_bytes: int = 256 * 1024,
         providers: Sequence[str] | None = None,
         threads: int = 0,
-        credentials: grpc.ServerCredentials | None = None,
+        tls: TlsConfig | None = None,
+        insecure: bool = False,
+        auth: AuthConfig | None = None,
         interceptors: Sequence[aio.ServerInterceptor] = (),
     ) -> SplitServer:
         """Load the models and serve both services on ``host:port`` (0 picks a port).
 
-        Raises:
-            ModelNotFoundError, ModelIntegrityError: a model cannot be loaded.
-            ConfigError: the address cannot be bound.
-        """
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-        from grpc_health.v1.health import aio as health_aio
+        Args:
+            tls: certificate and key (and ``client_ca`` for mTLS); None serves plain
+                text, which a loopback host only may do.
+            insecure: with a ``tls`` that has no certificate, serve plain text
+                (``split.serve.insecure``) instead of failing.
+            auth: bearer tokens every call must carry (health excepted); None or
+                no tokens: no authentication.
+            interceptors: more server interceptors (after auth).
 
-        store = await asyncio.to_thread(ModelStore, models, providers=providers, threads=threads)
+        Raises:
+            ConfigError: bad TLS settings, plain text off loopback, or the address
+                cannot be bound.
+            ModelNotFoundError, ModelIntegrityError: a model cannot be loaded.
+        """
         # A KServe request carries a whole tensor in one message; leave room for headers.
         size = max(max_activation_bytes, chunk_bytes) + 1024 * 1024
-        server = aio.server(
-            interceptors=list(interceptors),
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
-                ("grpc.so_reuseport", 0),
-            ],
+        server = create_server(
+            host=host,
+            port=port,
+            tls=tls,
+            insecure=insecure or tls is None,
+            section="split.serve",
+            auth=auth,
+            interceptors=interceptors,
+            max_message_bytes=size,
         )
-        spb_grpc.add_SplitServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SplitServicer(
-                store, max_activation_bytes=max_activation_bytes, chunk_bytes=chunk_bytes
-            ),
-            server,
-        )
-        kpb_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            KServeServicer(store, max_bytes=max_activation_bytes), server
-        )
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        store = await asyncio.to_thread(ModelStore, models, providers=providers, threads=threads)
         try:
-            bound = (
-                server.add_secure_port(address, credentials)
-                if credentials is not None
-                else server.add_insecure_port(address)
+            split = SplitServicer(
+                store, max_activation_bytes=max_activation_bytes, chunk_bytes=chunk_bytes
             )
-        except RuntimeError as exc:
+            server.add_service(
+                SPLIT_SERVICE, partial(spb_grpc.add_SplitServiceServicer_to_server, split)
+            )
+            kserve = KServeServicer(store, max_bytes=max_activation_bytes)
+            server.add_service(
+                KSERVE_SERVICE,
+                partial(kpb_grpc.add_GRPCInferenceServiceServicer_to_server, kserve),
+            )
+            await server.start()
+        except BaseException:
             store.close()
-            raise ConfigError(f"cannot listen on {address}: {exc}") from exc
-        await server.start()
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("split service on %s:%d serving %s", host, bound, store.names)
-        return cls(server, store, bound)
+            raise
+        log.info("split service on %s:%d serving %s", host, server.port, store.names)
+        return cls(server, store)
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        await self._server.stop(grace)
+        """Health ``NOT_SERVING``, refuse new calls, give in-flight ones ``grace`` seconds."""
+        await self._server.drain(grace)
         self.store.close()
 
     async def wait_for_termination(self) -> None:

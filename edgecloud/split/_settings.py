@@ -1,4 +1,5 @@
-"""Settings of split inference (``[split]``): encoding, link estimate, cut objective."""
+"""Settings of split inference (``[split]``): encoding, link estimate, cut objective, and
+the service that runs the cloud's tails (``[split.serve]``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Literal
 from pydantic import Field
 
 from edgecloud.common.settings import Section
+from edgecloud.transport._settings import AuthConfig, TlsConfig
 
 __all__ = [
     "SplitConfig",
     "SplitPowerConfig",
+    "SplitServeConfig",
 ]
 
 
@@ -21,6 +24,29 @@ class SplitPowerConfig(Section):
     compute_w: float = Field(3.0, gt=0, le=1000, description="Device power while running the head.")
     radio_w: float = Field(1.5, ge=0, le=1000, description="Radio power while sending/receiving.")
     idle_w: float = Field(0.3, ge=0, le=1000, description="Power while waiting for the cloud.")
+
+
+class SplitServeConfig(Section):
+    """The split and KServe v2 service (`edgecloud split serve`); the same security as the
+    cloud service."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(50061, ge=0, le=65535, description="Port to listen on; 0 picks a free one.")
+    insecure: bool = Field(
+        False,
+        description="Serve plain text without TLS; allowed only on a loopback host.",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    auth: AuthConfig | None = Field(
+        None,
+        description=(
+            "Per-device bearer tokens (sha256 digests, as in cloud.auth); unset: the "
+            "cloud's (cloud.auth.tokens), so one token list serves both services."
+        ),
+    )
+    shutdown_grace_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="On SIGTERM, time given to in-flight calls."
+    )
 
 
 class SplitConfig(Section):
@@ -64,3 +90,4 @@ class SplitConfig(Section):
         default_factory=dict,
         description="Cloud side: tensor models served for split tails and KServe v2, by name.",
     )
+    serve: SplitServeConfig = Field(default_factory=SplitServeConfig)

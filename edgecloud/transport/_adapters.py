@@ -23,7 +23,6 @@ from edgecloud._proto.v1 import adapters_pb2_grpc as pb_grpc
 from edgecloud.common.files import hash_file
 from edgecloud.errors import AdapterIntegrityError
 from edgecloud.transport._client import CloudClient
-from edgecloud.transport._status import error_from_rpc
 
 __all__ = [
     "AdapterOffer",
@@ -105,9 +104,8 @@ class AdapterSyncClient:
             self._cloud, self._owns = CloudClient(target, timeout_s=timeout_s, **channel), True
         self.target = self._cloud.target
         self._timeout = timeout_s
-        # Same package: the CloudClient builds the one channel (credentials, keep-alive,
-        # token check) and this client only adds a stub on it.
-        self._metadata = self._cloud._metadata
+        # Same package: the CloudClient's channel (create_channel: credentials, token,
+        # keep-alive) is the one connection; this client only adds a stub on it.
         self._stub = pb_grpc.AdapterSyncStub(self._cloud._channel)  # type: ignore[no-untyped-call]
 
     async def watch(
@@ -130,12 +128,12 @@ class AdapterSyncClient:
             cohort=cohort or "",
             current_version=current_version,
         )
-        call = self._stub.WatchAdapters(request, metadata=self._metadata)
+        call = self._stub.WatchAdapters(request)
         try:
             async for msg in call:
                 yield offer_from_proto(msg)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._cloud._error(exc) from exc
         finally:
             call.cancel()
 
@@ -204,7 +202,7 @@ class AdapterSyncClient:
         adapter_id, version, name = what
         request = pb.FetchRequest(adapter_id=adapter_id, version=version, name=name, offset=offset)
         timeout = self._timeout if timeout_s is None else timeout_s
-        call = self._stub.FetchAdapter(request, timeout=timeout, metadata=self._metadata)
+        call = self._stub.FetchAdapter(request, timeout=timeout)
         with partial.open("ab") as f:
             try:
                 async for chunk in call:
@@ -222,7 +220,7 @@ class AdapterSyncClient:
                     if progress is not None:
                         progress(offset, expected_size)
             except grpc.RpcError as exc:
-                raise error_from_rpc(exc, self.target) from exc
+                raise self._cloud._error(exc) from exc
             finally:
                 call.cancel()
                 if not f.closed:
@@ -257,10 +255,9 @@ class AdapterSyncClient:
             await self._stub.ReportAdapter(
                 msg,
                 timeout=self._timeout if timeout_s is None else timeout_s,
-                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._cloud._error(exc) from exc
 
     async def close(self) -> None:
         """Close the channel, unless it belongs to a :class:`CloudClient` passed in."""

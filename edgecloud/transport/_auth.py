@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import inspect
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -99,8 +100,13 @@ def _with_device(handler: grpc.RpcMethodHandler, device: str) -> Any:
             async for item in inner_stream(request, context):
                 yield item
 
+        # A handler that writes with context.write() is a coroutine: wrap it as one.
+        async def writer(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            CURRENT_DEVICE.set(device)
+            return await inner_stream(request, context)
+
         return grpc.unary_stream_rpc_method_handler(
-            stream,
+            stream if inspect.isasyncgenfunction(inner_stream) else writer,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -1,15 +1,15 @@
 """The device side's gRPC client for the cloud inference service.
 
-Retries are gRPC's own (the retry policy in the channel's service config):
-jittered exponential backoff on ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` only,
-and never once a stream has started delivering tokens. Keep-alive pings find
-dead connections on idle links. Every ``grpc.RpcError`` leaves this module as
-an error of the edgecloud tree (``raise ... from exc``).
+The channel comes from :func:`~edgecloud.transport.create_channel` (TLS, token,
+keep-alive, sizes). Retries are gRPC's own (the retry policy in the channel's
+service config): jittered exponential backoff on ``UNAVAILABLE`` and
+``RESOURCE_EXHAUSTED`` only, and never once a stream has started delivering
+tokens. Every ``grpc.RpcError`` leaves this module as an error of the edgecloud
+tree (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,47 +18,25 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from grpc import aio
 
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
-from edgecloud.errors import ConfigError, InvalidRequestError
+from edgecloud.errors import EdgeCloudError, InvalidRequestError
+from edgecloud.transport._channel import create_channel, service_config
 from edgecloud.transport._serde import (
     chat_to_proto,
     event_from_proto,
     params_to_proto,
     record_to_proto,
 )
-from edgecloud.transport._status import RETRYABLE_CODES, error_from_rpc
+from edgecloud.transport._status import error_from_rpc
 from edgecloud.types import Chunk, Finish, Prompt, SamplingParams
 
-__all__ = ["CloudClient", "ServiceInfo", "service_config"]
+__all__ = ["SERVICE_NAME", "CloudClient", "ServiceInfo"]
 
-_SERVICE = "edgecloud.v1.InferenceService"
-
-
-def service_config(
-    *, max_attempts: int = 4, initial_backoff_s: float = 0.2, max_backoff_s: float = 5.0
-) -> str:
-    """The channel's service config: retry policy for the inference service."""
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": _SERVICE}],
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": f"{initial_backoff_s}s",
-                        "maxBackoff": f"{max_backoff_s}s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": list(RETRYABLE_CODES),
-                    },
-                }
-            ]
-        }
-    )
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class ServiceInfo(dict[str, Any]):
@@ -71,12 +49,16 @@ class CloudClient:
     Args:
         target: ``host:port``.
         token: bearer token of this device, sent with every call.
-        tls: use TLS (default True; False only for loopback test servers).
-        root_certificates: PEM CA to trust instead of the system roots.
-        client_cert, client_key: PEM pair for mTLS.
+        tls: use TLS (default True); False is plain text, to a loopback target only.
+        root_certificates: PEM CA (bytes or a file) to trust instead of the system roots.
+        client_cert, client_key: PEM pair (bytes or files) for mTLS.
         timeout_s: default deadline of each call.
         max_message_bytes: largest message sent or received.
         max_attempts: gRPC retry attempts on retryable codes (1 disables retries).
+        keepalive_s: ping an idle connection this often, to find dead links.
+
+    Raises:
+        ConfigError: plain text to a non-loopback target, or bad TLS material.
 
     Examples:
         >>> async def main() -> None:                              # doctest: +SKIP
@@ -102,32 +84,23 @@ class CloudClient:
         self.target = target
         self._timeout = timeout_s
         self._max_message = max_message_bytes
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
+        self._tls = tls
+        self._channel = create_channel(
+            target,
+            aio=True,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            keepalive_s=keepalive_s,
+            service_config=(
+                service_config(services=[SERVICE_NAME], max_attempts=max_attempts)
+                if max_attempts > 1
+                else None
+            ),
         )
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
-            ("grpc.service_config", service_config(max_attempts=max(2, max_attempts))),
-        ]
-        if tls:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_pem(root_certificates),
-                private_key=_pem(client_key),
-                certificate_chain=_pem(client_cert),
-            )
-            self._channel = aio.secure_channel(target, creds, options=options)
-        else:
-            if token:
-                # A bearer token over plain text is readable by anyone on the path.
-                host = target.rsplit(":", 1)[0].strip("[]")
-                if host not in ("localhost", "127.0.0.1", "::1"):
-                    raise ConfigError("a token may be sent without TLS only to a loopback target")
-            self._channel = aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def _request(
@@ -193,12 +166,12 @@ class CloudClient:
         )
         if params is None and "max_tokens" not in overrides:
             msg.sampling.max_tokens = 0  # unset: the service's own default applies
-        call = self._stub.Generate(msg, timeout=timeout, metadata=self._metadata)
+        call = self._stub.Generate(msg, timeout=timeout)
         try:
             async for response in call:
                 yield event_from_proto(response)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._error(exc) from exc
         finally:
             call.cancel()
 
@@ -234,10 +207,9 @@ class CloudClient:
             ack = await self._stub.UploadEscalations(
                 iter(messages),
                 timeout=self._timeout if timeout_s is None else timeout_s,
-                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._error(exc) from exc
         return list(ack.stored_ids)
 
     async def info(self, *, timeout_s: float | None = None) -> ServiceInfo:
@@ -248,10 +220,9 @@ class CloudClient:
             reply = await self._stub.GetServiceInfo(
                 pb.ServiceInfoRequest(),
                 timeout=self._timeout if timeout_s is None else timeout_s,
-                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._error(exc) from exc
         return ServiceInfo(
             MessageToDict(
                 reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -268,8 +239,11 @@ class CloudClient:
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.target) from exc
+            raise self._error(exc) from exc
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _error(self, exc: grpc.RpcError) -> EdgeCloudError:
+        return error_from_rpc(exc, self.target, plaintext=not self._tls)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -284,9 +258,3 @@ class CloudClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _pem(value: bytes | Path | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return Path(value).expanduser().read_bytes()

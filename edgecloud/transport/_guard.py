@@ -4,10 +4,15 @@ grpc.aio deserializes a request before any handler code runs, and a malformed
 message surfaces as ``UNKNOWN`` with the parser's exception text in the details.
 This interceptor moves deserialization into the handler, so bad bytes get
 ``INVALID_ARGUMENT: malformed request`` and nothing about the server's internals.
+
+A server-streaming handler is either an async generator or a coroutine that
+writes with ``context.write()`` (grpc's own health ``Watch``); the wrapper is of
+the same kind, since grpc.aio serves the two differently.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,8 +51,12 @@ class DecodeGuardInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 async for item in stream(request, context):
                     yield item
 
+            async def unary_writer(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
+                return await stream(await decode(raw, context), context)
+
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, response_serializer=handler.response_serializer
+                unary_stream if inspect.isasyncgenfunction(stream) else unary_writer,
+                response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             upload = handler.stream_unary

@@ -24,7 +24,7 @@ def address() -> Iterator[str]:
 
 
 def test_profile_prints_every_cut_and_the_choice(address: str) -> None:
-    args = ["split", "profile", str(CNN), "--cloud", address, "--link", "10mbit",
+    args = ["split", "profile", str(CNN), "--cloud", address, "--insecure", "--link", "10mbit",
             "--device-slowdown", "50", "--repeats", "1", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -40,7 +40,7 @@ def test_run_chooses_a_cut_and_writes_the_outputs(address: str, tmp_path: Path) 
     frame = np.random.default_rng(0).random((1, 1, 64, 64)).astype(np.float32)
     np.save(tmp_path / "frame.npy", frame)
     args = ["split", "run", str(CNN), "--input", str(tmp_path / "frame.npy"), "--cloud", address,
-            "--link", "100mbit", "--output", str(tmp_path / "out.npz")]  # fmt: skip
+            "--insecure", "--link", "100mbit", "--output", str(tmp_path / "out.npz")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

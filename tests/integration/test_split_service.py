@@ -221,3 +221,18 @@ def test_token_auth(frame: np.ndarray, whole: np.ndarray) -> None:
             out = model.run({"input": frame}, cut=3)
             assert model.last is not None and not model.last.fallback
             np.testing.assert_allclose(out["logits"], whole, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["/edgecloud.v1.SplitService/ProfileTails", "/inference.GRPCInferenceService/ModelInfer"],
+)
+def test_undecodable_bytes_are_invalid_argument_without_internals(
+    server: BackgroundServer, method: str
+) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary(method)  # raw bytes in, raw bytes out
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "malformed request"

@@ -31,17 +31,19 @@ def test_config_rejects_raw_tokens_in_place_of_digests() -> None:
     ],
 )
 def test_plain_text_needs_explicit_loopback(cloud: dict[str, object], message: str) -> None:
-    from edgecloud.cloud._server import server_credentials
-
     with pytest.raises(ConfigError, match=message):
-        server_credentials(CloudConfig.model_validate(cloud))
+        _credentials(CloudConfig.model_validate(cloud))
 
 
 def test_insecure_loopback_is_allowed() -> None:
-    from edgecloud.cloud._server import server_credentials
-
     for host in ("127.0.0.1", "localhost", "::1"):
-        assert server_credentials(CloudConfig(insecure=True, host=host)) is None
+        assert _credentials(CloudConfig(insecure=True, host=host)) is None
+
+
+def _credentials(cloud: CloudConfig) -> object:
+    from edgecloud.transport import server_credentials
+
+    return server_credentials(cloud.tls, host=cloud.host, insecure=cloud.insecure, section="cloud")
 
 
 def test_default_max_tokens_must_fit_the_limit() -> None:
