@@ -3,6 +3,7 @@ manual as its knowledge base, and a proxy that shows what crossed the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from edgecloud import Client
+from edgecloud.transport import CloudClient
+from edgecloud.types import Chunk
 from tests.integration._cloudproc import Proxy, start_cloud, stop
 
 pytestmark = pytest.mark.model
@@ -25,13 +28,25 @@ FEW_SHOT = "Q: What is the capital of France?\nA: Paris\nQ: {q}\nA:"
 @pytest.fixture(scope="module")
 def cloud(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     records = tmp_path_factory.mktemp("records") / "records.db"
-    proc, port = start_cloud(model_cache, "--knowledge", str(MANUAL),
-                             env={"EDGECLOUD_CLOUD__RECORDS__PATH": str(records),
-                                  "EDGECLOUD_CLOUD__KNOWLEDGE__INDEX_DIR": str(records.parent / "idx")})  # fmt: skip
+    # float32: the hand-off test compares a continued answer with the all-cloud one token
+    # for token, which bfloat16 ("auto" on CPUs with native bf16) does not guarantee.
+    env = {"EDGECLOUD_CLOUD__RECORDS__PATH": str(records),
+           "EDGECLOUD_CLOUD__KNOWLEDGE__INDEX_DIR": str(records.parent / "idx"),
+           "EDGECLOUD_CLOUD__MODEL__DTYPE": "float32"}  # fmt: skip
+    proc, port = start_cloud(model_cache, "--knowledge", str(MANUAL), env=env)
     try:
         yield {"port": port, "proc": proc, "records": records}
     finally:
         stop(proc)
+
+
+async def _continuation(port: int, prefix: str, max_tokens: int) -> str:
+    """The cloud's own greedy continuation after ``prefix``, asked directly."""
+    async with CloudClient(f"127.0.0.1:{port}", tls=False) as c:
+        events = c.stream(
+            "The three primary colours are", assistant_prefix=prefix, max_tokens=max_tokens
+        )
+        return "".join([e.text async for e in events if isinstance(e, Chunk)])
 
 
 def device_toml(tmp_path: Path, cache: Path, ports: list[int], **router: Any) -> Path:
@@ -82,9 +97,12 @@ def test_mid_answer_handoff_continues_on_the_cloud_and_is_logged_then_uploaded(
         assert [c.source for c in chunks[:3]] == ["local"] * 3
         assert chunks[3].source == "cloud" and r.source == "mixed"
         assert r.usage.completion_tokens == len([c for c in chunks if c.token_id >= 0])
-        # the cloud continued the greedy answer: together they equal the all-cloud greedy answer
-        whole = client.generate("The three primary colours are", route="cloud", max_tokens=16)
-        assert r.text == whole.text
+        # the cloud continued after the device's text instead of restarting: the answer is
+        # the local part, then exactly the cloud's greedy continuation of that part
+        local_text = "".join(c.text for c in chunks[:3])
+        cloud_part = asyncio.run(_continuation(cloud["port"], local_text, 13))
+        assert r.text == local_text + cloud_part
+        assert "".join(c.text for c in chunks[3:]) == cloud_part
         assert client.upload_pending() >= 1
         assert client.upload_pending() == 0
     with sqlite3.connect(cloud["records"]) as db:
