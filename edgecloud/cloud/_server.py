@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_adapters_grpc
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.cloud._backend import CloudBackend
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._settings import CloudConfig
-from edgecloud.cloud._torch import TorchBackend
 from edgecloud.common.settings import default_cache_dir
 from edgecloud.errors import UnknownAdapterError
 from edgecloud.transport._server import GrpcServer, create_server, stop_signals
@@ -127,7 +127,7 @@ class CloudServer:
     def __init__(
         self,
         server: GrpcServer,
-        backend: TorchBackend,
+        backend: CloudBackend,
         grace: float,
         records: RecordStore,
         registry: AdapterRegistry | None = None,
@@ -144,7 +144,7 @@ class CloudServer:
     @classmethod
     async def start(
         cls,
-        backend: TorchBackend,
+        backend: CloudBackend,
         config: CloudConfig,
         *,
         port: int | None = None,
@@ -212,7 +212,7 @@ class CloudServer:
 
 
 async def serve(
-    backend: TorchBackend,
+    backend: CloudBackend,
     config: CloudConfig,
     *,
     port: int | None = None,

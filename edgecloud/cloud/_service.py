@@ -36,7 +36,7 @@ from edgecloud.transport._serde import (
     prompt_from_proto,
     record_from_proto,
 )
-from edgecloud.transport._status import status_for
+from edgecloud.transport._status import abort
 from edgecloud.types import ChatMessage, Finish, Passage
 
 if TYPE_CHECKING:
@@ -129,9 +129,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except _PermissionDenied:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
         except EdgeCloudError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc, rpc="Generate", log=log)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
-            await self._abort(context, exc)
+            await abort(context, exc, rpc="Generate", log=log)
 
     async def UploadEscalations(
         self,
@@ -167,9 +167,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except _Unavailable:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this service stores no records")
         except EdgeCloudError as exc:
-            await self._abort(context, exc, "UploadEscalations")
+            await abort(context, exc, rpc="UploadEscalations", log=log)
         except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
-            await self._abort(context, exc, "UploadEscalations")
+            await abort(context, exc, rpc="UploadEscalations", log=log)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     async def GetServiceInfo(
@@ -191,16 +191,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 max_queued_requests=load.max_queued,
             ),
         )
-
-    async def _abort(
-        self, context: aio.ServicerContext[Any, Any], exc: BaseException, rpc: str = "Generate"
-    ) -> None:
-        code, message = status_for(exc)
-        if code == grpc.StatusCode.INTERNAL:
-            log.error("%s failed", rpc, exc_info=exc)
-        else:
-            log.info("%s rejected: %s: %s", rpc, code.name, message)
-        await context.abort(code, message)
 
 
 class _PermissionDenied(AuthError):
