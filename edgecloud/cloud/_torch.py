@@ -16,19 +16,10 @@ matches float32 for the first tokens and can then differ (the weights are a
 4-bit dequantization either way); logprob and entropy are computed in float32.
 
 Why a scheduler of our own instead of transformers' continuous batching
-(``generate_batch`` / ``init_continuous_batching``): measured in one run of
-``bench/cloud_batching.py`` on the 2-core CPU machine (default model, 16
-requests of 64 new tokens), ``generate_batch`` reached 27.5 tok/s in float32 and
-59.8 tok/s in bfloat16; this scheduler behind gRPC reached 53.1 and 136.8 tok/s
-on the same load (1.9x, 2.3x), against 9.0 and 15.1 tok/s for one-at-a-time
-``generate``. The issue's own
-measurement (32 tokens) had ``generate_batch`` at 47.8 tok/s against 69 tok/s
-for one padded batch. ``generate_batch`` also has no per-request LoRA
-adapter, which peft's mixed-adapter batches give here: 16 streams mixing two
-adapters in one batch ran at 0.99x and 1.18x the base-only rate of the same
-adapter-loaded service in two runs, so requests are mixed, not grouped by
-adapter. Having adapters loaded at all costs 13% and 33% (two runs) against a
-plain model, since every LoRA layer then routes rows by adapter.
+(``generate_batch`` / ``init_continuous_batching``): it measured faster on the same
+load (``bench/cloud_batching.py``), and it batches requests for different LoRA
+adapters together, which ``generate_batch`` cannot; the measurements are in
+``docs/design-notes.md``.
 """
 
 from __future__ import annotations
