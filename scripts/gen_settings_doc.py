@@ -81,6 +81,10 @@ def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
         item = args[0]
         if isinstance(item, type) and issubclass(item, BaseModel):
             return item, True
+    if origin in (typing.Union, types.UnionType):
+        kept = [a for a in args if a is not type(None)]
+        if len(kept) == 1:  # an optional section: documented like a present one
+            return _model_of(kept[0])
     return None, False
 
 
@@ -210,7 +214,7 @@ def _walk(model: type[BaseModel], prefix: str, env: str | None) -> Iterator[Entr
         yield Entry(
             path=path,
             env=sub_env if is_list else None,
-            type="array of tables" if is_list else "table",
+            type="array of tables" if is_list else _type_name(field.annotation),
             default=_default(field) if is_list else "",
             bounds=_bounds(field) if is_list else "",
             description=_section_doc(sub, field),
