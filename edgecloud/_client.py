@@ -8,12 +8,13 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
+from typing_extensions import Unpack
 
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.settings import format_validation_error
@@ -24,6 +25,7 @@ from edgecloud.types import (
     Chunk,
     Confidence,
     Finish,
+    GenerateOptions,
     GenerationResult,
     Prompt,
     ResultSource,
@@ -158,6 +160,26 @@ class _BaseClient:
         params = self._params(overrides)
         agen = engine.stream(normalize_prompt(prompt), params, route=route, cancel=scope)  # type: ignore[arg-type]
         return agen, ResultBuilder(self._backend.info.model, started), scope
+
+    def _begin(
+        self, prompt: Prompt | bytes, options: GenerateOptions, engine: HybridEngine | None
+    ) -> tuple[Iterator[Chunk | Finish] | AsyncIterator[Chunk | Finish], ResultBuilder, _Cancel]:
+        """Start a checked request: on the hybrid engine when one serves it (the events
+        are then an async iterator), else on the local backend."""
+        overrides = {k: v for k, v in options.items() if k != "route"}
+        if engine is not None:
+            return self._start_hybrid(engine, prompt, overrides, options.get("route"))
+        cancel = threading.Event()
+        events, builder = self._start(prompt, overrides, cancel)
+        return events, builder, cancel
+
+    def _check_options(self, options: GenerateOptions) -> None:
+        unknown = sorted(set(options) - set(GenerateOptions.__annotations__))
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown option(s) {unknown}; known: {sorted(GenerateOptions.__annotations__)}"
+            )
+        self._check_route(options.get("route"))
 
     def _check_route(self, route: str | None) -> None:
         if route not in (None, "local", "cloud"):
@@ -355,40 +377,29 @@ class Client(_BaseClient):
         """The hybrid engine, when cloud endpoints are configured."""
         return self._engine
 
-    def stream(
-        self,
-        prompt: Prompt | bytes,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        route: str | None = None,
-    ) -> Stream:
+    def stream(self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]) -> Stream:
         """Start generating; returns a :class:`Stream` of chunks.
 
         Args:
             prompt: raw text (completion), or chat messages (rendered with the
                 model's chat template).
-            max_tokens, temperature, top_p, top_k, seed, stop: override the
-                configured :class:`~edgecloud.types.SamplingParams`.
-            route: ``"local"`` or ``"cloud"`` to force where the answer comes from;
-                None lets the routing policies decide (needs cloud endpoints).
+            **options: :class:`~edgecloud.types.GenerateOptions`: ``max_tokens``,
+                ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` override the
+                configured :class:`~edgecloud.types.SamplingParams`; ``route`` is
+                ``"local"`` or ``"cloud"`` to force where the answer comes from, None
+                to let the routing policies decide (needs cloud endpoints).
 
         Raises:
-            InvalidRequestError: bad prompt or parameter.
+            InvalidRequestError: bad prompt, option or parameter.
             ContextOverflowError: the prompt does not fit in the model context.
         """
-        self._check_route(route)
-        overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, stop=stop)  # fmt: skip
-        if self._engine is not None and self._runner is not None:
-            agen, builder, scope = self._start_hybrid(self._engine, prompt, overrides, route)
-            return Stream(iterate_async(agen, self._runner), builder, scope)
-        cancel = threading.Event()
-        events, builder = self._start(prompt, overrides, cancel)
+        self._check_options(options)
+        runner = self._runner
+        engine = self._engine if runner is not None else None
+        events, builder, cancel = self._begin(prompt, options, engine)
+        if runner is not None and not isinstance(events, Iterator):
+            return Stream(iterate_async(events, runner), builder, cancel)
+        assert isinstance(events, Iterator)
         return Stream(events, builder, cancel)
 
     def upload_pending(self) -> int:
@@ -398,22 +409,10 @@ class Client(_BaseClient):
         return self._runner.run(self._engine.upload_pending())
 
     def generate(
-        self,
-        prompt: Prompt | bytes,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        route: str | None = None,
+        self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
         """Generate a whole answer; the arguments and errors are those of :meth:`stream`."""
-        with self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k, seed=seed, stop=stop, route=route,
-        ) as stream:  # fmt: skip
+        with self.stream(prompt, **options) as stream:
             for _ in stream:
                 pass
         return stream.result
@@ -624,47 +623,17 @@ class AsyncClient(_BaseClient):
             )
         return self._engine
 
-    def stream(
-        self,
-        prompt: Prompt | bytes,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        route: str | None = None,
-    ) -> AsyncStream:
+    def stream(self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]) -> AsyncStream:
         """Start generating; see :meth:`Client.stream`. Call it inside the running loop."""
-        self._check_route(route)
-        overrides = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, stop=stop)  # fmt: skip
-        engine = self._hybrid()
-        if engine is not None:
-            agen, builder, scope = self._start_hybrid(engine, prompt, overrides, route)
-            return AsyncStream(agen, builder, scope)
-        cancel = threading.Event()
-        events, builder = self._start(prompt, overrides, cancel)
+        self._check_options(options)
+        events, builder, cancel = self._begin(prompt, options, self._hybrid())
         return AsyncStream(events, builder, cancel)
 
     async def generate(
-        self,
-        prompt: Prompt | bytes,
-        *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        route: str | None = None,
+        self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
         """Generate a whole answer; see :meth:`Client.generate`."""
-        async with self.stream(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k, seed=seed, stop=stop, route=route,
-        ) as stream:  # fmt: skip
+        async with self.stream(prompt, **options) as stream:
             async for _ in stream:
                 pass
         return stream.result

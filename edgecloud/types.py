@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +22,7 @@ __all__ = [
     "Confidence",
     "Finish",
     "FinishReason",
+    "GenerateOptions",
     "GenerationResult",
     "Passage",
     "Prompt",
@@ -58,6 +59,30 @@ class ChatMessage(BaseModel):
 
 Prompt: TypeAlias = str | Sequence[ChatMessage | Mapping[str, str]]
 """A raw completion prompt, or a list of chat messages (objects or dicts)."""
+
+
+class GenerateOptions(TypedDict, total=False):
+    """Per-request options of ``Client.stream`` / ``generate`` (and the async twins).
+
+    Each one left out (or None) keeps the configured
+    :class:`SamplingParams` default.
+    """
+
+    max_tokens: int | None
+    """Most new tokens."""
+    temperature: float | None
+    """0 is greedy."""
+    top_p: float | None
+    """Nucleus sampling mass."""
+    top_k: int | None
+    """Keep the k most likely tokens; 0 keeps all."""
+    seed: int | None
+    """Sampling seed."""
+    stop: str | Sequence[str] | None
+    """Stop sequence(s); the answer ends before the first one."""
+    route: str | None
+    """``"local"`` or ``"cloud"`` forces where the answer comes from; None lets the
+    routing policies decide (needs cloud endpoints)."""
 
 
 class SamplingParams(BaseModel):

@@ -1,5 +1,4 @@
 import asyncio
-import inspect
 import math
 import threading
 import time
@@ -239,14 +238,24 @@ def test_a_failed_stream_has_no_result() -> None:
 
 @pytest.mark.parametrize("cls", [Client, AsyncClient])
 def test_generate_takes_the_typed_keywords_of_stream(cls: type[Client | AsyncClient]) -> None:
-    def keywords(fn: Any) -> list[tuple[str, Any, Any, Any]]:
-        params = inspect.signature(fn).parameters.values()
-        return [(p.name, p.kind, p.default, p.annotation) for p in params]
+    import typing
 
-    assert keywords(cls.generate) == keywords(cls.stream)
-    assert ("max_tokens", inspect.Parameter.KEYWORD_ONLY, None, "int | None") in keywords(
-        cls.generate
-    )
+    from typing_extensions import Unpack
+
+    from edgecloud.types import GenerateOptions
+
+    for fn in (cls.generate, cls.stream):
+        hints = typing.get_type_hints(fn, include_extras=True)
+        assert hints["options"] == Unpack[GenerateOptions]
+    assert set(GenerateOptions.__annotations__) == {
+        "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "route",
+    }  # fmt: skip
+
+
+def test_an_unknown_option_is_a_clear_error() -> None:
+    client = Client(ScriptedBackend())
+    with pytest.raises(InvalidRequestError, match=r"unknown option\(s\) \['max_token'\]"):
+        client.generate("x", max_token=3)  # type: ignore[call-arg]
 
 
 def test_async_generate_passes_every_keyword_on() -> None:

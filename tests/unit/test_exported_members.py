@@ -7,7 +7,7 @@ import edgecloud
 
 EXPECTED = {
     "AsyncClient", "AsyncStream", "ChatMessage", "Chunk", "Client", "Confidence", "ConfigError",
-    "ContextOverflowError", "DeviceError", "EdgeCloudError", "GenerationResult",
+    "ContextOverflowError", "DeviceError", "EdgeCloudError", "GenerateOptions", "GenerationResult",
     "InvalidRequestError", "ModelIntegrityError", "ModelLoadError", "ModelNotFoundError",
     "SamplingParams", "Settings", "Stream", "Timings", "Usage", "__version__",
 }  # fmt: skip
