@@ -10,13 +10,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 from typing_extensions import Unpack
 
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
+from edgecloud.common.lifecycle import AsyncClosing, Closing
 from edgecloud.common.settings import format_validation_error
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
@@ -232,7 +232,7 @@ class _Outcome:
         return self._result
 
 
-class Stream(_Outcome):
+class Stream(_Outcome, Closing):
     """A running generation: iterate for :class:`Chunk` objects.
 
     ``result`` is the :class:`GenerationResult` once the stream is exhausted
@@ -278,19 +278,8 @@ class Stream(_Outcome):
                 pass
         self._release()
 
-    def __enter__(self) -> Stream:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Client(_BaseClient):
+class Client(_BaseClient, Closing):
     """Generate text on the device, with per-token confidence.
 
     Thread-safe: many threads may share one client; generations run one at a
@@ -426,19 +415,8 @@ class Client(_BaseClient):
             self._runner = None
         self._backend.close()
 
-    def __enter__(self) -> Client:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncStream(_Outcome):
+class AsyncStream(_Outcome, AsyncClosing):
     """The async twin of :class:`Stream`: ``async for chunk in stream``.
 
     The model runs in a worker thread; chunks cross to the event loop through a
@@ -529,19 +507,8 @@ class AsyncStream(_Outcome):
         async for _ in self:
             pass
 
-    async def __aenter__(self) -> AsyncStream:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class AsyncClient(_BaseClient):
+class AsyncClient(_BaseClient, AsyncClosing):
     """The asyncio twin of :class:`Client`; model calls run in worker threads.
 
     Open it with ``await AsyncClient.open(...)``: the model loads in a worker
@@ -644,17 +611,6 @@ class AsyncClient(_BaseClient):
             task.cancel()
         await self._engine_close()
         await asyncio.to_thread(self._backend.close)
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _close_loaded(load: asyncio.Future[tuple[TextBackend, Settings]]) -> None:

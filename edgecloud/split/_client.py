@@ -18,6 +18,7 @@ import numpy as np
 
 from edgecloud._proto.v1 import split_pb2 as spb
 from edgecloud._proto.v1 import split_pb2_grpc as spb_grpc
+from edgecloud.common.lifecycle import Closing
 from edgecloud.errors import EdgeCloudError
 from edgecloud.split import _wire
 from edgecloud.split._codec import Compression, Encoding, decode, encode
@@ -95,7 +96,7 @@ class TailResult:
         return max(self.wall_s - self.compute_s - self.codec_s, 0.0)
 
 
-class SplitClient:
+class SplitClient(Closing):
     """gRPC client of a cloud ``SplitService``.
 
     Args:
@@ -235,9 +236,3 @@ class SplitClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> SplitClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgecloud.common.lifecycle import Closing
 from edgecloud.errors import AuthError, EdgeCloudError, InvalidCutError, TransportError
 from edgecloud.split._client import SplitClient
 from edgecloud.split._codec import Compression, Encoding, encode
@@ -42,7 +43,7 @@ class RunInfo:
     """True when the cloud failed and the whole model ran here instead."""
 
 
-class SplitModel:
+class SplitModel(Closing):
     """An ONNX model whose head runs on this device and whose tail runs in the cloud.
 
     The cut is chosen per call from the profile (device head times, cloud tail
@@ -331,9 +332,3 @@ class SplitModel:
         if self.cloud is not None:
             self.cloud.close()
         self._cleanup()
-
-    def __enter__(self) -> SplitModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

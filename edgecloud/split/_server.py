@@ -38,6 +38,7 @@ from edgecloud._proto.inference import grpc_service_pb2 as kpb
 from edgecloud._proto.inference import grpc_service_pb2_grpc as kpb_grpc
 from edgecloud._proto.v1 import split_pb2 as spb
 from edgecloud._proto.v1 import split_pb2_grpc as spb_grpc
+from edgecloud.common.lifecycle import Closing
 from edgecloud.errors import (
     ActivationError,
     EdgeCloudError,
@@ -373,7 +374,7 @@ class SplitServer:
         await self._server.wait_for_termination()
 
 
-class BackgroundServer:
+class BackgroundServer(Closing):
     """A :class:`SplitServer` on its own event loop in a daemon thread (tests, benchmarks, CLI).
 
     Examples:
@@ -407,9 +408,3 @@ class BackgroundServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -21,6 +20,7 @@ import grpc
 from edgecloud._proto.v1 import adapters_pb2 as pb
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_grpc
 from edgecloud.common.files import hash_file
+from edgecloud.common.lifecycle import AsyncClosing
 from edgecloud.errors import AdapterIntegrityError
 from edgecloud.transport._client import CloudClient
 
@@ -75,7 +75,7 @@ def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".partial")
 
 
-class AdapterSyncClient:
+class AdapterSyncClient(AsyncClosing):
     """Talks to a cloud's ``edgecloud.v1.AdapterSync`` service.
 
     Args:
@@ -259,18 +259,10 @@ class AdapterSyncClient:
         except grpc.RpcError as exc:
             raise self._cloud._error(exc) from exc
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the channel, unless it belongs to a :class:`CloudClient` passed in."""
         if self._owns:
             await self._cloud.close()
 
-    async def __aenter__(self) -> AdapterSyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    close = aclose
+    """The same as :meth:`aclose`."""

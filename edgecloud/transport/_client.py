@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
 
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
+from edgecloud.common.lifecycle import AsyncClosing
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import EdgeCloudError, InvalidRequestError
@@ -43,7 +43,7 @@ class ServiceInfo(dict[str, Any]):
     """What ``GetServiceInfo`` returned, as a plain dict (JSON-ready)."""
 
 
-class CloudClient:
+class CloudClient(AsyncClosing):
     """Streams generations from a cloud inference service.
 
     Args:
@@ -245,16 +245,8 @@ class CloudClient:
     def _error(self, exc: grpc.RpcError) -> EdgeCloudError:
         return error_from_rpc(exc, self.target, plaintext=not self._tls)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> CloudClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    close = aclose
+    """The same as :meth:`aclose`."""

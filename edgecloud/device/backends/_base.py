@@ -7,9 +7,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from edgecloud.common.lifecycle import Closing
 from edgecloud.types import BackendInfo, ChatMessage, Chunk, Finish, SamplingParams, TensorSpec
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-class LocalBackend(ABC):
+class LocalBackend(Closing, ABC):
     """A model loaded on this device. Close it (or use ``with``) to free native memory."""
 
     @property
@@ -36,17 +36,6 @@ class LocalBackend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free the model. Idempotent."""
-
-    def __enter__(self) -> LocalBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class TextBackend(LocalBackend):
