@@ -18,8 +18,8 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from edgecloud.common.lazy import lazy_attributes
 
 __all__ = [
     "AdapterRegistry",
@@ -52,10 +52,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'edgecloud.adapters' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"edgecloud.adapters.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOME)

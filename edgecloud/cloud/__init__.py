@@ -18,8 +18,9 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecloud.common.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from edgecloud.cloud._backend import BackendInfo, CloudBackend, CloudRequest, LoadSnapshot
@@ -55,8 +56,4 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module 'edgecloud.cloud' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

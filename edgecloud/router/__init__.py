@@ -7,8 +7,9 @@ Depends on the standard library only (numpy for the learned router's head).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from edgecloud.common.lazy import lazy_attributes
 from edgecloud.router._calibrate import Calibration, auroc, calibrate_window, threshold_for_rate
 from edgecloud.router._monitor import ConfidenceMonitor, WindowThresholds, window_extremes
 from edgecloud.router._policies import (
@@ -53,10 +54,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The learned router needs numpy; ``import edgecloud`` must not load it.
-    if name == "LearnedRouter":
-        from edgecloud.router._learned import LearnedRouter
-
-        return LearnedRouter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The learned router needs numpy; ``import edgecloud`` must not load it.
+__getattr__ = lazy_attributes(__name__, {"LearnedRouter": "_learned"})

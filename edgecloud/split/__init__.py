@@ -22,8 +22,9 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecloud.common.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from edgecloud.split._cascade import Cascade, margins
@@ -93,11 +94,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy: the CLI and `import edgecloud` must not pay for onnx and grpc.
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecloud.split' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -16,8 +16,9 @@ Names load on first use: ``import edgecloud`` and the settings (which use
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgecloud.common.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from edgecloud.transport._adapters import AdapterOffer, AdapterSyncClient
@@ -87,11 +88,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy: the settings import TlsConfig/AuthConfig, and they must not load grpc.
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgecloud.transport' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -4,8 +4,9 @@ when their backend is first used: ``LlamaCppBackend`` needs llama-cpp-python,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from edgecloud.common.lazy import lazy_attributes
 from edgecloud.device.backends._base import (
     AdapterCapable,
     BackendInfo,
@@ -36,9 +37,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
