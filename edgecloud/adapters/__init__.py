@@ -18,7 +18,6 @@ Examples:
 
 from __future__ import annotations
 
-
 from edgecloud.common.lazy import lazy_attributes
 
 __all__ = [
