@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import inspect
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from grpc import aio
+
+from edgecloud.transport._handlers import wrap_handler
 
 __all__ = ["CURRENT_DEVICE", "TokenAuthInterceptor", "hash_token", "new_token"]
 
@@ -90,51 +91,9 @@ def _denied(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str)
     )
 
 
-def _with_device(handler: grpc.RpcMethodHandler, device: str) -> Any:
+def _with_device(handler: grpc.RpcMethodHandler, device: str) -> grpc.RpcMethodHandler:
     """The same handler, run with ``CURRENT_DEVICE`` set to ``device``."""
-    if handler.unary_stream is not None:
-        inner_stream = handler.unary_stream
-
-        async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            CURRENT_DEVICE.set(device)
-            async for item in inner_stream(request, context):
-                yield item
-
-        # A handler that writes with context.write() is a coroutine: wrap it as one.
-        async def writer(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            CURRENT_DEVICE.set(device)
-            return await inner_stream(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(
-            stream if inspect.isasyncgenfunction(inner_stream) else writer,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary is not None:
-        inner_upload = handler.stream_unary
-
-        async def upload(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            CURRENT_DEVICE.set(device)
-            return await inner_upload(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(
-            upload,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_unary is not None:
-        inner_unary = handler.unary_unary
-
-        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            CURRENT_DEVICE.set(device)
-            return await inner_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+    return wrap_handler(handler, start=lambda: CURRENT_DEVICE.set(device))
 
 
 class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
