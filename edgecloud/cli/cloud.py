@@ -45,11 +45,7 @@ def serve_command(
     config: ConfigOpt = None,
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
-    from edgecloud.adapters._registry import AdapterRegistry
-    from edgecloud.cloud._records import RecordStore
-    from edgecloud.cloud._server import records_path, registry_url, serve, stable_peft_adapters
-    from edgecloud.cloud._torch import TorchBackend
-    from edgecloud.transport import server_credentials
+    from edgecloud.cloud._server import build_service, serve
 
     try:
         settings = load_settings(config)
@@ -65,47 +61,24 @@ def serve_command(
         if knowledge is not None:
             cloud["knowledge"]["directory"] = knowledge
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
-        c = settings.cloud  # fail on bad TLS settings before the slow load
-        server_credentials(c.tls, host=c.host, insecure=c.insecure, section="cloud")
-        kb = _load_knowledge(settings.cloud)
-        records = RecordStore(records_path(settings.cloud, settings.cache_dir))
-        registry = AdapterRegistry(registry_url(settings.cloud, settings.cache_dir))
-        # Serve the stable version of every adapter line with the ids devices use
-        # (adapters named in cloud.model.adapters take precedence).
-        adapters = {
-            **stable_peft_adapters(registry, settings.cache_dir),
-            **cloud["model"]["adapters"],
-        }
-        if adapters != cloud["model"]["adapters"]:
-            cloud["model"]["adapters"] = adapters
-            settings = settings.model_copy(
-                update={"cloud": type(settings.cloud).model_validate(cloud)}
-            )
-        backend = TorchBackend.load(settings)
+        if settings.cloud.knowledge.directory is not None and settings.cloud.knowledge.enabled:
+            typer.echo(f"knowledge: loading {settings.cloud.knowledge.directory}", err=True)
+        parts = build_service(settings, _knowledge_progress)
     except EdgeCloudError as exc:
         raise fail(exc) from None
     try:
         asyncio.run(
-            serve(backend, settings.cloud, knowledge=kb, records=records, registry=registry)
-        )
+            serve(parts.backend, parts.config, knowledge=parts.knowledge, records=parts.records,
+                  registry=parts.registry)
+        )  # fmt: skip
     except EdgeCloudError as exc:
         raise fail(exc) from None
     finally:
-        backend.close()
+        parts.close()
 
 
-def _load_knowledge(cloud: Any) -> Any:
-    """The configured knowledge base (built or loaded, progress on stderr), or None."""
-    from edgecloud.cloud._server import load_knowledge
-
-    if cloud.knowledge.directory is None or not cloud.knowledge.enabled:
-        return None
-
-    def progress(done: int, total: int) -> None:
-        typer.echo(f"\rindexing knowledge: {done}/{total} chunks", err=True, nl=done >= total)
-
-    typer.echo(f"knowledge: loading {cloud.knowledge.directory}", err=True)
-    return load_knowledge(cloud, progress)
+def _knowledge_progress(done: int, total: int) -> None:
+    typer.echo(f"\rindexing knowledge: {done}/{total} chunks", err=True, nl=done >= total)
 
 
 @cloud_app.command("generate")

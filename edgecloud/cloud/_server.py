@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,15 +24,21 @@ from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.cloud._backend import CloudBackend
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
-from edgecloud.cloud._settings import CloudConfig
+from edgecloud.cloud._settings import CloudConfig, CloudSettings
 from edgecloud.common.settings import default_cache_dir
 from edgecloud.errors import UnknownAdapterError
-from edgecloud.transport._server import GrpcServer, create_server, stop_signals
+from edgecloud.transport._server import (
+    GrpcServer,
+    create_server,
+    server_credentials,
+    stop_signals,
+)
 
 if TYPE_CHECKING:
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._adapter_service import AdapterSyncServicer
     from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.cloud._torch import TorchBackend
 
 __all__ = [
     "SERVICE_NAME",
@@ -111,6 +118,57 @@ def load_knowledge(
         len(kb), cfg.directory, "rebuilt" if kb.rebuilt else "loaded (unchanged)", kb.index_dir,
     )  # fmt: skip
     return kb
+
+
+@dataclass
+class ServiceParts:
+    """What a cloud service runs on, built from settings by :func:`build_service`."""
+
+    backend: TorchBackend
+    config: CloudConfig
+    knowledge: KnowledgeBase | None
+    records: RecordStore
+    registry: AdapterRegistry
+
+    def close(self) -> None:
+        """Free the model; the server closes the record store when it stops."""
+        self.backend.close()
+
+
+def build_service(
+    settings: CloudSettings, knowledge_progress: Callable[[int, int], None] | None = None
+) -> ServiceParts:
+    """Check the TLS settings, load the knowledge base, open the record store and the
+    adapter registry, and load the model with the stable version of every adapter line
+    under the ids the devices use (adapters named in ``cloud.model.adapters`` win).
+
+    The TLS settings are checked first, so a bad certificate fails before the slow load.
+
+    Raises:
+        ConfigError: bad TLS settings, a missing knowledge directory, a bad registry.
+        CloudModelLoadError: the model or an adapter could not be loaded.
+    """
+    from edgecloud.adapters._registry import AdapterRegistry
+    from edgecloud.cloud._torch import TorchBackend
+
+    cloud = settings.cloud
+    server_credentials(cloud.tls, host=cloud.host, insecure=cloud.insecure, section="cloud")
+    knowledge = load_knowledge(cloud, knowledge_progress)
+    records = RecordStore(records_path(cloud, settings.cache_dir))
+    registry = AdapterRegistry(registry_url(cloud, settings.cache_dir))
+    adapters = {**stable_peft_adapters(registry, settings.cache_dir), **cloud.model.adapters}
+    if adapters != cloud.model.adapters:
+        model = cloud.model.model_copy(update={"adapters": adapters})
+        cloud = cloud.model_copy(update={"model": model})
+        settings = _WithCloud(cloud, settings.cache_dir)
+    backend = TorchBackend.load(settings)
+    return ServiceParts(backend, cloud, knowledge, records, registry)
+
+
+@dataclass(frozen=True)
+class _WithCloud:
+    cloud: CloudConfig
+    cache_dir: Path
 
 
 class CloudServer:
