@@ -22,7 +22,7 @@ from edgecloud._proto.v1 import adapters_pb2 as pb
 from edgecloud._proto.v1 import adapters_pb2_grpc as pb_grpc
 from edgecloud.adapters._manifest import check_adapter_id, check_file_name
 from edgecloud.adapters._registry import AdapterRegistry, RolloutState
-from edgecloud.errors import AdapterFormatError, EdgeCloudError, InvalidRequestError
+from edgecloud.errors import AdapterFormatError, InvalidRequestError
 from edgecloud.transport._adapters import AdapterOffer, offer_to_proto
 from edgecloud.transport._auth import CURRENT_DEVICE
 from edgecloud.transport._status import abort
@@ -98,9 +98,7 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
                     yield offer_to_proto(offer)
                     sent = version
                 await asyncio.sleep(self._poll)
-        except EdgeCloudError as exc:
-            await abort(context, exc, rpc="WatchAdapters", log=log)
-        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+        except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="WatchAdapters", log=log)
 
     async def FetchAdapter(
@@ -127,9 +125,7 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
                     offset += len(data)
             finally:
                 f.close()
-        except EdgeCloudError as exc:
-            await abort(context, exc, rpc="FetchAdapter", log=log)
-        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+        except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="FetchAdapter", log=log)
 
     async def ReportAdapter(
@@ -143,9 +139,7 @@ class AdapterSyncServicer(pb_grpc.AdapterSyncServicer):
                 device, adapter_id, request.version, request.status, request.detail,
             )  # fmt: skip
             return pb.ReportAck()
-        except EdgeCloudError as exc:
-            await abort(context, exc, rpc="ReportAdapter", log=log)
-        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+        except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="ReportAdapter", log=log)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 

@@ -28,7 +28,7 @@ from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._settings import CloudConfig
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
-from edgecloud.errors import AuthError, EdgeCloudError, InvalidRequestError
+from edgecloud.errors import AuthError, InvalidRequestError
 from edgecloud.transport._auth import CURRENT_DEVICE
 from edgecloud.transport._serde import (
     event_to_proto,
@@ -128,9 +128,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 await stream.aclose()
         except _PermissionDenied:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
-        except EdgeCloudError as exc:
-            await abort(context, exc, rpc="Generate", log=log)
-        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+        except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="Generate", log=log)
 
     async def UploadEscalations(
@@ -166,9 +164,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             return pb.UploadAck(stored_ids=stored)
         except _Unavailable:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this service stores no records")
-        except EdgeCloudError as exc:
-            await abort(context, exc, rpc="UploadEscalations", log=log)
-        except Exception as exc:  # noqa: BLE001 - sanitized below, traceback logged
+        except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="UploadEscalations", log=log)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
