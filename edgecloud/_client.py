@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
-from typing_extensions import Unpack
+from typing_extensions import Self, Unpack
 
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.lifecycle import AsyncClosing, Closing
@@ -128,6 +128,37 @@ class _BaseClient:
             settings if settings is not None and settings.device.cloud.endpoints else None
         )
         self._engine: HybridEngine | None = None
+
+    @classmethod
+    def local(
+        cls,
+        model: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        progress: ProgressCallback | None = None,
+        **model_overrides: Any,
+    ) -> Self:
+        """A client on a local GGUF model (the embedded default when ``model`` is None),
+        loaded in the calling thread (about half a second for the default model; inside a
+        running event loop use :meth:`AsyncClient.open`, which does not block the loop).
+
+        Args:
+            model: GGUF path; overrides ``settings.device.model.path``.
+            settings: defaults to :meth:`Settings.load` (TOML + environment).
+            progress: called with (bytes done, total) if the default model must be assembled.
+            **model_overrides: fields of :class:`~edgecloud.config.LocalModelConfig`
+                such as ``n_ctx=4096`` or ``n_threads=2``.
+        """
+        backend, loaded = cls._load_local(model, settings, progress, model_overrides)
+        return cls(backend, defaults=loaded.device.generation, settings=loaded)
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, progress: ProgressCallback | None = None) -> Self:
+        """A client built from a TOML settings file (plus ``EDGECLOUD_*`` variables):
+        the local model, and, when ``device.cloud.endpoints`` lists any, the cloud
+        endpoints, routing policies and escalation log (for :class:`AsyncClient`, the
+        cloud side starts on first use, in the running loop)."""
+        return cls.local(settings=Settings.load(path), progress=progress)
 
     @property
     def backend(self) -> TextBackend:
@@ -293,34 +324,6 @@ class Client(_BaseClient, Closing):
         ...     result = client.generate("Q: Capital of France?\\nA:", stop=["\\n"])
         ...     print(result.text, result.confidence.mean_logprob, result.source)
     """
-
-    @classmethod
-    def local(
-        cls,
-        model: str | Path | None = None,
-        *,
-        settings: Settings | None = None,
-        progress: ProgressCallback | None = None,
-        **model_overrides: Any,
-    ) -> Client:
-        """A client on a local GGUF model (the embedded default when ``model`` is None).
-
-        Args:
-            model: GGUF path; overrides ``settings.device.model.path``.
-            settings: defaults to :meth:`Settings.load` (TOML + environment).
-            progress: called with (bytes done, total) if the default model must be assembled.
-            **model_overrides: fields of :class:`~edgecloud.config.LocalModelConfig`
-                such as ``n_ctx=4096`` or ``n_threads=2``.
-        """
-        backend, loaded = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=loaded.device.generation, settings=loaded)
-
-    @classmethod
-    def from_config(cls, path: str | Path, *, progress: ProgressCallback | None = None) -> Client:
-        """A client built from a TOML settings file (plus ``EDGECLOUD_*`` variables):
-        the local model, and, when ``device.cloud.endpoints`` lists any, the cloud
-        endpoints, routing policies and escalation log."""
-        return cls.local(settings=Settings.load(path), progress=progress)
 
     def __init__(
         self,
@@ -555,28 +558,6 @@ class AsyncClient(_BaseClient, AsyncClosing):
             load.add_done_callback(_close_loaded)
             raise
         return cls(backend, defaults=loaded.device.generation, settings=loaded)
-
-    @classmethod
-    def local(
-        cls,
-        model: str | Path | None = None,
-        *,
-        settings: Settings | None = None,
-        progress: ProgressCallback | None = None,
-        **model_overrides: Any,
-    ) -> AsyncClient:
-        """Same as :meth:`Client.local`, loading the model in the calling thread
-        (about half a second for the default model). Inside a running event loop,
-        use :meth:`open`, which does not block the loop."""
-        backend, loaded = cls._load_local(model, settings, progress, model_overrides)
-        return cls(backend, defaults=loaded.device.generation, settings=loaded)
-
-    @classmethod
-    def from_config(cls, path: str | Path) -> AsyncClient:
-        """See :meth:`Client.from_config`; loads in the calling thread (inside a running
-        loop: ``await AsyncClient.open(settings=Settings.load(path))``). The cloud side
-        starts on first use, in the running loop."""
-        return cls.local(settings=Settings.load(path))
 
     def _hybrid(self) -> HybridEngine | None:
         if self._settings is None:
