@@ -16,11 +16,12 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgecloud.errors import AdapterFormatError
+from edgecloud.errors import AdapterFormatError, ConfigError
 
 if TYPE_CHECKING:
     from edgecloud.router import LearnedRouter
@@ -37,6 +38,7 @@ __all__ = [
     "check_adapter_id",
     "check_file_name",
     "first_error",
+    "load_canary",
 ]
 
 ADAPTER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -260,3 +262,26 @@ def first_error(exc: ValidationError) -> str:
 def canonical_json(value: Any) -> bytes:
     """``value`` as sorted-key, whitespace-free UTF-8 JSON."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_canary(path: Path) -> list[CanaryItem]:
+    """Canary prompts from a JSONL file of ``{"prompt": ..., "expect": ...}`` lines.
+
+    Raises:
+        ConfigError: unreadable, or a line is not such an object (the message names
+            the file and line).
+    """
+    path = path.expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"canary file: cannot read {path}: {exc.strerror}") from exc
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(CanaryItem.model_validate_json(line))
+        except ValidationError as exc:
+            raise ConfigError(f"canary file {path}:{n} is not a canary item") from exc
+    return items

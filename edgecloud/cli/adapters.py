@@ -113,12 +113,10 @@ def publish(
     config: ConfigOpt = None,
 ) -> None:
     """Sign and publish an exported adapter as the next version (not rolled out yet)."""
-    from edgecloud.adapters._gguf import read_lora_gguf
-    from edgecloud.adapters._manifest import DEVICE_FILE
+    from edgecloud.adapters._manifest import load_canary
+    from edgecloud.adapters._publish import publish_directory
     from edgecloud.adapters._signing import load_private_key
-    from edgecloud.common.files import sha256_file
-    from edgecloud.device._adapters import load_canary
-    from edgecloud.errors import AdapterFormatError, ConfigError
+    from edgecloud.errors import ConfigError
 
     try:
         settings, reg = _open(config, registry)
@@ -126,49 +124,33 @@ def publish(
         key_path = key or settings.cloud.registry.signing_key
         if key_path is None:
             raise ConfigError("no signing key: pass --key or set cloud.registry.signing_key")
-        private = load_private_key(key_path)
-        files = {
-            p.relative_to(directory).as_posix(): p
-            for p in sorted(directory.rglob("*"))
-            if p.is_file()
-        }
-        if DEVICE_FILE not in files:
-            raise AdapterFormatError(f"{directory} has no {DEVICE_FILE}")
-        info = read_lora_gguf(files[DEVICE_FILE])
-        if architecture is not None:
-            info.check_architecture(architecture)
-        peft_config = _peft_config(directory / "peft" / "adapter_config.json")
-        manifest = reg.publish(
-            files,
-            key=private,
+        manifest = publish_directory(
+            reg,
+            directory,
+            key=load_private_key(key_path),
             adapter_id=aid,
-            base_model_sha256=sha256_file(base_model),
-            base_architecture=info.architecture,
-            rank=int(peft_config.get("r") or info.rank),
-            alpha=float(peft_config.get("lora_alpha") or info.alpha),
-            target_modules=_targets(peft_config),
-            metrics=json.loads(metrics) if metrics else {},
+            base_model=base_model,
+            architecture=architecture,
+            metrics=_metrics(metrics),
             canary=load_canary(canary) if canary is not None else (),
         )
-    except json.JSONDecodeError as exc:
-        raise fail(ConfigError(f"--metrics is not JSON: {exc}")) from None
-    except OSError as exc:
-        raise fail(ConfigError(f"cannot read {exc.filename}: {exc.strerror}")) from None
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(f"published {aid} v{manifest.version} ({len(files)} files)", highlight=False)
+    out.print(f"published {aid} v{manifest.version} ({len(manifest.files)} files)", highlight=False)
 
 
-def _peft_config(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def _metrics(text: str | None) -> dict[str, float]:
+    from edgecloud.errors import ConfigError
+
+    if not text:
         return {}
-    data = json.loads(path.read_text())
-    return data if isinstance(data, dict) else {}
-
-
-def _targets(peft_config: dict[str, Any]) -> list[str]:
-    targets = peft_config.get("target_modules") or []
-    return sorted(targets) if isinstance(targets, list) else [str(targets)]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--metrics is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--metrics must be a JSON object")
+    return value
 
 
 @adapters_app.command("list")

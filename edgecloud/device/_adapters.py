@@ -43,6 +43,7 @@ from edgecloud.adapters._manifest import (
     CanaryItem,
     Manifest,
     canonical_json,
+    load_canary,
 )
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
 from edgecloud.common.files import fsync_dir, hash_file
@@ -62,7 +63,7 @@ from edgecloud.errors import (
 from edgecloud.transport._adapters import AdapterOffer
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
 
-__all__ = ["AdapterBackend", "AdapterManager", "AdapterSource", "load_canary"]
+__all__ = ["AdapterBackend", "AdapterManager", "AdapterSource"]
 
 log = logging.getLogger("edgecloud.adapters")
 
@@ -129,28 +130,6 @@ class _State(BaseModel):
 
     version: int | None = None
     bad: list[int] = Field(default_factory=list)
-
-
-def load_canary(path: Path) -> list[CanaryItem]:
-    """Canary prompts from a JSONL file of ``{"prompt": ..., "expect": ...}`` lines.
-
-    Raises:
-        ConfigError: unreadable, or a line is not such an object.
-    """
-    path = path.expanduser()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"device.adapters.canary: cannot read {path}: {exc.strerror}") from exc
-    items = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(CanaryItem.model_validate_json(line))
-        except ValidationError as exc:
-            raise ConfigError(f"device.adapters.canary: {path}:{n} is not a canary item") from exc
-    return items
 
 
 def _write_durable(path: Path, data: bytes) -> None:
