@@ -30,3 +30,14 @@ def backend(default_gguf: Path) -> Iterator[object]:
     b = LlamaCppBackend(default_gguf, n_ctx=2048, n_threads=2)
     yield b
     b.close()
+
+
+# Fixtures that load the embedded models: a test using one needs the `model` marker
+# (`make test-unit` deselects them); it is added here so that none is forgotten.
+_MODEL_FIXTURES = frozenset({"model_cache", "default_gguf", "backend"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)

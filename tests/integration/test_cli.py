@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.model
+
 
 def _run(args: list[str | bytes], cache: Path, **kw: object) -> subprocess.CompletedProcess[bytes]:
     env = {

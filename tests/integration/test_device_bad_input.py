@@ -22,6 +22,8 @@ from edgecloud.errors import (
     ModelNotFoundError,
 )
 
+pytestmark = pytest.mark.model
+
 QA = "Q: What is the capital of France?\nA:"
 
 

@@ -13,6 +13,8 @@ import pytest
 from edgecloud import AsyncClient, Client
 from edgecloud.device.backends import LlamaCppBackend
 
+pytestmark = pytest.mark.model
+
 QA = "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:"
 PROMPTS = [QA, "Explain what a servo motor is.", "The three laws of robotics are"]
 

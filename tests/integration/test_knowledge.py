@@ -11,6 +11,8 @@ from edgecloud.cloud._knowledge import KnowledgeBase
 from edgecloud.common.encoder import SentenceEncoder
 from edgecloud.errors import ConfigError
 
+pytestmark = pytest.mark.model
+
 MANUAL = Path(__file__).parents[2] / "bench" / "data" / "fleet_manual"
 
 

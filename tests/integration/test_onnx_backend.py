@@ -13,6 +13,8 @@ from onnx import TensorProto, helper
 from edgecloud.device.backends import OnnxBackend
 from edgecloud.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture
 def affine(tmp_path: Path) -> Path:

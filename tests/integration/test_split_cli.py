@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from edgecloud.cli.app import app
 from edgecloud.split import BackgroundServer
 
+pytestmark = pytest.mark.model
+
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "split" / "models"
 CNN = MODELS / "digits_cnn.onnx"
 

@@ -22,6 +22,8 @@ import pytest
 
 from edgecloud.split import BackgroundServer
 
+pytestmark = pytest.mark.model
+
 if importlib.util.find_spec("tritonclient") is None:  # not importorskip: see the docstring
     pytest.skip(
         "tritonclient is not installed (it comes with the dev extra)", allow_module_level=True

@@ -23,6 +23,8 @@ from edgecloud.split import SplitClient, SplitModel
 from edgecloud.transport import hash_token
 from tests.pki import Pki, make_pki
 
+pytestmark = pytest.mark.model
+
 EDGECLOUD = [sys.executable, "-c", "from edgecloud.cli import main; main()"]
 CNN = Path(__file__).resolve().parents[2] / "examples" / "split" / "models" / "digits_cnn.onnx"
 TOKEN = "robot-1-token-0123456789"

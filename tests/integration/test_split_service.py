@@ -17,6 +17,8 @@ from edgecloud.errors import InvalidRequestError, ModelIntegrityError, UnknownMo
 from edgecloud.split import BackgroundServer, EmulatedLink, SplitClient, SplitModel, encode
 from edgecloud.split._wire import chunks
 
+pytestmark = pytest.mark.model
+
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "split" / "models"
 CNN = MODELS / "digits_cnn.onnx"
 LIMIT = 1 << 20
