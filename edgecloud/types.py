@@ -27,6 +27,7 @@ __all__ = [
     "Passage",
     "Prompt",
     "ResultSource",
+    "Retraction",
     "RouteInfo",
     "SamplingParams",
     "Source",
@@ -135,6 +136,23 @@ class Chunk:
     source: Source
     index: int
     """Position of the token in the answer, from 0."""
+    retracted: int = 0
+    """Characters to remove from the end of the answer shown so far before adding
+    ``text``: the cloud rejected that part of the device's text when it took over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """The cloud rejected the end of a hand-off's prefix (the device's text so far).
+
+    ``kept`` characters of the prefix stand; ``rejected`` is the text after them that
+    the cloud did not agree with. The chunks that follow continue after the kept text.
+    """
+
+    kept: int
+    rejected: str
+    kept_tokens: int = 0
+    """Prefix tokens the cloud accepted (in its own tokenization)."""
 
 
 @dataclass(frozen=True, slots=True)
