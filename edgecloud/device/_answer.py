@@ -27,20 +27,23 @@ class Transcript:
     one, shortens that chunk's text (it stays: part of its text stands).
     """
 
+    low_chars: int
+    """The shortest the text has been since :meth:`mark`: that much of it stands since."""
+    low_chunks: int
+    """The fewest chunks since :meth:`mark` (the last of them may have been shortened)."""
+
     def __init__(self, chunks: Iterable[Chunk] = ()) -> None:
         self.chunks: list[Chunk] = []
         self._ends: list[int] = []
         self._text = ""
-        for chunk in chunks:
-            self.add(chunk)
+        self.mark()
+        self.extend(chunks)
         self.mark()
 
     def mark(self) -> None:
         """Start watching how far the answer is cut back (``low_chars``, ``low_chunks``)."""
         self.low_chars = len(self._text)
-        """The shortest the text has been since :meth:`mark`: what stands of it then."""
         self.low_chunks = len(self.chunks)
-        """The fewest chunks since :meth:`mark` (the last one may have been shortened)."""
 
     @property
     def text(self) -> str:

@@ -80,3 +80,8 @@ def test_held_text_that_is_no_stop_sequence_is_released_at_the_end() -> None:
     chunks = out.emit()
     chunks += out.emit(final=True)
     assert applied(chunks) == "a E" and not out.stopped
+
+
+def test_a_transcript_can_start_from_chunks_that_retract() -> None:
+    t = Transcript([tok("one"), Chunk("uno", 5, -0.1, 0.5, "cloud", 0, retracted=3)])
+    assert t.text == "uno" and t.tokens == 1
