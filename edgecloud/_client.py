@@ -20,6 +20,8 @@ from edgecloud.common.lifecycle import AsyncClosing, Closing
 from edgecloud.common.settings import format_validation_error
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
+from edgecloud.device._answer import Transcript
+from edgecloud.device._settings import MAX_DRAFT_TOKENS
 from edgecloud.errors import InvalidRequestError, StreamNotFinishedError
 from edgecloud.types import (
     Chunk,
@@ -30,7 +32,6 @@ from edgecloud.types import (
     Prompt,
     ResultSource,
     SamplingParams,
-    Source,
     Timings,
     Usage,
 )
@@ -42,43 +43,41 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
 
+_ROUTING_OPTIONS = frozenset({"route", "show_unverified", "speculative"})
+"""Options for the hybrid engine; the rest override sampling parameters."""
+
 
 class ResultBuilder:
     """Folds a stream of chunks into a :class:`GenerationResult` (pure; the caller
-    passes the clock readings)."""
+    passes the clock readings).
+
+    A chunk's ``retracted`` characters are taken off the answer before its text is
+    added; the confidence and sources describe the tokens that remain.
+    """
 
     def __init__(self, model: str, started: float) -> None:
         self._model = model
         self._started = started
         self._first: float | None = None
         self._last = started
-        self._texts: list[str] = []
-        self._sum_lp = 0.0
-        self._min_lp = math.inf
-        self._sum_ent = 0.0
-        self._tokens = 0
-        self._sources: set[Source] = set()
+        self._answer = Transcript()
 
     def add(self, chunk: Chunk, now: float) -> None:
-        self._texts.append(chunk.text)
-        if chunk.token_id < 0:  # text flushed at the end, not a token
+        self._answer.add(chunk)
+        if chunk.token_id < 0:  # text flushed at the end, or only a retraction: not a token
             return
         if self._first is None:
             self._first = now
         self._last = now
-        self._tokens += 1
-        self._sum_lp += chunk.logprob
-        self._min_lp = min(self._min_lp, chunk.logprob)
-        self._sum_ent += chunk.entropy
-        self._sources.add(chunk.source)
 
     def finish(self, end: Finish, now: float) -> GenerationResult:
-        n = self._tokens
+        tokens = [c for c in self._answer.chunks if c.token_id >= 0]
+        n = len(tokens)
         nan = math.nan
         confidence = Confidence(
-            mean_logprob=self._sum_lp / n if n else nan,
-            min_logprob=self._min_lp if n else nan,
-            mean_entropy=self._sum_ent / n if n else nan,
+            mean_logprob=math.fsum(c.logprob for c in tokens) / n if n else nan,
+            min_logprob=min(c.logprob for c in tokens) if n else nan,
+            mean_entropy=math.fsum(c.entropy for c in tokens) / n if n else nan,
             tokens=n,
         )
         first = self._first if self._first is not None else now
@@ -88,15 +87,12 @@ class ResultBuilder:
             total_s=now - self._started,
             decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else nan,
         )
+        sources = {c.source for c in tokens}
         source: ResultSource = (
-            "mixed"
-            if len(self._sources) > 1
-            else "cloud"
-            if self._sources == {"cloud"}
-            else "local"
+            "mixed" if len(sources) > 1 else "cloud" if sources == {"cloud"} else "local"
         )
         return GenerationResult(
-            text="".join(self._texts),
+            text=self._answer.text,
             finish_reason=end.reason,
             usage=Usage(end.prompt_tokens, end.completion_tokens),
             confidence=confidence,
@@ -182,14 +178,17 @@ class _BaseClient:
 
     def _start_hybrid(
         self, engine: HybridEngine, prompt: Prompt | bytes, overrides: Mapping[str, Any],
-        route: str | None,
+        options: GenerateOptions,
     ) -> tuple[AsyncIterator[Chunk | Finish], ResultBuilder, CancelScope]:  # fmt: skip
         from edgecloud.device._hybrid import CancelScope
 
         started = time.perf_counter()
         scope = CancelScope()
         params = self._params(overrides)
-        agen = engine.stream(normalize_prompt(prompt), params, route=route, cancel=scope)  # type: ignore[arg-type]
+        agen = engine.stream(
+            normalize_prompt(prompt), params, route=options.get("route"), cancel=scope,  # type: ignore[arg-type]
+            speculative=options.get("speculative"), show_unverified=options.get("show_unverified"),
+        )  # fmt: skip
         return agen, ResultBuilder(self._backend.info.model, started), scope
 
     def _begin(
@@ -197,9 +196,9 @@ class _BaseClient:
     ) -> tuple[Iterator[Chunk | Finish] | AsyncIterator[Chunk | Finish], ResultBuilder, _Cancel]:
         """Start a checked request: on the hybrid engine when one serves it (the events
         are then an async iterator), else on the local backend."""
-        overrides = {k: v for k, v in options.items() if k != "route"}
+        overrides = {k: v for k, v in options.items() if k not in _ROUTING_OPTIONS}
         if engine is not None:
-            return self._start_hybrid(engine, prompt, overrides, options.get("route"))
+            return self._start_hybrid(engine, prompt, overrides, options)
         cancel = threading.Event()
         events, builder = self._start(prompt, overrides, cancel)
         return events, builder, cancel
@@ -211,6 +210,17 @@ class _BaseClient:
                 f"unknown option(s) {unknown}; known: {sorted(GenerateOptions.__annotations__)}"
             )
         self._check_route(options.get("route"))
+        show = options.get("show_unverified")
+        if show is not None and not isinstance(show, bool):
+            raise InvalidRequestError(f"show_unverified must be True, False or None, not {show!r}")
+        k = options.get("speculative")
+        if k is not None and (
+            isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_DRAFT_TOKENS
+        ):
+            raise InvalidRequestError(
+                f"speculative must be a draft length from 0 to {MAX_DRAFT_TOKENS} or None, "
+                f"not {k!r}"
+            )
 
     def _check_route(self, route: str | None) -> None:
         if route not in (None, "local", "cloud"):
@@ -379,7 +389,14 @@ class Client(_BaseClient, Closing):
                 ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` override the
                 configured :class:`~edgecloud.types.SamplingParams`; ``route`` is
                 ``"local"`` or ``"cloud"`` to force where the answer comes from, None
-                to let the routing policies decide (needs cloud endpoints).
+                to let the routing policies decide (needs cloud endpoints);
+                ``show_unverified`` and ``speculative`` tune mid-answer hand-offs and
+                cloud answers (they matter only with cloud endpoints).
+
+        A chunk with ``retracted`` set asks the app to remove that many characters from
+        the end of the text shown so far before adding the chunk's text: the cloud
+        rejected the end of the device's text when it took over (``show_unverified=False``
+        avoids that). The stream's ``result`` has the corrected text.
 
         Raises:
             InvalidRequestError: bad prompt, option or parameter.

@@ -84,6 +84,18 @@ class GenerateOptions(TypedDict, total=False):
     route: str | None
     """``"local"`` or ``"cloud"`` forces where the answer comes from; None lets the
     routing policies decide (needs cloud endpoints)."""
+    show_unverified: bool | None
+    """False: the app is shown no local text that a mid-answer hand-off could still take
+    back; it comes once the local answer has finished without a hand-off, or once the
+    cloud has verified it, so no chunk ever has ``retracted`` set. None keeps
+    ``device.router.show_unverified``."""
+    speculative: int | None
+    """Draft length k of edge-cloud speculative decoding for an answer the cloud gives
+    from its start (``route="cloud"``, or a policy that sends the request there): the
+    device drafts k tokens, the cloud checks them in one pass and adds one token, until
+    the answer ends. The answer is the cloud's own greedy answer, from fewer cloud passes
+    when the drafts agree; every chunk reads ``source="cloud"``. Needs temperature 0.
+    0 turns it off; None keeps ``device.cloud.speculative_tokens``."""
 
 
 class SamplingParams(BaseModel):
@@ -176,12 +188,26 @@ class RouteInfo:
     escalated: bool = False
     """Whether any part of the answer was asked of the cloud."""
     local_tokens_before_handoff: int = 0
+    """Device tokens the answer keeps before the cloud's part."""
     endpoint: str | None = None
     fallback: str | None = None
     """Set when the cloud failed and the device finished the answer itself: why."""
     private: bool = False
     passages: tuple[Passage, ...] = ()
     """Knowledge passages the cloud grounded its part on."""
+    rejected_local_tokens: int = 0
+    """Device tokens of a hand-off that are not part of the answer: the cloud rejected
+    them when it verified the device's text (or a blind hand-off dropped text the app
+    had not been shown)."""
+    retracted_chars: int = 0
+    """Characters the app had been shown that the cloud rejected and the stream took
+    back (``Chunk.retracted``)."""
+    draft_tokens: int = 0
+    """Speculative decoding: tokens the device drafted."""
+    draft_accepted: int = 0
+    """Speculative decoding: drafted tokens the cloud accepted."""
+    cloud_passes: int = 0
+    """Speculative decoding: verification rounds, each one cloud forward pass."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,11 @@ class ScriptedBackend(TextBackend):
         *,
         step: threading.Event | None = None,
         delay: float = 0.0,
+        follow_prefix: bool = False,
     ) -> None:
         self.words = script.split(" ")
+        # Continue after as many words as a prefix has, as a model continues a text.
+        self.follow_prefix = follow_prefix
         self.step = step  # when set, each token waits for the test to release it
         self.delay = delay  # seconds per token, to look like a real model
         self.finishes: list[FinishReason] = []
@@ -55,16 +58,20 @@ class ScriptedBackend(TextBackend):
             raise BackendClosedError("closed")
         self.seen.append((prompt, params))
         self.prefixes.append(prefix)
-        return self._run(params, cancel or threading.Event())
+        skip = len(prefix.split()) if self.follow_prefix else 0
+        return self._run(params, cancel or threading.Event(), skip)
 
-    def _run(self, params: SamplingParams, cancel: threading.Event) -> Iterator[Chunk | Finish]:
+    def _run(
+        self, params: SamplingParams, cancel: threading.Event, skip: int = 0
+    ) -> Iterator[Chunk | Finish]:
         if not self._lock.acquire(cancel):
             yield Finish("cancelled", 3, 0)
             return
         try:
             reason: FinishReason = "length"
             n = 0
-            for i, word in enumerate(self.words[: params.max_tokens]):
+            words = self.words[skip:]
+            for i, word in enumerate(words[: params.max_tokens], start=skip):
                 if self.step is not None:
                     self.step.wait(5)
                 if self.delay:
@@ -72,10 +79,10 @@ class ScriptedBackend(TextBackend):
                 if cancel.is_set():
                     reason = "cancelled"
                     break
-                yield Chunk(("" if i == 0 else " ") + word, i + 10, -0.5 * (i + 1), 1.0, "local", i)
+                yield Chunk(("" if i == 0 else " ") + word, i + 10, -0.5 * (i + 1), 1.0, "local", n)
                 n += 1
             else:
-                reason = "stop" if len(self.words) <= params.max_tokens else "length"
+                reason = "stop" if len(words) <= params.max_tokens else "length"
             self.finishes.append(reason)
             yield Finish(reason, 3, n)
         finally:

@@ -10,18 +10,35 @@ from typing import Any
 from edgecloud.cloud import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.common.chat import render_plain
 from edgecloud.errors import TransportError, UnknownAdapterError
-from edgecloud.types import Chunk, Finish, FinishReason, Passage, SamplingParams
+from edgecloud.types import Chunk, Finish, FinishReason, Passage, Retraction, SamplingParams
 
 
 class FakeCloud:
-    """``fail_after``: raise after that many tokens (0 = before the first); ``delay`` before
-    the first token; ``healthy`` for the health probe."""
+    """``fail_after``: raise after that many tokens (0 = before the first event);
+    ``fail_after_retraction``: raise where a verdict is given (after the retraction, if
+    there is one); ``fail_from_call``: raise
+    before the first event of that call (1 = the first) and every later one; ``delay``
+    before the first event; ``healthy`` for the health probe.
 
-    def __init__(self, target: str, words: str = "cloud says hello", *, fail_after: int | None = None,
-                 delay: float = 0.0, healthy: bool = True) -> None:  # fmt: skip
+    Without ``answer`` it streams ``words`` (each as " word") after any prefix, and with
+    ``verify_prefix`` keeps all of the prefix. With ``answer``, that is its own greedy
+    answer, in tokens split at spaces as :class:`tests.fakes.ScriptedBackend` splits its
+    script: asked to verify a prefix, it keeps the longest run of whole tokens the prefix
+    starts with, sends a :class:`Retraction` when that is not all of it, and continues its
+    answer after the kept tokens; asked to continue blindly, it continues after as many
+    tokens as the prefix has words.
+    """
+
+    def __init__(self, target: str, words: str = "cloud says hello", *, answer: str | None = None,
+                 fail_after: int | None = None, fail_after_retraction: bool = False,
+                 fail_from_call: int | None = None, delay: float = 0.0,
+                 healthy: bool = True) -> None:  # fmt: skip
         self.target = target
         self.words = words.split()
+        self.answer = answer
         self.fail_after = fail_after
+        self.fail_after_retraction = fail_after_retraction
+        self.fail_from_call = fail_from_call
         self.delay = delay
         self.healthy = healthy
         self.calls: list[dict[str, Any]] = []
@@ -29,20 +46,49 @@ class FakeCloud:
         self.closes = 0
 
     async def stream(
-        self, prompt: Any, params: SamplingParams | None = None, **kw: Any
-    ) -> AsyncIterator[Chunk | Finish]:
-        self.calls.append({"prompt": prompt, "params": params, **kw})
+        self,
+        prompt: Any,
+        params: SamplingParams | None = None,
+        *,
+        timeout_s: float | None = None,
+        assistant_prefix: str = "",
+        verify_prefix: bool = False,
+        prefix_logprobs: Sequence[float] = (),
+    ) -> AsyncIterator[Chunk | Finish | Retraction]:
+        self.calls.append({"prompt": prompt, "params": params, "timeout_s": timeout_s,
+                           "assistant_prefix": assistant_prefix, "verify_prefix": verify_prefix,
+                           "prefix_logprobs": list(prefix_logprobs)})  # fmt: skip
         if self.delay:
             await asyncio.sleep(self.delay)
+        late = self.fail_from_call is not None and len(self.calls) >= self.fail_from_call
+        if self.fail_after == 0 or late:
+            raise TransportError(f"{self.target} went away")
+        if self.answer is None:
+            rest = [" " + w for w in self.words]
+        else:
+            own = [("" if i == 0 else " ") + w for i, w in enumerate(self.answer.split(" "))]
+            done = len(assistant_prefix.split()) if assistant_prefix else 0
+            if verify_prefix:
+                done, kept = 0, 0
+                while done < len(own) and assistant_prefix.startswith(own[done], kept):
+                    kept += len(own[done])
+                    done += 1
+                if kept < len(assistant_prefix):
+                    yield Retraction(kept, assistant_prefix[kept:], done)
+                if self.fail_after_retraction:
+                    raise TransportError(f"{self.target} went away after its verdict")
+            rest = own[done:]
+        limit = params.max_tokens if params else len(rest)
         n = 0
-        for i, w in enumerate(self.words[: params.max_tokens if params else None]):
+        for i, text in enumerate(rest[:limit]):
             if self.fail_after is not None and i >= self.fail_after:
                 raise TransportError(f"{self.target} went away")
-            yield Chunk(" " + w, 100 + i, -0.1, 0.2, "cloud", i)
+            yield Chunk(text, 100 + i, -0.1, 0.2, "cloud", i)
             n += 1
-        if self.fail_after is not None and self.fail_after >= len(self.words):
+        if self.fail_after is not None and self.fail_after >= len(rest):
             raise TransportError(f"{self.target} went away")
-        yield Finish("stop", 7, n, passages=(Passage("fact", "manual.md", 0.9),))
+        reason: FinishReason = "stop" if len(rest) <= limit else "length"
+        yield Finish(reason, 7, n, passages=(Passage("fact", "manual.md", 0.9),))
 
     async def health(self, service: str = "", *, timeout_s: float = 5.0) -> bool:
         if not self.healthy:

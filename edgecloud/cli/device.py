@@ -56,15 +56,17 @@ def generate(
     with client:
         try:
             request: Any = [{"role": "user", "content": text}] if chat else text
+            # Printed text cannot be taken back; JSON consumers get `retracted` instead.
             stream = client.stream(request, max_tokens=max_tokens, temperature=temperature,
-                                   top_p=top_p, top_k=top_k, seed=seed, stop=stop)  # fmt: skip
+                                   top_p=top_p, top_k=top_k, seed=seed, stop=stop,
+                                   show_unverified=as_json)  # fmt: skip
             with stream:
                 for chunk in stream:
                     if as_json:
                         emit(
                             "token", out, text=chunk.text, token_id=chunk.token_id,
                             logprob=chunk.logprob, entropy=chunk.entropy, source=chunk.source,
-                            index=chunk.index,
+                            index=chunk.index, retracted=chunk.retracted,
                         )  # fmt: skip
                     else:
                         out.write(chunk.text)
@@ -163,7 +165,7 @@ def chat(
             messages.append({"role": "user", "content": line})
             out.print("bot>", end="")
             try:
-                stream = client.stream(messages, max_tokens=max_tokens)
+                stream = client.stream(messages, max_tokens=max_tokens, show_unverified=False)
                 for chunk in stream:
                     out.print(chunk.text, end="", style="blue" if chunk.source == "cloud" else None)
             except EdgeCloudError as exc:

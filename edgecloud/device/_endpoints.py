@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from edgecloud.common.records import EscalationRecord
-    from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+    from edgecloud.types import ChatMessage, Chunk, Finish, Retraction, SamplingParams
 
 __all__ = ["CircuitBreaker", "Endpoint", "EndpointClient", "EndpointPool"]
 
@@ -41,13 +42,20 @@ class EndpointClient(Protocol):
         *,
         timeout_s: float | None = None,
         assistant_prefix: str = "",
-    ) -> AsyncIterator[Chunk | Finish]:
+        verify_prefix: bool = False,
+        prefix_logprobs: Sequence[float] = (),
+    ) -> AsyncIterator[Chunk | Finish | Retraction]:
         """Chunks of the answer (``source="cloud"``, with logprob and entropy), then one
         :class:`~edgecloud.types.Finish` (with the passages the answer used).
 
         ``assistant_prefix`` is the answer so far (a mid-answer hand-off): the
-        endpoint continues after it and streams only what follows. ``timeout_s``
-        bounds the whole stream.
+        endpoint continues after it and streams only what follows. With
+        ``verify_prefix`` it first scores the prefix under its own model and keeps the
+        longest part it agrees with (greedy agreement; with sampling, the
+        probability-ratio rule when ``prefix_logprobs`` holds the device's logprob of
+        each prefix token); when it rejects part, a
+        :class:`~edgecloud.types.Retraction` comes before the first chunk, and the
+        chunks continue after the kept text. ``timeout_s`` bounds the whole stream.
         """
         ...
 
@@ -110,6 +118,8 @@ class Endpoint:
         self.client = client
         self.breaker = breaker
         self.healthy: bool | None = None  # None: not probed yet
+        self.verifies = _takes_verify_prefix(client)
+        """Whether the client can ask for a verified prefix (``verify_prefix``)."""
 
     @property
     def target(self) -> str:
@@ -154,3 +164,15 @@ class EndpointPool:
 
     async def close(self) -> None:
         await asyncio.gather(*(e.client.close() for e in self.endpoints))
+
+
+def _takes_verify_prefix(client: EndpointClient) -> bool:
+    """Whether ``client.stream`` names a ``verify_prefix`` parameter.
+
+    A client written before prefix verification lacks it (and may pass unknown keywords
+    on as sampling overrides); the device then asks it to continue the prefix as it is.
+    """
+    try:
+        return "verify_prefix" in inspect.signature(client.stream).parameters
+    except (TypeError, ValueError):  # no signature to read: assume the old protocol
+        return False

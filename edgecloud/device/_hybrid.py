@@ -8,15 +8,24 @@ One request flows like this:
 2. Local start: stream tokens from the device model while a
    :class:`~edgecloud.router.ConfidenceMonitor` watches their log-probability and
    entropy. If the window trips (and the request is not private, the budget allows
-   and an endpoint is up), stop locally and ask the cloud to *continue* the
-   answer after the text already produced (``assistant_prefix``).
-3. Cloud part: endpoints are tried in order, skipping those whose circuit breaker
-   is open; one that sends no token within ``first_token_timeout_s`` counts as
-   failed. If the cloud fails before its first token the next endpoint is tried;
-   if it dies mid-stream (or every endpoint fails) the device finishes the answer
-   locally after what it has so far, and the result says so (``route.fallback``).
+   and an endpoint is up), stop locally and hand the answer to the cloud with the
+   text produced so far (``assistant_prefix``), held-back tokens included.
+3. The cloud verifies that text before it continues (``device.cloud.verify_handoff``):
+   it keeps the longest part it agrees with under its own model and knowledge, and
+   answers on from there. Kept text the app has not seen yet is shown as local chunks;
+   rejected text it has seen is taken back with ``Chunk.retracted`` on the next chunk;
+   rejected text it has not seen never is (``device.router.show_unverified = false``
+   holds all local text until then, so nothing is ever taken back).
+4. Cloud part: endpoints are tried in order, skipping those whose circuit breaker
+   is open; one that sends nothing within ``first_token_timeout_s`` counts as
+   failed. If the cloud fails before its first event the next endpoint is tried;
+   if it dies later (or every endpoint fails) the device finishes the answer
+   locally after what stands so far, and the result says so (``route.fallback``).
    A request that demanded the cloud (``route="cloud"``) gets the error instead.
-4. Every escalation is written to the escalation log for upload and training.
+5. An answer the cloud gives from its start may be produced by edge-cloud speculative
+   decoding (the ``speculative`` option): the device drafts, the cloud verifies.
+6. Every escalation is written to the escalation log for upload and training, with
+   the part of the device's text the cloud rejected.
 
 The app sees one stream; each chunk carries ``source="local"`` or ``"cloud"``.
 """
@@ -30,12 +39,13 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.common.aio import DONE, pump_events
 from edgecloud.common.records import EscalationRecord
+from edgecloud.device._answer import Emitter, Transcript
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._settings import DeviceCloudConfig
 from edgecloud.errors import EdgeCloudError, InvalidRequestError, TransportError
@@ -55,7 +65,16 @@ from edgecloud.router import (
     route_request,
 )
 from edgecloud.router._settings import RouterConfig
-from edgecloud.types import ChatMessage, Chunk, Finish, Passage, RouteInfo, SamplingParams
+from edgecloud.types import (
+    ChatMessage,
+    Chunk,
+    Finish,
+    FinishReason,
+    Passage,
+    Retraction,
+    RouteInfo,
+    SamplingParams,
+)
 
 if TYPE_CHECKING:
     from edgecloud.adapters._manifest import AdapterScope
@@ -115,6 +134,20 @@ class _CloudUsage:
         while self._spent and now - self._spent[0][0] > 86_400:
             self._spent.popleft()
         return sum(n for t, n in self._spent if now - t <= seconds)
+
+
+@dataclass
+class _Round:
+    """What one exchange with the cloud came to (filled by ``HybridEngine._ask_cloud``)."""
+
+    kept: int | None = None
+    """Characters of the prefix the cloud kept; None until its first event."""
+    kept_tokens: int = 0
+    """Tokens of the answer once the cloud's verdict was applied."""
+    texts: list[str] = field(default_factory=list)
+    done: Finish | None = None
+    endpoint: Endpoint | None = None
+    failure: str | None = None
 
 
 class HybridEngine:
@@ -253,8 +286,26 @@ class HybridEngine:
         *,
         route: Route | None = None,
         cancel: CancelScope,
+        speculative: int | None = None,
+        show_unverified: bool | None = None,
     ) -> AsyncGenerator[Chunk | Finish, None]:
+        """The chunks of one request's answer, then one :class:`Finish` (see the module doc).
+
+        Args:
+            route: ``"local"`` or ``"cloud"`` forces the route; None lets the policies decide.
+            cancel: ends the stream within one token when set.
+            speculative: draft length of edge-cloud speculative decoding for an answer the
+                cloud gives from its start; None: ``device.cloud.speculative_tokens``
+                (for greedy requests).
+            show_unverified: None: ``device.router.show_unverified``.
+
+        Raises:
+            InvalidRequestError: a private request demands the cloud, or speculative
+                decoding is asked of a sampled request.
+            TransportError: a request that demands the cloud gets no answer from it.
+        """
         t0 = time.perf_counter()
+        k = self._draft_length(params, speculative)
         decision, signals = await self.decide(prompt, route)
         if route == "cloud" and decision.route != "cloud":
             if decision.private:
@@ -268,13 +319,19 @@ class HybridEngine:
         if in_scope is not None:
             signals_out["adapter_scope"] = in_scope[0]
             signals_out["adapter_in_scope"] = in_scope[1]
-        info = RouteInfo(decision.policy, decision.reason, signals_out, private=decision.private)
         if decision.route == "cloud":
-            async for ev in self._cloud_part(
-                prompt, params, "", 0, info, cancel, route == "cloud", use_adapter
-            ):
+            demanded = route == "cloud"
+            if k and any(ep.verifies for ep in self._available()):
+                signals_out["speculative"] = k
+                info = RouteInfo(decision.policy, decision.reason, signals_out)
+                part = self._speculate(prompt, params, k, info, cancel, demanded, use_adapter)
+            else:
+                info = RouteInfo(decision.policy, decision.reason, signals_out)
+                part = self._cloud_part(prompt, params, [], 0, info, cancel, demanded, use_adapter)
+            async for ev in part:
                 yield ev
             return
+        info = RouteInfo(decision.policy, decision.reason, signals_out, private=decision.private)
         watch = (
             route is None
             and not decision.private
@@ -282,12 +339,15 @@ class HybridEngine:
             and self._budget.decide(signals) is None
         )
         monitor = ConfidenceMonitor(self.thresholds) if watch else None
-        parts: list[str] = []
-        n = 0
-        # Tokens not yet shown to the app (see RouterConfig.holdback_tokens): a hand-off
-        # while they are held drops them and the cloud starts the answer afresh.
-        held: list[Chunk] = []
-        holdback = self.router_cfg.holdback_tokens if monitor is not None else 0
+        show = self.router_cfg.show_unverified if show_unverified is None else show_unverified
+        # Local chunks [shown:] are not yet shown to the app: the first holdback_tokens (see
+        # RouterConfig), or, when unverified text must not be shown, all of them while a
+        # hand-off may still come.
+        holdback = 0
+        if monitor is not None:
+            holdback = self.router_cfg.holdback_tokens if show else params.max_tokens
+        local: list[Chunk] = []
+        shown = 0
         handoff: Decision | None = None
         finish: Finish | None = None
         async with contextlib.aclosing(
@@ -297,15 +357,11 @@ class HybridEngine:
                 if isinstance(ev, Finish):
                     finish = ev
                     break
-                parts.append(ev.text)
-                n += 1
-                if n <= holdback:
-                    held.append(ev)
-                else:
-                    for h in held:
-                        yield h
-                    held.clear()
-                    yield ev
+                local.append(ev)
+                if len(local) > holdback:
+                    for c in local[shown:]:
+                        yield c
+                    shown = len(local)
                 if monitor is not None and ev.token_id >= 0:
                     trip = monitor.update(ev.logprob, ev.entropy)
                     if trip is not None and self._available():
@@ -317,12 +373,9 @@ class HybridEngine:
                             f"{trip.reason}, but no cloud endpoint is available",
                             dict(trip.signals),
                         )
-        if handoff is not None and held:
-            parts, n = [], 0  # never shown: the cloud answers the whole request
-            held.clear()
-        for h in held:
-            yield h
         if handoff is None:
+            for c in local[shown:]:
+                yield c
             assert finish is not None
             if (
                 monitor is not None
@@ -330,100 +383,331 @@ class HybridEngine:
                 and finish.reason == "stop"
                 and self._replay_rng.random() < self.replay_rate
             ):
-                self._record(
-                    prompt, "".join(parts), "", info, t0, params.stop, finish.reason, replay=True
-                )
+                text = "".join(c.text for c in local)
+                self._record(prompt, text, "", info, t0, params.stop, finish.reason, replay=True)
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
             return
         info = RouteInfo(handoff.policy, handoff.reason, dict(handoff.signals))
         async for ev in self._cloud_part(
-            prompt, params, "".join(parts), n, info, cancel, False, use_adapter
+            prompt, params, local, shown, info, cancel, False, use_adapter
         ):
             yield ev
+
+    def _draft_length(self, params: SamplingParams, speculative: int | None) -> int:
+        """The speculative draft length for a request (0: no speculative decoding)."""
+        if speculative is None:
+            return self.cloud_cfg.speculative_tokens if params.temperature == 0 else 0
+        if speculative and params.temperature > 0:
+            raise InvalidRequestError(
+                "speculative decoding gives the cloud's greedy answer: it needs temperature 0"
+            )
+        return speculative
 
     async def _cloud_part(
         self,
         prompt: str | Sequence[ChatMessage],
         params: SamplingParams,
-        prefix: str,
-        start: int,
+        local: Sequence[Chunk],
+        shown: int,
         info: RouteInfo,
         cancel: CancelScope,
         demanded: bool,
         use_adapter: bool = True,
     ) -> AsyncGenerator[Chunk | Finish, None]:
-        """Stream the rest of the answer from the cloud; finish locally if it fails."""
+        """Stream the rest of the answer from the cloud; finish locally if it fails.
+
+        ``local`` is the device's answer so far, of which the app has the first ``shown``
+        chunks. With ``device.cloud.verify_handoff`` the cloud verifies all of it first:
+        what it keeps and the app lacks is shown now, what it rejects and the app has is
+        taken back on the next chunk (``Chunk.retracted``). Without, the cloud continues
+        the text the app has, and tokens held back from the app are dropped.
+        """
         t0 = time.perf_counter()
-        remaining = params.max_tokens - start
-        cloud_params = params.model_copy(update={"max_tokens": max(remaining, 1)})
-        texts: list[str] = []
-        n_cloud = 0
+        answer = Transcript(local)
+        n_local = answer.tokens
+        verify = (
+            bool(local)
+            and self.cloud_cfg.verify_handoff
+            and all(ep.verifies for ep in self._available())
+        )
+        if not verify:
+            answer.truncate(shown)
+        out = Emitter(answer, emitted=shown)
+        prefix = answer.text
+        logprobs = [c.logprob for c in local if c.token_id >= 0] if verify else []
+        rest = max(params.max_tokens - answer.tokens, 1)
+        cloud_params = params.model_copy(update={"max_tokens": rest})
+        rnd = _Round()
+        async for chunk in self._ask_cloud(
+            prompt, cloud_params, answer, out, rnd, cancel, verify=verify, logprobs=logprobs
+        ):
+            yield chunk
+        if rnd.kept is None:  # no verdict came: the device's text stands, all of it
+            rnd.kept_tokens = answer.tokens
+            for chunk in out.emit():
+                yield chunk
+        extra: dict[str, Any] = {}
+        if verify and rnd.kept is not None:
+            # What the cloud would not keep of the device's text: a training signal.
+            extra = {"kept_prefix_chars": rnd.kept, "rejected_prefix": prefix[rnd.kept :]}
+        done = rnd.done if rnd.endpoint is not None else None
+        if done is not None:
+            self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+        route = replace(
+            info, escalated=True, local_tokens_before_handoff=rnd.kept_tokens,
+            rejected_local_tokens=n_local - rnd.kept_tokens,
+            endpoint=rnd.endpoint.target if rnd.endpoint is not None else None,
+            passages=done.passages if done is not None else (),
+        )  # fmt: skip
+        async for ev in self._conclude(
+            prompt, params, answer, out, route, done, rnd.failure, t0, prefix,
+            "".join(rnd.texts), extra, cancel, demanded, use_adapter,
+        ):  # fmt: skip
+            yield ev
+
+    async def _speculate(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        k: int,
+        info: RouteInfo,
+        cancel: CancelScope,
+        demanded: bool,
+        use_adapter: bool,
+    ) -> AsyncGenerator[Chunk | Finish, None]:
+        """Edge-cloud speculative decoding of a greedy answer.
+
+        Each round the device drafts up to ``k`` greedy tokens after the answer so far, and
+        the cloud verifies them in one forward pass (``verify_prefix``, ``max_tokens=1``):
+        the part it keeps and the one token it adds join the answer. The answer is the
+        cloud's own greedy answer, from one cloud pass per round instead of one per token.
+        Every chunk reads ``source="cloud"``: the cloud verified or wrote all of it (drafted
+        tokens keep the device's token id and signals; the cloud sends none for them).
+        Stop sequences are found here, over the whole answer: the cloud sees only the
+        token it adds each round.
+        """
+        t0 = time.perf_counter()
+        answer = Transcript()
+        out = Emitter(answer, stops=params.stop)
+        one = params.model_copy(update={"max_tokens": 1})
+        drafted = accepted = passes = 0
+        first: Finish | None = None
+        last: _Round | None = None
         failure: str | None = None
-        done: Finish | None = None
-        used: Endpoint | None = None
+        reason: FinishReason | None = None
+        stalled = False
+        while reason is None and not cancel.is_set():
+            left = params.max_tokens - answer.tokens
+            if left <= 0:
+                reason = "length"
+                break
+            draft = None
+            if not stalled:
+                draft = await self._draft(prompt, params, min(k, left - 1), answer.text,
+                                          cancel, use_adapter)  # fmt: skip
+            before = (answer.tokens, answer.text)
+            rnd = _Round()
+            # Without a draft (the device cannot draft, or drafting stalled), the cloud
+            # streams the rest of its answer.
+            ask = (
+                self._ask_cloud(prompt, one, answer, out, rnd, cancel, draft=draft, verify=True)
+                if draft is not None
+                else self._ask_cloud(prompt, params.model_copy(update={"max_tokens": left}),
+                                     answer, out, rnd, cancel, verify=False)
+            )  # fmt: skip
+            async for chunk in ask:
+                yield chunk
+            if rnd.kept is None:  # no endpoint answered, or the caller cancelled
+                failure = rnd.failure
+                break
+            passes += 1 if draft is not None else max(len(rnd.texts), 1)
+            if draft is not None:
+                drafted += sum(1 for c in draft if c.token_id >= 0)
+                accepted += max(rnd.kept_tokens - before[0], 0)
+            # No progress (the cloud took back as much as it added, as when its tokens of the
+            # answer do not split where the draft's do): drafting would go round in circles.
+            stalled = (answer.tokens, answer.text) == before
+            if rnd.done is None or rnd.endpoint is None:
+                failure = rnd.failure  # it failed after its verdict: what it verified stands
+                continue
+            last, first = rnd, first or rnd.done
+            self.usage.add(time.monotonic(), rnd.done.prompt_tokens + rnd.done.completion_tokens)
+            if out.stopped or rnd.done.reason != "length" or draft is None:
+                reason = "stop" if out.stopped else rnd.done.reason
+        done = None
+        if reason is not None and first is not None and last is not None:
+            done = Finish(reason, first.prompt_tokens, 0, last.done.passages if last.done else ())
+        route = replace(
+            info, escalated=True,
+            endpoint=last.endpoint.target if last is not None and last.endpoint else None,
+            passages=done.passages if done is not None else (),
+            draft_tokens=drafted, draft_accepted=accepted, cloud_passes=passes,
+        )  # fmt: skip
+        stats = {"draft": k, "drafted": drafted, "accepted": accepted, "passes": passes}
+        async for ev in self._conclude(
+            prompt, params, answer, out, route, done, failure, t0, "", answer.text,
+            {"speculative": stats}, cancel, demanded, use_adapter,
+        ):  # fmt: skip
+            yield ev
+
+    async def _draft(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        k: int,
+        prefix: str,
+        cancel: CancelScope,
+        use_adapter: bool,
+    ) -> list[Chunk] | None:
+        """Up to ``k`` greedy device tokens after ``prefix``, as cloud chunks to be (they
+        join the answer only as far as the cloud accepts them); None when the device
+        cannot draft (its context is full, say)."""
+        if k <= 0:
+            return []
+        draft: list[Chunk] = []
+        draft_params = params.model_copy(update={"max_tokens": k})
+        try:
+            async with contextlib.aclosing(
+                self._local(prompt, draft_params, prefix, cancel, use_adapter)
+            ) as events:
+                async for ev in events:
+                    if isinstance(ev, Finish):
+                        break
+                    draft.append(replace(ev, source="cloud"))
+        except EdgeCloudError as exc:
+            log.info("the device cannot draft (%s): the cloud answers the rest alone", exc)
+            return None
+        return draft
+
+    async def _ask_cloud(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        answer: Transcript,
+        out: Emitter,
+        rnd: _Round,
+        cancel: CancelScope,
+        *,
+        verify: bool,
+        draft: Sequence[Chunk] = (),
+        logprobs: Sequence[float] = (),
+    ) -> AsyncGenerator[Chunk, None]:
+        """One exchange with the cloud: it continues ``answer`` plus ``draft`` (verifying
+        that text first when ``verify``); the answer follows its verdict and chunks, and
+        the app's chunks follow the answer. Fills ``rnd``.
+
+        Endpoints are tried in order, skipping those whose breaker is open; one that fails
+        before its first event makes way for the next. After that, the answer has moved
+        on, and a failure ends the exchange.
+        """
+        prefix = answer.text + "".join(c.text for c in draft)
         for ep in self._available():
+            if verify and not ep.verifies:
+                continue
             if not ep.breaker.allow(time.monotonic()):
                 continue
+            exchange = self._from_endpoint(
+                ep,
+                prompt,
+                params,
+                prefix,
+                cancel,
+                verify=verify and bool(prefix),
+                logprobs=logprobs,
+            )
             try:
-                async with contextlib.aclosing(
-                    self._from_endpoint(ep, prompt, cloud_params, prefix, cancel)
-                ) as events:
+                async with contextlib.aclosing(exchange) as events:
                     async for ev in events:
+                        if rnd.kept is None:
+                            kept = ev.kept if isinstance(ev, Retraction) else len(prefix)
+                            rnd.kept = min(max(kept, 0), len(prefix))
+                            answer.extend(draft)
+                            answer.retract(len(answer.text) - rnd.kept)
+                            rnd.kept_tokens = answer.tokens
+                            for chunk in out.emit():
+                                yield chunk
+                            if isinstance(ev, Retraction):
+                                continue
+                        if isinstance(ev, Retraction):
+                            raise TransportError(f"{ep.target} retracted after it began answering")
                         if isinstance(ev, Finish):
-                            done = ev
+                            rnd.done = ev
                             break
-                        texts.append(ev.text)
-                        yield Chunk(
-                            ev.text, ev.token_id, ev.logprob, ev.entropy, "cloud", start + n_cloud
-                        )
-                        n_cloud += 1
+                        rnd.texts.append(ev.text)
+                        answer.add(Chunk(ev.text, ev.token_id, ev.logprob, ev.entropy, "cloud", 0))
+                        for chunk in out.emit():
+                            yield chunk
             except EdgeCloudError as exc:
                 ep.breaker.record_failure(time.monotonic())
-                failure = f"{ep.target}: {exc}"
+                rnd.failure = f"{ep.target}: {exc}"
                 log.warning("cloud endpoint %s failed: %s", ep.target, exc)
-                if n_cloud or cancel.is_set():
-                    break  # died mid-stream: another endpoint would repeat what was sent
+                if rnd.kept is not None or cancel.is_set():
+                    break  # the answer moved on: another endpoint would start over
                 continue
             ep.breaker.record_success()
-            used = ep
+            rnd.endpoint = ep
             break
-        if done is not None and used is not None:
-            self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
-            route = replace(
-                info, escalated=True, local_tokens_before_handoff=start,
-                endpoint=used.target, passages=done.passages,
-            )  # fmt: skip
-            self._record(prompt, prefix, "".join(texts), route, t0, params.stop, done.reason)
-            yield Finish(done.reason, done.prompt_tokens, start + n_cloud, done.passages, route)
-            return
-        if cancel.is_set():  # the caller cancelled: not a cloud failure
-            route = replace(info, escalated=True, local_tokens_before_handoff=start)
-            yield Finish(
-                "cancelled", done.prompt_tokens if done else 0, start + n_cloud, route=route
-            )
+
+    async def _conclude(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        answer: Transcript,
+        out: Emitter,
+        route: RouteInfo,
+        done: Finish | None,
+        failure: str | None,
+        t0: float,
+        local_partial: str,
+        cloud_text: str,
+        extra: Mapping[str, Any],
+        cancel: CancelScope,
+        demanded: bool,
+        use_adapter: bool,
+    ) -> AsyncGenerator[Chunk | Finish, None]:
+        """End a cloud answer: as the cloud finished it (``done``), cancelled, or, when the
+        cloud failed, on the device after the answer so far (``route.fallback``); a
+        request that demanded the cloud gets the error instead."""
+        if done is not None or cancel.is_set():
+            for chunk in out.emit(final=True):
+                yield chunk
+            route = replace(route, retracted_chars=out.retracted)
+            if done is None:  # the caller cancelled: not a cloud failure
+                yield Finish("cancelled", 0, answer.tokens, route=route)
+                return
+            self._record(prompt, local_partial, cloud_text, route, t0, params.stop, done.reason,
+                         extra=extra)  # fmt: skip
+            yield Finish(done.reason, done.prompt_tokens, answer.tokens, done.passages, route)
             return
         if demanded:
             why = failure or "none available"
             raise TransportError(f"the request demands the cloud and no endpoint answered ({why})")
         fallback = f"cloud failed ({failure or 'no endpoint available'}); finished on the device"
-        route = replace(info, escalated=True, local_tokens_before_handoff=start, fallback=fallback)
-        local_params = params.model_copy(update={"max_tokens": max(remaining - n_cloud, 1)})
+        rest = max(params.max_tokens - answer.tokens, 1)
         finish: Finish | None = None
-        n_local = 0
+        local_params = params.model_copy(update={"max_tokens": rest})
         async with contextlib.aclosing(
-            self._local(prompt, local_params, prefix + "".join(texts), cancel, use_adapter)
+            self._local(prompt, local_params, answer.text, cancel, use_adapter)
         ) as events:
             async for ev in events:
                 if isinstance(ev, Finish):
                     finish = ev
                     break
-                yield Chunk(
-                    ev.text, ev.token_id, ev.logprob, ev.entropy, "local", start + n_cloud + n_local
-                )
-                n_local += 1
+                answer.add(ev)
+                for chunk in out.emit():
+                    yield chunk
+                # A stop sequence may complete across the cloud's text and the device's.
+                if out.stopped:
+                    n_prompt = await asyncio.to_thread(self.backend.count_tokens, prompt)
+                    finish = Finish("stop", n_prompt, 0)
+                    break
         assert finish is not None
-        self._record(prompt, prefix, "".join(texts), route, t0, params.stop, finish.reason)
-        yield Finish(finish.reason, finish.prompt_tokens, start + n_cloud + n_local, route=route)
+        for chunk in out.emit(final=True):
+            yield chunk
+        route = replace(route, fallback=fallback, retracted_chars=out.retracted)
+        self._record(prompt, local_partial, cloud_text, route, t0, params.stop, finish.reason,
+                     extra=extra)  # fmt: skip
+        yield Finish(finish.reason, finish.prompt_tokens, answer.tokens, route=route)
 
     async def _from_endpoint(
         self,
@@ -432,10 +716,16 @@ class HybridEngine:
         params: SamplingParams,
         prefix: str,
         cancel: CancelScope,
-    ) -> AsyncGenerator[Chunk | Finish, None]:
-        agen = ep.client.stream(
-            prompt, params, timeout_s=self.cloud_cfg.timeout_s, assistant_prefix=prefix
-        )
+        *,
+        verify: bool = False,
+        logprobs: Sequence[float] = (),
+    ) -> AsyncGenerator[Chunk | Finish | Retraction, None]:
+        timeout = self.cloud_cfg.timeout_s
+        if verify:
+            agen = ep.client.stream(prompt, params, timeout_s=timeout, assistant_prefix=prefix,
+                                    verify_prefix=True, prefix_logprobs=logprobs)  # fmt: skip
+        else:  # the keywords are left out: a client older than verification lacks them
+            agen = ep.client.stream(prompt, params, timeout_s=timeout, assistant_prefix=prefix)
         try:
             first = True
             while not cancel.is_set():
@@ -512,23 +802,25 @@ class HybridEngine:
         finish: str,
         *,
         replay: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         if self.log is None or route.private:
             return
         # The stop sequences and finish reason tell a trainer where the answer ended.
-        extra: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "passages": [_passage(p) for p in route.passages],
             "stop": list(stop),
             "finish": finish,
+            **(extra or {}),
         }
         if replay:
-            extra["kind"] = "replay"  # a confident local answer, not an escalation
+            fields["kind"] = "replay"  # a confident local answer, not an escalation
         if not isinstance(prompt, str):
-            extra["messages"] = [m.model_dump() for m in prompt]
+            fields["messages"] = [m.model_dump() for m in prompt]
         if route.endpoint:
-            extra["endpoint"] = route.endpoint
+            fields["endpoint"] = route.endpoint
         if route.fallback:
-            extra["fallback"] = route.fallback
+            fields["fallback"] = route.fallback
         try:
             self.log.append(
                 EscalationRecord(
@@ -539,7 +831,7 @@ class HybridEngine:
                     route_reason=route.reason,
                     signals=dict(route.signals),
                     latency_ms=(time.perf_counter() - t0) * 1000,
-                    extra=extra,
+                    extra=fields,
                 )
             )
         except Exception as exc:  # noqa: BLE001 - logging must never fail an answer

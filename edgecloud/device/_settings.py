@@ -12,6 +12,7 @@ from edgecloud.router._settings import RouterConfig
 from edgecloud.types import SamplingParams
 
 __all__ = [
+    "MAX_DRAFT_TOKENS",
     "DeviceAdaptersConfig",
     "DeviceCloudConfig",
     "DeviceConfig",
@@ -20,6 +21,10 @@ __all__ = [
     "EscalationLogConfig",
     "LocalModelConfig",
 ]
+
+MAX_DRAFT_TOKENS = 64
+"""Longest speculative draft (``device.cloud.speculative_tokens``, the ``speculative``
+option)."""
 
 
 class LocalModelConfig(Section):
@@ -87,6 +92,26 @@ class DeviceCloudConfig(Section):
     breaker_failures: int = Field(3, ge=1, le=100, description="Failures that open a breaker.")
     breaker_cooldown_s: float = Field(
         30.0, gt=0, le=3600, description="Seconds before an open breaker lets a trial through."
+    )
+    verify_handoff: bool = Field(
+        True,
+        description=(
+            "A mid-answer hand-off asks the cloud to verify the device's text first: it keeps "
+            "the longest part it agrees with and answers on from there (text the app was "
+            "shown and the cloud rejected is taken back, see Chunk.retracted). False: the "
+            "cloud continues the device's text as it is."
+        ),
+    )
+    speculative_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_DRAFT_TOKENS,
+        description=(
+            "Edge-cloud speculative decoding of greedy answers the cloud gives from their "
+            "start: the device drafts this many tokens, the cloud verifies them in one pass "
+            "and adds one; the answer is the cloud's own. 0: off (the cloud streams its "
+            "answer). Per request: the `speculative` option."
+        ),
     )
 
 

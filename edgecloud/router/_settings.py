@@ -34,10 +34,20 @@ class RouterConfig(Section):
         ge=0,
         le=256,
         description=(
-            "Local tokens kept from the app until this many are confidently produced. A "
-            "hand-off within them discards them and the cloud answers from scratch, so a "
-            "short answer that starts wrong is not continued from its wrong start (costs "
-            "this many tokens of latency)."
+            "Local tokens kept from the app until this many are confidently produced, so a "
+            "short answer that starts wrong is never shown from its wrong start (costs this "
+            "many tokens of latency). A hand-off within them shows only what the cloud keeps "
+            "of them (device.cloud.verify_handoff), or, unverified, discards them and the "
+            "cloud answers from scratch."
+        ),
+    )
+    show_unverified: bool = Field(
+        True,
+        description=(
+            "Stream local tokens as they come. False, for apps that cannot take text back: "
+            "while a mid-answer hand-off may still happen, local text is held until the "
+            "local answer finishes or the cloud has verified it (per request: the "
+            "`show_unverified` option)."
         ),
     )
     learned_path: Path | None = Field(

@@ -2,6 +2,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,12 @@ import pytest
 
 import edgecloud.device
 from edgecloud import AsyncClient, Client, InvalidRequestError, Settings
+from edgecloud._client import ResultBuilder
 from edgecloud.common.text import normalize_prompt
 from edgecloud.device.backends import TextBackend
 from edgecloud.device.backends._base import FifoLock
 from edgecloud.errors import BackendClosedError, StreamNotFinishedError
-from edgecloud.types import ChatMessage, SamplingParams
+from edgecloud.types import ChatMessage, Chunk, Finish, GenerationResult, SamplingParams
 from tests.fakes import ScriptedBackend
 
 
@@ -249,6 +251,7 @@ def test_generate_takes_the_typed_keywords_of_stream(cls: type[Client | AsyncCli
         assert hints["options"] == Unpack[GenerateOptions]
     assert set(GenerateOptions.__annotations__) == {
         "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "route",
+        "show_unverified", "speculative",
     }  # fmt: skip
 
 
@@ -361,3 +364,74 @@ def test_async_local_still_loads_synchronously(monkeypatch: pytest.MonkeyPatch) 
     client = AsyncClient.local(settings=Settings.load(), n_ctx=256)
     assert loader.threads == [threading.get_ident()] and loader.calls[0]["n_ctx"] == 256
     assert asyncio.run(client.generate("x", max_tokens=1)).text == "one"
+
+
+class RetractingBackend(ScriptedBackend):
+    """Plays fixed chunks, as the hybrid engine sends them when the cloud rejects the end of
+    the device's text: the first cloud chunk takes " three" back; a last empty chunk takes
+    back " seven" too."""
+
+    EVENTS = (
+        Chunk("one", 1, -0.5, 1.0, "local", 0),
+        Chunk(" two", 2, -1.0, 1.0, "local", 1),
+        Chunk(" three", 3, -9.0, 3.0, "local", 2),
+        Chunk(" six", 6, -0.1, 0.5, "cloud", 2, retracted=6),
+        Chunk(" seven", 7, -0.1, 0.5, "cloud", 3),
+        Chunk("", -1, 0.0, 0.0, "cloud", 4, retracted=6),
+    )
+
+    def stream(self, prompt: Any, params: SamplingParams, cancel: Any = None, *,
+               prefix: str = "") -> Iterator[Chunk | Finish]:  # fmt: skip
+        return iter([*self.EVENTS, Finish("stop", 3, 3)])
+
+
+def _check_retracted(chunks: list[Chunk], result: GenerationResult) -> None:
+    assert len(chunks) == 6 and chunks[3].retracted == 6
+    assert result.text == "one two six"
+    # the confidence describes the tokens that stand: " three" (logprob -9) is gone
+    assert result.confidence.tokens == 3
+    assert result.confidence.min_logprob == pytest.approx(-1.0)
+    assert result.confidence.mean_entropy == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert result.source == "mixed"
+
+
+def test_the_stream_applies_retractions_to_the_result() -> None:
+    with Client(RetractingBackend()) as client:
+        stream = client.stream("x")
+        chunks = list(stream)
+    _check_retracted(chunks, stream.result)
+
+
+def test_the_async_stream_applies_retractions_to_the_result() -> None:
+    async def main() -> tuple[list[Chunk], GenerationResult]:
+        async with AsyncClient(RetractingBackend()) as client:
+            stream = client.stream("x")
+            chunks = [c async for c in stream]
+            return chunks, stream.result
+
+    _check_retracted(*asyncio.run(main()))
+
+
+def test_a_result_whose_local_tokens_were_all_taken_back_is_from_the_cloud() -> None:
+    builder = ResultBuilder("m", 0.0)
+    builder.add(Chunk("one", 1, -0.5, 1.0, "local", 0), 0.1)
+    builder.add(Chunk("uno", 5, -0.1, 0.5, "cloud", 0, retracted=3), 0.2)
+    r = builder.finish(Finish("stop", 2, 1), 0.3)
+    assert r.text == "uno" and r.source == "cloud" and r.confidence.tokens == 1
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [({"speculative": -1}, "speculative must be"), ({"speculative": 65}, "speculative must be"),
+     ({"speculative": True}, "speculative must be"), ({"show_unverified": 1}, "show_unverified")],
+)  # fmt: skip
+def test_hand_off_options_are_checked(options: dict[str, Any], match: str) -> None:
+    client = Client(ScriptedBackend())
+    with pytest.raises(InvalidRequestError, match=match):
+        client.stream("x", **options)
+
+
+def test_hand_off_options_do_not_reach_the_sampling_parameters() -> None:
+    backend = ScriptedBackend()
+    r = Client(backend).generate("x", max_tokens=2, speculative=4, show_unverified=False)
+    assert r.text == "one two" and backend.seen[-1][1].max_tokens == 2

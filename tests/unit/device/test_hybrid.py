@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
 from edgecloud.errors import TransportError
+from edgecloud.types import Chunk, Finish, Retraction
 from tests.fakes import ScriptedBackend
 from tests.fakes_cloud import FakeCloud
 
@@ -30,10 +31,12 @@ def make(
     router: RouterConfig = TRIP,
     log: EscalationLog | None = None,
     words: str = "one two three four five six seven eight",
+    follow_prefix: bool = False,
     **cloud_kw: Any,
 ) -> tuple[Client, ScriptedBackend]:
-    backend = ScriptedBackend(words, delay=0.02)  # a token takes time, as on a device
-    cfg = DeviceCloudConfig(first_token_timeout_s=cloud_kw.pop("first_token_timeout_s", 1.0))
+    # A token takes time, as on a device.
+    backend = ScriptedBackend(words, delay=0.02, follow_prefix=follow_prefix)
+    cfg = DeviceCloudConfig(**{"first_token_timeout_s": 1.0, **cloud_kw})
 
     def engine() -> HybridEngine:
         pool = EndpointPool(
@@ -71,11 +74,11 @@ def test_mid_answer_handoff_continues_after_the_local_part() -> None:
     assert backend.finishes[0] == "cancelled"  # the local generation was stopped
 
 
-def test_a_handoff_within_the_holdback_drops_the_unshown_tokens(tmp_path: Path) -> None:
+def test_a_blind_handoff_within_the_holdback_drops_the_unshown_tokens(tmp_path: Path) -> None:
     log = EscalationLog(tmp_path / "log.db")
     cloud = FakeCloud("a")
     router = TRIP.model_copy(update={"holdback_tokens": 3})  # the window trips at token 3
-    client, _ = make([cloud], router=router, log=log)
+    client, _ = make([cloud], router=router, log=log, verify_handoff=False)
     stream = client.stream("hi", max_tokens=10, stop=["\n"])
     chunks = list(stream)
     r = stream.result
@@ -266,3 +269,218 @@ def test_closing_the_client_closes_its_engine(tmp_path: Path) -> None:
     assert cloud.closes == 1 and backend.closed
     with pytest.raises(sqlite3.ProgrammingError):
         len(log)
+
+
+def shown_text(chunks: Sequence[Chunk]) -> str:
+    """The text an app shows after applying each chunk as documented (retracted, then text)."""
+    text = ""
+    for c in chunks:
+        text = text[: len(text) - c.retracted] + c.text
+    return text
+
+
+# The device writes "one two three" before the window trips (see TRIP).
+
+
+def test_a_verified_handoff_keeps_what_the_cloud_agrees_with_and_takes_back_the_rest(
+    tmp_path: Path,
+) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    cloud = FakeCloud("a", answer="one two six seven")
+    client, _ = make([cloud], log=log)
+    stream = client.stream("hi", max_tokens=10)
+    chunks = list(stream)
+    r = stream.result
+    assert [(c.text, c.source, c.retracted) for c in chunks] == [
+        ("one", "local", 0), (" two", "local", 0), (" three", "local", 0),
+        (" six", "cloud", len(" three")), (" seven", "cloud", 0),
+    ]  # fmt: skip
+    assert [c.index for c in chunks] == [0, 1, 2, 2, 3]  # positions in the corrected answer
+    assert r.text == shown_text(chunks) == "one two six seven" and r.source == "mixed"
+    assert r.usage.completion_tokens == 4 and r.confidence.tokens == 4
+    assert r.route is not None and r.route.escalated
+    assert (r.route.local_tokens_before_handoff, r.route.rejected_local_tokens) == (2, 1)
+    assert r.route.retracted_chars == len(" three")
+    [call] = cloud.calls
+    assert call["assistant_prefix"] == "one two three" and call["verify_prefix"]
+    assert call["prefix_logprobs"] == [-0.5, -1.0, -1.5]  # the device's, one per token
+    [rec] = log.all()
+    assert rec.local_partial == "one two three" and rec.cloud_answer == " six seven"
+    assert rec.extra["kept_prefix_chars"] == len("one two")
+    assert rec.extra["rejected_prefix"] == " three"
+
+
+def test_a_prefix_the_cloud_accepts_whole_is_continued_without_retraction(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    cloud = FakeCloud("a", answer="one two three four")
+    client, _ = make([cloud], log=log)
+    stream = client.stream("hi", max_tokens=10)
+    chunks = list(stream)
+    assert [c.source for c in chunks] == ["local"] * 3 + ["cloud"]
+    assert all(c.retracted == 0 for c in chunks)
+    r = stream.result
+    assert r.text == "one two three four" and r.route is not None
+    assert (r.route.rejected_local_tokens, r.route.retracted_chars) == (0, 0)
+    assert log.all()[0].extra["rejected_prefix"] == ""
+
+
+def test_a_prefix_the_cloud_rejects_whole_is_all_taken_back() -> None:
+    cloud = FakeCloud("a", answer="uno dos")
+    client, _ = make([cloud])
+    stream = client.stream("hi", max_tokens=10)
+    chunks = list(stream)
+    r = stream.result
+    assert chunks[3].text == "uno" and chunks[3].retracted == len("one two three")
+    assert r.text == shown_text(chunks) == "uno dos"
+    assert r.source == "cloud" and r.confidence.tokens == 2  # no local token is left
+    assert r.route is not None and r.route.local_tokens_before_handoff == 0
+    assert r.route.rejected_local_tokens == 3
+
+
+def test_held_back_text_is_shown_as_far_as_the_cloud_keeps_it() -> None:
+    router = TRIP.model_copy(update={"holdback_tokens": 3})  # all three are held at the trip
+    cloud = FakeCloud("a", answer="one two six")
+    client, _ = make([cloud], router=router)
+    chunks = list(client.stream("hi", max_tokens=10))
+    assert [(c.text, c.source) for c in chunks] == [
+        ("one", "local"),
+        (" two", "local"),
+        (" six", "cloud"),
+    ]  # " three" was rejected before anyone saw it
+    assert all(c.retracted == 0 for c in chunks)
+    assert cloud.calls[0]["assistant_prefix"] == "one two three"  # held text is verified too
+
+
+@pytest.mark.parametrize("how", ["setting", "option"])
+def test_nothing_unverified_is_shown_when_the_app_cannot_take_text_back(how: str) -> None:
+    cloud = FakeCloud("a", answer="one two six seven", delay=0.1)
+    router = TRIP.model_copy(update={"show_unverified": how == "option"})
+    client, _ = make([cloud], router=router)
+    options: dict[str, Any] = {"show_unverified": False} if how == "option" else {}
+    stream = client.stream("hi", max_tokens=10, **options)
+    first = next(stream)
+    assert len(cloud.calls) == 1  # the first chunk came only after the cloud's verdict
+    chunks = [first, *stream]
+    assert [(c.text, c.source) for c in chunks] == [
+        ("one", "local"), (" two", "local"), (" six", "cloud"), (" seven", "cloud")
+    ]  # fmt: skip
+    assert all(c.retracted == 0 for c in chunks)
+    assert stream.result.text == "one two six seven"
+
+
+def test_without_a_handoff_unverified_mode_delivers_the_whole_local_answer() -> None:
+    cloud = FakeCloud("a")
+    client, _ = make([cloud], router=CALM.model_copy(update={"show_unverified": False}))
+    stream = client.stream("hi", max_tokens=4)
+    chunks = list(stream)
+    assert [c.text for c in chunks] == ["one", " two", " three", " four"]
+    assert stream.result.text == "one two three four" and cloud.calls == []
+
+
+def test_a_blind_handoff_neither_asks_for_nor_gets_a_verdict() -> None:
+    cloud = FakeCloud("a", answer="one two six seven")
+    client, _ = make([cloud], verify_handoff=False)
+    r = client.generate("hi", max_tokens=10)
+    [call] = cloud.calls
+    assert not call["verify_prefix"] and call["assistant_prefix"] == "one two three"
+    assert r.text == "one two three seven"  # continued as it was, after three words
+    assert r.route is not None and r.route.rejected_local_tokens == 0
+
+
+def test_a_client_without_prefix_verification_is_asked_to_continue() -> None:
+    class OldCloud(FakeCloud):
+        """An endpoint client written before ``verify_prefix`` existed."""
+
+        async def stream(  # type: ignore[override]
+            self, prompt: Any, params: Any = None, *, timeout_s: float | None = None,
+            assistant_prefix: str = "",
+        ) -> AsyncIterator[Chunk | Finish | Retraction]:  # fmt: skip
+            async for ev in super().stream(
+                prompt, params, timeout_s=timeout_s, assistant_prefix=assistant_prefix
+            ):
+                yield ev
+
+    cloud = OldCloud("old", answer="one two six seven")
+    assert not Endpoint(cloud, CircuitBreaker()).verifies  # type: ignore[arg-type]
+    assert Endpoint(FakeCloud("new"), CircuitBreaker()).verifies
+    client, _ = make([cloud])
+    assert client.generate("hi", max_tokens=10).text == "one two three seven"
+    assert not cloud.calls[0]["verify_prefix"]
+
+
+def test_a_private_request_that_would_be_handed_off_sends_and_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    log = EscalationLog(tmp_path / "log.db")
+    cloud = FakeCloud("a", answer="one two six seven")
+    client, _ = make([cloud], log=log)  # TRIP: any public answer is handed off at token 3
+    r = client.generate("call me at +44 20 7946 0958 about it", max_tokens=8)
+    assert r.route is not None and r.route.private and not r.route.escalated
+    assert r.text == "one two three four five six seven eight" and r.source == "local"
+    assert client.upload_pending() == 0
+    assert cloud.calls == [] and cloud.uploaded == {} and len(log) == 0
+
+
+def test_a_cloud_dying_before_its_verdict_leaves_the_device_text_standing() -> None:
+    router = TRIP.model_copy(update={"holdback_tokens": 3})  # nothing shown at the trip
+    cloud = FakeCloud("a", answer="one two six", fail_after=0)
+    client, backend = make([cloud], router=router, follow_prefix=True)
+    stream = client.stream("hi", max_tokens=6)
+    chunks = list(stream)
+    r = stream.result
+    assert r.route is not None and r.route.fallback is not None and "went away" in r.route.fallback
+    assert [c.source for c in chunks] == ["local"] * 6 and all(c.retracted == 0 for c in chunks)
+    assert r.text == shown_text(chunks) == "one two three four five six"
+    assert backend.prefixes[-1] == "one two three"  # resumed after all of its own text
+    assert r.route.rejected_local_tokens == 0 and r.usage.completion_tokens == 6
+
+
+def test_a_cloud_dying_after_its_verdict_is_finished_on_the_device_after_the_kept_text() -> None:
+    dying = FakeCloud("a", answer="one two six", fail_after_retraction=True)
+    spare = FakeCloud("b", answer="one two six")
+    client, backend = make([dying, spare], follow_prefix=True)
+    stream = client.stream("hi", max_tokens=5)
+    chunks = list(stream)
+    r = stream.result
+    assert r.route is not None and r.route.fallback is not None
+    assert spare.calls == []  # the answer had moved on: no other endpoint starts it over
+    assert backend.prefixes[-1] == "one two"  # the cloud's verdict stands
+    assert chunks[3].source == "local" and chunks[3].retracted == len(" three")
+    assert r.text == shown_text(chunks) == "one two three four five"
+    assert r.route.retracted_chars == len(" three") and r.route.rejected_local_tokens == 1
+
+
+def test_a_cloud_dying_after_its_verdict_on_held_text_shows_only_the_kept_part() -> None:
+    router = TRIP.model_copy(update={"show_unverified": False})
+    cloud = FakeCloud("a", answer="one two six", fail_after_retraction=True)
+    client, _ = make([cloud], router=router, follow_prefix=True)
+    stream = client.stream("hi", max_tokens=4)
+    chunks = list(stream)
+    assert all(c.retracted == 0 for c in chunks)  # the app was never shown " three"
+    assert [c.text for c in chunks] == ["one", " two", " three", " four"]
+    assert stream.result.text == "one two three four"
+
+
+def test_a_cloud_dying_mid_answer_after_a_retraction_keeps_the_text_consistent() -> None:
+    cloud = FakeCloud("a", answer="one two six seven eight", fail_after=1)
+    client, _ = make([cloud], follow_prefix=True)
+    stream = client.stream("hi", max_tokens=6)
+    chunks = list(stream)
+    r = stream.result
+    assert [c.source for c in chunks] == ["local"] * 3 + ["cloud"] + ["local"] * 3
+    assert chunks[3].text == " six" and chunks[3].retracted == len(" three")
+    assert r.text == shown_text(chunks) == "one two six four five six"
+    assert r.route is not None and r.route.fallback is not None
+    assert r.usage.completion_tokens == 6
+
+
+def test_a_retraction_with_nothing_after_it_comes_on_an_empty_chunk() -> None:
+    cloud = FakeCloud("a", answer="one two")  # it would have stopped after "two"
+    client, _ = make([cloud])
+    stream = client.stream("hi", max_tokens=10)
+    chunks = list(stream)
+    r = stream.result
+    last = chunks[-1]
+    assert (last.text, last.token_id, last.retracted) == ("", -1, len(" three"))
+    assert r.text == shown_text(chunks) == "one two" and r.finish_reason == "stop"
+    assert r.usage.completion_tokens == r.confidence.tokens == 2 and r.source == "local"
