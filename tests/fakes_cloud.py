@@ -109,6 +109,8 @@ class ScriptedEngine:
 
     Token i of the answer has logprob ``-0.1 * (i + 1)`` and entropy ``0.5 + i``; with an
     ``assistant_prefix`` that starts the answer it continues after it, as a model would.
+    With ``verify_prefix`` (a word is a token) it keeps the prefix's words that agree with
+    the answer, retracts the rest and continues after the kept words.
     The prompt it "saw" (passages put in front) is kept in ``prompts``; ``gate``, when set,
     holds every token until the test releases it.
     """
@@ -133,7 +135,9 @@ class ScriptedEngine:
     def load_snapshot(self) -> LoadSnapshot:
         return LoadSnapshot(self.running, 0, self._max_running, 0)
 
-    async def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish, None]:
+    async def generate(
+        self, request: CloudRequest
+    ) -> AsyncGenerator[Chunk | Finish | Retraction, None]:
         if request.adapter_id is not None and request.adapter_id not in self._adapters:
             raise UnknownAdapterError(f"adapter {request.adapter_id!r} is not loaded")
         self.requests.append(request)
@@ -141,6 +145,14 @@ class ScriptedEngine:
         context = "".join(f"[{p.source}] {p.text}\n" for p in request.passages)
         self.prompts.append(context + text)
         done = len(request.assistant_prefix.split()) if request.assistant_prefix else 0
+        if request.verify_prefix and request.assistant_prefix:
+            said = request.assistant_prefix.split(" ")
+            agreed = [a == b for a, b in zip(said, self.words, strict=False)]
+            kept = agreed.index(False) if False in agreed else min(len(said), len(self.words))
+            if kept < len(said):
+                chars = len(" ".join(said[:kept]))
+                yield Retraction(chars, request.assistant_prefix[chars:], kept)
+            done = kept
         rest = self.words[done:]
         self.running += 1
         n = 0

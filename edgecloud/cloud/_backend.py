@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edgecloud.types import ChatMessage, Chunk, Finish, Passage, SamplingParams
+from edgecloud.types import ChatMessage, Chunk, Finish, Passage, Retraction, SamplingParams
 
 __all__ = ["BackendInfo", "CloudBackend", "CloudRequest", "LoadSnapshot"]
 
@@ -36,6 +36,10 @@ class CloudRequest:
     """Answer text already produced elsewhere; generation continues after it."""
     passages: tuple[Passage, ...] = ()
     """Knowledge passages to put into the prompt (``cloud.model.prompt_format``)."""
+    verify_prefix: bool = False
+    """Check ``assistant_prefix`` first and continue after the part the model agrees with."""
+    prefix_logprobs: tuple[float, ...] = ()
+    """The device's log-probability of each prefix token (speculative sampling's ``q``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,7 @@ class CloudBackend(Protocol):
         """Sequences running and waiting now, and the limits of both (cheap, non-blocking)."""
         ...
 
-    def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish, None]:
+    def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish | Retraction, None]:
         """Stream the answer to ``request``: chunks, then exactly one :class:`Finish`.
 
         The contract every engine keeps:
@@ -90,6 +94,15 @@ class CloudBackend(Protocol):
         - ``request.assistant_prefix`` is answer text produced elsewhere (a device's
           mid-answer hand-off): continue the answer after it; stream only what follows
           and count only that in ``Finish.completion_tokens``.
+        - ``request.verify_prefix``: judge the prefix first, under the engine's own
+          model and prompt (passages included), and keep its longest part the model
+          agrees with: a token stands when it is the model's greedy choice, or, with
+          ``temperature > 0`` and one ``prefix_logprobs`` value per prefix token, with
+          probability ``min(1, p/q)``. When part of the prefix is rejected, yield one
+          :class:`Retraction` first (``kept`` characters of the prefix stand, a prefix
+          of the text; ``rejected`` is the rest), then continue after the kept text;
+          no Retraction when all of it stands. With ``max_tokens=1`` this is a round
+          of speculative decoding: the accepted draft plus one new token.
         - ``request.adapter_id`` names one of ``info.adapters`` (None: the base model).
         - ``request.passages``: put them into the prompt; the service reports them in
           the ``Finish`` itself.

@@ -15,6 +15,30 @@ mixed-adapter batch inference, so requests for different adapters share a step.
 
 Confidence signals come from one ``log_softmax`` over the batch's logits at
 temperature 1: logprob of the chosen token and entropy ``-sum(p log p)``.
+
+Prefix verification (a hand-off with ``verify_prefix``): the device's answer so far
+is the end of the prompt, and the same prefill that the continuation needs also
+keeps the logits at the prefix positions (the last ``n + 1`` only). Token ``j`` of
+the prefix stands when it is the model's greedy choice there, or, when sampling
+with the device's logprob for every prefix token, with probability
+``min(1, p/q)`` (``p``: the model's sampling distribution, after temperature,
+top-k and top-p; ``q``: the device's probability; the request's seeded
+generator draws). The first token that does not stand ends the kept prefix: the
+sequence's KV cache is cut back to prompt + kept tokens (in the layout the
+prefill builds anyway, packed or padded; no second forward) and the first new
+token comes from the logits at that position. After a rejection it is drawn from
+the model's distribution with the rejected token removed and renormalised (the
+argmax, when greedy). What that preserves: greedy output is exactly the model's
+own greedy continuation of the kept text, so a speculative round (draft k tokens,
+``max_tokens=1``) adds the accepted draft and one token and the rounds produce the
+model's greedy answer. Sampled, a drafted token stands with probability
+``min(p, q)`` and a token the model would never draw (outside top-k/top-p) never
+does; the whole output is distributed exactly as the model's own sampling when the
+device's distribution equals the model's, and otherwise only approximately:
+speculative sampling's exact residual ``max(0, p - q)`` needs the device's whole
+distribution, and the wire carries only the logprob of each drafted token (which
+the device computes at temperature 1, while ``q`` should be the distribution it
+sampled from).
 """
 
 from __future__ import annotations
@@ -27,6 +51,8 @@ from edgecloud.cloud._sequence import Sequence_, TokenStep
 
 if TYPE_CHECKING:
     import torch
+
+    from edgecloud.types import SamplingParams
 
 __all__ = ["TorchEngine"]
 
@@ -74,7 +100,9 @@ class TorchEngine:
         positions: torch.Tensor,
         cache: Any,
         rows: Sequence[Sequence_],
+        keep: int = 1,
     ) -> tuple[torch.Tensor, Any]:
+        """Logits ``[rows, keep, vocab]`` at the last ``keep`` positions, and the cache."""
         kwargs: dict[str, Any] = {}
         if self._use_adapters:
             kwargs["adapter_names"] = [s.adapter_id or BASE_ADAPTER for s in rows]
@@ -86,11 +114,11 @@ class TorchEngine:
             # An index, not ``1``: the slice ``1`` takes is a non-contiguous view in a
             # prefill, and torch's CPU bfloat16 ``linear`` on a non-contiguous 3-D
             # input took 17 s here for the 262k-row output layer (55 ms contiguous).
-            logits_to_keep=self._torch.tensor([ids.shape[1] - 1], device=ids.device),
+            logits_to_keep=self._torch.arange(ids.shape[1] - keep, ids.shape[1], device=ids.device),
             **{self._cache_kw: cache},
             **kwargs,
         )
-        return out.logits[:, -1, :], returned_cache(out)
+        return out.logits, returned_cache(out)
 
     def _can_pack(self, seqs: Sequence[Sequence_]) -> bool:
         """Whether ``seqs`` can be prefilled as one packed row (see :meth:`_prefill_packed`)."""
@@ -120,13 +148,14 @@ class TorchEngine:
         block-diagonal causal mask (4-D, additive, used as is by transformers'
         eager and SDPA attention) with positions restarting at 0 per prompt.
         The cache comes back as one row and is laid out left-padded per
-        sequence, exactly as a padded prefill leaves it.
+        sequence, exactly as a padded prefill leaves it (without the rejected
+        part of a verified prefix).
         """
         from transformers import DynamicCache
 
         torch = self._torch
         lengths = [len(s.prompt_ids) for s in seqs]
-        total, width = sum(lengths), max(lengths)
+        total = sum(lengths)
         ends = torch.tensor(lengths).cumsum(0)
         starts = ends - torch.tensor(lengths)
         ids = torch.tensor([t for s in seqs for t in s.prompt_ids], dtype=torch.long)[None]
@@ -138,17 +167,15 @@ class TorchEngine:
         bias = torch.zeros((total, total), dtype=dtype).masked_fill(
             ~allowed, torch.finfo(dtype).min
         )[None, None]
-        # Row i of the padded layout: width - n_i pad slots, then its tokens.
-        pad = torch.arange(width)[None, :] < (width - torch.tensor(lengths))[:, None]
-        source = (
-            starts[:, None]
-            + torch.arange(width)[None, :]
-            - (width - torch.tensor(lengths))[:, None]
+        # Each prompt's last position, and before it those predicting its prefix tokens.
+        keep = torch.cat(
+            [
+                torch.arange(int(e) - 1 - s.verify_tokens, int(e))
+                for e, s in zip(ends, seqs, strict=True)
+            ]
         )
-        source = source.clamp(min=0).masked_fill(pad, 0)
         dev = self._device
         ids, positions, bias = ids.to(dev), positions.to(dev), bias.to(dev)
-        source, pad = source.to(dev), pad.to(dev)
         kwargs: dict[str, Any] = {}
         if self._use_adapters:
             kwargs["adapter_names"] = [seqs[0].adapter_id or BASE_ADAPTER]
@@ -158,11 +185,14 @@ class TorchEngine:
                 attention_mask=bias,
                 position_ids=positions,
                 use_cache=True,
-                logits_to_keep=(ends - 1).to(dev),
+                logits_to_keep=keep.to(dev),
                 **{self._cache_kw: DynamicCache()},
                 **kwargs,
             )
-            steps, chosen = self._pick(out.logits[0], seqs)
+            rows = out.logits[0].split([s.verify_tokens + 1 for s in seqs])
+            steps, chosen, kept = self._first_tokens(rows, seqs)
+            index, pad = self._layout(kept)
+            source, pad = (starts[:, None] + index).to(dev), pad.to(dev)
             blank = pad[:, None, :, None]
             keys, values = [], []
             for layer in returned_cache(out).layers:
@@ -170,14 +200,15 @@ class TorchEngine:
                 keys.append(layer.keys[0][:, source].transpose(0, 1).masked_fill(blank, 0.0))
                 values.append(layer.values[0][:, source].transpose(0, 1).masked_fill(blank, 0.0))
             mask = (~pad).long()
-            self._merge(keys, values, mask, torch.tensor(lengths, device=dev), chosen, seqs)
+            self._merge(keys, values, mask, torch.tensor(kept, device=dev), chosen, seqs)
         return steps
 
     def _prefill_padded(self, seqs: Sequence[Sequence_]) -> list[TokenStep]:
         from transformers import DynamicCache
 
         torch = self._torch
-        width = max(len(s.prompt_ids) for s in seqs)
+        lengths = [len(s.prompt_ids) for s in seqs]
+        width = max(lengths)
         ids = torch.full((len(seqs), width), self._pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -186,16 +217,89 @@ class TorchEngine:
             mask[i, width - n :] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # The rows share their right edge, so one index serves all: the positions
+        # predicting the longest verified prefix's tokens, and the last one.
+        keep = max(s.verify_tokens for s in seqs) + 1
         with torch.inference_mode():
-            logits, cache = self._forward(ids, mask, positions, DynamicCache(), seqs)
-            steps, chosen = self._pick(logits, seqs)
-            # Zero the cache at padding: those positions are masked, but a NaN
-            # computed there would still poison the weighted sum (0 * NaN).
-            pad = (mask == 0)[:, None, :, None]
-            keys = [layer.keys.masked_fill(pad, 0.0) for layer in cache.layers]
-            values = [layer.values.masked_fill(pad, 0.0) for layer in cache.layers]
-            self._merge(keys, values, mask, positions[:, -1] + 1, chosen, seqs)
+            logits, cache = self._forward(ids, mask, positions, DynamicCache(), seqs, keep)
+            rows = [logits[i, keep - s.verify_tokens - 1 :] for i, s in enumerate(seqs)]
+            steps, chosen, kept = self._first_tokens(rows, seqs)
+            if kept == lengths:
+                # Zero the cache at padding: those positions are masked, but a NaN
+                # computed there would still poison the weighted sum (0 * NaN).
+                pad = (mask == 0)[:, None, :, None]
+                keys = [layer.keys.masked_fill(pad, 0.0) for layer in cache.layers]
+                values = [layer.values.masked_fill(pad, 0.0) for layer in cache.layers]
+            else:
+                # A rejected prefix tail is cut off: each row's kept tokens move right,
+                # to end at the new right edge, and padding fills in before them.
+                index, new_pad = self._layout(kept)
+                source = (width - torch.tensor(lengths))[:, None] + index
+                row = torch.arange(len(seqs))[:, None]
+                row, source = row.to(self._device), source.to(self._device)
+                blank = new_pad.to(self._device)[:, None, :, None]
+                # [rows, heads, width, dim] -> [rows, new width, heads, dim], then heads second
+                keys = [
+                    layer.keys[row, :, source].transpose(1, 2).masked_fill(blank, 0.0)
+                    for layer in cache.layers
+                ]
+                values = [
+                    layer.values[row, :, source].transpose(1, 2).masked_fill(blank, 0.0)
+                    for layer in cache.layers
+                ]
+                mask = (~new_pad).long().to(self._device)
+            self._merge(keys, values, mask, torch.tensor(kept, device=self._device), chosen, seqs)
         return steps
+
+    def _layout(self, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A left-padded layout of rows holding ``lengths`` tokens: for each row and
+        column, the index of the token there among the row's own (0 at padding), and
+        whether the column is padding. Both ``[rows, max(lengths)]``, on the CPU."""
+        torch = self._torch
+        width = max(lengths)
+        start = (width - torch.tensor(lengths))[:, None]
+        col = torch.arange(width)[None, :]
+        return (col - start).clamp(min=0), col < start
+
+    def _first_tokens(
+        self, rows: Sequence[torch.Tensor], seqs: Sequence[Sequence_]
+    ) -> tuple[list[TokenStep], torch.Tensor, list[int]]:
+        """Each sequence's first new token and how many of its prompt tokens stay cached.
+
+        ``rows[i]`` holds sequence i's logits at the positions predicting each of its
+        verified prefix tokens, then at its last position (one row when it verifies
+        nothing); the new token comes from the position after the kept prefix.
+        """
+        picks: list[torch.Tensor] = []
+        banned: list[int | None] = []
+        kept: list[int] = []
+        for logits, seq in zip(rows, seqs, strict=True):
+            accepted, rejected = self._verify(logits, seq)
+            picks.append(logits[accepted])
+            banned.append(rejected)
+            kept.append(len(seq.prompt_ids) - seq.verify_tokens + accepted)
+        steps, chosen = self._pick(self._torch.stack(picks), seqs, banned)
+        return steps, chosen, kept
+
+    def _verify(self, logits: torch.Tensor, seq: Sequence_) -> tuple[int, int | None]:
+        """Prefix tokens kept, and the rejected token the next one must not repeat."""
+        n = seq.verify_tokens
+        if n == 0:
+            return 0, None
+        torch = self._torch
+        drafted = torch.tensor(seq.prefix_ids, device=logits.device)
+        scores = logits[:n].float()
+        if seq.params.temperature > 0 and len(seq.prefix_logprobs) == n:
+            # Speculative sampling's test, in logs: keep the token when u < p / q.
+            log_p = self._distribution(scores, seq.params).gather(1, drafted[:, None])[:, 0].log()
+            log_q = torch.tensor(seq.prefix_logprobs, device=logits.device)
+            u = torch.rand(n, generator=self._generator(seq, logits.device), device=logits.device)
+            agree = u.log() < log_p - log_q
+        else:
+            agree = scores.argmax(-1) == drafted
+        first = n if bool(agree.all()) else int(agree.logical_not().nonzero()[0])
+        accepted = seq.accept_prefix(first)
+        return accepted, int(drafted[first]) if accepted == first < n else None
 
     def _merge(
         self,
@@ -243,7 +347,7 @@ class TorchEngine:
             logits, cache = self._forward(
                 self._last[:, None], mask, self._positions[:, None], cache, self._rows
             )
-            steps, chosen = self._pick(logits, self._rows)
+            steps, chosen = self._pick(logits[:, -1], self._rows)
         self._keys = [layer.keys for layer in cache.layers]
         self._values = [layer.values for layer in cache.layers]
         self._mask = mask
@@ -280,8 +384,13 @@ class TorchEngine:
         self._mask = self._positions = self._last = None
 
     def _pick(
-        self, logits: torch.Tensor, rows: Sequence[Sequence_]
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[Sequence_],
+        banned: Sequence[int | None] = (),
     ) -> tuple[list[TokenStep], torch.Tensor]:
+        """One token per row; ``banned[i]``, when set, is a token row i must not draw
+        (a rejected prefix token; a greedy row's argmax never is one)."""
         torch = self._torch
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -292,7 +401,7 @@ class TorchEngine:
         chosen = logits.argmax(-1)
         for i, seq in enumerate(rows):
             if seq.params.temperature > 0:
-                chosen[i] = self._sample(logits[i], seq)
+                chosen[i] = self._sample(logits[i], seq, banned[i] if banned else None)
         picked = logprobs.gather(1, chosen[:, None])[:, 0]
         steps = [
             TokenStep(int(t), float(lp), max(float(h), 0.0))
@@ -300,29 +409,40 @@ class TorchEngine:
         ]
         return steps, chosen
 
-    def _sample(self, row: torch.Tensor, seq: Sequence_) -> int:
-        torch = self._torch
-        p = seq.params
+    def _generator(self, seq: Sequence_, device: torch.device) -> torch.Generator:
+        """The sequence's random generator (seeded from ``params.seed`` when set)."""
         gen = self._generators.get(id(seq))
         if gen is None:
-            gen = torch.Generator(device=row.device)
-            if p.seed is not None:
-                gen.manual_seed(p.seed)
+            gen = self._torch.Generator(device=device)
+            if seq.params.seed is not None:
+                gen.manual_seed(seq.params.seed)
             else:
                 gen.seed()
             self._generators[id(seq)] = gen
-        scores = row / p.temperature
+        return gen
+
+    def _distribution(self, logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+        """The distribution each row of ``logits`` samples from: temperature, top-k, top-p."""
+        torch = self._torch
+        scores = logits / p.temperature
         if 0 < p.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, p.top_k).values[-1]
+            kth = torch.topk(scores, p.top_k).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if p.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=True)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
+            mass = sorted_scores.softmax(-1)
             # Keep the smallest prefix whose mass reaches top_p (always the best token).
-            drop = cum - sorted_scores.softmax(-1) >= p.top_p
-            scores = scores.scatter(0, order[drop], float("-inf"))
-        probs = scores.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=gen))
+            drop = mass.cumsum(-1) - mass >= p.top_p
+            scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+        return scores.softmax(-1)
+
+    def _sample(self, row: torch.Tensor, seq: Sequence_, banned: int | None = None) -> int:
+        probs = self._distribution(row, seq.params)
+        if banned is not None:
+            # Mass remains: a greedy-agreement rejection keeps the argmax, and the
+            # ratio test never rejects a token that holds all of it (p/q >= 1).
+            probs[banned] = 0.0
+        return int(self._torch.multinomial(probs, 1, generator=self._generator(seq, row.device)))
 
 
 def _pad_left(t: torch.Tensor, extra: int, dim: int) -> torch.Tensor:

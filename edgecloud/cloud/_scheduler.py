@@ -52,7 +52,12 @@ class BatchEngine(Protocol):
     """The model side of the scheduler; called from the scheduler thread only."""
 
     def prefill(self, seqs: Sequence[Sequence_]) -> list[TokenStep]:
-        """Add ``seqs`` to the running batch; return each one's first token."""
+        """Add ``seqs`` to the running batch; return each one's first token.
+
+        A sequence with ``verify_tokens`` has its prefix judged in the same pass: the
+        engine calls its :meth:`~Sequence_.accept_prefix`, keeps only the accepted
+        part in the batch, and the first token follows that part.
+        """
 
     def decode(self) -> list[TokenStep]:
         """One step for every sequence in the batch, in the order they were added."""

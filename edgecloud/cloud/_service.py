@@ -35,6 +35,7 @@ from edgecloud.transport._serde import (
     params_from_proto,
     prompt_from_proto,
     record_from_proto,
+    verification_from_proto,
 )
 from edgecloud.transport._status import abort
 from edgecloud.types import ChatMessage, Finish, Passage
@@ -56,7 +57,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     What is the same for every engine happens here: ``max_tokens`` is checked
     against ``cloud.max_new_tokens``, a device's adapter against the ones it may
     use, knowledge passages are retrieved, put into the request and reported in
-    the :class:`~edgecloud.types.Finish`.
+    the :class:`~edgecloud.types.Finish`. A backend's
+    :class:`~edgecloud.types.Retraction` (a verified prefix it partly rejected)
+    goes out as ``Retract``.
     """
 
     def __init__(
@@ -104,8 +107,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             own = time.monotonic() + (msg.deadline_unix_ms / 1000 - time.time())
             deadline = own if deadline is None else min(deadline, own)
         request_id = msg.request_id[:_MAX_REQUEST_ID] or uuid.uuid4().hex
+        verify, logprobs = verification_from_proto(msg)
         return CloudRequest(
-            prompt, params, adapter, request_id, deadline, assistant_prefix=msg.assistant_prefix
+            prompt,
+            params,
+            adapter,
+            request_id,
+            deadline,
+            assistant_prefix=msg.assistant_prefix,
+            verify_prefix=verify,
+            prefix_logprobs=logprobs,
         )
 
     async def Generate(

@@ -45,7 +45,7 @@ from edgecloud.errors import (
     InvalidRequestError,
     UnknownAdapterError,
 )
-from edgecloud.types import Chunk, Finish
+from edgecloud.types import Chunk, Finish, Retraction
 
 __all__ = ["TorchBackend", "converted_model_dir"]
 
@@ -228,8 +228,9 @@ class TorchBackend:
             text = apply_format(self._config.model.prompt_format, text, request.passages)
         return text
 
-    def encode(self, request: CloudRequest) -> list[int]:
-        """Token ids of the prompt and then of the assistant prefix.
+    def encode(self, request: CloudRequest) -> tuple[list[int], int]:
+        """Token ids of the prompt and then of the assistant prefix, and how many of
+        them are the prefix's.
 
         The two are tokenized apart: where the device handed off was a token
         boundary of its answer, and tokenizing across the seam could merge the
@@ -237,33 +238,42 @@ class TorchBackend:
         answer never had.
 
         Raises:
-            InvalidRequestError: the prompt leaves no room for new tokens.
+            InvalidRequestError: the prompt (with the prefix) leaves no room for new tokens.
         """
         ids: list[int] = self.tokenizer(self.prompt_text(request), add_special_tokens=False)[
             "input_ids"
         ]
+        prefix: list[int] = []
         if request.assistant_prefix:
-            ids += self.tokenizer(request.assistant_prefix, add_special_tokens=False)["input_ids"]
+            prefix = self.tokenizer(request.assistant_prefix, add_special_tokens=False)["input_ids"]
         if self._bos is not None:
             ids = [self._bos, *ids]
         limit = self._config.max_context_tokens
-        if len(ids) + 1 > limit:
-            raise InvalidRequestError(
-                f"prompt has {len(ids)} tokens; the service allows {limit} with the answer"
-            )
-        return ids
+        if len(ids) + len(prefix) + 1 > limit:
+            what = f"prompt has {len(ids)} tokens"
+            if prefix:
+                what += f" and the assistant prefix {len(prefix)}"
+            raise InvalidRequestError(f"{what}; the service allows {limit} with the answer")
+        return ids + prefix, len(prefix)
 
     def _decode(self, ids: Sequence[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
 
-    async def generate(self, request: CloudRequest) -> AsyncGenerator[Chunk | Finish, None]:
+    async def generate(
+        self, request: CloudRequest
+    ) -> AsyncGenerator[Chunk | Finish | Retraction, None]:
         """Stream chunks, then one :class:`Finish` (see :meth:`CloudBackend.generate`).
 
         Closing the iterator (or cancelling the consuming task) frees the batch
         slot before the next decode step. ``max_tokens`` is capped by the room
         left in ``cloud.max_context_tokens``; the service checks it against
         ``cloud.max_new_tokens`` before it gets here.
+
+        With ``verify_prefix`` the prefix is judged in the prefill the continuation
+        needs anyway (see :mod:`edgecloud.cloud._engine`); a :class:`Retraction`
+        comes first when part of it is rejected. ``Finish.prompt_tokens`` counts
+        every token prefilled, the whole prefix included.
 
         Raises:
             InvalidRequestError: the prompt leaves no room for new tokens.
@@ -273,12 +283,12 @@ class TorchBackend:
         params = request.params
         if request.adapter_id and request.adapter_id not in self._adapters:
             raise UnknownAdapterError(f"adapter {request.adapter_id!r} is not loaded")
-        prompt_ids = self.encode(request)
+        prompt_ids, prefix_tokens = self.encode(request)
         room = self._config.max_context_tokens - len(prompt_ids)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk | Finish | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[Chunk | Finish | Retraction | BaseException] = asyncio.Queue()
 
-        def emit(event: Chunk | Finish | BaseException) -> None:
+        def emit(event: Chunk | Finish | Retraction | BaseException) -> None:
             # RuntimeError: the loop closed under a cancelled stream; nobody listens.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
@@ -293,6 +303,9 @@ class TorchBackend:
             eos_ids=self._eos,
             max_new_tokens=min(params.max_tokens, room),
             deadline=request.deadline,
+            verify_tokens=prefix_tokens if request.verify_prefix else 0,
+            prefix_text=request.assistant_prefix,
+            prefix_logprobs=request.prefix_logprobs,
         )
         self._scheduler.submit(seq)
         try:

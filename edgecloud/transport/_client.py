@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
 
@@ -23,7 +23,7 @@ from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.common.lifecycle import AsyncClosing
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
-from edgecloud.errors import EdgeCloudError, InvalidRequestError
+from edgecloud.errors import EdgeCloudError, InvalidRequestError, RemoteError
 from edgecloud.transport._channel import create_channel, service_config
 from edgecloud.transport._serde import (
     chat_to_proto,
@@ -32,7 +32,7 @@ from edgecloud.transport._serde import (
     record_to_proto,
 )
 from edgecloud.transport._status import error_from_rpc
-from edgecloud.types import Chunk, Finish, Prompt, SamplingParams
+from edgecloud.types import Chunk, Finish, Prompt, Retraction, SamplingParams
 
 __all__ = ["SERVICE_NAME", "CloudClient", "ServiceInfo"]
 
@@ -112,6 +112,8 @@ class CloudClient(AsyncClosing):
         timeout_s: float,
         assistant_prefix: str = "",
         skip_knowledge: bool = False,
+        verify_prefix: bool = False,
+        prefix_logprobs: Sequence[float] = (),
     ) -> pb.GenerateRequest:
         normalized = normalize_prompt(prompt)
         msg = pb.GenerateRequest(
@@ -121,12 +123,46 @@ class CloudClient(AsyncClosing):
             deadline_unix_ms=int((time.time() + timeout_s) * 1000),
             assistant_prefix=assistant_prefix,
             skip_knowledge=skip_knowledge,
+            verify_prefix=verify_prefix,
+            prefix_logprobs=list(prefix_logprobs),
         )
         if isinstance(normalized, str):
             msg.prompt = normalized
         else:
             msg.chat.CopyFrom(chat_to_proto(normalized))
         return msg
+
+    @overload
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter_id: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        assistant_prefix: str = "",
+        skip_knowledge: bool = False,
+        verify_prefix: Literal[False] = False,
+        prefix_logprobs: Sequence[float] = (),
+        **overrides: Any,
+    ) -> AsyncIterator[Chunk | Finish]: ...
+
+    @overload
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        adapter_id: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        assistant_prefix: str = "",
+        skip_knowledge: bool = False,
+        verify_prefix: bool,
+        prefix_logprobs: Sequence[float] = (),
+        **overrides: Any,
+    ) -> AsyncIterator[Chunk | Finish | Retraction]: ...
 
     async def stream(
         self,
@@ -138,9 +174,15 @@ class CloudClient(AsyncClosing):
         timeout_s: float | None = None,
         assistant_prefix: str = "",
         skip_knowledge: bool = False,
+        verify_prefix: bool = False,
+        prefix_logprobs: Sequence[float] = (),
         **overrides: Any,
-    ) -> AsyncIterator[Chunk | Finish]:
+    ) -> AsyncIterator[Chunk | Finish | Retraction]:
         """Yield :class:`Chunk` objects (``source="cloud"``), then one :class:`Finish`.
+
+        With ``verify_prefix`` a :class:`Retraction` may come first: the service
+        rejected the end of ``assistant_prefix``; its ``kept`` characters stand and
+        the chunks continue after them (indices from 0).
 
         Args:
             prompt: raw text or chat messages.
@@ -151,25 +193,47 @@ class CloudClient(AsyncClosing):
             assistant_prefix: the part of the answer already produced (a mid-answer
                 hand-off); the service continues after it and streams only what follows.
             skip_knowledge: answer without the service's knowledge base.
+            verify_prefix: let the service check ``assistant_prefix`` under its own
+                model and knowledge first, keep the longest part it agrees with, and
+                continue from there (in the same forward pass as the continuation).
+                With ``max_tokens=1`` this is one round of speculative decoding: the
+                accepted draft plus one token of the service's own.
+            prefix_logprobs: the device's log-probability of each of its prefix
+                tokens; with sampling (``temperature > 0``) the service keeps a token
+                with probability ``min(1, p/q)`` when it counts as many prefix tokens,
+                else it keeps the tokens that are its own greedy choice.
 
         Raises:
             InvalidRequestError: the request was rejected as invalid.
             UnknownAdapterError: the adapter is not loaded there.
-            AuthError, OverloadedError, DeadlineExceededError, TransportError, RemoteError.
+            RemoteError: the service sent a retraction out of turn (a broken service).
+            AuthError, OverloadedError, DeadlineExceededError, TransportError.
         """
         base = params or SamplingParams()
         if overrides:
             base = SamplingParams.model_validate({**base.model_dump(), **overrides})
         timeout = self._timeout if timeout_s is None else timeout_s
         msg = self._request(
-            prompt, base, adapter_id, request_id, timeout, assistant_prefix, skip_knowledge
-        )
+            prompt, base, adapter_id, request_id, timeout, assistant_prefix, skip_knowledge,
+            verify_prefix, prefix_logprobs,
+        )  # fmt: skip
         if params is None and "max_tokens" not in overrides:
             msg.sampling.max_tokens = 0  # unset: the service's own default applies
         call = self._stub.Generate(msg, timeout=timeout)
+        retraction_allowed = verify_prefix
         try:
             async for response in call:
-                yield event_from_proto(response)
+                event = event_from_proto(response)
+                # A retraction comes at most once, before any chunk, and names the
+                # end of the prefix sent; the device takes text back on its word.
+                if isinstance(event, Retraction) and not (
+                    retraction_allowed
+                    and event.kept <= len(assistant_prefix)
+                    and event.rejected == assistant_prefix[event.kept :]
+                ):
+                    raise RemoteError(f"{self.target} sent a retraction out of turn")
+                retraction_allowed = False
+                yield event
         except grpc.RpcError as exc:
             raise self._error(exc) from exc
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,15 @@ from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.settings import format_validation_error
 from edgecloud.errors import InvalidRequestError
-from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, Passage, SamplingParams
+from edgecloud.types import (
+    ChatMessage,
+    Chunk,
+    Finish,
+    FinishReason,
+    Passage,
+    Retraction,
+    SamplingParams,
+)
 
 __all__ = [
     "chat_to_proto",
@@ -23,6 +32,7 @@ __all__ = [
     "prompt_from_proto",
     "record_from_proto",
     "record_to_proto",
+    "verification_from_proto",
 ]
 
 MAX_RECORD_ID = 128
@@ -92,7 +102,28 @@ def prompt_from_proto(msg: pb.GenerateRequest) -> str | list[dict[str, str]]:
     raise InvalidRequestError("the request has neither a prompt nor chat messages")
 
 
-def event_to_proto(event: Chunk | Finish) -> pb.GenerateResponse:
+def verification_from_proto(msg: pb.GenerateRequest) -> tuple[bool, tuple[float, ...]]:
+    """``verify_prefix`` and the device's ``prefix_logprobs``, checked.
+
+    Raises:
+        InvalidRequestError: logprobs without ``verify_prefix``, or a value that is not
+            a log-probability (NaN, infinite, positive).
+    """
+    logprobs = tuple(msg.prefix_logprobs)
+    if logprobs and not msg.verify_prefix:
+        raise InvalidRequestError("prefix_logprobs are only used with verify_prefix")
+    if not all(math.isfinite(lp) and lp <= 0.0 for lp in logprobs):
+        raise InvalidRequestError("prefix_logprobs must be finite and not positive")
+    return msg.verify_prefix, logprobs
+
+
+def event_to_proto(event: Chunk | Finish | Retraction) -> pb.GenerateResponse:
+    if isinstance(event, Retraction):
+        return pb.GenerateResponse(
+            retract=pb.Retract(
+                kept_chars=event.kept, kept_tokens=event.kept_tokens, rejected=event.rejected
+            )
+        )
     if isinstance(event, Finish):
         return pb.GenerateResponse(
             finish=pb.Finish(
@@ -116,11 +147,11 @@ def event_to_proto(event: Chunk | Finish) -> pb.GenerateResponse:
     )
 
 
-def event_from_proto(msg: pb.GenerateResponse) -> Chunk | Finish:
-    """A response as the chunks and end marker the device side consumes.
+def event_from_proto(msg: pb.GenerateResponse) -> Chunk | Finish | Retraction:
+    """A response as the retraction, chunks and end marker the device side consumes.
 
     Raises:
-        InvalidRequestError: the message carries neither a token nor a finish.
+        InvalidRequestError: the message carries no event.
     """
     which = msg.WhichOneof("event")
     if which == "token":
@@ -131,6 +162,9 @@ def event_from_proto(msg: pb.GenerateResponse) -> Chunk | Finish:
         reason = _REASON_FROM_PROTO.get(f.reason, "stop")
         passages = tuple(Passage(p.text, p.source, p.score) for p in f.passages)
         return Finish(reason, f.usage.prompt_tokens, f.usage.completion_tokens, passages)
+    if which == "retract":
+        r = msg.retract
+        return Retraction(r.kept_chars, r.rejected, r.kept_tokens)
     raise InvalidRequestError("the service sent an empty response message")
 
 

@@ -2,8 +2,8 @@
 real grpc.aio server (127.0.0.1, port 0), streamed from with the real CloudClient.
 
 What crosses the seam is what any engine (torch, an upstream API, Ray Serve) must honour:
-per-token signals, continuation after an assistant prefix, adapters by id, model info and
-load, cancellation; what the service adds itself (the max_new_tokens limit, knowledge
+per-token signals, continuation after an assistant prefix (verified on request, with a
+retraction of what the engine rejects), adapters by id, model info and load, cancellation; what the service adds itself (the max_new_tokens limit, knowledge
 passages in the request and in the Finish) holds whatever the engine.
 """
 
@@ -19,13 +19,13 @@ import pytest
 from grpc import aio
 
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
-from edgecloud.cloud import CloudBackend, KnowledgeBase
+from edgecloud.cloud import CloudBackend, CloudRequest, KnowledgeBase
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.common.encoder import SentenceEncoder
 from edgecloud.config import CloudConfig
-from edgecloud.errors import InvalidRequestError, UnknownAdapterError
+from edgecloud.errors import InvalidRequestError, RemoteError, UnknownAdapterError
 from edgecloud.transport import CloudClient
-from edgecloud.types import Chunk, Finish
+from edgecloud.types import Chunk, Finish, Retraction
 from tests.fakes_cloud import ScriptedEngine
 from tests.integration._cloudproc import collect
 
@@ -90,6 +90,87 @@ def test_the_engine_continues_after_the_assistant_prefix() -> None:
     assert [ch.index for ch in chunks] == [0, 1]  # counted after the prefix
     assert finish.completion_tokens == 2 and finish.prompt_tokens == 3
     assert engine.requests[0].assistant_prefix == "the engine"
+
+
+async def every_event(c: CloudClient, prompt: str, **kwargs: Any) -> list[Any]:
+    return [event async for event in c.stream(prompt, **kwargs)]
+
+
+def test_a_verified_prefix_is_retracted_where_the_engine_disagrees() -> None:
+    engine = ScriptedEngine("the engine answers slowly")
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        async with serving(engine) as c:
+            wrong = await every_event(c, "Why?", max_tokens=8, temperature=0.5,
+                                      assistant_prefix="the motor answers", verify_prefix=True,
+                                      prefix_logprobs=[-0.25, -3.5, -0.5])  # fmt: skip
+            right = await every_event(
+                c, "Why?", max_tokens=8, assistant_prefix="the engine", verify_prefix=True
+            )
+            return wrong, right
+
+    wrong, right = run(scenario)
+    assert wrong[0] == Retraction(kept=3, rejected=" motor answers", kept_tokens=1)
+    assert [(ch.text, ch.index) for ch in wrong[1:-1]] == [
+        (" engine", 0), (" answers", 1), (" slowly", 2)
+    ]  # fmt: skip
+    assert isinstance(wrong[-1], Finish) and wrong[-1].completion_tokens == 3
+    # An agreeing prefix: no retraction, the stream continues after it.
+    assert [ch.text for ch in right[:-1]] == [" answers", " slowly"]
+    first, second = engine.requests
+    assert first.verify_prefix and first.prefix_logprobs == (-0.25, -3.5, -0.5)
+    assert second.verify_prefix and second.prefix_logprobs == ()
+
+
+def test_without_verify_prefix_the_prefix_is_continued_as_sent() -> None:
+    engine = ScriptedEngine("the engine answers slowly")
+
+    async def scenario() -> list[Any]:
+        async with serving(engine) as c:
+            return await every_event(c, "Why?", max_tokens=8, assistant_prefix="the motor")
+
+    events = run(scenario)
+    assert [ch.text for ch in events[:-1]] == [" answers", " slowly"]
+    assert not engine.requests[0].verify_prefix
+
+
+def test_prefix_logprobs_that_are_not_log_probabilities_are_invalid() -> None:
+    engine = ScriptedEngine()
+
+    async def scenario() -> None:
+        async with serving(engine) as c:
+            with pytest.raises(InvalidRequestError, match="prefix_logprobs"):
+                await every_event(c, "x", assistant_prefix="the", verify_prefix=True,
+                                  prefix_logprobs=[0.5])  # fmt: skip
+            with pytest.raises(InvalidRequestError, match="verify_prefix"):
+                await every_event(c, "x", assistant_prefix="the", prefix_logprobs=[-0.5])
+
+    run(scenario)
+    assert engine.requests == []
+
+
+class _OutOfTurn(ScriptedEngine):
+    """An engine that breaks the contract: it retracts unasked, or after its first chunk."""
+
+    async def generate(self, request: CloudRequest) -> Any:
+        if not request.verify_prefix:
+            yield Retraction(0, request.assistant_prefix, 0)
+        yield Chunk("a", 1, -0.1, 0.1, "cloud", 0)
+        yield Retraction(0, request.assistant_prefix, 0)
+        yield Finish("stop", 1, 1)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_the_client_refuses_a_retraction_out_of_turn(verify: bool) -> None:
+    async def scenario() -> list[Any]:
+        async with serving(_OutOfTurn()) as c:
+            seen: list[Any] = []
+            with pytest.raises(RemoteError, match="out of turn"):
+                async for event in c.stream("x", assistant_prefix="the", verify_prefix=verify):
+                    seen.append(event)
+            return seen
+
+    assert [type(e) for e in run(scenario)] == ([Chunk] if verify else [])
 
 
 def test_limits_defaults_and_adapters_by_id() -> None:

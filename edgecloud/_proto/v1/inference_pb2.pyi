@@ -49,7 +49,7 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "chat", "sampling", "adapter_id", "request_id", "deadline_unix_ms", "assistant_prefix", "skip_knowledge")
+    __slots__ = ("prompt", "chat", "sampling", "adapter_id", "request_id", "deadline_unix_ms", "assistant_prefix", "skip_knowledge", "verify_prefix", "prefix_logprobs")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class GenerateRequest(_message.Message):
     DEADLINE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ASSISTANT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     SKIP_KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     chat: ChatMessages
     sampling: SamplingParams
@@ -66,7 +68,9 @@ class GenerateRequest(_message.Message):
     deadline_unix_ms: int
     assistant_prefix: str
     skip_knowledge: bool
-    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., assistant_prefix: _Optional[str] = ..., skip_knowledge: _Optional[bool] = ...) -> None: ...
+    verify_prefix: bool
+    prefix_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, prompt: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter_id: _Optional[str] = ..., request_id: _Optional[str] = ..., deadline_unix_ms: _Optional[int] = ..., assistant_prefix: _Optional[str] = ..., skip_knowledge: _Optional[bool] = ..., verify_prefix: _Optional[bool] = ..., prefix_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("text", "token_id", "logprob", "entropy", "index")
@@ -110,13 +114,25 @@ class Finish(_message.Message):
     passages: _containers.RepeatedCompositeFieldContainer[Passage]
     def __init__(self, reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., passages: _Optional[_Iterable[_Union[Passage, _Mapping]]] = ...) -> None: ...
 
+class Retract(_message.Message):
+    __slots__ = ("kept_chars", "kept_tokens", "rejected")
+    KEPT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    kept_chars: int
+    kept_tokens: int
+    rejected: str
+    def __init__(self, kept_chars: _Optional[int] = ..., kept_tokens: _Optional[int] = ..., rejected: _Optional[str] = ...) -> None: ...
+
 class GenerateResponse(_message.Message):
-    __slots__ = ("token", "finish")
+    __slots__ = ("token", "finish", "retract")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     FINISH_FIELD_NUMBER: _ClassVar[int]
+    RETRACT_FIELD_NUMBER: _ClassVar[int]
     token: Token
     finish: Finish
-    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+    retract: Retract
+    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., retract: _Optional[_Union[Retract, _Mapping]] = ...) -> None: ...
 
 class ServiceInfoRequest(_message.Message):
     __slots__ = ()

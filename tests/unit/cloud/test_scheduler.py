@@ -11,7 +11,7 @@ import pytest
 from edgecloud.cloud._scheduler import Scheduler
 from edgecloud.cloud._sequence import Sequence_, TokenStep
 from edgecloud.errors import CloudError, OverloadedError
-from edgecloud.types import Chunk, Finish, SamplingParams
+from edgecloud.types import Chunk, Finish, Retraction, SamplingParams
 
 EOS = 0
 
@@ -22,12 +22,16 @@ class FakeEngine:
     Records the batch composition of every step, so tests can see who shared it.
     """
 
-    def __init__(self, step_s: float = 0.0, eos_after: int | None = None) -> None:
+    def __init__(
+        self, step_s: float = 0.0, eos_after: int | None = None, reject_at: int | None = None
+    ) -> None:
         self.rows: list[Sequence_] = []
         self.batches: list[list[str]] = []
         self.prefills: list[list[str]] = []
         self.step_s = step_s
         self.eos_after = eos_after
+        self.reject_at = reject_at
+        """A verified prefix is accepted up to this token (None: all of it)."""
         self.fail = False
 
     def _next(self, seq: Sequence_) -> TokenStep:
@@ -40,6 +44,9 @@ class FakeEngine:
         if self.fail:
             raise RuntimeError("boom: secret internal detail")
         self.prefills.append([s.request_id for s in seqs])
+        for s in seqs:
+            if s.verify_tokens:
+                s.accept_prefix(min(self.reject_at or s.verify_tokens, s.verify_tokens))
         self.rows.extend(seqs)
         return [self._next(s) for s in seqs]
 
@@ -58,10 +65,10 @@ class FakeEngine:
 
 class Collector:
     def __init__(self) -> None:
-        self.events: list[Chunk | Finish | BaseException] = []
+        self.events: list[Chunk | Finish | Retraction | BaseException] = []
         self.done = threading.Event()
 
-    def __call__(self, event: Chunk | Finish | BaseException) -> None:
+    def __call__(self, event: Chunk | Finish | Retraction | BaseException) -> None:
         self.events.append(event)
         if isinstance(event, (Finish, BaseException)):
             self.done.set()
@@ -81,17 +88,22 @@ def decode_ids(ids: Sequence[int]) -> str:
     return "".join(f"<{i}>" for i in ids)
 
 
-def make(name: str, max_tokens: int = 5, stop: tuple[str, ...] = ()) -> tuple[Sequence_, Collector]:
+def make(
+    name: str, max_tokens: int = 5, stop: tuple[str, ...] = (), prefix: tuple[int, ...] = ()
+) -> tuple[Sequence_, Collector]:
+    """A sequence with prompt ``7 8 9``, then ``prefix`` to verify."""
     out = Collector()
     seq = Sequence_(
         request_id=name,
-        prompt_ids=[7, 8, 9],
+        prompt_ids=[7, 8, 9, *prefix],
         params=SamplingParams(max_tokens=max_tokens, stop=stop),
         adapter_id=None,
         emit=out,
         decode=decode_ids,
         eos_ids=frozenset({EOS}),
         max_new_tokens=max_tokens,
+        verify_tokens=len(prefix),
+        prefix_text=decode_ids(prefix),
     )
     return seq, out
 
@@ -276,3 +288,27 @@ def test_the_admission_wait_ends_when_the_batch_is_full(engine: FakeEngine) -> N
     assert all(out.done.wait(10) for _, out in pair)
     sched.close(5)
     assert engine.prefills[0] == ["x", "y"]
+
+
+def test_a_rejected_prefix_is_retracted_before_the_first_token() -> None:
+    engine = FakeEngine(reject_at=1)
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    verified, out = make("v", max_tokens=2, prefix=(40, 41, 42))
+    plain, plain_out = make("p", max_tokens=2)
+    sched.submit(verified)
+    sched.submit(plain)
+    assert out.done.wait(5) and plain_out.done.wait(5)
+    sched.close()
+    assert out.events[0] == Retraction(kept=4, rejected="<41><42>", kept_tokens=1)
+    assert out.tokens == [1, 2] and out.finish == Finish("length", 6, 2)
+    assert [type(e) for e in plain_out.events] == [Chunk, Chunk, Finish]  # nothing retracted
+
+
+def test_an_accepted_prefix_is_continued_without_a_retraction() -> None:
+    engine = FakeEngine(eos_after=0)  # the model ends the answer right after the prefix
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    seq, out = make("v", max_tokens=1, prefix=(40, 41))
+    sched.submit(seq)
+    assert out.done.wait(5)
+    sched.close()
+    assert out.events == [Finish("stop", 5, 0)]

@@ -13,8 +13,9 @@ from edgecloud.transport._serde import (
     params_from_proto,
     params_to_proto,
     prompt_from_proto,
+    verification_from_proto,
 )
-from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
+from edgecloud.types import ChatMessage, Chunk, Finish, Retraction, SamplingParams
 
 
 def test_sampling_params_round_trip() -> None:
@@ -60,6 +61,32 @@ def test_events_round_trip() -> None:
         assert event_from_proto(event_to_proto(end)) == end
     with pytest.raises(InvalidRequestError):
         event_from_proto(pb.GenerateResponse())
+
+
+def test_a_retraction_round_trips_as_retract() -> None:
+    retraction = Retraction(kept=7, rejected=" 1000 kg", kept_tokens=3)
+    msg = event_to_proto(retraction)
+    assert msg.WhichOneof("event") == "retract"
+    assert (msg.retract.kept_chars, msg.retract.kept_tokens) == (7, 3)
+    assert event_from_proto(msg) == retraction
+
+
+def test_verification_fields() -> None:
+    assert verification_from_proto(pb.GenerateRequest()) == (False, ())
+    req = pb.GenerateRequest(verify_prefix=True, prefix_logprobs=[-0.5, 0.0, -2.25])
+    assert verification_from_proto(req) == (True, (-0.5, 0.0, -2.25))
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [pb.GenerateRequest(prefix_logprobs=[-0.5]),  # without verify_prefix
+     pb.GenerateRequest(verify_prefix=True, prefix_logprobs=[-0.5, 0.25]),
+     pb.GenerateRequest(verify_prefix=True, prefix_logprobs=[float("nan")]),
+     pb.GenerateRequest(verify_prefix=True, prefix_logprobs=[float("-inf")])],
+)  # fmt: skip
+def test_bad_prefix_logprobs_are_invalid_requests(msg: pb.GenerateRequest) -> None:
+    with pytest.raises(InvalidRequestError):
+        verification_from_proto(msg)
 
 
 def test_finish_passages_round_trip() -> None:
