@@ -159,7 +159,7 @@ class CloudClient(AsyncClosing):
         timeout_s: float | None = None,
         assistant_prefix: str = "",
         skip_knowledge: bool = False,
-        verify_prefix: bool,
+        verify_prefix: bool = False,
         prefix_logprobs: Sequence[float] = (),
         **overrides: Any,
     ) -> AsyncIterator[Chunk | Finish | Retraction]: ...

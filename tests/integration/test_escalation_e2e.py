@@ -3,7 +3,6 @@ manual as its knowledge base, and a proxy that shows what crossed the wire."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import socket
@@ -15,8 +14,6 @@ from typing import Any
 import pytest
 
 from edgecloud import Client
-from edgecloud.transport import CloudClient
-from edgecloud.types import Chunk
 from tests.integration._cloudproc import Proxy, start_cloud, stop
 
 pytestmark = pytest.mark.model
@@ -38,15 +35,6 @@ def cloud(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield {"port": port, "proc": proc, "records": records}
     finally:
         stop(proc)
-
-
-async def _continuation(port: int, prefix: str, max_tokens: int) -> str:
-    """The cloud's own greedy continuation after ``prefix``, asked directly."""
-    async with CloudClient(f"127.0.0.1:{port}", tls=False) as c:
-        events = c.stream(
-            "The three primary colours are", assistant_prefix=prefix, max_tokens=max_tokens
-        )
-        return "".join([e.text async for e in events if isinstance(e, Chunk)])
 
 
 def device_toml(tmp_path: Path, cache: Path, ports: list[int], **router: Any) -> Path:
@@ -81,33 +69,44 @@ def test_forced_cloud_answer_is_grounded_on_the_knowledge_base(
         assert local.source == "local" and payload not in local.text
 
 
-def test_mid_answer_handoff_continues_on_the_cloud_and_is_logged_then_uploaded(
+def test_mid_answer_handoff_is_verified_by_the_cloud_logged_then_uploaded(
     cloud: dict[str, Any], model_cache: Path, tmp_path: Path
 ) -> None:
-    # A threshold every answer trips after 3 tokens: the cloud must continue, not restart.
+    # A threshold every answer trips after 3 tokens: the cloud checks the device's text
+    # under its own model, keeps what it agrees with, and continues from there.
     cfg = device_toml(
         tmp_path, model_cache, [cloud["port"]], min_mean_logprob=-0.0001, min_tokens=3, window=3
     )
+    prompt = "The three primary colours are"
     with Client.from_config(cfg) as client:
-        stream = client.stream("The three primary colours are", max_tokens=16)
+        stream = client.stream(prompt, max_tokens=16)
         chunks = list(stream)
         r = stream.result
-        assert r.route is not None
-        assert r.route.policy == "confidence-window" and r.route.local_tokens_before_handoff == 3
-        assert [c.source for c in chunks[:3]] == ["local"] * 3
-        assert chunks[3].source == "cloud" and r.source == "mixed"
-        assert r.usage.completion_tokens == len([c for c in chunks if c.token_id >= 0])
-        # the cloud continued after the device's text instead of restarting: the answer is
-        # the local part, then exactly the cloud's greedy continuation of that part
+        assert r.route is not None and r.route.policy == "confidence-window"
+        assert [c.source for c in chunks[:3]] == ["local"] * 3  # shown before the hand-off
+        assert r.route.local_tokens_before_handoff + r.route.rejected_local_tokens == 3
+        assert r.usage.completion_tokens == len([c for c in chunks if c.token_id >= 0]) - (
+            r.route.rejected_local_tokens
+        )
+        # what the app shows, with the retractions applied, is the corrected answer
+        shown = ""
+        for c in chunks:
+            shown = shown[: len(shown) - c.retracted] + c.text
+        assert shown == r.text
+        assert r.route.retracted_chars == sum(c.retracted for c in chunks)
+        # the corrected answer is the cloud's own greedy answer (the cloud had 13 tokens
+        # left, so it may be cut shorter than the all-cloud one)
         local_text = "".join(c.text for c in chunks[:3])
-        cloud_part = asyncio.run(_continuation(cloud["port"], local_text, 13))
-        assert r.text == local_text + cloud_part
-        assert "".join(c.text for c in chunks[3:]) == cloud_part
+        whole = client.generate(prompt, route="cloud", max_tokens=16)
+        assert whole.text.startswith(r.text) and len(r.text) > len(local_text) // 2
         assert client.upload_pending() >= 1
         assert client.upload_pending() == 0
     with sqlite3.connect(cloud["records"]) as db:
-        rows = db.execute("SELECT prompt, local_partial FROM escalations").fetchall()
-    assert ("The three primary colours are", "".join(c.text for c in chunks[:3])) in rows
+        rows = db.execute("SELECT prompt, local_partial, extra FROM escalations").fetchall()
+    mine = [json.loads(extra) for p, partial, extra in rows if (p, partial) == (prompt, local_text)]
+    assert mine, rows
+    assert mine[0]["kept_prefix_chars"] == len(local_text) - r.route.retracted_chars
+    assert mine[0]["rejected_prefix"] == local_text[mine[0]["kept_prefix_chars"] :]
 
 
 def test_private_request_never_crosses_the_wire(
