@@ -12,7 +12,7 @@ from typing import Any
 @contextlib.asynccontextmanager
 async def local_cloud(
     *, knowledge: Path | None, threads: int = 1, top_k: int = 2, min_score: float = 0.3,
-    prompt_format: str | None = None,
+    prompt_format: str | None = None, dtype: str | None = None,
 ) -> AsyncIterator[tuple[Any, Any, Any]]:  # fmt: skip
     """Yields (CloudServer, TorchBackend, CloudConfig) serving the embedded model, with
     ``knowledge`` as its knowledge base when given; stops both on exit."""
@@ -26,6 +26,8 @@ async def local_cloud(
     model: dict[str, Any] = {"threads": threads}
     if prompt_format is not None:
         model["prompt_format"] = prompt_format
+    if dtype is not None:
+        model["dtype"] = dtype
     fields: dict[str, Any] = {"insecure": True, "port": 0, "model": model}
     if knowledge is not None:
         fields["knowledge"] = {"directory": str(knowledge), "index_dir": str(tmp / "idx"),
