@@ -192,7 +192,11 @@ def test_the_cut_is_re_chosen_when_the_link_changes(
         for _ in range(8):
             model.run({"input": frame})
             chosen.append(model.last.cut.index)
-        assert chosen[-1] == 16, chosen  # slow link: learned from its own transfers, all-local
+        # slow link, learned from its own transfers: all local (16), or all but the last
+        # layer (15, which sends a few hundred bytes): which of the two is cheaper turns on
+        # the last layer's profiled time x 100 against one 20 ms round trip, and CPU noise
+        # can tip that either way; the 8 kB uploads of the early cuts are out
+        assert chosen[-1] >= 15, chosen
         assert model.link.estimate.bandwidth_Bps < 0.1e6
         client.set_link(EmulatedLink(100e6, 0.02))
         chosen = []
