@@ -11,64 +11,43 @@ import asyncio
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from edgecloud.cloud import CloudServer, TorchBackend
 from edgecloud.cloud._knowledge import KnowledgeBase
 from edgecloud.cloud._records import RecordStore, StoredRecord
-from edgecloud.common.encoder import SentenceEncoder
 from edgecloud.common.records import EscalationRecord
-from edgecloud.config import CloudConfig, Settings
+from edgecloud.config import CloudConfig
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.errors import AuthError, InvalidRequestError
 from edgecloud.transport import hash_token
 from edgecloud.types import Chunk, Finish
+from tests.integration._cloudlocal import (
+    CONFIG,
+    FEW_SHOT,
+    MANUAL,
+    fleet_knowledge,
+    float32_backend,
+    run,
+)
 from tests.integration._cloudproc import client, collect
 
 pytestmark = [pytest.mark.model]
 
-T = TypeVar("T")
-ROOT = Path(__file__).parents[2]
-MANUAL = ROOT / "bench" / "data" / "fleet_manual"
-FEW_SHOT = (
-    "Q: What is the capital of France?\nA: Paris\n"
-    "Q: How many legs does a spider have?\nA: 8\n"
-    "Q: What is the boiling point of water in degrees Celsius?\nA: 100\n"
-)
-CONFIG: dict[str, Any] = {
-    "insecure": True,
-    "port": 0,
-    "max_running_sequences": 4,
-    "max_new_tokens": 64,
-    "default_max_tokens": 16,
-    "max_context_tokens": 512,
-    "admission_window_ms": 5,
-}
-
-
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
-
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[TorchBackend]:
-    # float32: the continuation tests compare token ids exactly, and bfloat16 (chosen by
-    # "auto" on CPUs with native bf16) may break a near-tie differently when a prefix is
-    # prefilled at once than when the same tokens were decoded one by one.
-    model = {"threads": 1, "dtype": "float32"}
-    b = TorchBackend.load(Settings.load(cloud={**CONFIG, "model": model}))
-    yield b
-    b.close()
+    yield from float32_backend()
 
 
 @pytest.fixture(scope="module")
 def knowledge(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    return KnowledgeBase(MANUAL, SentenceEncoder(), index_dir=tmp_path_factory.mktemp("idx"))
+    return fleet_knowledge(tmp_path_factory)
 
 
 @asynccontextmanager
