@@ -525,8 +525,10 @@ class HybridEngine:
                 drafted += sum(1 for c in draft if c.token_id >= 0)
                 accepted += max(rnd.kept_tokens - before[0], 0)
             # No progress (the cloud took back as much as it added, as when its tokens of the
-            # answer do not split where the draft's do): drafting would go round in circles.
-            stalled = (answer.tokens, answer.text) == before
+            # answer do not split where the draft's do, or when it rejects its own token of
+            # the round before because reduced precision breaks a near-tie differently in a
+            # prefill): drafting would go round in circles, so the cloud streams the rest.
+            stalled = answer.tokens <= before[0]
             if rnd.done is None or rnd.endpoint is None:
                 failure = rnd.failure  # it failed after its verdict: what it verified stands
                 continue

@@ -205,3 +205,51 @@ def test_a_cloud_failing_after_its_verdict_loses_none_of_what_it_verified() -> N
         ("the heron carries", False)
     ]
     assert r.route.endpoint == "b" and r.route.fallback is None
+
+
+class _SelfDoubtingCloud(FakeCloud):
+    """Verifying, it rejects its own token of the round before (as reduced precision can
+    when a prefill breaks a near-tie differently from the decode step that chose it) and
+    adds another: every verified round takes back as much as it adds."""
+
+    def __init__(self) -> None:
+        super().__init__("doubt", words="flip flop flip flop flip flop")
+        self.mine = 0
+
+    async def stream(
+        self,
+        prompt: Any,
+        params: Any = None,
+        *,
+        timeout_s: float | None = None,
+        assistant_prefix: str = "",
+        verify_prefix: bool = False,
+        prefix_logprobs: Sequence[float] = (),
+    ) -> AsyncIterator[Chunk | Finish | Retraction]:
+        prefix = assistant_prefix
+        if not verify_prefix:
+            events = super().stream(prompt, params, timeout_s=timeout_s, assistant_prefix=prefix)
+            async for ev in events:
+                yield ev
+            return
+        self.calls.append({"assistant_prefix": prefix, "verify_prefix": True})
+        words = prefix.split(" ")
+        kept_words = max(self.mine - 1, 0)
+        kept = len(" ".join(words[:kept_words])) if kept_words else 0
+        yield Retraction(kept, prefix[kept:], kept_words)
+        word = ("" if kept == 0 else " ") + ("flip" if len(self.calls) % 2 else "flop")
+        self.mine = kept_words + 1
+        yield Chunk(word, 7, -0.1, 0.2, "cloud", 0)
+        yield Finish("length", 7, 1)
+
+
+@pytest.mark.timeout(20)
+def test_rounds_that_make_no_progress_end_with_the_cloud_answering_alone() -> None:
+    cloud = _SelfDoubtingCloud()
+    client, _ = make([cloud], "alpha beta gamma delta epsilon zeta eta theta")
+    r = client.generate("q", route="cloud", speculative=3, max_tokens=12)
+    assert r.route is not None
+    verified = [c for c in cloud.calls if c.get("verify_prefix")]
+    assert len(verified) == 2  # the second round took back what it added: no more drafting
+    assert len(cloud.calls) == 3 and not cloud.calls[-1]["verify_prefix"]
+    assert r.text.split()[0] in ("flip", "flop") and len(r.text.split()) > 2
