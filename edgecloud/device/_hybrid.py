@@ -505,7 +505,7 @@ class HybridEngine:
             if not stalled:
                 draft = await self._draft(prompt, params, min(k, left - 1), answer.text,
                                           cancel, use_adapter)  # fmt: skip
-            before = (answer.tokens, answer.text)
+            tokens_before = answer.tokens
             rnd = _Round()
             # Without a draft (the device cannot draft, or drafting stalled), the cloud
             # streams the rest of its answer.
@@ -523,12 +523,12 @@ class HybridEngine:
             passes += 1 if draft is not None else max(len(rnd.texts), 1)
             if draft is not None:
                 drafted += sum(1 for c in draft if c.token_id >= 0)
-                accepted += max(rnd.kept_tokens - before[0], 0)
+                accepted += max(rnd.kept_tokens - tokens_before, 0)
             # No progress (the cloud took back as much as it added, as when its tokens of the
             # answer do not split where the draft's do, or when it rejects its own token of
             # the round before because reduced precision breaks a near-tie differently in a
             # prefill): drafting would go round in circles, so the cloud streams the rest.
-            stalled = answer.tokens <= before[0]
+            stalled = answer.tokens <= tokens_before
             if rnd.done is None or rnd.endpoint is None:
                 failure = rnd.failure  # it failed after its verdict: what it verified stands
                 continue
