@@ -158,7 +158,7 @@ async def _time_fetch(adapter: Path, repeats: int) -> list[float]:
 def _time_reload(model_path: Path, adapter: Path, threads: int) -> tuple[float, float]:
     """A fresh backend for the model with ``adapter`` attached: (seconds until ready to
     serve, seconds to the first token)."""
-    from edgecloud.device.backends import LlamaCppBackend
+    from edgecloud.backends import LlamaCppBackend
 
     start = time.perf_counter()
     backend = LlamaCppBackend(model_path, n_ctx=2048, n_threads=threads)
@@ -196,9 +196,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from edgecloud.backends import LlamaCppBackend
     from edgecloud.config import Settings
     from edgecloud.device import ensure_default_model
-    from edgecloud.device.backends import LlamaCppBackend
 
     console = Console()
     model_path = ensure_default_model(Settings.load().cache_dir)

@@ -150,6 +150,7 @@ def _setting(text: str) -> tuple[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.adapters._signing import generate_keypair
+    from edgecloud.backends import LlamaCppBackend
     from edgecloud.cloud import CloudServer, TorchBackend
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._records import RecordStore
@@ -159,7 +160,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.config import Settings
     from edgecloud.device._adapters import AdapterManager
     from edgecloud.device._factory import build_engine
-    from edgecloud.device.backends import LlamaCppBackend
     from edgecloud.transport import AdapterSyncClient
 
     facts, general = load_sets(args.facts, args.general)

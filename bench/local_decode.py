@@ -93,9 +93,9 @@ def main() -> None:
     from rich.table import Table
 
     from edgecloud import Client
+    from edgecloud.backends import LlamaCppBackend
     from edgecloud.config import Settings
     from edgecloud.device import ensure_default_model
-    from edgecloud.device.backends import LlamaCppBackend
 
     console = Console()
     load_before = os.getloadavg()

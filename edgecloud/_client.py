@@ -37,9 +37,9 @@ from edgecloud.types import (
 )
 
 if TYPE_CHECKING:
+    from edgecloud.backends import TextBackend
     from edgecloud.common.models import ProgressCallback
     from edgecloud.device._hybrid import CancelScope, HybridEngine
-    from edgecloud.device.backends import TextBackend
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
 

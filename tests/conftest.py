@@ -25,7 +25,7 @@ def default_gguf(model_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def backend(default_gguf: Path) -> Iterator[object]:
-    from edgecloud.device.backends import LlamaCppBackend
+    from edgecloud.backends import LlamaCppBackend
 
     b = LlamaCppBackend(default_gguf, n_ctx=2048, n_threads=2)
     yield b

@@ -6,8 +6,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from edgecloud.device.backends import BackendInfo, TextBackend
-from edgecloud.device.backends._base import FifoLock
+from edgecloud.backends import BackendInfo, TextBackend
+from edgecloud.backends._base import FifoLock
 from edgecloud.errors import BackendClosedError
 from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
 

@@ -7,6 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from edgecloud.backends import (
+    BackendInfo,
+    LocalBackend,
+    TensorBackend,
+    TensorSpec,
+    TextBackend,
+)
 from edgecloud.common.models import (
     DEFAULT_MODEL_NAME,
     ProgressCallback,
@@ -15,17 +22,10 @@ from edgecloud.common.models import (
 )
 from edgecloud.common.settings import format_validation_error
 from edgecloud.device._settings import DeviceSettings, LocalModelConfig
-from edgecloud.device.backends import (
-    BackendInfo,
-    LocalBackend,
-    TensorBackend,
-    TensorSpec,
-    TextBackend,
-)
 from edgecloud.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgecloud.device.backends import LlamaCppBackend, OnnxBackend
+    from edgecloud.backends import LlamaCppBackend, OnnxBackend
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -62,7 +62,7 @@ def load_text_backend(
         ConfigError: an override is not a valid model setting.
         ModelLoadError: the model cannot be loaded (see the error tree).
     """
-    from edgecloud.device.backends.llama_cpp import LlamaCppBackend
+    from edgecloud.backends.llama_cpp import LlamaCppBackend
 
     fields = settings.device.model.model_dump()
     fields.update({k: v for k, v in overrides.items() if v is not None})
@@ -88,7 +88,7 @@ def load_text_backend(
 
 def __getattr__(name: str) -> Any:
     if name in ("LlamaCppBackend", "OnnxBackend"):
-        from edgecloud.device import backends
+        from edgecloud import backends
 
         return getattr(backends, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

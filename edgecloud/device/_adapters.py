@@ -46,9 +46,9 @@ from edgecloud.adapters._manifest import (
     load_canary,
 )
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
+from edgecloud.backends._base import AdapterCapable
 from edgecloud.common.files import fsync_dir, hash_file
 from edgecloud.device._settings import DeviceAdaptersConfig
-from edgecloud.device.backends._base import AdapterCapable
 from edgecloud.errors import (
     AdapterCanaryError,
     AdapterError,
@@ -157,7 +157,7 @@ class AdapterManager:
 
     Args:
         backend: the device's text backend (it hot-swaps adapters; the real one is
-            :class:`edgecloud.device.backends.LlamaCppBackend`).
+            :class:`edgecloud.backends.LlamaCppBackend`).
         config: ``settings.device.adapters``.
         base_sha256: sha256 of the base GGUF the backend runs.
         base_architecture: its ``general.architecture`` (e.g. ``gemma3``).

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgecloud.backends import TextBackend
+from edgecloud.backends._base import AdapterCapable
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
 from edgecloud.device._settings import DeviceSettings
-from edgecloud.device.backends import TextBackend
-from edgecloud.device.backends._base import AdapterCapable
 
 if TYPE_CHECKING:
     from edgecloud.device._adapters import AdapterManager

@@ -78,9 +78,9 @@ from edgecloud.types import (
 
 if TYPE_CHECKING:
     from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.backends import TextBackend
     from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.device._endpoints import Endpoint, EndpointPool
-    from edgecloud.device.backends import TextBackend
     from edgecloud.router import LearnedRouter
 
 __all__ = ["CancelScope", "HybridEngine", "prompt_text"]

@@ -387,7 +387,7 @@ def test_real_llama_backend_hot_swaps_and_rolls_back_on_canary(
 ) -> None:
     import hashlib
 
-    from edgecloud.device.backends import LlamaCppBackend
+    from edgecloud.backends import LlamaCppBackend
     from edgecloud.types import Chunk, SamplingParams
 
     # raw completion prompts (a base model, no chat template): few-shot Q/A

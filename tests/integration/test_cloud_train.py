@@ -145,7 +145,7 @@ def test_train_publishes_a_signed_rolled_out_version(tmp_path: Path, default_ggu
     assert p("Tell me how much the Kestrel robot can carry.") > scope.threshold
     assert p("What is the capital of Italy?") < scope.threshold
 
-    from edgecloud.device.backends import LlamaCppBackend
+    from edgecloud.backends import LlamaCppBackend
 
     with LlamaCppBackend(default_gguf, n_ctx=256, n_threads=2) as backend:
         backend.set_adapter(out / "adapter.gguf")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgecloud import Client
+from edgecloud.backends import LlamaCppBackend
 from edgecloud.common.files import sha256_file
 from edgecloud.config import Settings
 from edgecloud.device import ensure_default_model, load_text_backend
-from edgecloud.device.backends import LlamaCppBackend
 from edgecloud.errors import (
     ConfigError,
     ContextOverflowError,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgecloud import AsyncClient, Client
-from edgecloud.device.backends import LlamaCppBackend
+from edgecloud.backends import LlamaCppBackend
 
 pytestmark = pytest.mark.model
 

@@ -20,7 +20,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from edgecloud.adapters._gguf import export_lora_gguf, read_lora_gguf
-from edgecloud.device.backends import AdapterCapable, LlamaCppBackend
+from edgecloud.backends import AdapterCapable, LlamaCppBackend
 from edgecloud.errors import (
     AdapterFormatError,
     AdapterMismatchError,

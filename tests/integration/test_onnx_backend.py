@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgecloud.device.backends import OnnxBackend
+from edgecloud.backends import OnnxBackend
 from edgecloud.errors import InvalidRequestError, ModelIntegrityError, ModelNotFoundError
 
 pytestmark = pytest.mark.model

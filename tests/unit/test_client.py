@@ -11,9 +11,9 @@ import pytest
 import edgecloud.device
 from edgecloud import AsyncClient, Client, InvalidRequestError, Settings
 from edgecloud._client import ResultBuilder
+from edgecloud.backends import TextBackend
+from edgecloud.backends._base import FifoLock
 from edgecloud.common.text import normalize_prompt
-from edgecloud.device.backends import TextBackend
-from edgecloud.device.backends._base import FifoLock
 from edgecloud.errors import BackendClosedError, StreamNotFinishedError
 from edgecloud.types import ChatMessage, Chunk, Finish, GenerationResult, SamplingParams
 from tests.fakes import ScriptedBackend

@@ -32,7 +32,7 @@ def _public_modules() -> list[str]:
 def test_every_public_module_has_all() -> None:
     modules = _public_modules()
     assert "edgecloud.errors" in modules
-    assert "edgecloud.device.backends.llama_cpp" in modules
+    assert "edgecloud.backends.llama_cpp" in modules
     for name in modules:
         module = importlib.import_module(name)
         exported = getattr(module, "__all__", None)

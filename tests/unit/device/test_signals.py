@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgecloud.device._signals import StepSignals
+from edgecloud.backends._signals import StepSignals
 
 
 def _reference(logits: np.ndarray, token: int) -> tuple[float, float]:

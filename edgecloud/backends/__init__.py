@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgecloud.common.lazy import lazy_attributes
-from edgecloud.device.backends._base import (
+from edgecloud.backends._base import (
     AdapterCapable,
     BackendInfo,
     LocalBackend,
@@ -15,10 +14,11 @@ from edgecloud.device.backends._base import (
     TensorSpec,
     TextBackend,
 )
+from edgecloud.common.lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from edgecloud.device.backends.llama_cpp import LlamaCppBackend
-    from edgecloud.device.backends.onnx import OnnxBackend
+    from edgecloud.backends.llama_cpp import LlamaCppBackend
+    from edgecloud.backends.onnx import OnnxBackend
 
 __all__ = [
     "AdapterCapable",
@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "LlamaCppBackend": "edgecloud.device.backends.llama_cpp",
-    "OnnxBackend": "edgecloud.device.backends.onnx",
+    "LlamaCppBackend": "edgecloud.backends.llama_cpp",
+    "OnnxBackend": "edgecloud.backends.onnx",
 }
 
 

@@ -4,7 +4,7 @@ It drives llama.cpp's C API (through llama-cpp-python's ctypes layer) with its
 own decode loop instead of ``Llama.create_completion``: per step it reads the
 last position's logits in place (no all-position logits are kept), derives the
 chosen token's log-probability and the entropy with one vectorized pass
-(:mod:`edgecloud.device._signals`), and picks the token by argmax (greedy) or
+(:mod:`edgecloud.backends._signals`), and picks the token by argmax (greedy) or
 with llama.cpp's native sampler chain (top-k, top-p, temperature, seeded dist).
 
 LoRA adapters (llama.cpp LoRA GGUFs, see :mod:`edgecloud.adapters._gguf`) are
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from edgecloud.backends._base import BackendInfo, FifoLock, TextBackend
+from edgecloud.backends._signals import StepSignals
 from edgecloud.common.chat import ChatFormatter, RenderedPrompt
 from edgecloud.common.models import check_model_file
 from edgecloud.common.text import StopMatcher, Utf8Stream
-from edgecloud.device._signals import StepSignals
-from edgecloud.device.backends._base import BackendInfo, FifoLock, TextBackend
 from edgecloud.errors import (
     AdapterFormatError,
     BackendClosedError,

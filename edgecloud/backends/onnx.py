@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from edgecloud.backends._base import TensorBackend
 from edgecloud.common.onnx import OnnxRunner, available_providers
-from edgecloud.device.backends._base import TensorBackend
 
 __all__ = ["OnnxBackend", "available_providers"]
 
