@@ -21,6 +21,7 @@ from __future__ import annotations
 from edgecloud.common.lazy import lazy_attributes
 
 __all__ = [
+    "AdapterCalibration",
     "AdapterRegistry",
     "AdapterScope",
     "CanaryItem",
@@ -37,6 +38,7 @@ __all__ = [
 
 _HOME = {
     "AdapterRegistry": "_registry",
+    "AdapterCalibration": "_manifest",
     "AdapterScope": "_manifest",
     "CanaryItem": "_manifest",
     "Manifest": "_manifest",

@@ -11,8 +11,10 @@ exact bytes and only then parses them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgecloud.errors import AdapterFormatError, ConfigError
 
 if TYPE_CHECKING:
-    from edgecloud.router import LearnedRouter
+    from edgecloud.router import LearnedRouter, WindowThresholds
 
 __all__ = [
     "ADAPTER_ID_PATTERN",
     "DEVICE_FILE",
+    "AdapterCalibration",
+    "AdapterRouting",
     "AdapterScope",
     "CanaryItem",
     "FileEntry",
@@ -121,6 +125,15 @@ class CanaryItem(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=8192)
     expect: str = Field(min_length=1, max_length=1024)
+    stop: tuple[str, ...] = Field(
+        (), max_length=4, description="Stop sequences the answer ends at, as in the round."
+    )
+    escalate: bool | None = Field(
+        None,
+        description="Whether the version's calibrated router escalated this prompt when the "
+        "round measured it as devices run it (None: not measured). A device whose own "
+        "decision differs runs the adapter differently from the round's measurement.",
+    )
 
 
 class AdapterScope(BaseModel):
@@ -189,6 +202,73 @@ class AdapterScope(BaseModel):
         return self.probability(embedding) >= self.threshold
 
 
+class AdapterCalibration(BaseModel):
+    """The device's escalation thresholds for the requests a version answers.
+
+    A base model's thresholds do not fit the model an adapter makes of it: trained
+    on a domain, it is confident there, rightly or not. The round measures the
+    adapted model as devices run it (llama.cpp, the exported GGUF) on examples it did
+    not train on, and fits the confidence window so that at most
+    ``target_wrong_rate`` of them would be answered wrong with no escalation, with as
+    few escalations as that allows. A device applies these thresholds to requests the
+    adapter answers (in its scope) while the version runs; requests the base model
+    answers keep the device's own ``device.router`` thresholds.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    window: int = Field(ge=1, le=512, description="Tokens in the confidence window.")
+    min_mean_logprob: float = Field(
+        le=0, description="Hand off when the window's mean logprob falls below this."
+    )
+    max_mean_entropy: float | None = Field(
+        None, gt=0, description="Hand off when the window's mean entropy exceeds this (None: off)."
+    )
+    min_tokens: int = Field(
+        1, ge=1, le=4096, description="Local tokens before a hand-off may fire."
+    )
+    target_wrong_rate: float = Field(
+        ge=0, le=1, description="Share of answers wrong with no escalation the fit allowed."
+    )
+    examples: int = Field(ge=0, description="Held-out examples the thresholds were fitted on.")
+    measured: dict[str, float] = Field(
+        default_factory=dict,
+        description="What the round measured on its held-out examples: escalation and "
+        "wrong-unescalated rates and accuracies, with the base model and with this version "
+        "(see docs/learning-loop.md).",
+    )
+
+    def escalates(self, logprobs: Sequence[float], entropies: Sequence[float]) -> bool:
+        """Whether these thresholds hand off an answer with these per-token signals at
+        some point (the windows :class:`edgecloud.router.ConfidenceMonitor` sees)."""
+        from edgecloud.router import window_extremes
+
+        lo, hi = window_extremes(logprobs, entropies, self.window, self.min_tokens)
+        limit = math.inf if self.max_mean_entropy is None else self.max_mean_entropy
+        return lo < self.min_mean_logprob or hi > limit
+
+    def thresholds(self, base: WindowThresholds) -> WindowThresholds:
+        """``base`` (the device's own) with this calibration's window and thresholds."""
+        return dataclasses.replace(
+            base,
+            window=self.window,
+            min_mean_logprob=self.min_mean_logprob,
+            max_mean_entropy=math.inf if self.max_mean_entropy is None else self.max_mean_entropy,
+            min_tokens=self.min_tokens,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdapterRouting:
+    """What a device's engine applies with the version running: which requests the
+    adapter answers and the thresholds they escalate at (None: every request; the
+    device's own thresholds). ``version`` None: the base model runs."""
+
+    version: int | None = None
+    scope: AdapterScope | None = None
+    calibration: AdapterCalibration | None = None
+
+
 class Manifest(BaseModel):
     """One adapter version: base model, LoRA shape, data, metrics, canary, files.
 
@@ -216,6 +296,11 @@ class Manifest(BaseModel):
     canary: tuple[CanaryItem, ...] = Field((), description="Prompts a device checks after a swap.")
     scope: AdapterScope | None = Field(
         None, description="The requests the adapter is for; None: every request."
+    )
+    calibration: AdapterCalibration | None = Field(
+        None,
+        description="Escalation thresholds for the requests the adapter answers; None: the "
+        "device's own.",
     )
     created_at: datetime = Field(description="When the version was published (UTC).")
     files: dict[str, FileEntry] = Field(

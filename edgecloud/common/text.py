@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -11,7 +12,7 @@ from edgecloud.common.settings import format_validation_error
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import ChatMessage, Prompt
 
-__all__ = ["StopMatcher", "Utf8Stream", "normalize_prompt"]
+__all__ = ["StopMatcher", "Utf8Stream", "normalize_prompt", "same_answer"]
 
 
 class Utf8Stream:
@@ -118,3 +119,74 @@ def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
     if not messages:
         raise InvalidRequestError("messages must not be empty")
     return messages
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[^\W\d_]+")
+_FILLER = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "it",
+        "its",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "with",
+        "and",
+        "or",
+        "as",
+        "this",
+        "that",
+        "these",
+        "those",
+        "about",
+        "approximately",
+        "around",
+        "roughly",
+    }
+)
+
+
+def _numbers(text: str) -> list[float]:
+    out = []
+    for m in _NUMBER.finditer(text):
+        try:
+            out.append(float(m.group().replace(",", "")))
+        except ValueError:  # "1,2,3": a list, not one number
+            out += [float(x) for x in m.group().split(",") if x]
+    return sorted(out)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _FILLER}
+
+
+def same_answer(answer: str, reference: str) -> bool:
+    """Whether a short answer says what ``reference`` says (first lines compared).
+
+    The numbers must be the same (a fact's figure, not another fact's: the error a
+    small model makes most), and the words of one, fillers aside, must all be in the
+    other ("red" and "The lamp is red" agree; "red" and "amber" do not). Strict on
+    purpose: it decides whether a device's confident answer was wrong (calibration,
+    shadow checks), where calling a right answer wrong costs an escalation and
+    calling a wrong one right costs a wrong answer shown.
+    """
+    a = answer.strip().split("\n", 1)[0]
+    r = reference.strip().split("\n", 1)[0]
+    if not a or not r or _numbers(a) != _numbers(r):
+        return False
+    wa, wr = _words(a), _words(r)
+    if not wa or not wr:
+        return not wa and not wr and bool(_numbers(r))  # numbers only, and equal
+    return wa <= wr or wr <= wa

@@ -39,7 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecloud.adapters._manifest import (
     DEVICE_FILE,
-    AdapterScope,
+    AdapterCalibration,
+    AdapterRouting,
     CanaryItem,
     Manifest,
     canonical_json,
@@ -167,8 +168,9 @@ class AdapterManager:
             and :meth:`apply` with offers from elsewhere.
         step_hook: called with the name of each install step ("downloaded",
             "staged", "installed", "swapped"); tests inject crashes here.
-        on_scope: told the scope of each version swapped in (None: the version has
-            none, or the base model runs), e.g. :meth:`HybridEngine.set_adapter_scope`.
+        on_swap: told the :class:`AdapterRouting` of each version swapped in, rolled
+            back to or restored (version None: the base model runs), e.g.
+            :meth:`HybridEngine.set_adapter_routing`.
 
     Raises:
         ConfigError: a public key or the canary file cannot be read.
@@ -190,7 +192,7 @@ class AdapterManager:
         root: Path,
         client: AdapterSource | None = None,
         step_hook: Callable[[str], None] | None = None,
-        on_scope: Callable[[AdapterScope | None], None] | None = None,
+        on_swap: Callable[[AdapterRouting], None] | None = None,
     ) -> None:
         self._backend = backend
         self._config = config
@@ -199,7 +201,7 @@ class AdapterManager:
         self._dir = Path(root).expanduser() / config.adapter_id
         self._client = client
         self._hook = step_hook or (lambda step: None)
-        self._on_scope = on_scope or (lambda scope: None)
+        self._on_swap = on_swap or (lambda routing: None)
         self._trusted = load_public_keys(config.public_keys)
         self._canary = load_canary(config.canary) if config.canary is not None else None
         self.device_id = config.device_id or socket.gethostname()
@@ -248,7 +250,7 @@ class AdapterManager:
         try:
             path, manifest = self._verified_install(state.version)
             self._backend.set_adapter(path, scale=self._config.scale)
-            self._set_scope(manifest.scope)
+            self._on_swap(self._routing(state.version, manifest))
         except (AdapterError, OSError) as exc:
             log.error("cannot restore adapter version %d: %s", state.version, exc)
             self._save_state()
@@ -342,7 +344,7 @@ class AdapterManager:
                 log.info("ignoring offer of bad adapter version %d", version)
                 return self._current
             if version == 0:
-                await self._swap(None, None)
+                await self._swap(None, AdapterRouting())
                 self._current = None
                 await asyncio.to_thread(self._save_state)
                 await self._report(0, "running")
@@ -372,7 +374,7 @@ class AdapterManager:
         path = await self._install(signed, manifest)
         previous = self._current
         try:
-            await self._swap(path, manifest.scope)
+            await self._swap(path, self._routing(version, manifest))
         except AdapterError:
             # Refused before the swap (not a LoRA GGUF, another architecture): the
             # backend still runs the previous version; the files are useless.
@@ -380,7 +382,8 @@ class AdapterManager:
             raise
         self._hook("swapped")
         items = self._canary if self._canary is not None else list(manifest.canary)
-        passed = await asyncio.to_thread(self._run_canary, items)
+        calibration = manifest.calibration if self._config.calibration else None
+        passed = await asyncio.to_thread(self._run_canary, items, calibration)
         if items and passed / len(items) < self._config.canary_min_pass:
             detail = f"{passed}/{len(items)} canary prompts passed"
             log.error("adapter %s v%d failed its canary (%s); rolling back to %s",
@@ -398,27 +401,34 @@ class AdapterManager:
         await self._report(version, "running")
         return version
 
-    def _good_path(self, version: int | None) -> tuple[Path | None, AdapterScope | None]:
-        """The GGUF to roll back to and its scope; the base model when the old version
+    def _good_path(self, version: int | None) -> tuple[Path | None, AdapterRouting]:
+        """The GGUF to roll back to and its routing; the base model when the old version
         is unusable."""
         if version is None:
-            return None, None
+            return None, AdapterRouting()
         try:
             path, manifest = self._verified_install(version)
         except (AdapterError, OSError) as exc:
             log.error("cannot roll back to version %d (%s): using the base model", version, exc)
             self._current = None
-            return None, None
-        return path, manifest.scope
+            return None, AdapterRouting()
+        return path, self._routing(version, manifest)
 
-    async def _swap(self, path: Path | None, scope: AdapterScope | None) -> None:
+    def _routing(self, version: int, manifest: Manifest) -> AdapterRouting:
+        """What the engine applies with ``version``: its scope and calibration, unless
+        this device turned them off (``device.adapters.scope`` / ``.calibration``)."""
+        return AdapterRouting(
+            version,
+            manifest.scope if self._config.scope else None,
+            manifest.calibration if self._config.calibration else None,
+        )
+
+    async def _swap(self, path: Path | None, routing: AdapterRouting) -> None:
         await asyncio.to_thread(self._backend.set_adapter, path, scale=self._config.scale)
-        # After the swap: until the new scope arrives, requests see the new adapter
-        # under the old scope (or none), never the old adapter under the new scope.
-        await asyncio.to_thread(self._set_scope, scope)
-
-    def _set_scope(self, scope: AdapterScope | None) -> None:
-        self._on_scope(scope if self._config.scope else None)
+        # After the swap: until the new routing arrives, requests see the new adapter
+        # under the old scope and thresholds (or none), never the old adapter under the
+        # new ones.
+        await asyncio.to_thread(self._on_swap, routing)
 
     async def _install(self, signed: SignedManifest, manifest: Manifest) -> Path:
         version = manifest.version
@@ -472,20 +482,38 @@ class AdapterManager:
         # Partial downloads of versions given up on; none is in progress (the lock is held).
         shutil.rmtree(self._dir / _DOWNLOADS, ignore_errors=True)
 
-    def _run_canary(self, items: Sequence[CanaryItem]) -> int:
-        """How many canary prompts the running adapter passes (greedy, case-insensitive)."""
-        params = SamplingParams(temperature=0.0, max_tokens=_CANARY_TOKENS)
+    def _run_canary(
+        self, items: Sequence[CanaryItem], calibration: AdapterCalibration | None = None
+    ) -> int:
+        """How many canary prompts the running adapter passes: the greedy answer contains
+        the expected text (any case), and, where the round measured it and the version
+        carries a calibration, the calibrated router decides as it did in the round."""
         passed = 0
         for item in items:
+            params = SamplingParams(temperature=0.0, max_tokens=_CANARY_TOKENS, stop=item.stop)
             # Raw text, as the device's apps send it and the trainer's records hold it (a
             # chat template would change the prompt the adapter learned to complete).
-            text = "".join(
-                event.text
-                for event in self._backend.stream(item.prompt, params)
+            chunks = [
+                event for event in self._backend.stream(item.prompt, params)
                 if isinstance(event, Chunk)
-            )
+            ]  # fmt: skip
+            text = "".join(c.text for c in chunks)
             ok = item.expect.lower() in text.lower()
-            log.info("canary %r -> %r: %s", item.prompt[:40], text[:60], "pass" if ok else "FAIL")
+            why = "" if ok else "answer"
+            if ok and calibration is not None and item.escalate is not None:
+                escalate = calibration.escalates(
+                    [c.logprob for c in chunks], [c.entropy for c in chunks]
+                )
+                ok = escalate == item.escalate
+                why = (
+                    "" if ok else f"router escalates={escalate}, the round measured {item.escalate}"
+                )
+            log.info(
+                "canary %r -> %r: %s",
+                item.prompt[:40],
+                text[:60],
+                "pass" if ok else f"FAIL ({why})",
+            )
             passed += ok
         return passed
 

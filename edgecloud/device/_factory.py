@@ -94,7 +94,7 @@ async def adapter_manager(engine: HybridEngine, settings: DeviceSettings) -> Ada
         base_architecture=arch or "",
         root=cfg.directory or settings.cache_dir / "adapters",
         client=client,
-        on_scope=engine.set_adapter_scope,
+        on_swap=engine.set_adapter_routing,
     )
     await asyncio.to_thread(manager.start)
     return manager

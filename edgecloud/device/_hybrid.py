@@ -77,7 +77,7 @@ from edgecloud.types import (
 )
 
 if TYPE_CHECKING:
-    from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.adapters._manifest import AdapterRouting, AdapterScope
     from edgecloud.backends import TextBackend
     from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.device._endpoints import Endpoint, EndpointPool
@@ -187,6 +187,9 @@ class HybridEngine:
         self.learned = learned
         self._closed = False
         self._scope: tuple[AdapterScope, SentenceEncoder] | None = None
+        self.adapter_version: int | None = None
+        """The adapter version the backend runs (None: the base model), for records."""
+        self._adapter_thresholds: WindowThresholds | None = None
         self.usage = _CloudUsage()
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
         self.policies: list[Policy] = [
@@ -204,6 +207,18 @@ class HybridEngine:
             min_tokens=router.min_tokens,
             max_local_tokens=router.max_local_tokens,
         )
+
+    def set_adapter_routing(
+        self, routing: AdapterRouting, *, encoder: SentenceEncoder | None = None
+    ) -> None:
+        """Apply what a version swapped in carries: its scope (:meth:`set_adapter_scope`)
+        and its calibrated thresholds, used for the requests the adapter answers (the
+        others keep ``device.router``'s). The adapter manager calls this at each swap,
+        rollback and restore."""
+        self.set_adapter_scope(routing.scope, encoder=encoder)
+        cal = routing.calibration
+        self._adapter_thresholds = cal.thresholds(self.thresholds) if cal is not None else None
+        self.adapter_version = routing.version
 
     def set_adapter_scope(
         self, scope: AdapterScope | None, *, encoder: SentenceEncoder | None = None
@@ -338,7 +353,10 @@ class HybridEngine:
             and self.pool is not None
             and self._budget.decide(signals) is None
         )
-        monitor = ConfidenceMonitor(self.thresholds) if watch else None
+        thresholds = self.thresholds
+        if use_adapter and self._adapter_thresholds is not None:
+            thresholds = self._adapter_thresholds  # the version's calibration
+        monitor = ConfidenceMonitor(thresholds) if watch else None
         show = self.router_cfg.show_unverified if show_unverified is None else show_unverified
         # Local chunks [shown:] are not yet shown to the app: the first holdback_tokens (see
         # RouterConfig), or, when unverified text must not be shown, all of them while a
@@ -817,6 +835,8 @@ class HybridEngine:
         }
         if replay:
             fields["kind"] = "replay"  # a confident local answer, not an escalation
+        if self.adapter_version is not None:
+            fields["adapter_version"] = self.adapter_version
         if not isinstance(prompt, str):
             fields["messages"] = [m.model_dump() for m in prompt]
         if route.endpoint:

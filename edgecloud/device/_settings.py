@@ -179,6 +179,15 @@ class DeviceAdaptersConfig(Section):
             "are answered by the base model. Off: the adapter answers every request."
         ),
     )
+    calibration: bool = Field(
+        True,
+        description=(
+            "Escalate the requests an adapter answers at the thresholds its version carries "
+            "(fitted by the round on held-out examples as devices run them) while it runs, "
+            "and check them in the canary; the device's own device.router thresholds "
+            "return with the base model. Off: device.router thresholds for every request."
+        ),
+    )
     canary: Path | None = Field(
         None,
         description=(

@@ -455,7 +455,9 @@ def test_each_version_swapped_in_hands_its_signed_scope_on(
     async def body(cfg: DeviceAdaptersConfig) -> None:
         async with serving(registry, tmp_path) as server:
             client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
-            m = manager(FakeAdapterBackend(), cfg, root, client, on_scope=seen.append)
+            m = manager(
+                FakeAdapterBackend(), cfg, root, client, on_swap=lambda r: seen.append(r.scope)
+            )
             m.start()
             assert await m.apply(offer(registry, 1)) == 1
             await client.close()
@@ -464,13 +466,21 @@ def test_each_version_swapped_in_hands_its_signed_scope_on(
     assert seen[-1] is not None and seen[-1].weights == (1.0, -1.0)
     assert seen[-1].threshold == 0.6 and seen[-1].encoder == "fake:1"
     # A restart restores version 1 with its scope, read back from the signed manifest.
-    restored = manager(FakeAdapterBackend(), config(key), root, None, on_scope=seen.append)
+    restored = manager(
+        FakeAdapterBackend(), config(key), root, None, on_swap=lambda r: seen.append(r.scope)
+    )
     assert restored.start() == 1 and seen[-1] is not None and seen[-1].bias == 0.0
 
     async def newer() -> None:
         async with serving(registry, tmp_path) as server:
             client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
-            m = manager(FakeAdapterBackend(), config(key), root, client, on_scope=seen.append)
+            m = manager(
+                FakeAdapterBackend(),
+                config(key),
+                root,
+                client,
+                on_swap=lambda r: seen.append(r.scope),
+            )
             m.start()
             assert await m.apply(offer(registry, 2)) == 2  # a version without a scope
             assert seen[-1] is None
