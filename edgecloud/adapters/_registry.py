@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecloud.adapters._manifest import (
+    AdapterCalibration,
     AdapterScope,
     CanaryItem,
     FileEntry,
@@ -317,8 +318,9 @@ class AdapterRegistry:
         target_modules: Sequence[str],
         data: TrainingData | Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
-        canary: Sequence[CanaryItem | Mapping[str, str]] = (),
+        canary: Sequence[CanaryItem | Mapping[str, Any]] = (),
         scope: AdapterScope | Mapping[str, Any] | None = None,
+        calibration: AdapterCalibration | Mapping[str, Any] | None = None,
     ) -> Manifest:
         """Store a new version (latest + 1) of ``adapter_id`` and return its manifest.
 
@@ -331,6 +333,8 @@ class AdapterRegistry:
                 ``{"adapter.gguf": ..., "peft/adapter_config.json": ...}``.
             key: the Ed25519 signing key (:func:`load_private_key`).
             scope: the requests the adapter is for (None: every request).
+            calibration: escalation thresholds for the requests it answers (None: the
+                device's own).
 
         Raises:
             AdapterFormatError: a bad adapter id or file name, or manifest fields
@@ -360,6 +364,11 @@ class AdapterRegistry:
                 metrics=dict(metrics or {}),
                 canary=tuple(CanaryItem.model_validate(c) for c in canary),
                 scope=AdapterScope.model_validate(scope) if scope is not None else None,
+                calibration=(
+                    AdapterCalibration.model_validate(calibration)
+                    if calibration is not None
+                    else None
+                ),
                 created_at=_now(),
                 files=entries,
             )

@@ -18,6 +18,7 @@ from edgecloud.cli._common import (
     InsecureOpt,
     TokenOpt,
     emit,
+    err,
     fail,
     load_settings,
 )
@@ -322,5 +323,14 @@ def train_command(
         rollout_percent=result.rollout_percent,
         metrics=result.report.metrics(),
         scope=result.scope is not None,
+        calibration=(
+            result.calibration.calibration.model_dump(mode="json")
+            if result.calibration is not None and result.calibration.calibration is not None
+            else None
+        ),
+        refused=result.refused,
         stage_seconds={k: round(v, 2) for k, v in result.stage_seconds.items()},
     )
+    if publish and result.refused is not None:
+        err.print(f"[bold red]not published:[/] {result.refused}", markup=True, soft_wrap=True)
+        raise typer.Exit(3)

@@ -15,6 +15,7 @@ from edgecloud.transport._settings import AuthConfig, TlsConfig
 
 __all__ = [
     "CloudAuthConfig",
+    "CloudCalibrationConfig",
     "CloudConfig",
     "CloudKnowledgeConfig",
     "CloudModelConfig",
@@ -154,6 +155,61 @@ class CloudRegistryConfig(Section):
     )
 
 
+class CloudCalibrationConfig(Section):
+    """How a round fits the escalation thresholds it ships (``[cloud.train.calibration]``).
+
+    The round answers its held-out examples as devices will (llama.cpp, the base GGUF,
+    with and without the exported adapter), fits the thresholds for the requests the
+    adapter answers, and refuses the version when device-plus-cloud would be less
+    accurate than before on the domain or on the general examples.
+    """
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "Measure the adapter as devices run it and sign fitted escalation thresholds "
+            "into the version (needs llama-cpp-python in the cloud). Off: devices keep "
+            "their own thresholds for the adapter's answers."
+        ),
+    )
+    target_wrong_rate: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of held-out answers allowed to be wrong with no escalation; the fit "
+            "escalates as little as this allows."
+        ),
+    )
+    windows: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8],
+        min_length=1,
+        description="Confidence windows (tokens) the fit tries.",
+    )
+    min_examples: int = Field(
+        4,
+        ge=1,
+        description="Held-out answers by the adapter needed to fit thresholds; fewer: none.",
+    )
+    refuse_regression: bool = Field(
+        True,
+        description=(
+            "Do not publish a version with which device-plus-cloud answers fewer held-out "
+            "examples right than before, on the domain (escalated records) or the general "
+            "ones (replayed records); the cloud's answers are the reference."
+        ),
+    )
+    device_window: int = Field(
+        8, ge=1, le=512, description="The devices' device.router.window (for the base model)."
+    )
+    device_min_mean_logprob: float = Field(
+        -1.5, le=0, description="The devices' device.router.min_mean_logprob."
+    )
+    device_min_tokens: int = Field(
+        4, ge=1, le=4096, description="The devices' device.router.min_tokens."
+    )
+
+
 class CloudTrainConfig(Section):
     """LoRA training of adapters from escalation records (`edgecloud cloud train`)."""
 
@@ -182,7 +238,13 @@ class CloudTrainConfig(Section):
         256, ge=16, le=32_768, description="Tokens per example; longer ones are cut."
     )
     holdout_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Records kept out of training to evaluate on."
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Records kept out of training to evaluate on and to fit the version's "
+            "escalation thresholds with (cloud.train.calibration)."
+        ),
     )
     include_passages: bool = Field(
         False,
@@ -279,6 +341,7 @@ class CloudTrainConfig(Section):
         lt=1.0,
         description="A request is in scope when the head's probability reaches this.",
     )
+    calibration: CloudCalibrationConfig = Field(default_factory=CloudCalibrationConfig)
     seed: int = Field(0, ge=0, description="Seed for the split, initialization and shuffling.")
     threads: int | None = Field(
         None, ge=1, le=512, description="torch CPU threads; None keeps torch's default."

@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from edgecloud.common.lazy import lazy_attributes
-from edgecloud.router._calibrate import Calibration, auroc, calibrate_window, threshold_for_rate
+from edgecloud.router._calibrate import (
+    Calibration,
+    WrongRateFit,
+    auroc,
+    calibrate_window,
+    fit_wrong_rate,
+    threshold_for_rate,
+)
 from edgecloud.router._monitor import ConfidenceMonitor, WindowThresholds, window_extremes
 from edgecloud.router._policies import (
     DEFAULT_PRIVACY_PATTERNS,
@@ -46,8 +53,10 @@ __all__ = [
     "RequestSignals",
     "Route",
     "WindowThresholds",
+    "WrongRateFit",
     "auroc",
     "calibrate_window",
+    "fit_wrong_rate",
     "route_request",
     "threshold_for_rate",
     "window_extremes",

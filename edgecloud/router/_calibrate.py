@@ -1,14 +1,23 @@
-"""Thresholds calibrated to a target escalation rate on a held-out set, and AUROC."""
+"""Thresholds calibrated on a held-out set: to a target escalation rate, or to a target
+rate of answers wrong with no escalation; and AUROC."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgecloud.router._monitor import WindowThresholds, window_extremes
 
-__all__ = ["Calibration", "auroc", "calibrate_window", "threshold_for_rate"]
+__all__ = [
+    "Calibration",
+    "WrongRateFit",
+    "auroc",
+    "calibrate_window",
+    "fit_wrong_rate",
+    "threshold_for_rate",
+]
 
 
 def threshold_for_rate(scores: Sequence[float], rate: float, *, higher_escalates: bool) -> float:
@@ -93,3 +102,87 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
         rank_sum += avg_rank * sum(1 for k in range(i, j) if pairs[k][1])
         i = j
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True, slots=True)
+class WrongRateFit:
+    """A confidence window fitted so few answers are wrong with no escalation.
+
+    ``min_mean_logprob`` with ``window`` and ``min_tokens`` as in
+    :class:`~edgecloud.router.WindowThresholds`; the rates are those achieved on the
+    answers it was fitted on.
+    """
+
+    window: int
+    min_mean_logprob: float
+    min_tokens: int
+    escalation_rate: float
+    wrong_unescalated_rate: float
+    examples: int
+
+    def thresholds(self) -> WindowThresholds:
+        return WindowThresholds(
+            window=self.window, min_mean_logprob=self.min_mean_logprob, min_tokens=self.min_tokens
+        )
+
+    def escalates(self, logprobs: Sequence[float], entropies: Sequence[float]) -> bool:
+        """Whether these thresholds hand off an answer with these per-token signals."""
+        lo, _ = window_extremes(logprobs, entropies, self.window, self.min_tokens)
+        return lo < self.min_mean_logprob
+
+
+def fit_wrong_rate(
+    answers: Sequence[tuple[Sequence[float], bool]],
+    target: float,
+    *,
+    windows: Sequence[int] = (1, 2, 4, 8),
+    min_tokens: int = 1,
+) -> WrongRateFit:
+    """The window and logprob threshold with the fewest escalations among those that leave
+    at most ``target`` of ``answers`` wrong and unescalated.
+
+    A wrong answer is fine when it escalates (the cloud answers instead); a right one
+    that escalates costs a round trip. Every window in ``windows`` is tried with every
+    threshold that separates two answers' scores (the lowest window mean logprob of an
+    answer, as :class:`~edgecloud.router.ConfidenceMonitor` would see it); thresholds
+    sit halfway between neighbouring scores. Ties in escalations go to the larger
+    margin below the lowest-scoring unescalated answer, so small numeric differences
+    on a device do not flip its decisions. An answer too short to be judged (fewer
+    than ``min_tokens`` tokens) never escalates. When no threshold reaches the target,
+    the one with the fewest wrong unescalated answers wins.
+
+    Args:
+        answers: (per-token logprobs, whether the answer was right) per held-out answer.
+        target: the share of ``answers`` allowed to be wrong with no escalation.
+
+    Raises:
+        ValueError: no answers, an empty ``windows``, or ``target`` outside [0, 1].
+    """
+    if not answers:
+        raise ValueError("no answers to calibrate on")
+    if not windows:
+        raise ValueError("no windows to try")
+    if not 0.0 <= target <= 1.0:
+        raise ValueError("target must be in [0, 1]")
+    n = len(answers)
+    best: tuple[tuple[float, float, float], WrongRateFit] | None = None
+    for window in windows:
+        scores = [window_extremes(lps, lps, window, min_tokens)[0] for lps, _ in answers]
+        finite = sorted({s for s in scores if math.isfinite(s)})
+        cuts = [-math.inf] + [(a + b) / 2 for a, b in itertools.pairwise(finite)]
+        if finite:
+            cuts.append(min(finite[-1] / 2, 0.0) if finite[-1] < 0 else 0.0)
+        for thr in cuts:
+            escalated = [s < thr for s in scores]
+            wrong = sum(1 for (_, right), e in zip(answers, escalated, strict=True)
+                        if not right and not e)  # fmt: skip
+            rate, wrong_rate = sum(escalated) / n, wrong / n
+            kept = [s for s, e in zip(scores, escalated, strict=True) if not e and math.isfinite(s)]
+            margin = (min(kept) - thr) if kept and math.isfinite(thr) else math.inf
+            over = max(0.0, wrong_rate - target)
+            key = (over, rate, -margin)
+            if best is None or key < best[0]:
+                fit = WrongRateFit(window, thr, min_tokens, rate, wrong_rate, n)
+                best = (key, fit)
+    assert best is not None
+    return best[1]

@@ -6,8 +6,6 @@ exported adapter must pick the same greedy tokens.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 import time
 import warnings
@@ -28,11 +26,9 @@ from edgecloud.errors import (
     InvalidRequestError,
 )
 from edgecloud.types import Chunk, SamplingParams
+from tests.integration._randomlora import lora_gguf, peft_dir, torch_model
 
-# The random-adapter helper lives in bench/ (a program directory, not a package) so the
-# benchmark and this test share it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-_lora: Any = importlib.import_module("_lora")
+__all__ = ["lora_gguf", "peft_dir", "torch_model"]  # fixtures used here
 
 pytestmark = pytest.mark.model
 
@@ -43,32 +39,6 @@ PROMPTS = [
 ]
 N = 16
 GREEDY = SamplingParams(max_tokens=N, temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def torch_model() -> Iterator[Any]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see dev()
-    try:
-        yield _lora.load_base_model()
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def peft_dir(torch_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out: Path = _lora.make_random_lora(
-        torch_model, tmp_path_factory.mktemp("peft"), rank=16, seed=1
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def lora_gguf(peft_dir: Path, torch_model: Any) -> Path:
-    out = peft_dir.parent / "adapter.gguf"
-    return export_lora_gguf(peft_dir, out, architecture=_lora.architecture(torch_model))
 
 
 @pytest.fixture(scope="module")

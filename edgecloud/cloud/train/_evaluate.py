@@ -63,14 +63,15 @@ def canary_pool(examples: Sequence[TrainingExample]) -> list[TrainingExample]:
 
 def pick_canary(
     model: Any, tokenizer: Any, pool: Sequence[TrainingExample], size: int, device: Any
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Up to ``size`` canary items (prompt, expected answer) from ``pool``, in its order:
     those ``model`` answers right, among the first ``4 * size`` (bounded, so that a weak
     adapter does not stall the round)."""
-    canary: list[dict[str, str]] = []
+    canary: list[dict[str, Any]] = []
     for ex in pool[: 4 * size]:
         if len(canary) >= size:
             break
         if answers_right(model, tokenizer, ex, device):
-            canary.append({"prompt": ex.prompt, "expect": ex.answer.strip()})
+            stop = [ex.terminator] if ex.terminator else []
+            canary.append({"prompt": ex.prompt, "expect": ex.answer.strip(), "stop": stop})
     return canary

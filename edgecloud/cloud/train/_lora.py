@@ -79,7 +79,7 @@ class TrainReport:
     replay_contradicted: int = 0
     """Replayed local answers the knowledge base contradicted, relabeled instead."""
     losses: list[float] = field(default_factory=list)
-    canary: list[dict[str, str]] = field(default_factory=list)
+    canary: list[dict[str, Any]] = field(default_factory=list)
     """Trained examples the adapted torch model answers right: a device running the
     exported adapter must answer them too (checks export and swap, not learning)."""
 
@@ -102,6 +102,8 @@ class LoraResult:
     examples: tuple[TrainingExample, ...]
     """The examples the round ended up with, held-out ones included: relabeled ones with
     their new answers; records the vote left out are not in it."""
+    holdout: tuple[TrainingExample, ...] = ()
+    """The examples held out of training (``config.holdout_fraction``), full prompts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ def train_lora(
     report.seconds = time.perf_counter() - t0
     (out_dir / "train_report.json").write_text(json.dumps(asdict(report), indent=2))
     log.info("trained %d steps in %.0f s", report.steps, report.seconds)
-    return LoraResult(out_dir, report, tuple(examples))
+    return LoraResult(out_dir, report, tuple(examples), tuple(data.holdout))
 
 
 def _import_torch() -> Any:

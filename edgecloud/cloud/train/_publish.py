@@ -14,7 +14,7 @@ from edgecloud.errors import ConfigError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edgecloud.adapters._manifest import AdapterScope
+    from edgecloud.adapters._manifest import AdapterCalibration, AdapterScope
 
 __all__ = ["load_signing_key", "publish_version"]
 
@@ -48,6 +48,7 @@ def publish_version(
     until: float | None,
     records: int,
     rollout_percent: float,
+    calibration: AdapterCalibration | None = None,
 ) -> int:
     """Sign the adapter's files into a new version of ``cloud.train.adapter_id`` and roll
     it out to ``rollout_percent`` of the devices; returns the version."""
@@ -73,6 +74,7 @@ def publish_version(
         metrics=report.metrics(),
         canary=report.canary,
         scope=scope,
+        calibration=calibration,
     )
     registry.rollout(cfg.adapter_id, manifest.version, rollout_percent)
     return manifest.version

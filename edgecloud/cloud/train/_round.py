@@ -8,6 +8,7 @@ where a round of several minutes is.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from edgecloud.cloud._settings import CloudSettings
 from edgecloud.cloud.train._base import base_model
+from edgecloud.cloud.train._calibrate import CalibrationResult, calibrate
 from edgecloud.cloud.train._examples import TrainingExample, examples_from_records
 from edgecloud.cloud.train._lora import StageCallback, TrainProgress, TrainReport, train_lora
 from edgecloud.cloud.train._publish import load_signing_key, publish_version
@@ -42,6 +44,10 @@ class RoundResult:
     version: int | None = None
     rollout_percent: float | None = None
     scope: AdapterScope | None = None
+    calibration: CalibrationResult | None = None
+    """The version's thresholds and what was measured to fit them (None: not calibrated)."""
+    refused: str | None = None
+    """Why the round did not publish although asked to (device-plus-cloud got worse)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -136,7 +142,7 @@ def run_round(
             f"least {cfg.min_records} (cloud.train.min_records)"
         )
     stages.start("base", "loading the base model")
-    model_dir, _gguf, base_sha, arch = base_model(settings, base_gguf)
+    model_dir, device_gguf, base_sha, arch = base_model(settings, base_gguf)
     stages.start("train", f"training from {len(examples)} examples ({len(rejected)} to relabel)")
     out_dir.mkdir(parents=True, exist_ok=True)
     trained = train_lora(
@@ -156,16 +162,39 @@ def run_round(
     stages.start("export", "exporting the llama.cpp LoRA GGUF")
     gguf = export_lora_gguf(trained.peft_dir, out_dir / "adapter.gguf", architecture=arch)
     result = RoundResult(trained.report, out_dir, gguf, trained.peft_dir, n_records, scope=scope)
-    if key is not None:
+    if cfg.calibration.enabled:
+        stages.start("calibrate", "calibrating the version's escalation thresholds")
+        result.calibration = calibrate(
+            cfg, base_gguf=device_gguf, adapter_gguf=gguf, holdout=trained.holdout,
+            canary=trained.report.canary, scope=scope,
+            encoder=knowledge.encoder if knowledge is not None else None, on_stage=on_stage,
+        )  # fmt: skip
+        trained.report.canary = result.calibration.canary
+        _write_calibration(out_dir / "calibration.json", result.calibration)
+        result.refused = result.calibration.refused
+        if result.refused is not None:
+            stages.tell(f"refused: {result.refused}")
+    if key is not None and result.refused is None:
         stages.start("publish", "signing and publishing")
         result.version = publish_version(
             settings, key, gguf=gguf, peft_dir=trained.peft_dir, base_sha256=base_sha,
             architecture=arch, report=trained.report, scope=scope, since=since, until=until,
             records=n_records, rollout_percent=rollout_percent,
+            calibration=result.calibration.calibration if result.calibration else None,
         )  # fmt: skip
         result.rollout_percent = rollout_percent
     result.stage_seconds = stages.finish()
     return result
+
+
+def _write_calibration(path: Path, result: CalibrationResult) -> None:
+    cal = result.calibration
+    path.write_text(json.dumps({
+        "calibration": cal.model_dump(mode="json") if cal is not None else None,
+        "refused": result.refused,
+        "measured": result.measured,
+        "rows": result.rows,
+    }, indent=1, default=str))  # fmt: skip
 
 
 def _check_replay(
