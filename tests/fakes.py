@@ -53,6 +53,7 @@ class ScriptedBackend(TextBackend):
         cancel: threading.Event | None = None,
         *,
         prefix: str = "",
+        use_adapter: bool = True,
     ) -> Iterator[Chunk | Finish]:
         if self.closed:
             raise BackendClosedError("closed")

@@ -103,11 +103,12 @@ def publish_fake(
     adapter_id: str = "default",
     base_sha: str = BASE_SHA,
     arch: str = ARCH,
-    canary: Sequence[Mapping[str, str]] = (),
+    canary: Sequence[Mapping[str, Any]] = (),
     size: int = 0,
     extra: Mapping[str, bytes] | None = None,
     gguf: Path | None = None,
     scope: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Publish one version holding a fake ``adapter.gguf`` and a small peft dir."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,7 @@ def publish_fake(
         "metrics": {"holdout_accuracy": 0.5},
         "canary": list(canary),
         "scope": scope,
+        "calibration": calibration,
     }
     return registry.publish(files, key=key, **kwargs)
 

@@ -207,6 +207,53 @@ def test_refusals_leave_the_running_version(
     assert not (tmp_path / "outside.gguf").exists()
 
 
+def test_the_canary_checks_the_versions_calibrated_decisions(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    # The fake answers every token at logprob -0.1: thresholds of -0.5 never escalate it.
+    calibration = {"window": 1, "min_mean_logprob": -0.5, "target_wrong_rate": 0.03,
+                   "examples": 12}  # fmt: skip
+    agrees = [{"prompt": "Capital of France?", "expect": "paris", "escalate": False}]
+    differs = [{"prompt": "Capital of France?", "expect": "paris", "escalate": True}]
+    publish_fake(registry, key, tmp_path / "src", answer="it is paris", canary=agrees,
+                 calibration=calibration)  # fmt: skip
+    publish_fake(registry, key, tmp_path / "src", answer="it is paris", canary=differs,
+                 calibration=calibration)  # fmt: skip
+    backend = FakeAdapterBackend()
+    routed: list[Any] = []
+
+    async def body() -> None:
+        async with serving(registry, tmp_path) as server:
+            client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
+            m = manager(backend, config(key), tmp_path / "d1", client, on_swap=routed.append)
+            m.start()
+            assert await m.apply(offer(registry, 1)) == 1
+            assert routed[-1].version == 1 and routed[-1].calibration.min_mean_logprob == -0.5
+            # Right answer, but the device's router would not escalate where the round's
+            # did: this runtime does not run the adapter as measured. Back to version 1.
+            with pytest.raises(AdapterCanaryError):
+                await m.apply(offer(registry, 2))
+            assert m.current_version == 1 and routed[-1].version == 1
+            assert status(registry)[-1] == ("robot-1", 2, "canary_failed")
+            await client.close()
+
+    run(body)
+
+    async def own_thresholds() -> None:
+        # A device that keeps its own thresholds (calibration off) neither gets nor checks
+        # them: version 2's right answer passes.
+        async with serving(registry, tmp_path) as server:
+            client = AdapterSyncClient(f"127.0.0.1:{server.port}", tls=False)
+            cfg = config(key, calibration=False)
+            m = manager(FakeAdapterBackend(), cfg, tmp_path / "d2", client, on_swap=routed.append)
+            m.start()
+            assert await m.apply(offer(registry, 2)) == 2
+            assert routed[-1].version == 2 and routed[-1].calibration is None
+            await client.close()
+
+    run(own_thresholds)
+
+
 def test_canary_failure_rolls_back_and_reports(
     registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:

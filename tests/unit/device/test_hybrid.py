@@ -484,3 +484,46 @@ def test_a_retraction_with_nothing_after_it_comes_on_an_empty_chunk() -> None:
     assert (last.text, last.token_id, last.retracted) == ("", -1, len(" three"))
     assert r.text == shown_text(chunks) == "one two" and r.finish_reason == "stop"
     assert r.usage.completion_tokens == r.confidence.tokens == 2 and r.source == "local"
+
+
+def test_an_adapter_versions_calibration_governs_the_requests_it_answers(tmp_path: Path) -> None:
+    from edgecloud.adapters._manifest import AdapterCalibration, AdapterRouting, AdapterScope
+
+    cloud = FakeCloud("a")
+    backend = ScriptedBackend("one two three four five six seven eight", delay=0.0)
+    log = EscalationLog(tmp_path / "log.sqlite3")
+    made: list[HybridEngine] = []
+
+    def engine() -> HybridEngine:
+        pool = EndpointPool([Endpoint(cloud, CircuitBreaker(failures=2, cooldown_s=60))])
+        made.append(HybridEngine(backend, pool=pool, router=CALM, cloud=DeviceCloudConfig(),
+                                 log=log))  # fmt: skip
+        return made[-1]
+
+    client = Client(backend, engine=engine)
+    assert not client.generate("hi", max_tokens=6).route.escalated  # type: ignore[union-attr]
+    # The version's thresholds (those of TRIP) apply while it runs...
+    calibration = AdapterCalibration(window=2, min_mean_logprob=-1.2, min_tokens=2,
+                                     target_wrong_rate=0.03, examples=20)  # fmt: skip
+    made[0].set_adapter_routing(AdapterRouting(3, None, calibration))
+    r = client.generate("hi", max_tokens=6)
+    assert r.route is not None and r.route.escalated and r.route.local_tokens_before_handoff == 3
+    assert log.pending(10)[-1].extra["adapter_version"] == 3
+    # ...not to requests its scope leaves to the base model...
+    never = AdapterScope(encoder="e", weights=(0.0,), bias=-10.0)
+
+    class OneDim:
+        identity, dim = "e", 1
+
+        def encode(self, texts: Sequence[str]) -> Any:
+            import numpy as np
+
+            return np.zeros((len(texts), 1), dtype=np.float32)
+
+    made[0].set_adapter_routing(AdapterRouting(3, never, calibration), encoder=OneDim())  # type: ignore[arg-type]
+    assert not client.generate("hi", max_tokens=6).route.escalated  # type: ignore[union-attr]
+    # ...and the device's own come back with the base model (a rollback).
+    made[0].set_adapter_routing(AdapterRouting())
+    r = client.generate("hi", max_tokens=6)
+    assert r.route is not None and not r.route.escalated and made[0].adapter_version is None
+    client.close()
