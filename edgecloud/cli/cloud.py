@@ -210,6 +210,51 @@ def hash_token_command(
     emit("token_hash", token=token, sha256=hash_token(token))
 
 
+@cloud_app.command("shadow")
+def shadow_command(
+    since: Annotated[
+        Optional[str],
+        typer.Option(help="Records received since: a duration (24h, 7d) or ISO time; default all."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the devices' confidently-wrong rate per adapter version, from shadow checks.
+
+    One `shadow` JSON line per version (the base model first): how many confident device
+    answers the cloud checked (device.shadow) and how many it disagreed with.
+    """
+    import time
+
+    from edgecloud.cloud._records import RecordStore
+    from edgecloud.cloud._server import records_path
+
+    start = _since_option(since, time.time()) if since is not None else None
+    try:
+        settings = load_settings(config)
+        store = RecordStore(records_path(settings.cloud, settings.cache_dir))
+    except EdgeCloudError as exc:
+        raise fail(exc) from None
+    try:
+        rows = store.shadow_stats(start)
+    finally:
+        store.close()
+    for row in rows:
+        emit("shadow", adapter_version=row.adapter_version, checked=row.checked,
+             disagreed=row.disagreed,
+             confidently_wrong_rate=round(row.confidently_wrong_rate, 4))  # fmt: skip
+
+
+def _since_option(text: str, now: float) -> float:
+    """``--since`` as Unix seconds (see :func:`edgecloud.cloud.train.parse_since`)."""
+    from edgecloud.cloud.train import parse_since
+    from edgecloud.errors import InvalidRequestError
+
+    try:
+        return parse_since(text, now)
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+
+
 class _RoundProgress:
     """A round's stages and training steps, shown with rich on stderr."""
 
@@ -287,14 +332,10 @@ def train_command(
     """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
     import time
 
-    from edgecloud.cloud.train import parse_since, run_round
-    from edgecloud.errors import InvalidRequestError
+    from edgecloud.cloud.train import run_round
 
     now = time.time()
-    try:
-        start = parse_since(since, now)
-    except InvalidRequestError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+    start = _since_option(since, now)
     options = {"adapter_id": adapter_id, "epochs": epochs, "include_passages": with_passages}
     try:
         settings = load_settings(config)

@@ -9,6 +9,11 @@ the service or the machine.
 
 Each record keeps the identity of the device that uploaded it (its token name,
 ``None`` when the service runs without auth); the first upload of an id wins.
+
+Shadow records (``extra["kind"] == "shadow"``: a confident device answer the cloud was
+asked too, see ``device.shadow``) say whether the two agreed; :meth:`RecordStore.shadow_stats`
+sums them up per adapter version, the confidently-wrong rate an operator watches after
+each rollout.
 """
 
 from __future__ import annotations
@@ -29,12 +34,18 @@ from edgecloud.common.records import (
     record_row,
 )
 
-__all__ = ["RecordStore", "StoredRecord"]
+__all__ = ["RecordStore", "ShadowSummary", "StoredRecord"]
 
 _OWN = (("device", "TEXT"), ("received_at", "REAL NOT NULL"))
 _SCHEMA = create_table_sql("escalations", _OWN, index=("escalations_received", "received_at"))
 _COLUMNS = ", ".join(name for name, _ in (*RECORD_COLUMNS, *_OWN))
 _MARKS = ", ".join("?" * (len(RECORD_COLUMNS) + len(_OWN)))
+# The model that gave a shadowed answer: the adapter version the record names, unless
+# the request was outside that adapter's scope (the base model answered it then).
+_ANSWERED_BY = (
+    "CASE WHEN json_extract(signals, '$.adapter_in_scope') = 0 THEN NULL "
+    "ELSE json_extract(extra, '$.adapter_version') END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,22 @@ class StoredRecord:
     record: EscalationRecord
     device: str | None
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSummary:
+    """The shadow checks of the answers one model version gave, across devices."""
+
+    adapter_version: int | None
+    """None: the base model (no adapter, or a request outside the adapter's scope)."""
+    checked: int
+    disagreed: int
+    """Checks where the cloud's answer did not agree with the device's."""
+
+    @property
+    def confidently_wrong_rate(self) -> float:
+        """``disagreed / checked``: the share of confident answers the cloud contradicted."""
+        return self.disagreed / self.checked if self.checked else 0.0
 
 
 class RecordStore:
@@ -102,6 +129,25 @@ class RecordStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY received_at, rowid", args).fetchall()
         return [_row_to_record(row) for row in rows]
+
+    def shadow_stats(self, since: float | None = None) -> list[ShadowSummary]:
+        """Shadow records received at or after ``since`` (None: all), summed up per
+        adapter version that answered; the base model (None) first, then by version."""
+        query = (
+            f"SELECT {_ANSWERED_BY} AS version, COUNT(*), "
+            "COALESCE(SUM(json_extract(extra, '$.agree') = 0), 0) "
+            "FROM escalations WHERE json_extract(extra, '$.kind') = 'shadow'"
+        )
+        args: tuple[Any, ...] = ()
+        if since is not None:
+            query += " AND received_at >= ?"
+            args = (since,)
+        query += " GROUP BY version ORDER BY version IS NOT NULL, version"
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [
+            ShadowSummary(None if v is None else int(v), int(n), int(bad)) for v, n, bad in rows
+        ]
 
     def __len__(self) -> int:
         with self._lock:

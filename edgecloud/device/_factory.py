@@ -53,7 +53,7 @@ def build_engine(backend: TextBackend, settings: DeviceSettings) -> HybridEngine
         learned = (LearnedRouter.load(dev.router.learned_path), SentenceEncoder())
     return HybridEngine(
         backend, pool=pool, router=dev.router, cloud=dev.cloud, log=escalation_log,
-        learned=learned, replay_rate=dev.log.replay_rate,
+        learned=learned, replay_rate=dev.log.replay_rate, shadow=dev.shadow,
     )  # fmt: skip
 
 

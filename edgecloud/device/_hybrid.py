@@ -26,6 +26,10 @@ One request flows like this:
    decoding (the ``speculative`` option): the device drafts, the cloud verifies.
 6. Every escalation is written to the escalation log for upload and training, with
    the part of the device's text the cloud rejected.
+7. A share of the confident local answers is asked of the cloud as well, in the
+   background once the answer was delivered (shadow checks, ``device.shadow``): whether
+   the cloud agrees is recorded per adapter version, and a disagreement is a labelled
+   record for the next round.
 
 The app sees one stream; each chunk carries ``source="local"`` or ``"cloud"``.
 """
@@ -45,9 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgecloud.common.aio import DONE, pump_events
 from edgecloud.common.records import EscalationRecord
+from edgecloud.common.text import same_answer
 from edgecloud.device._answer import Emitter, Transcript
 from edgecloud.device._escalation_log import EscalationLog
-from edgecloud.device._settings import DeviceCloudConfig
+from edgecloud.device._settings import DeviceCloudConfig, DeviceShadowConfig
+from edgecloud.device._shadow import ShadowChecks, ShadowStats
 from edgecloud.errors import EdgeCloudError, InvalidRequestError, TransportError
 from edgecloud.router import (
     BudgetPolicy,
@@ -162,7 +168,8 @@ class HybridEngine:
         learned: a learned router and the encoder that embeds prompts for it.
         replay_rate: share of confident local answers logged as replay records
             (``device.log.replay_rate``).
-        seed: seeds the replay sampling (tests).
+        shadow: shadow checks of confident local answers (``device.shadow``); None: off.
+        seed: seeds the replay and shadow sampling (tests).
     """
 
     def __init__(
@@ -175,11 +182,13 @@ class HybridEngine:
         log: EscalationLog | None = None,
         learned: tuple[LearnedRouter, SentenceEncoder] | None = None,
         replay_rate: float = 0.0,
+        shadow: DeviceShadowConfig | None = None,
         seed: int | None = None,
     ) -> None:
         self.backend = backend
         self.replay_rate = replay_rate
         self._replay_rng = random.Random(seed)
+        self._shadows = ShadowChecks(shadow or DeviceShadowConfig(), seed)
         self.pool = pool
         self.router_cfg = router
         self.cloud_cfg = cloud
@@ -395,14 +404,8 @@ class HybridEngine:
             for c in local[shown:]:
                 yield c
             assert finish is not None
-            if (
-                monitor is not None
-                and monitor.fired is None
-                and finish.reason == "stop"
-                and self._replay_rng.random() < self.replay_rate
-            ):
-                text = "".join(c.text for c in local)
-                self._record(prompt, text, "", info, t0, params.stop, finish.reason, replay=True)
+            if monitor is not None and monitor.fired is None and finish.reason == "stop":
+                self._confident(prompt, params, local, info, signals, t0, use_adapter)
             yield Finish(finish.reason, finish.prompt_tokens, finish.completion_tokens, route=info)
             return
         info = RouteInfo(handoff.policy, handoff.reason, dict(handoff.signals))
@@ -410,6 +413,123 @@ class HybridEngine:
             prompt, params, local, shown, info, cancel, False, use_adapter
         ):
             yield ev
+
+    def _confident(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        local: Sequence[Chunk],
+        info: RouteInfo,
+        signals: RequestSignals,
+        t0: float,
+        use_adapter: bool,
+    ) -> None:
+        """A confident local answer (the monitor watched and did not fire, and the answer
+        ended by itself): sample it for a replay record and for a shadow check.
+
+        A checked answer gets the check's record instead of a replay record (an agreement
+        is replayed in training, a disagreement must not be); the replay record is
+        written only if the check fails.
+        """
+        replay = self._replay_rng.random() < self.replay_rate
+        if self._shadows.sample() and self._may_shadow(signals):
+            # The version that answered: another may be swapped in before the cloud replies.
+            version = self.adapter_version
+            answered_by = version if use_adapter else None  # outside the scope: the base model
+            check = self._shadow(prompt, params, local, info, t0, version, answered_by, replay)
+            self._shadows.start(check)
+            return
+        if replay:
+            text = "".join(c.text for c in local)
+            self._record(prompt, text, "", info, t0, params.stop, "stop", replay=True)
+
+    def _may_shadow(self, signals: RequestSignals) -> bool:
+        """Whether a shadow check may start now: a slot is free, an endpoint is up, and
+        the cloud budget (``device.router.budget_tokens_*``) is not spent."""
+        if self._closed or self._shadows.full() or not self._available():
+            return False
+        now = time.monotonic()
+        spent = replace(
+            signals,
+            cloud_tokens_last_hour=self.usage.since(now, 3600),
+            cloud_tokens_last_day=self.usage.since(now, 86_400),
+        )
+        return self._budget.decide(spent) is None
+
+    async def _shadow(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        local: Sequence[Chunk],
+        info: RouteInfo,
+        t0: float,
+        version: int | None,
+        answered_by: int | None,
+        replay: bool,
+    ) -> None:
+        """One shadow check, a background task: ask the cloud the same prompt with the
+        same parameters, compare its answer with the device's (:func:`same_answer`), count
+        it for ``answered_by`` and record it (``extra["kind"] == "shadow"``, ``agree``,
+        and the device's per-token signals, as ``edgecloud router calibrate`` reads them).
+
+        A check that fails or times out is logged and dropped; the replay record the
+        answer was sampled for (``replay``), if any, is written then.
+        """
+        text = "".join(c.text for c in local)
+        answered_in = time.perf_counter() - t0  # the replay record's latency, if one is due
+        start = time.perf_counter()
+        rnd = _Round()
+        timeout = self._shadows.config.timeout_s
+        try:
+            await asyncio.wait_for(self._cloud_answer(prompt, params, rnd), timeout)
+        except asyncio.TimeoutError:
+            rnd.endpoint, rnd.failure = None, f"no answer within {timeout:g} s"
+        except Exception as exc:  # noqa: BLE001 - a background check must never fail anything
+            log.warning("shadow check failed unexpectedly: %r", exc)
+            rnd.endpoint, rnd.failure = None, repr(exc)
+        done = rnd.done if rnd.endpoint is not None else None
+        if done is None or rnd.endpoint is None:
+            log.info("shadow check dropped: %s", rnd.failure or "no cloud endpoint answered")
+            if replay:
+                self._record(prompt, text, "", info, time.perf_counter() - answered_in,
+                             params.stop, "stop", replay=True,
+                             extra={"adapter_version": version})  # fmt: skip
+            return
+        self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+        cloud = "".join(rnd.texts)
+        agree = same_answer(text, cloud)
+        self._shadows.count(answered_by, agree)
+        tokens = [c for c in local if c.token_id >= 0]
+        extra = {
+            "kind": "shadow",
+            "agree": agree,
+            "adapter_version": version,
+            "logprobs": [round(c.logprob, 4) for c in tokens],
+            "entropies": [round(c.entropy, 4) for c in tokens],
+        }
+        route = replace(info, endpoint=rnd.endpoint.target, passages=done.passages)
+        self._record(prompt, text, cloud, route, start, params.stop, done.reason, extra=extra)
+
+    async def _cloud_answer(
+        self, prompt: str | Sequence[ChatMessage], params: SamplingParams, rnd: _Round
+    ) -> None:
+        """The cloud's own answer to ``prompt`` into ``rnd``, shown to no one."""
+        answer = Transcript()
+        exchange = self._ask_cloud(
+            prompt, params, answer, Emitter(answer), rnd, CancelScope(), verify=False
+        )
+        async with contextlib.aclosing(exchange) as chunks:
+            async for _ in chunks:
+                pass
+
+    def shadow_stats(self) -> dict[int | None, ShadowStats]:
+        """What the shadow checks found so far, per adapter version that answered (None:
+        the base model, which also answers the requests outside an adapter's scope)."""
+        return self._shadows.stats()
+
+    async def wait_shadows(self) -> None:
+        """Return once the shadow checks in flight now have ended."""
+        await self._shadows.wait()
 
     def _draft_length(self, params: SamplingParams, speculative: int | None) -> int:
         """The speculative draft length for a request (0: no speculative decoding)."""
@@ -835,8 +955,11 @@ class HybridEngine:
         }
         if replay:
             fields["kind"] = "replay"  # a confident local answer, not an escalation
-        if self.adapter_version is not None:
-            fields["adapter_version"] = self.adapter_version
+        # A record written after the answer (a shadow check) names the version that gave
+        # it in ``extra``; the others were given by the version running now.
+        version = fields.pop("adapter_version", self.adapter_version)
+        if version is not None:
+            fields["adapter_version"] = version
         if not isinstance(prompt, str):
             fields["messages"] = [m.model_dump() for m in prompt]
         if route.endpoint:
@@ -877,7 +1000,8 @@ class HybridEngine:
         return 0
 
     async def aclose(self) -> None:
-        """Close the cloud endpoints and the escalation log; later calls do nothing.
+        """Cancel the shadow checks in flight, close the cloud endpoints and the escalation
+        log; later calls do nothing.
 
         The local backend is not closed: the engine was handed it and does not own it.
         """
@@ -885,6 +1009,7 @@ class HybridEngine:
             return
         self._closed = True
         try:
+            await self._shadows.aclose()  # before the endpoints they use
             if self.pool is not None:
                 await self.pool.close()
         finally:

@@ -17,6 +17,7 @@ __all__ = [
     "DeviceCloudConfig",
     "DeviceConfig",
     "DeviceSettings",
+    "DeviceShadowConfig",
     "EndpointConfig",
     "EscalationLogConfig",
     "LocalModelConfig",
@@ -137,6 +138,43 @@ class EscalationLogConfig(Section):
     )
 
 
+class DeviceShadowConfig(Section):
+    """Shadow checks: confident local answers also asked of the cloud, in the background.
+
+    A confident answer never escalates, so a device that is confidently wrong (after an
+    adapter swap, say) goes unseen. A shadow check asks the cloud the same prompt after
+    the answer was delivered and records whether the two agree: the disagreements are
+    labelled examples for the next round, and the confidently-wrong rate per adapter
+    version is what ``edgecloud cloud shadow`` reports.
+    """
+
+    rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of confident local answers (the router watched and did not hand off; "
+            "the answer ended by itself) also asked of the cloud in the background, off "
+            "the answer's path, within the device.router budget. 0: off."
+        ),
+    )
+    max_in_flight: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Shadow checks running at once; an answer sampled while that many run is not "
+            "checked (never queued)."
+        ),
+    )
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a shadow check may take; one that takes longer is dropped.",
+    )
+
+
 class DeviceAdaptersConfig(Section):
     """LoRA adapters the device receives from the cloud, verifies and hot-swaps."""
 
@@ -214,6 +252,7 @@ class DeviceConfig(Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
     adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
+    shadow: DeviceShadowConfig = Field(default_factory=DeviceShadowConfig)
 
 
 class DeviceSettings(Protocol):

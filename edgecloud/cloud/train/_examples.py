@@ -6,7 +6,10 @@ the hand-off (``local_partial``) and what the cloud answered after it
 request's stop sequences. An example is the prompt and the answer the device
 should give to it alone, ending where the request ended. Replay records
 (confident local answers, ``device.log.replay_rate``) are mixed in as examples
-of what the device should keep answering the same way.
+of what the device should keep answering the same way. Shadow records (a confident
+local answer the cloud was asked too, ``device.shadow``) are labelled by the cloud:
+where it disagreed, its answer is learned as an escalation's would be; where it
+agreed, the device's answer is replayed.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class TrainingExample:
     record_id: str = ""
     replay: bool = False
     """A confident local answer the device already gives (keeps it from being forgotten)."""
+    shadow: bool = False
+    """From a shadow check (``device.shadow``): the cloud answered the same prompt after
+    the device had answered it confidently (``replay``: the two agreed)."""
 
 
 def examples_from_records(
@@ -63,7 +69,11 @@ def examples_from_records(
     one answer (with its passages, or without when it had none). Replay records
     (confident local answers, ``extra["kind"] == "replay"``, see
     ``device.log.replay_rate``) become examples of what the device should keep
-    answering the same way.
+    answering the same way. Shadow records (``extra["kind"] == "shadow"``, see
+    ``device.shadow``) where the cloud disagreed become examples of the cloud's answer
+    alone (it answered from scratch: the device's answer is no prefix of it), kept or
+    relabelled as escalations are; where it agreed, replay examples of the device's
+    answer.
     """
     keep: list[TrainingExample] = []
     relabel: list[TrainingExample] = []
@@ -72,6 +82,18 @@ def examples_from_records(
         extra = dict(r.extra)
         finish = extra.get("finish", "stop")
         answer = r.local_partial + r.cloud_answer
+        replay = extra.get("kind") == "replay"
+        shadow = extra.get("kind") == "shadow"
+        passages = tuple(
+            str(p.get("text", "")) for p in extra.get("passages", []) if isinstance(p, dict)
+        )
+        if shadow and extra.get("agree") is True:
+            # The device's answer, confirmed: trained as a replay record is (the round
+            # checks replayed answers against the knowledge base itself). The device
+            # checks only answers it finished itself; ``finish`` is the cloud's.
+            answer, finish, replay, passages = r.local_partial, "stop", True, ()
+        elif shadow:
+            answer = r.cloud_answer
         if finish == "cancelled" or not answer.strip():
             continue
         if "messages" in extra:
@@ -86,10 +108,6 @@ def examples_from_records(
             terminator = stop[0]
         else:
             terminator = None
-        passages = tuple(
-            str(p.get("text", "")) for p in extra.get("passages", []) if isinstance(p, dict)
-        )
-        replay = extra.get("kind") == "replay"
         example = TrainingExample(
             prompt=r.prompt,
             answer=answer,
@@ -97,6 +115,7 @@ def examples_from_records(
             passages=tuple(p for p in passages if p),
             record_id=r.id,
             replay=replay,
+            shadow=shadow,
         )
         to_vote = relabel_all and not replay
         if to_vote or (require_grounded and passages and not grounded(answer, passages)):

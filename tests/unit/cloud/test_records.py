@@ -55,3 +55,33 @@ def test_a_failed_batch_stores_nothing(tmp_path: Path) -> None:
     else:  # pragma: no cover - the test's premise
         raise AssertionError("expected TypeError")
     assert len(store) == 0
+
+
+def shadow(i: int, version: int | None, agree: bool, **signals: object) -> EscalationRecord:
+    extra: dict[str, object] = {"kind": "shadow", "agree": agree}
+    if version is not None:
+        extra["adapter_version"] = version
+    return record(i, extra=extra, signals=signals)
+
+
+def test_shadow_stats_sum_up_the_checks_per_version_that_answered(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "r.db")
+    store.store([shadow(1, 3, False), shadow(2, 3, True), shadow(3, 3, False)], received_at=100.0)
+    store.store(
+        [
+            shadow(4, None, True),
+            shadow(5, 2, True),
+            # Outside version 3's scope the base model answered: it counts for the base.
+            shadow(6, 3, False, adapter_in_scope=False),
+            shadow(7, 3, True, adapter_in_scope=True),
+            record(8),  # an escalation: no check
+            record(9, extra={"kind": "replay", "adapter_version": 3}),
+        ],
+        received_at=200.0,
+    )
+    got = [(s.adapter_version, s.checked, s.disagreed) for s in store.shadow_stats()]
+    assert got == [(None, 2, 1), (2, 1, 0), (3, 4, 2)]
+    assert [s.confidently_wrong_rate for s in store.shadow_stats()] == [0.5, 0.0, 0.5]
+    recent = [(s.adapter_version, s.checked, s.disagreed) for s in store.shadow_stats(since=150.0)]
+    assert recent == [(None, 2, 1), (2, 1, 0), (3, 1, 0)]
+    assert store.shadow_stats(since=300.0) == []

@@ -75,6 +75,30 @@ def test_replay_records_become_replay_examples() -> None:
     assert ex.replay and ex.answer == " Paris" and ex.terminator == "\n"
 
 
+def test_shadow_records_are_labelled_by_the_cloud() -> None:
+    def checked(local: str, cloud: str, agree: bool, finish: str = "stop") -> StoredRecord:
+        extra = {"kind": "shadow", "agree": agree, "stop": ["\n"], "finish": finish,
+                 "passages": [{"text": PASSAGE, "source": "k.md"}]}  # fmt: skip
+        return stored(local_partial=local, cloud_answer=cloud, extra=extra)
+
+    wrong, right = checked(" 100 kg", " 22.0 kg", False), checked(" 22.0 kg", " 22.0 kg.", True)
+    cut = checked(" 22", " 22.0 kg", True, finish="length")  # the cloud's answer was cut
+    (learned, replayed, replayed_cut), _ = examples_from_records([wrong, right, cut])
+    # The cloud answered from scratch: its answer alone, never after the device's.
+    assert (learned.answer, learned.terminator, learned.passages) == (" 22.0 kg", "\n", (PASSAGE,))
+    assert learned.shadow and not learned.replay
+    # Confirmed: the device's answer, replayed; it ended by itself whatever the cloud did.
+    assert (replayed.answer, replayed.terminator, replayed.passages) == (" 22.0 kg", "\n", ())
+    assert replayed.shadow and replayed.replay
+    assert (replayed_cut.answer, replayed_cut.terminator) == (" 22", "\n")
+    # A disagreement goes through the grounding check and the vote as an escalation does.
+    kept, voted = examples_from_records([checked(" 22.0 kg", " 100 kg", False)])
+    assert kept == [] and [(e.answer, e.shadow) for e in voted] == [(" 100 kg", True)]
+    kept, voted = examples_from_records([wrong, right], relabel_all=True)
+    assert [e.answer for e in kept] == [" 22.0 kg"] and kept[0].replay
+    assert [e.answer for e in voted] == [" 22.0 kg"] and not voted[0].replay
+
+
 def test_holdout_split_is_seeded_stable_and_never_empties_training() -> None:
     exs = [TrainingExample(f"q{i}", "a", record_id=f"r{i}") for i in range(200)]
     train, held = split_holdout(exs, 0.2, seed=0)
