@@ -1,33 +1,42 @@
-"""The learning loop end to end: escalations → LoRA → signed GGUF → hot-swap → fewer escalations.
+"""The learning loop end to end, on any domain: escalations → LoRA → signed GGUF → hot-swap.
 
 On the embedded default models, all in this process and over gRPC on 127.0.0.1:
 
-1. A cloud service (torch, the Gemma 3 270M base dequantized) with the fleet
-   manual (``bench/data/fleet_manual``, made by ``bench/data/make_fleet.py``) as
-   its knowledge base, an adapter registry and a fresh Ed25519 signing key.
+1. A cloud service (torch, the Gemma 3 270M base dequantized) with the domain's
+   knowledge directory (``--knowledge``; the fleet manual by default) as its
+   knowledge base, an adapter registry and a fresh Ed25519 signing key.
 2. A device (llama.cpp, the same base as Q4_K_M GGUF) with the hybrid engine:
    the confidence-window router (window 4, from the first token, 4 tokens held
    back so a hand-off lets the cloud answer from scratch) and an escalation log.
-3. **Before**: on held-out questions of the domain (the fourth phrasing of each
-   fact, which no device ever sends) and on a general set, the device answers
-   locally (greedy, one line) and we note whether the router would escalate
-   (the monitor's own rule, :func:`edgecloud.router.window_extremes`, over the
-   same tokens).
-4. **Collect**: the device asks the first three phrasings of each fact through
-   the hybrid engine; what it escalates is answered by the cloud (with
-   retrieval), logged, and uploaded to the cloud's record store. It also
-   serves its everyday traffic (``bench/data/general_traffic.txt``, disjoint
-   from the general evaluation set): confident local answers are logged as
-   replay records (``device.log.replay_rate``), so the round keeps them.
+3. **Collect**: the device asks the first ``--asked`` phrasings of each fact
+   (``--facts``) through the hybrid engine; what it escalates is answered by the
+   cloud (with retrieval), logged, and uploaded to the cloud's record store. It
+   also serves its everyday traffic (``--traffic``, disjoint from the general set):
+   confident local answers are logged as replay records
+   (``device.log.replay_rate``), so the round keeps them.
+4. **Before**: on the held-out phrasings (the rest of each fact's, which no device
+   ever sends) and on a general set (``--general``), the whole system answers:
+   the device with automatic routing, the cloud where the engine escalates (the
+   system pass), and the device alone (``route="local"``, the local pass). The
+   evaluation asks through a second engine on the same backend and cloud whose
+   escalation log is off: held-out questions never become training records.
 5. **Round** (timed): ``run_round`` reads the records, trains a LoRA (peft) on
    the device's base, exports the llama.cpp GGUF, signs and publishes it with
    100% rollout; the device's ``AdapterManager``, watching the cloud over
-   ``WatchAdapters``, fetches, verifies, installs, hot-swaps and runs its canary.
-6. **After**: step 3 again with the adapter on.
+   ``WatchAdapters``, fetches, verifies, installs, hot-swaps and runs its canary,
+   and hands both engines the version's routing (its scope and calibrated
+   escalation thresholds, ``manifest.calibration``).
+6. **After**: step 4 again with the adapter swapped in.
 
-    python bench/learning_loop.py [--facts 24] [--epochs N] [--passages]
+Reported before and after, on the held-out phrasings: answered locally and right,
+answered wrong with no escalation, the escalation rate (and its cut), and the
+accuracy of device plus cloud, also on the general set; and the round's time.
 
-Prints a table; writes bench/results/learning_loop.json and learning_loop.png.
+    python bench/learning_loop.py --domain greenhouse [--facts-limit 24] [--passages]
+    python bench/learning_loop.py --knowledge DIR --facts FACTS.json [--general G.jsonl]
+        [--traffic T.txt] [--asked 3] [--name NAME]
+
+Prints a table; writes bench/results/learning_loop-<name>.json and .png.
 """
 
 from __future__ import annotations
@@ -39,16 +48,17 @@ import os
 import platform
 import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _domain import DOMAINS, Domain, InputError, Item, resolve
 from knowledge_eval import few_shot_prompt, is_right
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "bench" / "data"
-MANUAL = DATA / "fleet_manual"
 RESULTS = ROOT / "bench" / "results"
 
 ROUTER = {
@@ -56,64 +66,83 @@ ROUTER = {
     "min_tokens": 1,
     "holdback_tokens": 4,
 }
+RATES = (
+    ("domain_local_right_rate", "domain", "local_right_rate", "answered locally and right"),
+    ("domain_wrong_unescalated_rate", "domain", "wrong_unescalated_rate",
+     "answered wrong, not escalated"),
+    ("domain_escalation_rate", "domain", "escalation_rate", "escalation rate"),
+    ("domain_system_accuracy", "domain", "accuracy", "device + cloud accuracy"),
+    ("general_system_accuracy", "general", "accuracy", "general: device + cloud accuracy"),
+)  # fmt: skip
+"""The system pass's figures for the table and the plot: (summary key, set, key of
+:func:`rates`, label); the first four are on the held-out domain phrasings."""
 
 
-def load_sets(n_facts: int, n_general: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    facts = json.loads((DATA / "fleet_facts.json").read_text())[:n_facts]
-    rows = [json.loads(line) for line in (DATA / "router_eval.jsonl").read_text().splitlines()]
-    general = [r for r in rows if r["domain"] == "general"][:n_general]
-    return facts, general
-
-
-async def local_pass(
-    engine: Any, items: list[tuple[str, list[str]]], threshold: float
-) -> dict[str, Any]:
-    """Answer each (question, answers) on the device alone; note right/wrong and whether
-    the router would have escalated it (the monitor's rule over the same tokens)."""
+async def ask(engine: Any, question: str, route: str | None) -> tuple[str, Any]:
+    """The final answer (the cloud's retractions applied) and its ``RouteInfo``."""
+    from edgecloud.device._answer import Transcript
     from edgecloud.device._hybrid import CancelScope
-    from edgecloud.router import window_extremes
     from edgecloud.types import Chunk, Finish, SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=24, stop=("\n",))
+    answer, info = Transcript(), None
+    async for ev in engine.stream(few_shot_prompt(question), params, route=route,
+                                  cancel=CancelScope()):  # fmt: skip
+        if isinstance(ev, Chunk):
+            answer.add(ev)
+        elif isinstance(ev, Finish):
+            info = ev.route
+    return answer.text, info
+
+
+def rates(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A pass's shares of its questions (the local pass never escalates, so its
+    ``accuracy`` is its ``local_right_rate``)."""
+    n = max(len(rows), 1)
+    scoped = [r for r in rows if r["adapter_in_scope"] is not None]
+    return {
+        "questions": len(rows),
+        "accuracy": sum(r["right"] for r in rows) / n,
+        "local_right_rate": sum(r["right"] and not r["escalated"] for r in rows) / n,
+        "wrong_unescalated_rate": sum(not r["right"] and not r["escalated"] for r in rows) / n,
+        "escalation_rate": sum(r["escalated"] for r in rows) / n,
+        "adapter_rate": (
+            sum(bool(r["adapter_in_scope"]) for r in scoped) / len(scoped) if scoped else None
+        ),
+    }
+
+
+async def answer_pass(engine: Any, items: Sequence[Item], route: str | None) -> dict[str, Any]:
+    """Ask each (question, answers): ``route`` None routes as the device does (the
+    system pass), ``"local"`` keeps every answer on the device (the local pass)."""
     rows = []
     for question, answers in items:
-        text, lps, ents, scope = "", [], [], None
-        async for ev in engine.stream(
-            few_shot_prompt(question), params, route="local", cancel=CancelScope()
-        ):
-            if isinstance(ev, Chunk):
-                text += ev.text
-                lps.append(ev.logprob)
-                ents.append(ev.entropy)
-            elif isinstance(ev, Finish) and ev.route is not None:
-                scope = ev.route.signals.get("adapter_in_scope")
-        lo, _ = window_extremes(lps, ents, ROUTER["window"], ROUTER["min_tokens"])
+        text, info = await ask(engine, question, route)
+        signals = info.signals if info is not None else {}
         rows.append({"question": question, "answer": text.strip(), "right": is_right(text, answers),
-                     "escalate": lo < threshold, "min_window_logprob": lo,
-                     "adapter_scope": scope})  # fmt: skip
-    n = max(len(rows), 1)
-    scoped = [r for r in rows if r["adapter_scope"] is not None]
-    return {
-        "accuracy": sum(r["right"] for r in rows) / n,
-        "escalation_rate": sum(r["escalate"] for r in rows) / n,
-        "adapter_rate": (
-            sum(bool(r["adapter_scope"]) for r in scoped) / len(scoped) if scoped else None
-        ),
-        "rows": rows,
-    }
+                     "escalated": bool(info is not None and info.escalated),
+                     "policy": info.policy if info is not None else None,
+                     "adapter_in_scope": signals.get("adapter_in_scope")})  # fmt: skip
+    return {**rates(rows), "rows": rows}
+
+
+async def measure(engine: Any, domain: Domain, *, system: bool = True) -> dict[str, Any]:
+    """The held-out domain questions and the general set, each through the local pass
+    and (``system``) the system pass."""
+    out: dict[str, Any] = {}
+    for key, items in (("domain", domain.heldout), ("general", domain.general)):
+        out[key] = {"local": await answer_pass(engine, items, "local")}
+        if system:
+            out[key]["system"] = await answer_pass(engine, items, None)
+    return out
 
 
 async def collect(engine: Any, questions: list[str]) -> dict[str, Any]:
     """Ask through the hybrid engine (auto routing); escalations are logged, then uploaded."""
-    from edgecloud.device._hybrid import CancelScope
-    from edgecloud.types import Finish, SamplingParams
-
-    params = SamplingParams(temperature=0.0, max_tokens=24, stop=("\n",))
     escalated = 0
     for q in questions:
-        async for ev in engine.stream(few_shot_prompt(q), params, cancel=CancelScope()):
-            if isinstance(ev, Finish) and ev.route is not None and ev.route.escalated:
-                escalated += 1
+        _, info = await ask(engine, q, None)
+        escalated += bool(info is not None and info.escalated)
     uploaded = 0
     while True:
         sent = await engine.upload_pending()
@@ -147,7 +176,20 @@ def _setting(text: str) -> tuple[str, Any]:
         return key, value
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def fan_out(engines: Sequence[Any], encoder: Any, swaps: list[Any]) -> Callable[[Any], None]:
+    """The adapter manager's ``on_swap``: every engine on the backend gets the routing
+    of the version swapped in (scope, calibrated thresholds), with one sentence
+    encoder for the scope; ``swaps`` keeps each routing."""
+
+    def on_swap(routing: Any) -> None:
+        swaps.append(routing)
+        for engine in engines:
+            engine.set_adapter_routing(routing, encoder=encoder)
+
+    return on_swap
+
+
+async def run(args: argparse.Namespace, domain: Domain) -> dict[str, Any]:
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.adapters._signing import generate_keypair
     from edgecloud.backends import LlamaCppBackend
@@ -162,12 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgecloud.device._factory import build_engine
     from edgecloud.transport import AdapterSyncClient
 
-    facts, general = load_sets(args.facts, args.general)
-    heldout = [(f["phrasings"][3], f["answers"]) for f in facts]
-    general_items = [(g["question"], g["answers"]) for g in general]
-    asked = [p for f in facts for p in f["phrasings"][:3]]
-    traffic = (DATA / "general_traffic.txt").read_text().split("\n")
-    traffic = [q for q in traffic if q.strip()][: args.traffic]
+    name = domain.name
     tmp = Path(tempfile.mkdtemp(prefix="edgecloud-loop."))
     print(f"work directory: {tmp} (records.sqlite3 there can be reused with --records)")
     if args.records is not None:
@@ -181,17 +218,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cloud={
             "insecure": True, "port": 0,
             "model": {"threads": args.threads},
-            "knowledge": {"directory": str(MANUAL), "index_dir": str(tmp / "idx")},
+            "knowledge": {"directory": str(domain.knowledge), "index_dir": str(tmp / "idx")},
             "records": {"path": str(tmp / "records.sqlite3")},
             "registry": {"url": str(tmp / "registry"), "signing_key": str(key_path)},
             "train": {**({"epochs": args.epochs} if args.epochs else {}),
                       "include_passages": args.passages,
-                      "threads": args.threads, "adapter_id": "fleet",
+                      "threads": args.threads, "adapter_id": name,
                       **dict(_setting(kv) for kv in args.train)},
         },
     )  # fmt: skip
     t_setup = time.perf_counter()
-    kb = KnowledgeBase(MANUAL, SentenceEncoder(), index_dir=tmp / "idx")
+    kb = KnowledgeBase(domain.knowledge, SentenceEncoder(), index_dir=tmp / "idx")
     cloud_backend = TorchBackend.load(settings)
     registry = AdapterRegistry(str(tmp / "registry"))
     server = await CloudServer.start(
@@ -199,52 +236,68 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         records=RecordStore(tmp / "records.sqlite3"), registry=registry,
     )  # fmt: skip
     target = f"127.0.0.1:{server.port}"
-    device = Settings.load(
-        cache_dir=base.cache_dir,
-        device={
-            "model": {"n_threads": args.threads},
-            # One CPU cloud shared with the device on 2 cores: a slow first token is load,
-            # not an outage, so neither the timeout nor the breaker may drop the cloud here.
-            "cloud": {"endpoints": [{"target": target, "tls": False}], "timeout_s": 600,
-                      "first_token_timeout_s": 300, "breaker_failures": 100},
-            "router": {**ROUTER, "min_mean_logprob": args.threshold},
-            "log": {"path": str(tmp / "device-log.sqlite3"), "replay_rate": args.replay_rate},
-            "adapters": {"enabled": True, "adapter_id": "fleet", "device_id": "bench-device",
-                         "public_keys": [public], "directory": str(tmp / "adapters"),
-                         "reconnect_s": 1.0, "canary_min_pass": args.canary_min_pass},
-        },
-    )  # fmt: skip
+
+    def device_settings(log: dict[str, Any]) -> Any:
+        return Settings.load(
+            cache_dir=base.cache_dir,
+            device={
+                "model": {"n_threads": args.threads},
+                # One CPU cloud shared with the device on 2 cores: a slow first token is
+                # load, not an outage, so neither the timeout nor the breaker may drop the
+                # cloud here.
+                "cloud": {"endpoints": [{"target": target, "tls": False}], "timeout_s": 600,
+                          "first_token_timeout_s": 300, "breaker_failures": 100},
+                "router": {**ROUTER, "min_mean_logprob": args.threshold},
+                "log": log,
+                "adapters": {"enabled": True, "adapter_id": name, "device_id": "bench-device",
+                             "public_keys": [public], "directory": str(tmp / "adapters"),
+                             "reconnect_s": 1.0, "canary_min_pass": args.canary_min_pass},
+            },
+        )  # fmt: skip
+
+    device = device_settings({"path": str(tmp / "device-log.sqlite3"),
+                              "replay_rate": args.replay_rate})  # fmt: skip
     gguf = ensure_default_model(base.cache_dir)
     backend = LlamaCppBackend(gguf, n_threads=args.threads)
     engine = build_engine(backend, device)
+    # The evaluation's engine: the same backend, cloud and router, no escalation log, so
+    # that no held-out question becomes a training record.
+    evaluator = build_engine(backend, device_settings({"enabled": False, "replay_rate": 0.0}))
+    if evaluator.log is not None:
+        raise RuntimeError("the evaluation engine must not record escalations")
+    swaps: list[Any] = []
+    scope_encoder = SentenceEncoder()
     _, _, base_sha, arch = base_model(settings)
     sync = AdapterSyncClient(target, tls=False)
     manager = AdapterManager(
         backend, device.device.adapters, base_sha256=base_sha, base_architecture=arch,
-        root=tmp / "adapters", client=sync, on_scope=engine.set_adapter_scope,
+        root=tmp / "adapters", client=sync,
+        on_swap=fan_out([engine, evaluator], scope_encoder, swaps),
     )  # fmt: skip
     manager.start()
     setup_s = time.perf_counter() - t_setup
     try:
-        print(f"before: {len(heldout)} held-out domain questions, {len(general_items)} general")
-        before = {"domain": await local_pass(engine, heldout, args.threshold),
-                  "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
-        print(f"collect: the device asks {len(asked)} domain questions (3 phrasings x "
-              f"{len(facts)} facts) and {len(traffic)} everyday ones")  # fmt: skip
         t0 = time.time()
         if args.records is not None:
             t0 = 0.0  # every record of the earlier run
-            collected = {"reused": str(args.records)}
+            collected: dict[str, Any] = {"reused": str(args.records)}
         else:
-            collected = await collect(engine, asked)
-            collected["traffic"] = await collect(engine, traffic)
-        if args.records is None and not collected["uploaded"]:
-            raise RuntimeError("no escalation reached the cloud's record store (see the log)")
-        if args.records is None:
+            print(f"collect: the device asks {len(domain.sent)} domain questions "
+                  f"({domain.asked} phrasings x {len(domain.facts)} facts) and "
+                  f"{len(domain.traffic)} everyday ones")  # fmt: skip
+            collected = await collect(engine, domain.sent)
+            collected["traffic"] = await collect(engine, domain.traffic)
+            if not collected["uploaded"]:
+                raise RuntimeError("no escalation reached the cloud's record store (see the log)")
             print(f"  domain: escalated {collected['escalated']}, uploaded "
                   f"{collected['uploaded']}; everyday: escalated "
                   f"{collected['traffic']['escalated']}, uploaded "
                   f"{collected['traffic']['uploaded']} (escalations + replay records)")  # fmt: skip
+        if engine.log is not None and engine.log.pending(1):
+            raise RuntimeError("records of the collection are still waiting for upload")
+        print(f"before: {len(domain.heldout)} held-out domain questions, "
+              f"{len(domain.general)} general")  # fmt: skip
+        before = await measure(evaluator, domain)
         watcher = manager.start_watching()
         t_round = time.perf_counter()
         result = await asyncio.to_thread(
@@ -266,56 +319,50 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t_swapped = time.perf_counter()
         print(f"round: device runs v{manager.current_version} "
               f"({t_swapped - t_published:.2f} s after publishing)")  # fmt: skip
-        after = {"domain": await local_pass(engine, heldout, args.threshold),
-                 "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+        after = await measure(evaluator, domain)
         unscoped = None
-        if result.scope is not None and not refused:
+        if result.scope is not None and not refused and swaps:
             # The same adapter on every request (device.adapters.scope = false): what the
             # scope spares the general answers, and what it costs the domain.
-            engine.set_adapter_scope(None)
-            unscoped = {"domain": await local_pass(engine, heldout, args.threshold),
-                        "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
-            engine.set_adapter_scope(result.scope)
+            evaluator.set_adapter_scope(None)
+            unscoped = await measure(evaluator, domain, system=False)
+            evaluator.set_adapter_routing(swaps[-1], encoder=scope_encoder)
         forced = None
         if refused:
             # What the refused adapter would have done (diagnostic; the device runs the base).
             backend.set_adapter(result.gguf)
-            forced = {"domain": await local_pass(engine, heldout, args.threshold),
-                      "general": await local_pass(engine, general_items, args.threshold)}  # fmt: skip
+            forced = await measure(evaluator, domain, system=False)
             backend.set_adapter(None)
+        manifest = registry.manifest(name, result.version).unverified()
     finally:
         await manager.stop()
         await sync.close()
+        await evaluator.aclose()
+        await engine.aclose()
         await server.stop(0)
         cloud_backend.close()
         backend.close()
 
-    d0, d1 = before["domain"], after["domain"]
-    cut = 1 - d1["escalation_rate"] / d0["escalation_rate"] if d0["escalation_rate"] else None
-    summary = {
-        "domain_local_accuracy": [d0["accuracy"], d1["accuracy"]],
-        "domain_escalation_rate": [d0["escalation_rate"], d1["escalation_rate"]],
-        "domain_escalation_cut": cut,
-        "general_local_accuracy": [before["general"]["accuracy"], after["general"]["accuracy"]],
-        "general_points_lost": 100 * (before["general"]["accuracy"] - after["general"]["accuracy"]),
+    # The field is new: read it so that a manifest without it still reports.
+    calibration = getattr(manifest, "calibration", None)
+    applied = getattr(swaps[-1], "calibration", None) if swaps else None
+    summary = summarize(before, after, round_s=t_swapped - t_round)
+    summary.update({
         "device_refused_by_canary": refused,
         "scope": result.scope is not None,
-        "unscoped_domain_local_accuracy": unscoped["domain"]["accuracy"] if unscoped else None,
-        "unscoped_general_local_accuracy": unscoped["general"]["accuracy"] if unscoped else None,
-        "round_s": t_swapped - t_round,
+        "calibration": calibration is not None,
+        "calibration_applied": applied is not None and not refused,
+        "unscoped_domain_local_accuracy": unscoped["domain"]["local"]["accuracy"] if unscoped else None,
+        "unscoped_general_local_accuracy": unscoped["general"]["local"]["accuracy"] if unscoped else None,
         "ship_and_swap_s": t_swapped - t_published,
         "stage_s": result.stage_seconds,
-    }
-    targets = {
-        "escalation_cut_ge_70pct": cut is not None and cut >= 0.70,
-        "domain_accuracy_ge_85pct": d1["accuracy"] >= 0.85,
-        "general_loss_le_1pt": summary["general_points_lost"] <= 1.0,
-        "round_le_15min": summary["round_s"] <= 900,
-    }
+    })  # fmt: skip
     report = result.report
     out = {
+        "domain": name,
         "summary": summary,
-        "targets": targets,
+        "targets": targets(summary),
+        "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
         "collect": collected,
         "train": {
             "records": result.records,
@@ -335,12 +382,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "refused_adapter_forced": forced,
         "after_unscoped": unscoped,
         "canary": [c["expect"] for c in report.canary],
+        "inputs": {
+            "files": domain.sources,
+            "asked": domain.asked,
+            "facts": len(domain.facts),
+            "sent": len(domain.sent),
+            "heldout": len(domain.heldout),
+            "general": len(domain.general),
+            "traffic": len(domain.traffic),
+        },
         "settings": {
-            "facts": args.facts,
-            "general": args.general,
             "epochs": settings.cloud.train.epochs,
             "passages": args.passages,
             "threshold": args.threshold,
+            "replay_rate": args.replay_rate,
             "router": ROUTER,
             "threads": args.threads,
             "train": settings.cloud.train.model_dump(mode="json"),
@@ -357,20 +412,59 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def summarize(before: dict[str, Any], after: dict[str, Any], *, round_s: float) -> dict[str, Any]:
+    """[before, after] of each figure, the escalation cut and the round's time."""
+    summary: dict[str, Any] = {}
+    for name, part, key, _ in RATES:
+        summary[name] = [before[part]["system"][key], after[part]["system"][key]]
+    summary["general_escalation_rate"] = [
+        before["general"]["system"]["escalation_rate"],
+        after["general"]["system"]["escalation_rate"],
+    ]
+    for part in ("domain", "general"):
+        summary[f"{part}_local_accuracy"] = [before[part]["local"]["accuracy"],
+                                             after[part]["local"]["accuracy"]]  # fmt: skip
+    e0, e1 = summary["domain_escalation_rate"]
+    summary["domain_escalation_cut"] = 1 - e1 / e0 if e0 else None
+    summary["round_s"] = round_s
+    return summary
+
+
+def targets(summary: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets, after one round."""
+    cut = summary["domain_escalation_cut"]
+    domain, general = summary["domain_system_accuracy"], summary["general_system_accuracy"]
+    return {
+        "local_right_ge_85pct": summary["domain_local_right_rate"][1] >= 0.85,
+        "wrong_unescalated_le_5pct": summary["domain_wrong_unescalated_rate"][1] <= 0.05,
+        "escalation_cut_ge_60pct": cut is not None and cut >= 0.60,
+        "system_domain_not_lower": domain[1] >= domain[0],
+        "system_general_not_lower": general[1] >= general[0],
+        "round_le_15min": summary["round_s"] <= 900,
+    }
+
+
 def print_table(out: dict[str, Any]) -> None:
     s = out["summary"]
-    print(f"\n{'':34}{'before':>10}{'after':>10}")
-    for label, key in (("domain local accuracy (held-out)", "domain_local_accuracy"),
-                       ("domain escalation rate", "domain_escalation_rate"),
-                       ("general local accuracy", "general_local_accuracy")):  # fmt: skip
+    print(f"\n{out['domain']}: held-out phrasings, then the general set")
+    print(f"{'':36}{'before':>10}{'after':>10}")
+    rows = [(name, label) for name, _, _, label in RATES]
+    rows += [("general_escalation_rate", "general: escalation rate"),
+             ("domain_local_accuracy", "device alone: domain accuracy"),
+             ("general_local_accuracy", "device alone: general accuracy")]  # fmt: skip
+    for key, label in rows:
         b, a = s[key]
-        print(f"{label:34}{b:>10.1%}{a:>10.1%}")
+        print(f"{label:36}{b:>10.1%}{a:>10.1%}")
     cut = s["domain_escalation_cut"]
-    print(f"escalation cut {cut if cut is None else f'{cut:.1%}'}; general points lost "
-          f"{s['general_points_lost']:.1f}; round {s['round_s']:.0f} s "
+    print(f"escalation cut {'-' if cut is None else f'{cut:.1%}'}; round {s['round_s']:.0f} s "
           f"(ship+swap {s['ship_and_swap_s']:.2f} s); stages "
           + ", ".join(f"{k} {v:.0f}s" for k, v in s["stage_s"].items()))  # fmt: skip
-    print("targets:", out["targets"])
+    cal = out["calibration"]
+    print("calibration: " + ("none in the manifest" if cal is None else
+          f"window {cal['window']}, min mean logprob {cal['min_mean_logprob']:.3f}, "
+          f"fitted on {cal['examples']} examples" + ("" if s["calibration_applied"]
+                                                      else " (not applied)")))  # fmt: skip
+    print("targets:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in out["targets"].items()))
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
@@ -380,55 +474,67 @@ def plot(out: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = out["summary"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = ["domain accuracy\n(held-out phrasings)", "domain\nescalation rate",
-              "general accuracy"]  # fmt: skip
-    keys = ["domain_local_accuracy", "domain_escalation_rate", "general_local_accuracy"]
-    xs = range(len(keys))
-    unscoped = out.get("after_unscoped")
-    width = 0.27 if unscoped else 0.4
-    ax.bar([x - width / 2 * (2 if unscoped else 1) for x in xs], [100 * s[k][0] for k in keys],
-           width, label="before")  # fmt: skip
-    ax.bar([x if unscoped else x + 0.2 for x in xs], [100 * s[k][1] for k in keys], width,
-           label="after one round (adapter in its scope)" if unscoped else "after one round")  # fmt: skip
-    if unscoped:
-        values = [100 * unscoped["domain"]["accuracy"], 100 * unscoped["domain"]["escalation_rate"],
-                  100 * unscoped["general"]["accuracy"]]  # fmt: skip
-        ax.bar([x + width for x in xs], values, width, label="after, adapter on every request")
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("%")
-    ax.axhline(85, color="grey", lw=0.8, ls=":")
-    ax.legend(loc="upper right", fontsize=7)
-    ax.set_ylim(0, 125)
-    ax.set_title("Device, local only (llama.cpp + LoRA GGUF)")
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), width_ratios=[1.6, 1])
+    labels = [textwrap.fill(label, 16) for *_, label in RATES]
+    xs = range(len(RATES))
+    for i, (when, shift) in enumerate((("before", -0.2), ("after one round", 0.2))):
+        bars = ax.bar([x + shift for x in xs], [100 * s[name][i] for name, *_ in RATES], 0.4,
+                      label=when)  # fmt: skip
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(list(xs), labels, fontsize=8)
+    ax.set_ylabel("% of questions")
+    ax.set_ylim(0, 130)
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
+    ax.set_title(f"{out['domain']}: device + cloud, held-out phrasings "
+                 f"({out['inputs']['heldout']}) and general set ({out['inputs']['general']})",
+                 fontsize=9)  # fmt: skip
     losses = out["train"]["losses"]
     ax2.plot(range(1, len(losses) + 1), losses, marker="o")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("training loss (answer tokens)")
-    ax2.set_title(f"round {s['round_s']:.0f} s:\n" + ", ".join(
-        f"{k} {v:.0f}s" for k, v in s["stage_s"].items()), fontsize=9)  # fmt: skip
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in s["stage_s"].items())
+    ax2.set_title(f"round {s['round_s']:.0f} s:\n" + textwrap.fill(stages, 48), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--facts", type=int, default=24, help="facts of the domain (of 46)")
-    ap.add_argument("--general", type=int, default=80, help="general questions (forgetting)")
+    ap.add_argument("--domain", choices=DOMAINS, default=None,
+                    help="a domain of bench/data: fills --knowledge and --facts (default: fleet)")  # fmt: skip
+    ap.add_argument("--knowledge", type=Path, default=None,
+                    help="the cloud's knowledge base directory (.md, .txt)")  # fmt: skip
+    ap.add_argument("--facts", type=Path, default=None,
+                    help='JSON list or JSON lines of {"phrasings": [...], "answers": [...]}')  # fmt: skip
+    ap.add_argument("--asked", type=int, default=3,
+                    help="phrasings of each fact the device sends; the rest are held out")  # fmt: skip
+    ap.add_argument(
+        "--facts-limit", type=int, default=24, help="first N facts (default 24; 0: all)"
+    )
+    ap.add_argument("--general", type=Path, default=None,
+                    help='JSON lines of {"question", "answers"} (rows of another "domain" are '
+                         "skipped; default: bench/data/router_eval.jsonl)")  # fmt: skip
+    ap.add_argument(
+        "--general-limit", type=int, default=0, help="first N general questions (0: all)"
+    )
+    ap.add_argument("--traffic", type=Path, default=None,
+                    help="everyday questions the device serves during collection, one a line "
+                         "(default: bench/data/general_traffic.txt)")  # fmt: skip
+    ap.add_argument(
+        "--traffic-limit", type=int, default=0, help="first N everyday questions (0: all)"
+    )
+    ap.add_argument("--name", default=None,
+                    help="names the results and the adapter (default: the domain, or the facts "
+                         "file's stem less _facts)")  # fmt: skip
     ap.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: cloud.train.epochs)"
     )
     ap.add_argument("--passages", action=argparse.BooleanOptionalAction, default=False,
                     help="also train on the retrieved passages")  # fmt: skip
     ap.add_argument("--threshold", type=float, default=-1.0,
-                    help="router: escalate when a window's mean logprob falls below this")  # fmt: skip
-    ap.add_argument(
-        "--traffic",
-        type=int,
-        default=72,
-        help="everyday questions sent during collection (bench/data/general_traffic.txt)",
-    )
+                    help="device.router.min_mean_logprob: escalate when a window's mean logprob "
+                         "falls below this (requests the adapter answers use its calibration)")  # fmt: skip
     ap.add_argument(
         "--replay-rate",
         type=float,
@@ -443,13 +549,32 @@ def main() -> None:
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a cloud.train setting for the round (repeatable), e.g. rank=32")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS / "learning_loop.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (and .png beside it); default: "
+                         "bench/results/learning_loop-<name>.json")  # fmt: skip
+    args = ap.parse_args(argv)
+    try:
+        args.domain_data = resolve(
+            domain=args.domain, knowledge=args.knowledge, facts=args.facts, general=args.general,
+            traffic=args.traffic, asked=args.asked, facts_limit=args.facts_limit,
+            general_limit=args.general_limit, traffic_limit=args.traffic_limit, name=args.name,
+        )  # fmt: skip
+    except InputError as exc:
+        ap.error(str(exc))
+    if args.records is not None and not args.records.is_file():
+        ap.error(f"--records: file not found: {args.records}")
+    if args.out is None:
+        args.out = RESULTS / f"learning_loop-{args.domain_data.name}.json"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(run(args, args.domain_data))
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
 
