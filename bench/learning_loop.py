@@ -224,6 +224,10 @@ async def run(args: argparse.Namespace, domain: Domain) -> dict[str, Any]:
             "train": {**({"epochs": args.epochs} if args.epochs else {}),
                       "include_passages": args.passages,
                       "threads": args.threads, "adapter_id": name,
+                      # The "before" the round compares with is this bench's device.
+                      "calibration": {"device_window": ROUTER["window"],
+                                      "device_min_tokens": ROUTER["min_tokens"],
+                                      "device_min_mean_logprob": args.threshold},
                       **dict(_setting(kv) for kv in args.train)},
         },
     )  # fmt: skip
@@ -306,7 +310,9 @@ async def run(args: argparse.Namespace, domain: Domain) -> dict[str, Any]:
         )  # fmt: skip
         t_published = time.perf_counter()
         refused = False
-        while manager.current_version != result.version:
+        if result.version is None:  # the round itself refused to publish the version
+            print(f"round: not published: {result.refused}")
+        while result.version is not None and manager.current_version != result.version:
             if result.version in manager.bad_versions:
                 refused = True  # canary failed: the device rolled back, as it should
                 print(f"round: the device refused v{result.version} (canary) and rolled back")
@@ -328,12 +334,16 @@ async def run(args: argparse.Namespace, domain: Domain) -> dict[str, Any]:
             unscoped = await measure(evaluator, domain, system=False)
             evaluator.set_adapter_routing(swaps[-1], encoder=scope_encoder)
         forced = None
-        if refused:
+        if refused or result.version is None:
             # What the refused adapter would have done (diagnostic; the device runs the base).
             backend.set_adapter(result.gguf)
             forced = await measure(evaluator, domain, system=False)
             backend.set_adapter(None)
-        manifest = registry.manifest(name, result.version).unverified()
+        manifest = (
+            registry.manifest(name, result.version).unverified()
+            if result.version is not None
+            else None
+        )
     finally:
         await manager.stop()
         await sync.close()
@@ -345,10 +355,14 @@ async def run(args: argparse.Namespace, domain: Domain) -> dict[str, Any]:
 
     # The field is new: read it so that a manifest without it still reports.
     calibration = getattr(manifest, "calibration", None)
+    if calibration is None and result.calibration is not None:
+        calibration = result.calibration.calibration  # fitted, though not published
     applied = getattr(swaps[-1], "calibration", None) if swaps else None
     summary = summarize(before, after, round_s=t_swapped - t_round)
     summary.update({
         "device_refused_by_canary": refused,
+        "round_refused": result.refused,
+        "round_measured": result.calibration.measured if result.calibration else None,
         "scope": result.scope is not None,
         "calibration": calibration is not None,
         "calibration_applied": applied is not None and not refused,
