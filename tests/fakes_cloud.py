@@ -1,5 +1,6 @@
 """Project fakes of the cloud: an endpoint client (what the device calls) and an engine
-(what the inference service serves), both scripted; each records what it was sent."""
+(what the inference service serves), both scripted; each records what it was sent. And a
+character tokenizer, for the training code's bookkeeping around a scripted sampler."""
 
 from __future__ import annotations
 
@@ -174,3 +175,17 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+class CharTokenizer:
+    """Characters as token ids (decode inverts encode): enough for the bookkeeping of
+    relabeling and synthesis around a scripted sampler."""
+
+    bos_token_id = None
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(int(i)) for i in ids)

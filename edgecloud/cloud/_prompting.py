@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from edgecloud.types import ChatMessage, Passage
 
-__all__ = ["apply_format", "question_of", "split_last_question"]
+__all__ = ["apply_format", "question_of", "split_last_question", "with_question"]
 
 _Q_LINE = re.compile(r"^[ \t]*Q:[ \t]*(.*)$", re.MULTILINE)
 
@@ -32,15 +32,34 @@ def question_of(prompt: str | Sequence[ChatMessage]) -> str:
     return str(found[-1]).strip() if found else prompt.strip()
 
 
+def with_question(prompt: str, question: str) -> str:
+    """``prompt`` asking ``question`` instead of its own question.
+
+    The text of the last ``Q:`` line is replaced and everything around it (few-shot
+    examples, the ``A:`` cue) is kept, so a question the cloud wrote reads as a
+    device would send it. A prompt without a ``Q:`` line is its question as a whole
+    (see :func:`question_of`), so it becomes ``question``.
+    """
+    last = _last_question(prompt)
+    if last is None:
+        return question
+    return prompt[: last.start(1)] + question + prompt[last.end(1) :]
+
+
 def split_last_question(text: str) -> tuple[str, str]:
     """``(head, tail)``: the text before the last ``Q:`` line, and the rest ("" and
     the whole text when there is no ``Q:`` line)."""
-    last = None
-    for last in _Q_LINE.finditer(text):  # noqa: B007 - we want the last match
-        pass
+    last = _last_question(text)
     if last is None:
         return "", text
     return text[: last.start()], text[last.start() :]
+
+
+def _last_question(text: str) -> re.Match[str] | None:
+    last = None
+    for last in _Q_LINE.finditer(text):  # noqa: B007 - we want the last match
+        pass
+    return last
 
 
 def apply_format(template: str, prompt: str, passages: Sequence[Passage]) -> str:

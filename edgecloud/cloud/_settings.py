@@ -325,6 +325,32 @@ class CloudTrainConfig(Section):
             "most of each step's cost."
         ),
     )
+    synthesize: bool = Field(
+        False,
+        description=(
+            "Also learn from the knowledge base: the cloud model writes new questions from "
+            "the passages the round's escalations touched, answers them by the relabeling "
+            "vote with the passages retrieved for each, and keeps a question only when "
+            "retrieval ranks its source passage first, the question tells that passage from "
+            "other documents' ones, and the agreed answer is grounded in the source sentence "
+            "the question is about. Off until measured against training on escalations alone."
+        ),
+    )
+    synthesize_per_passage: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Candidate questions sampled from each passage when synthesizing.",
+    )
+    synthesize_budget_s: float = Field(
+        180.0,
+        gt=0.0,
+        le=86_400.0,
+        description=(
+            "Seconds synthesis may take in a round; it stops at the next passage or "
+            "question after that and keeps what it has."
+        ),
+    )
     scope: bool = Field(
         True,
         description=(

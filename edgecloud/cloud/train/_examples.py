@@ -26,6 +26,7 @@ from edgecloud.cloud._records import StoredRecord
 __all__ = [
     "TrainingExample",
     "common_prompt_prefix",
+    "content_words",
     "examples_from_records",
     "grounded",
     "split_holdout",
@@ -49,6 +50,9 @@ class TrainingExample:
     shadow: bool = False
     """From a shadow check (``device.shadow``): the cloud answered the same prompt after
     the device had answered it confidently (``replay``: the two agreed)."""
+    synthetic: bool = False
+    """A question the cloud wrote from its knowledge base, not one a device asked (see
+    :func:`edgecloud.cloud.train._synthesize.synthesize_examples`)."""
 
 
 def examples_from_records(
@@ -140,9 +144,15 @@ def grounded(answer: str, passages: Sequence[str], *, min_word_chars: int = 3) -
     come from the evidence it was given is far more likely right.
     """
     evidence = {w.lower() for p in passages for w in _WORD.findall(p)}
-    words = [w.lower() for w in _WORD.findall(answer)]
-    content = [w for w in words if _NUMBER.search(w) or len(w) >= min_word_chars]
-    return bool(content) and all(w in evidence for w in content)
+    content = content_words(answer, min_word_chars=min_word_chars)
+    return bool(content) and content <= evidence
+
+
+def content_words(text: str, *, min_word_chars: int = 3) -> set[str]:
+    """The numbers and the words of ``min_word_chars`` or more letters in ``text``,
+    lowercased: what :func:`grounded` looks for in the evidence."""
+    words = (w.lower() for w in _WORD.findall(text))
+    return {w for w in words if _NUMBER.search(w) or len(w) >= min_word_chars}
 
 
 def common_prompt_prefix(examples: Sequence[TrainingExample]) -> str:

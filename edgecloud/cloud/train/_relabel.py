@@ -21,7 +21,7 @@ from edgecloud.cloud.train._examples import TrainingExample, grounded
 if TYPE_CHECKING:
     from edgecloud.cloud._knowledge import KnowledgeBase
 
-__all__ = ["check_replay", "relabel", "sample_answers"]
+__all__ = ["check_replay", "prompt_ids", "relabel", "sample_answers"]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -60,6 +60,15 @@ def check_replay(
     log.info("replay: %d of %d replayed answers contradict the knowledge base; relabeling them",
              len(wrong), sum(ex.replay for ex in examples))  # fmt: skip
     return keep, wrong
+
+
+def prompt_ids(tokenizer: Any, text: str) -> Any:
+    """``text`` as the [1, n] token ids :func:`sample_answers` takes, BOS first when the
+    tokenizer has one (a base model reads a prompt as the start of a document)."""
+    import torch
+
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]])
 
 
 def sample_answers(
@@ -145,8 +154,6 @@ def relabel(
     answer is kept only when at least ``min_share`` of the samples agree on it (the
     teacher is sure), since distilling what a teacher guesses teaches guesses.
     """
-    import torch
-
     from edgecloud.cloud._prompting import apply_format
     from edgecloud.types import Passage
 
@@ -158,8 +165,7 @@ def relabel(
             text = apply_format(
                 prompt_format, ex.prompt, [Passage(p, "", 0.0) for p in ex.passages]
             )
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        ids = torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]])
+        ids = prompt_ids(tokenizer, text)
         budget = len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) + 8
         answers = sampler(
             model, tokenizer, ids, samples=samples, budget=budget, temperature=temperature,

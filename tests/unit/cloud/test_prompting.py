@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edgecloud.cloud._prompting import apply_format, question_of, split_last_question
+from edgecloud.cloud._prompting import (
+    apply_format,
+    question_of,
+    split_last_question,
+    with_question,
+)
 from edgecloud.config import CloudModelConfig
 from edgecloud.types import ChatMessage, Passage
 
@@ -32,6 +37,14 @@ def test_split_before_the_last_question() -> None:
     prompt = "Q: a?\nA: 1\nQ: b?\nA:"
     assert split_last_question(prompt) == ("Q: a?\nA: 1\n", "Q: b?\nA:")
     assert split_last_question("no question") == ("", "no question")
+
+
+def test_a_new_question_replaces_only_the_last_question() -> None:
+    prompt = "Q: a?\nA: 1\nQ:  Kestrel payload? \nA:"
+    asked = with_question(prompt, "How fast is the Otter?")
+    assert asked == "Q: a?\nA: 1\nQ:  How fast is the Otter?\nA:"
+    assert question_of(asked) == "How fast is the Otter?"
+    assert with_question("How fast is the Otter?", "Otter colour?") == "Otter colour?"
 
 
 def test_formats_place_passages_around_the_prompt_or_before_the_question() -> None:

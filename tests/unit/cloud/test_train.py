@@ -16,6 +16,7 @@ from edgecloud.cloud.train._examples import (
 )
 from edgecloud.cloud.train._loss import encode
 from edgecloud.common.records import EscalationRecord
+from tests.fakes_cloud import CharTokenizer
 
 PASSAGE = "The maximum payload of the Kestrel robot is 22.0 kg. It recharges at the D-497 dock."
 
@@ -166,19 +167,6 @@ def test_the_answer_only_loss_equals_the_full_model_loss() -> None:
     assert abs(float(total) / n - float(reference)) < 1e-5
 
 
-class _CharTok:
-    """Characters as token ids (decode inverts encode): enough for relabel's bookkeeping."""
-
-    bos_token_id = None
-    pad_token_id = 0
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        return "".join(chr(int(i)) for i in ids)
-
-
 class _Sampler:
     """Stands in for :func:`sample_answers`: one given list of answers per record."""
 
@@ -206,7 +194,7 @@ def test_relabel_keeps_a_grounded_answer_that_samples_agree_on() -> None:
         [" 100 kg", " 22.0 kg", " 100 kg", " 9 kg"],  # grounded once only: no label
         [" 100 kg", " 100 kg", " 100 kg", " 100 kg"],  # never grounded
     ])  # fmt: skip
-    out = relabel(None, _CharTok(), [ex, ex, ex], "Context: {context}\n\n{prompt}",
+    out = relabel(None, CharTokenizer(), [ex, ex, ex], "Context: {context}\n\n{prompt}",
                   samples=4, temperature=0.8, device=torch.device("cpu"),
                   sampler=sampler)  # fmt: skip
     assert [e.answer for e in out] == [" 22.0 kg"] and out[0].record_id == "r1"
@@ -239,7 +227,7 @@ def test_without_passages_a_label_needs_the_share_of_samples_to_agree() -> None:
         [" white", " white", " white", " Red"],  # 3 of 4 agree: kept
         [" white", " white", " Red", " blue"],  # 2 of 4: half is not enough at 0.75
     ])  # fmt: skip
-    out = relabel(None, _CharTok(), [ex, ex], "Context: {context}\n\n{prompt}", samples=4,
+    out = relabel(None, CharTokenizer(), [ex, ex], "Context: {context}\n\n{prompt}", samples=4,
                   temperature=0.8, device=torch.device("cpu"), sampler=sampler,
                   min_share=0.75)  # fmt: skip
     assert [e.answer for e in out] == [" white"]
