@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecloud.cloud._settings import CloudTrainConfig
 from edgecloud.cloud.train._evaluate import canary_pool, exact_rate, pick_canary
@@ -46,6 +46,9 @@ from edgecloud.cloud.train._loss import (
 )
 from edgecloud.cloud.train._relabel import relabel
 from edgecloud.errors import CloudModelLoadError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from edgecloud.cloud._knowledge import KnowledgeBase
 
 __all__ = ["LoraResult", "StageCallback", "TrainProgress", "TrainReport", "train_lora"]
 
@@ -78,6 +81,9 @@ class TrainReport:
     holdout_exact_after: float | None = None
     replay_contradicted: int = 0
     """Replayed local answers the knowledge base contradicted, relabeled instead."""
+    synthesized: int = 0
+    """Questions the cloud wrote from its knowledge base, answered and kept (trained on;
+    never held out, so the held-out figures stay those of the devices' own requests)."""
     losses: list[float] = field(default_factory=list)
     canary: list[dict[str, Any]] = field(default_factory=list)
     """Trained examples the adapted torch model answers right: a device running the
@@ -141,6 +147,9 @@ def train_lora(
     prompt_format: str = "Context: {context}\n\n{prompt}",
     on_stage: StageCallback | None = None,
     canary_size: int = 8,
+    knowledge: KnowledgeBase | None = None,
+    knowledge_top_k: int = 2,
+    knowledge_min_score: float = 0.0,
 ) -> LoraResult:
     """Train a LoRA adapter on ``examples`` and save it (peft format) in ``out_dir``.
 
@@ -160,6 +169,9 @@ def train_lora(
         prompt_format: the cloud's ``cloud.model.prompt_format``, for relabeling.
         on_stage: told when relabeling and training start.
         canary_size: canary items to pick (see :attr:`TrainReport.canary`).
+        knowledge: the cloud's knowledge base, to write questions from
+            (``config.synthesize``), searched with ``knowledge_top_k`` and
+            ``knowledge_min_score`` as the service searches.
 
     Returns:
         The adapter's directory, the report, and the examples trained and held out.
@@ -184,7 +196,11 @@ def train_lora(
             f"{len(examples)} usable records after relabeling {len(rejected)} by a vote of "
             f"samples; a round needs at least {config.min_records}"
         )
-    data = _prepare(base.tokenizer, examples, config)
+    synthetic = _synthesize(
+        base, examples, config, prompt_format, on_stage, knowledge, knowledge_top_k,
+        knowledge_min_score,
+    )  # fmt: skip
+    data = _prepare(base.tokenizer, examples, config, synthetic)
     report = TrainReport(
         examples=len(examples),
         train=len(data.train),
@@ -192,6 +208,7 @@ def train_lora(
         passages=len(data.passages),
         replay=sum(ex.replay for ex in data.train),
         relabeled=len(relabeled),
+        synthesized=len(synthetic),
         epochs=config.epochs,
         steps=0,
         seconds=0.0,
@@ -215,7 +232,7 @@ def train_lora(
     report.seconds = time.perf_counter() - t0
     (out_dir / "train_report.json").write_text(json.dumps(asdict(report), indent=2))
     log.info("trained %d steps in %.0f s", report.steps, report.seconds)
-    return LoraResult(out_dir, report, tuple(examples), tuple(data.holdout))
+    return LoraResult(out_dir, report, tuple(examples + synthetic), tuple(data.holdout))
 
 
 def _import_torch() -> Any:
@@ -278,10 +295,49 @@ def _vote(
     return relabeled
 
 
-def _prepare(tokenizer: Any, examples: list[TrainingExample], config: CloudTrainConfig) -> _Data:
-    """The held-out split, the canary pool, and the training rows (prefix stripped)."""
+def _synthesize(
+    base: _Base,
+    examples: list[TrainingExample],
+    config: CloudTrainConfig,
+    prompt_format: str,
+    on_stage: StageCallback | None,
+    knowledge: KnowledgeBase | None,
+    top_k: int,
+    min_score: float,
+) -> list[TrainingExample]:
+    """Questions written from the knowledge base and answered by a vote (none unless
+    ``config.synthesize``, a knowledge base and a vote are all there)."""
+    if not (config.synthesize and knowledge is not None and config.relabel_samples > 0):
+        return []
+    from edgecloud.cloud.train._synthesize import synthesize_examples
+
+    if on_stage is not None:
+        on_stage("writing questions from the knowledge base")
+    base.model.eval()
+    synthetic, report = synthesize_examples(
+        base.model, base.tokenizer, knowledge, examples,
+        per_passage=config.synthesize_per_passage, samples=config.relabel_samples,
+        temperature=config.relabel_temperature, prompt_format=prompt_format,
+        device=base.device, top_k=top_k, min_score=min_score, seed=config.seed,
+        time_budget_s=config.synthesize_budget_s,
+    )  # fmt: skip
+    log.info("synthesized %d questions from %d passages (%d written) in %.0f s; dropped: %s",
+             report.kept, report.passages, report.candidates, report.seconds,
+             report.dropped_by_reason)  # fmt: skip
+    return synthetic
+
+
+def _prepare(
+    tokenizer: Any,
+    examples: list[TrainingExample],
+    config: CloudTrainConfig,
+    synthetic: Sequence[TrainingExample] = (),
+) -> _Data:
+    """The held-out split, the canary pool, and the training rows (prefix stripped);
+    ``synthetic`` examples are trained on only."""
     train, holdout = split_holdout(examples, config.holdout_fraction, config.seed)
     pool = canary_pool(train)  # full prompts, as devices send them
+    train = [*train, *synthetic]
     shared = common_prompt_prefix(examples) if config.strip_common_prefix else ""
     if shared:
         log.info("training without the %d-character prompt prefix all records share", len(shared))

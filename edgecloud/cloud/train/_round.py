@@ -145,9 +145,15 @@ def run_round(
     model_dir, device_gguf, base_sha, arch = base_model(settings, base_gguf)
     stages.start("train", f"training from {len(examples)} examples ({len(rejected)} to relabel)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.synthesize and knowledge is None:
+        from edgecloud.cloud._server import load_knowledge
+
+        knowledge = load_knowledge(settings.cloud)
+    kcfg = settings.cloud.knowledge
     trained = train_lora(
         model_dir, examples, cfg, out_dir / "peft", progress=progress, rejected=rejected,
         prompt_format=settings.cloud.model.prompt_format, on_stage=on_stage,
+        knowledge=knowledge, knowledge_top_k=kcfg.top_k, knowledge_min_score=kcfg.min_score,
     )  # fmt: skip
     trained.report.replay_contradicted = len(wrong)
     scope = None

@@ -434,3 +434,21 @@ def test_a_round_with_too_few_usable_records_says_how_many_it_had(tmp_path: Any)
     ):
         run_round(settings, tmp_path / "round", on_stage=told.append)
     assert told == ["reading escalation records"] and not (tmp_path / "round").exists()
+
+
+def test_synthesized_examples_are_trained_on_never_held_out_or_canaries() -> None:
+    from edgecloud.cloud._settings import CloudTrainConfig
+    from edgecloud.cloud.train._lora import _prepare
+
+    asked = [TrainingExample(f"Q: question {i}?\nA:", f" {i}", "\n", record_id=f"r{i}")
+             for i in range(40)]  # fmt: skip
+    written = [TrainingExample(f"Q: written {i}?\nA:", f" w{i}", "\n", synthetic=True)
+               for i in range(10)]  # fmt: skip
+    cfg = CloudTrainConfig(holdout_fraction=0.5)
+    data = _prepare(CharTokenizer(), asked, cfg, written)
+    assert data.holdout and all(not ex.synthetic for ex in data.holdout)
+    assert all(not ex.synthetic for ex in data.pool)
+    assert sum(ex.synthetic for ex in data.train) == 10
+    assert len(data.items) == len(data.train)
+    # Without them the split is the same: the held-out figures stay comparable.
+    assert _prepare(CharTokenizer(), asked, cfg).holdout == data.holdout
