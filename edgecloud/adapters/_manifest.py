@@ -21,7 +21,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecloud.errors import AdapterFormatError, ConfigError
 
@@ -34,6 +41,7 @@ __all__ = [
     "AdapterCalibration",
     "AdapterRouting",
     "AdapterScope",
+    "AnswerMemory",
     "CanaryItem",
     "FileEntry",
     "Manifest",
@@ -202,6 +210,109 @@ class AdapterScope(BaseModel):
         return self.probability(embedding) >= self.threshold
 
 
+class AnswerMemory(BaseModel):
+    """What an adapter learned, in a form a device can check its answers against.
+
+    One row per trained example: the sentence embedding of its prompt (without
+    :attr:`strip_prefix`, like the scope) and the answer it was trained to give. An
+    adapter that mixes up its facts answers one question with the figure it learned
+    for another: the answer is in the memory, but not for the questions nearest to
+    the one asked. :meth:`consistent` tells whether an answer is what the adapter
+    learned for the nearest questions (within ``margin`` of the best similarity); a
+    device escalates an answer that is not.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    encoder: str = Field(
+        min_length=1, max_length=128, description="The sentence encoder of the vectors."
+    )
+    strip_prefix: str = Field(
+        "", max_length=65_536, description="Removed from a prompt that starts with it."
+    )
+    dim: int = Field(ge=1, le=8192, description="Dimensions of one vector.")
+    vectors: str = Field(
+        max_length=64 << 20,
+        description="Base64 of the unit vectors, float16 little-endian, one row per answer.",
+    )
+    answers: tuple[Annotated[str, Field(max_length=1024)], ...] = Field(
+        min_length=1, max_length=65_536, description="The answer learned for each row."
+    )
+    margin: float = Field(
+        0.05, ge=0, le=2, description="Rows this close to the best similarity count as nearest."
+    )
+
+    @field_validator("vectors")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        import base64
+        import binascii
+
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("vectors must be base64") from None
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> AnswerMemory:
+        if self._matrix.shape != (len(self.answers), self.dim):
+            raise ValueError(
+                f"memory holds {self._matrix.size} numbers, not {len(self.answers)} x {self.dim}"
+            )
+        return self
+
+    @classmethod
+    def build(
+        cls, encoder: str, strip_prefix: str, vectors: Any, answers: Sequence[str], margin: float
+    ) -> AnswerMemory:
+        """A memory of ``answers`` with their prompts' embeddings ``vectors`` (n x dim)."""
+        import base64
+
+        import numpy as np
+
+        matrix = np.asarray(vectors, dtype="<f2")
+        return cls(
+            encoder=encoder, strip_prefix=strip_prefix, dim=int(matrix.shape[1]),
+            vectors=base64.b64encode(matrix.tobytes()).decode(), answers=tuple(answers),
+            margin=margin,
+        )  # fmt: skip
+
+    @functools.cached_property
+    def _matrix(self) -> Any:
+        import base64
+
+        import numpy as np
+
+        flat = np.frombuffer(base64.b64decode(self.vectors), dtype="<f2").astype(np.float32)
+        if flat.size % self.dim:
+            return flat.reshape(-1, 1)  # reported by model_post_init
+        return flat.reshape(-1, self.dim)
+
+    def text(self, prompt_text: str) -> str:
+        """What to embed for ``prompt_text``: without :attr:`strip_prefix` when it starts so."""
+        if self.strip_prefix and prompt_text.startswith(self.strip_prefix):
+            return prompt_text[len(self.strip_prefix) :]
+        return prompt_text
+
+    def consistent(self, embedding: Sequence[float], answer: str) -> bool:
+        """Whether ``answer`` is what was learned for the nearest prompts to the request
+        with this ``embedding`` (see the class doc).
+
+        Raises:
+            ValueError: the embedding's dimension is not the memory's.
+        """
+        import numpy as np
+
+        from edgecloud.common.text import same_answer
+
+        if len(embedding) != self.dim:
+            raise ValueError(f"embedding has {len(embedding)} dimensions, the memory {self.dim}")
+        sims = self._matrix @ np.asarray(embedding, dtype=np.float32)
+        near = np.flatnonzero(sims >= sims.max() - self.margin)
+        return any(same_answer(answer, self.answers[i]) for i in near)
+
+
 class AdapterCalibration(BaseModel):
     """The device's escalation thresholds for the requests a version answers.
 
@@ -231,6 +342,11 @@ class AdapterCalibration(BaseModel):
         ge=0, le=1, description="Share of answers wrong with no escalation the fit allowed."
     )
     examples: int = Field(ge=0, description="Held-out examples the thresholds were fitted on.")
+    memory: AnswerMemory | None = Field(
+        None,
+        description="Escalate an answer that is not what the adapter learned for the nearest "
+        "prompts (None: the thresholds alone).",
+    )
     measured: dict[str, float] = Field(
         default_factory=dict,
         description="What the round measured on its held-out examples: escalation and "

@@ -191,6 +191,18 @@ class CloudCalibrationConfig(Section):
         ge=1,
         description="Held-out answers by the adapter needed to fit thresholds; fewer: none.",
     )
+    memory: bool = Field(
+        True,
+        description=(
+            "Also sign an answer memory into the version (the trained prompts' embeddings and "
+            "answers): devices escalate an answer that is not what the adapter learned for "
+            "the nearest prompts, a fact mixed up with another. Kept only when it does not "
+            "cost more escalations on the held-out examples than the thresholds alone."
+        ),
+    )
+    memory_margin: float = Field(
+        0.05, ge=0, le=2, description="Trained prompts this close to the nearest one count too."
+    )
     refuse_regression: bool = Field(
         True,
         description=(

@@ -83,7 +83,7 @@ from edgecloud.types import (
 )
 
 if TYPE_CHECKING:
-    from edgecloud.adapters._manifest import AdapterRouting, AdapterScope
+    from edgecloud.adapters._manifest import AdapterRouting, AdapterScope, AnswerMemory
     from edgecloud.backends import TextBackend
     from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.device._endpoints import Endpoint, EndpointPool
@@ -199,6 +199,7 @@ class HybridEngine:
         self.adapter_version: int | None = None
         """The adapter version the backend runs (None: the base model), for records."""
         self._adapter_thresholds: WindowThresholds | None = None
+        self._memory: tuple[AnswerMemory, SentenceEncoder] | None = None
         self.usage = _CloudUsage()
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
         self.policies: list[Policy] = [
@@ -221,12 +222,17 @@ class HybridEngine:
         self, routing: AdapterRouting, *, encoder: SentenceEncoder | None = None
     ) -> None:
         """Apply what a version swapped in carries: its scope (:meth:`set_adapter_scope`)
-        and its calibrated thresholds, used for the requests the adapter answers (the
-        others keep ``device.router``'s). The adapter manager calls this at each swap,
-        rollback and restore."""
+        and its calibrated thresholds and answer memory, used for the requests the adapter
+        answers (the others keep ``device.router``'s): a confident answer that is not
+        what the adapter learned for the nearest prompts is handed to the cloud when it
+        ends. The adapter manager calls this at each swap, rollback and restore."""
         self.set_adapter_scope(routing.scope, encoder=encoder)
         cal = routing.calibration
         self._adapter_thresholds = cal.thresholds(self.thresholds) if cal is not None else None
+        self._memory = None
+        if cal is not None and cal.memory is not None:
+            found = self._encoder(cal.memory.encoder, cal.memory.dim, encoder, "answer memory")
+            self._memory = (cal.memory, found) if found is not None else None
         self.adapter_version = routing.version
 
     def set_adapter_scope(
@@ -243,6 +249,15 @@ class HybridEngine:
         if scope is None:
             self._scope = None
             return
+        found = self._encoder(scope.encoder, len(scope.weights), encoder, "adapter scope")
+        self._scope = (scope, found) if found is not None else None
+
+    def _encoder(
+        self, identity: str, dim: int, encoder: SentenceEncoder | None, what: str
+    ) -> SentenceEncoder | None:
+        """The sentence encoder ``identity`` (``dim`` dimensions) that ``what`` was fitted
+        with: ``encoder``, else the learned router's, else the scope's, else the embedded
+        default; None (with a warning) when that cannot be loaded or is another one."""
         if encoder is None and self.learned is not None:
             encoder = self.learned[1]
         if encoder is None and self._scope is not None:
@@ -252,18 +267,25 @@ class HybridEngine:
                 from edgecloud.common.encoder import SentenceEncoder
 
                 encoder = SentenceEncoder()
-            identity = encoder.identity
+            have = encoder.identity
         except (EdgeCloudError, ImportError, OSError) as exc:
-            log.warning("adapter scope ignored (no sentence encoder: %s): the adapter "
-                        "answers every request", exc)  # fmt: skip
-            self._scope = None
-            return
-        if identity != scope.encoder or encoder.dim != len(scope.weights):
-            log.warning("adapter scope ignored: fitted with encoder %s, this device has %s; "
-                        "the adapter answers every request", scope.encoder, identity)  # fmt: skip
-            self._scope = None
-            return
-        self._scope = (scope, encoder)
+            log.warning("%s ignored (no sentence encoder: %s)", what, exc)
+            return None
+        if have != identity or encoder.dim != dim:
+            log.warning("%s ignored: fitted with encoder %s, this device has %s", what,
+                        identity, have)  # fmt: skip
+            return None
+        return encoder
+
+    async def _unlearned(self, prompt: str | Sequence[ChatMessage], answer: str) -> bool:
+        """Whether the adapter's ``answer`` is not what it learned for the prompts nearest
+        to ``prompt`` (False without an answer memory)."""
+        current = self._memory
+        if current is None:
+            return False
+        memory, encoder = current
+        vec = await asyncio.to_thread(encoder.encode, [memory.text(prompt_text(prompt))])
+        return not memory.consistent(vec[0].tolist(), answer)
 
     async def _in_scope(self, prompt: str | Sequence[ChatMessage]) -> tuple[float, bool] | None:
         """(the adapter scope's probability for ``prompt``, whether it applies); None:
@@ -400,6 +422,21 @@ class HybridEngine:
                             f"{trip.reason}, but no cloud endpoint is available",
                             dict(trip.signals),
                         )
+        if (
+            handoff is None
+            and use_adapter
+            and monitor is not None
+            and monitor.fired is None
+            and finish is not None
+            and finish.reason == "stop"
+            and self._available()
+            and await self._unlearned(prompt, "".join(c.text for c in local))
+        ):
+            handoff = Decision(
+                "cloud", "answer-memory",
+                "the answer is not what the adapter learned for the nearest questions",
+                signals={"local_tokens": len(local)},
+            )  # fmt: skip
         if handoff is None:
             for c in local[shown:]:
                 yield c

@@ -137,6 +137,7 @@ def fit_wrong_rate(
     *,
     windows: Sequence[int] = (1, 2, 4, 8),
     min_tokens: int = 1,
+    forced: Sequence[bool] | None = None,
 ) -> WrongRateFit:
     """The window and logprob threshold with the fewest escalations among those that leave
     at most ``target`` of ``answers`` wrong and unescalated.
@@ -154,6 +155,8 @@ def fit_wrong_rate(
     Args:
         answers: (per-token logprobs, whether the answer was right) per held-out answer.
         target: the share of ``answers`` allowed to be wrong with no escalation.
+        forced: answers another rule escalates whatever the threshold (a check of the
+            answer against what the adapter learned); they count as escalated.
 
     Raises:
         ValueError: no answers, an empty ``windows``, or ``target`` outside [0, 1].
@@ -165,6 +168,9 @@ def fit_wrong_rate(
     if not 0.0 <= target <= 1.0:
         raise ValueError("target must be in [0, 1]")
     n = len(answers)
+    forced = list(forced) if forced is not None else [False] * n
+    if len(forced) != n:
+        raise ValueError("forced must have one flag per answer")
     best: tuple[tuple[float, float, float], WrongRateFit] | None = None
     for window in windows:
         scores = [window_extremes(lps, lps, window, min_tokens)[0] for lps, _ in answers]
@@ -173,7 +179,7 @@ def fit_wrong_rate(
         if finite:
             cuts.append(min(finite[-1] / 2, 0.0) if finite[-1] < 0 else 0.0)
         for thr in cuts:
-            escalated = [s < thr for s in scores]
+            escalated = [s < thr or f for s, f in zip(scores, forced, strict=True)]
             wrong = sum(1 for (_, right), e in zip(answers, escalated, strict=True)
                         if not right and not e)  # fmt: skip
             rate, wrong_rate = sum(escalated) / n, wrong / n

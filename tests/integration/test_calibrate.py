@@ -120,3 +120,30 @@ def test_calibration_config_defaults_match_the_device_router() -> None:
     cal, router = CloudCalibrationConfig(), RouterConfig()
     assert (cal.device_window, cal.device_min_mean_logprob, cal.device_min_tokens) == (
         router.window, router.min_mean_logprob, router.min_tokens)  # fmt: skip
+
+
+def test_the_answer_memory_catches_what_the_adapter_did_not_learn(
+    default_gguf: Path, lora_gguf: Path, base_answers: list[str]
+) -> None:
+    # Trained on these very prompts with the base model's answers: wherever the random
+    # adapter answers otherwise, its answer is not what it learned for the nearest
+    # prompt, and the memory alone escalates exactly those answers.
+    examples = _examples(base_answers)
+    got = calibrate(
+        _config(target_wrong_rate=0.0, min_examples=2), base_gguf=default_gguf,
+        adapter_gguf=lora_gguf, holdout=examples, canary=[], scope=None, trained=examples,
+    )  # fmt: skip
+    assert got.calibration is not None and got.calibration.memory is not None
+    memory = got.calibration.memory
+    assert len(memory.answers) == len(examples) and memory.strip_prefix == SHOTS
+    wrong = [r["unlearned"] for r in got.rows]
+    assert wrong == [not r["adapted_right"] for r in got.rows] and any(wrong)
+    assert [r["shipped_escalates"] for r in got.rows] == wrong
+    assert got.measured["fit_escalation_rate"] == sum(wrong) / len(wrong)
+    # Without the memory the thresholds must catch them alone, at no lower cost.
+    alone = calibrate(
+        _config(target_wrong_rate=0.0, min_examples=2, memory=False), base_gguf=default_gguf,
+        adapter_gguf=lora_gguf, holdout=examples, canary=[], scope=None, trained=examples,
+    )  # fmt: skip
+    assert alone.calibration is not None and alone.calibration.memory is None
+    assert alone.measured["fit_escalation_rate"] >= got.measured["fit_escalation_rate"]

@@ -38,13 +38,16 @@ from edgecloud.common.text import same_answer
 from edgecloud.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgecloud.adapters._manifest import AdapterCalibration, AdapterScope
+    from edgecloud.adapters._manifest import AdapterCalibration, AdapterScope, AnswerMemory
     from edgecloud.common.encoder import SentenceEncoder
     from edgecloud.router import WrongRateFit
 
 __all__ = ["CalibrationResult", "calibrate"]
 
 log = logging.getLogger("edgecloud.cloud")
+
+_MAX_MEMORY = 16_384
+"""Trained examples an answer memory holds at most (about 12 kB each as JSON)."""
 
 _MARGIN = 0.1
 """A canary decision is checked only when its score is this far from the threshold."""
@@ -73,6 +76,8 @@ class _Row:
     """The adapter answers it (in scope) and thresholds fitted without it escalate."""
     shipped_escalates: bool = False
     """The adapter answers it and the version's thresholds (fitted on all) escalate."""
+    unlearned: bool = False
+    """The adapter's answer is not what it learned for the nearest trained prompts."""
 
     @property
     def group(self) -> str:
@@ -105,6 +110,7 @@ def calibrate(
     holdout: Sequence[TrainingExample],
     canary: Sequence[dict[str, Any]],
     scope: AdapterScope | None,
+    trained: Sequence[TrainingExample] = (),
     encoder: SentenceEncoder | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
@@ -119,7 +125,10 @@ def calibrate(
             general examples, the others the domain.
         canary: the round's canary items (``prompt``, ``expect``, ``stop``).
         scope: the version's scope (None: the adapter answers every request).
-        encoder: the sentence encoder ``scope`` reads (the embedded default if None).
+        trained: the examples the adapter was trained on: its answer memory
+            (``calibration.memory``).
+        encoder: the sentence encoder of the scope and the memory (the embedded
+            default if None).
 
     Raises:
         ConfigError: llama-cpp-python is not installed.
@@ -131,6 +140,10 @@ def calibrate(
     try:
         if on_stage is not None:
             on_stage(f"measuring {len(holdout)} held-out answers with and without the adapter")
+        if encoder is None and (scope is not None or (cal.memory and trained)):
+            from edgecloud.common.encoder import SentenceEncoder
+
+            encoder = SentenceEncoder()
         in_scope = _in_scope(holdout, scope, encoder)
         base = [_answer(backend, ex, use_adapter=False) for ex in holdout]
         adapted = [_answer(backend, ex, use_adapter=True) for ex in holdout]
@@ -143,11 +156,22 @@ def calibrate(
     ]
     scoped = [r for r in rows if r.in_scope]
     fit = None
+    memory = None
     if len(scoped) >= cal.min_examples:
         fit = _fit(cal.target_wrong_rate, cal.windows, scoped)
-        _cross_fit(config, scoped, fit)
+        if cal.memory and trained and encoder is not None:
+            memory = _memory(trained, scope, encoder, cal.memory_margin)
+            _check_memory(memory, scoped, encoder)
+            with_memory = _fit(cal.target_wrong_rate, cal.windows, scoped, memory=True)
+            better = (with_memory.wrong_unescalated_rate, with_memory.escalation_rate) <= (
+                fit.wrong_unescalated_rate, fit.escalation_rate)  # fmt: skip
+            if better:
+                fit = with_memory  # on a tie too: it also catches mix-ups the held-out lacks
+            else:
+                memory = None
+        _cross_fit(config, scoped, fit, memory is not None)
         for r in scoped:
-            r.shipped_escalates = fit.escalates(r.adapted.logprobs, r.adapted.entropies)
+            r.shipped_escalates = _escalates(fit, r, memory is not None)
     else:
         log.warning("%d held-out answers by the adapter (< %d): the version carries no "
                     "calibration and devices keep their own thresholds", len(scoped),
@@ -163,6 +187,7 @@ def calibrate(
             min_tokens=fit.min_tokens,
             target_wrong_rate=cal.target_wrong_rate,
             examples=len(scoped),
+            memory=memory,
             measured={k: v for k, v in measured.items() if math.isfinite(v)},
         )
     refused = _regression(measured) if cal.refuse_regression else None
@@ -241,15 +266,48 @@ def _base_escalates(config: CloudTrainConfig, answer: _Answer) -> bool:
     return lo < cal.device_min_mean_logprob
 
 
-def _fit(target: float, windows: Sequence[int], rows: Sequence[_Row]) -> WrongRateFit:
+def _memory(
+    trained: Sequence[TrainingExample], scope: AdapterScope | None, encoder: Any, margin: float
+) -> AnswerMemory:
+    """The answer memory of what was trained (the prompts read as the scope reads them)."""
+    from edgecloud.adapters._manifest import AnswerMemory
+    from edgecloud.cloud.train._examples import common_prompt_prefix
+
+    rows = [ex for ex in trained if ex.answer.strip()][:_MAX_MEMORY]
+    prefix = scope.strip_prefix if scope is not None else common_prompt_prefix(rows)
+    texts = [ex.prompt[len(prefix) :] if ex.prompt.startswith(prefix) else ex.prompt
+             for ex in rows]  # fmt: skip
+    return AnswerMemory.build(encoder.identity, prefix, encoder.encode(texts),
+                              [ex.answer.strip()[:1024] for ex in rows], margin)  # fmt: skip
+
+
+def _check_memory(memory: AnswerMemory, rows: Sequence[_Row], encoder: Any) -> None:
+    """Mark the rows whose adapted answer is not what was learned for the nearest prompts."""
+    if not rows:
+        return
+    vectors = encoder.encode([memory.text(r.example.prompt) for r in rows])
+    for r, vec in zip(rows, vectors, strict=True):
+        r.unlearned = not memory.consistent(vec.tolist(), r.adapted.text)
+
+
+def _fit(
+    target: float, windows: Sequence[int], rows: Sequence[_Row], *, memory: bool = False
+) -> WrongRateFit:
     from edgecloud.router import fit_wrong_rate
 
     return fit_wrong_rate(
-        [(r.adapted.logprobs, r.right(r.adapted)) for r in rows], target, windows=windows
-    )
+        [(r.adapted.logprobs, r.right(r.adapted)) for r in rows], target, windows=windows,
+        forced=[memory and r.unlearned for r in rows],
+    )  # fmt: skip
 
 
-def _cross_fit(config: CloudTrainConfig, rows: Sequence[_Row], full: WrongRateFit) -> None:
+def _escalates(fit: WrongRateFit, r: _Row, memory: bool) -> bool:
+    return (memory and r.unlearned) or fit.escalates(r.adapted.logprobs, r.adapted.entropies)
+
+
+def _cross_fit(
+    config: CloudTrainConfig, rows: Sequence[_Row], full: WrongRateFit, memory: bool
+) -> None:
     """Each row's decision by thresholds fitted on the other half (the full fit when
     that half is too small), so the reported rates are out of sample."""
     cal = config.calibration
@@ -260,12 +318,12 @@ def _cross_fit(config: CloudTrainConfig, rows: Sequence[_Row], full: WrongRateFi
     for i, fold in enumerate(folds):
         other = folds[1 - i]
         fit = (
-            _fit(cal.target_wrong_rate, cal.windows, other)
+            _fit(cal.target_wrong_rate, cal.windows, other, memory=memory)
             if len(other) >= cal.min_examples
             else full
         )
         for r in fold:
-            r.escalates = fit.escalates(r.adapted.logprobs, r.adapted.entropies)
+            r.escalates = _escalates(fit, r, memory)
 
 
 def _measure(rows: Sequence[_Row], calibrated: bool) -> dict[str, float]:
@@ -346,5 +404,6 @@ def _report_row(r: _Row) -> dict[str, Any]:
         "adapted_right": r.right(r.adapted),
         "escalates": r.escalates,
         "shipped_escalates": r.shipped_escalates,
+        "unlearned": r.unlearned,
         "adapted_min_logprob": min(r.adapted.logprobs, default=0.0),
     }

@@ -18,7 +18,13 @@ from edgecloud.cloud._settings import CloudSettings
 from edgecloud.cloud.train._base import base_model
 from edgecloud.cloud.train._calibrate import CalibrationResult, calibrate
 from edgecloud.cloud.train._examples import TrainingExample, examples_from_records
-from edgecloud.cloud.train._lora import StageCallback, TrainProgress, TrainReport, train_lora
+from edgecloud.cloud.train._lora import (
+    LoraResult,
+    StageCallback,
+    TrainProgress,
+    TrainReport,
+    train_lora,
+)
 from edgecloud.cloud.train._publish import load_signing_key, publish_version
 from edgecloud.cloud.train._relabel import check_replay
 from edgecloud.cloud.train._scope import fit_scope
@@ -172,7 +178,7 @@ def run_round(
         stages.start("calibrate", "calibrating the version's escalation thresholds")
         result.calibration = calibrate(
             cfg, base_gguf=device_gguf, adapter_gguf=gguf, holdout=trained.holdout,
-            canary=trained.report.canary, scope=scope,
+            canary=trained.report.canary, scope=scope, trained=_trained(trained),
             encoder=knowledge.encoder if knowledge is not None else None, on_stage=on_stage,
         )  # fmt: skip
         trained.report.canary = result.calibration.canary
@@ -191,6 +197,12 @@ def run_round(
         result.rollout_percent = rollout_percent
     result.stage_seconds = stages.finish()
     return result
+
+
+def _trained(trained: LoraResult) -> list[TrainingExample]:
+    """The examples the adapter was trained on (not the held-out ones)."""
+    held = set(trained.holdout)
+    return [ex for ex in trained.examples if ex not in held]
 
 
 def _write_calibration(path: Path, result: CalibrationResult) -> None:

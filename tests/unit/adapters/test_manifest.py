@@ -107,3 +107,29 @@ def test_accepted_names_never_leave_the_version_directory(name: str) -> None:
     joined = posixpath.normpath(posixpath.join("/root/v1/files", name))
     assert joined.startswith("/root/v1/files/")
     assert "\\" not in name and "\x00" not in name
+
+
+def test_an_answer_memory_travels_in_the_calibration_and_refuses_broken_vectors() -> None:
+    import numpy as np
+
+    from edgecloud.adapters._manifest import AdapterCalibration, AnswerMemory
+
+    memory = AnswerMemory.build("e", "Q: shared\n", np.eye(3, 4), ["22 kg", "red", "D-577"], 0.05)
+    cal = AdapterCalibration(window=1, min_mean_logprob=-0.5, target_wrong_rate=0.03,
+                             examples=10, memory=memory)  # fmt: skip
+    m = Manifest.from_json(Manifest.model_validate(_fields(calibration=cal)).to_json())
+    assert m.calibration is not None and m.calibration.memory is not None
+    got = m.calibration.memory
+    assert got.text("Q: shared\nQ: which code?") == "Q: which code?"
+    assert got.consistent([0, 0, 1, 0], " D-577") and not got.consistent([0, 0, 1, 0], " D-156")
+    assert got.consistent([0.7, 0.71, 0, 0], "red")  # both rows are nearest (within 0.05)
+    with pytest.raises(ValueError, match="2 dimensions, the memory 4"):
+        got.consistent([1.0, 0.0], "red")
+    raw = memory.model_dump()
+    for bad, why in (({"dim": 5}, "memory holds 12 numbers"), ({"vectors": "not base64!"}, "base64"),
+                     ({"answers": ["a", "b"]}, "not 2 x 4")):  # fmt: skip
+        fields = _fields(calibration={**cal.model_dump(), "memory": {**raw, **bad}})
+        with pytest.raises(AdapterFormatError, match="memory"):
+            Manifest.from_json(json.dumps(fields, default=str).encode())
+        with pytest.raises(ValueError, match=why):
+            AnswerMemory.model_validate({**raw, **bad})

@@ -527,3 +527,45 @@ def test_an_adapter_versions_calibration_governs_the_requests_it_answers(tmp_pat
     r = client.generate("hi", max_tokens=6)
     assert r.route is not None and not r.route.escalated and made[0].adapter_version is None
     client.close()
+
+
+def test_an_answer_the_adapter_did_not_learn_for_the_nearest_question_goes_to_the_cloud() -> None:
+    import numpy as np
+
+    from edgecloud.adapters._manifest import AdapterCalibration, AdapterRouting, AnswerMemory
+
+    class OneHot:
+        """Prompts about the Kestrel and about the Heron point two ways."""
+
+        identity, dim = "e", 2
+
+        def encode(self, texts: Sequence[str]) -> Any:
+            return np.array([[1.0, 0.0] if "Kestrel" in t else [0.0, 1.0] for t in texts],
+                            dtype=np.float32)  # fmt: skip
+
+    learned = AnswerMemory.build("e", "", [[1.0, 0.0], [0.0, 1.0]],
+                                 ["one two three", "a Heron answer"], 0.05)  # fmt: skip
+    calibration = AdapterCalibration(window=1, min_mean_logprob=-1e9, target_wrong_rate=0.03,
+                                     examples=20, memory=learned)  # fmt: skip
+    cloud = FakeCloud("a")
+    backend = ScriptedBackend("one two three", delay=0.0)
+    made: list[HybridEngine] = []
+
+    def engine() -> HybridEngine:
+        pool = EndpointPool([Endpoint(cloud, CircuitBreaker(failures=2, cooldown_s=60))])
+        made.append(HybridEngine(backend, pool=pool, router=CALM, cloud=DeviceCloudConfig()))
+        made[-1].set_adapter_routing(AdapterRouting(2, None, calibration), encoder=OneHot())  # type: ignore[arg-type]
+        return made[-1]
+
+    client = Client(backend, engine=engine)
+    # What it learned for the Kestrel: the local answer stands.
+    r = client.generate("Q: Kestrel payload?\nA:", max_tokens=8)
+    assert r.route is not None and not r.route.escalated and r.text == "one two three"
+    # The same answer to the Heron question is another question's answer: the cloud's.
+    r = client.generate("Q: Heron payload?\nA:", max_tokens=8)
+    assert r.route is not None and r.route.escalated and r.route.policy == "answer-memory"
+    assert r.text.endswith("cloud says hello") and len(cloud.calls) == 1
+    # A private request never leaves the device, memory or not.
+    r = client.generate("Q: Heron payload? my email is a@b.example\nA:", max_tokens=8)
+    assert r.route is not None and not r.route.escalated
+    client.close()
