@@ -65,3 +65,17 @@ def test_bad_arguments(bad: dict[str, object]) -> None:
     kwargs.update(bad)
     with pytest.raises(ValueError):
         fit_wrong_rate(**kwargs)  # type: ignore[arg-type]
+
+
+def test_answers_another_rule_escalates_need_no_threshold() -> None:
+    # The two wrong answers are as confident as the right ones; a second rule (the
+    # answer memory) escalates them, so no threshold needs to.
+    answers = [_answer(-0.05, right=True) for _ in range(8)]
+    answers += [_answer(-0.05, right=False), _answer(-0.06, right=False)]
+    alone = fit_wrong_rate(answers, 0.0, windows=(1,))
+    forced = fit_wrong_rate(answers, 0.0, windows=(1,), forced=[False] * 8 + [True, True])
+    assert alone.escalation_rate >= 0.9  # only escalating nearly everything catches them
+    assert forced.escalation_rate == pytest.approx(0.2) and forced.wrong_unescalated_rate == 0
+    assert forced.min_mean_logprob == -math.inf
+    with pytest.raises(ValueError, match="one flag per answer"):
+        fit_wrong_rate(answers, 0.0, forced=[True])
