@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from edgecloud.backends import BackendInfo, TextBackend
 from edgecloud.backends._base import FifoLock
 from edgecloud.errors import BackendClosedError
+from edgecloud.router import Route
 from edgecloud.types import ChatMessage, Chunk, Finish, FinishReason, SamplingParams
 
 
@@ -91,3 +93,23 @@ class ScriptedBackend(TextBackend):
 
     def close(self) -> None:
         self.closed = True
+
+
+async def answer(
+    engine: Any,
+    prompt: str = "Q: count to four\nA:",
+    params: SamplingParams | None = None,
+    route: Route | None = None,
+) -> tuple[str, Finish]:
+    """The text and the :class:`Finish` of one request through a ``HybridEngine``."""
+    from edgecloud.device._hybrid import CancelScope
+
+    params = params if params is not None else SamplingParams(max_tokens=4, stop=["\n"])
+    text, finish = "", None
+    async for ev in engine.stream(prompt, params, route=route, cancel=CancelScope()):
+        if isinstance(ev, Chunk):
+            text += ev.text
+        else:
+            finish = ev
+    assert finish is not None
+    return text, finish

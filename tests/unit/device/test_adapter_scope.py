@@ -18,9 +18,10 @@ from edgecloud.adapters._manifest import AdapterScope, Manifest
 from edgecloud.cloud.train import TrainingExample
 from edgecloud.cloud.train._scope import fit_scope
 from edgecloud.config import DeviceCloudConfig, RouterConfig
-from edgecloud.device._hybrid import CancelScope, HybridEngine
+from edgecloud.device._hybrid import HybridEngine
 from edgecloud.errors import AdapterFormatError
-from edgecloud.types import Chunk, Finish, SamplingParams
+from edgecloud.types import Finish, SamplingParams
+from tests.fakes import answer
 from tests.fakes_adapters import FakeAdapterBackend, fake_lora
 from tests.unit.adapters.test_manifest import _fields
 
@@ -117,18 +118,7 @@ class Answers:
         self.engine = engine
 
     def generate(self, prompt: str) -> tuple[str, Finish]:
-        async def body() -> tuple[str, Finish]:
-            text, finish = "", None
-            params = SamplingParams(max_tokens=8)
-            async for ev in self.engine.stream(prompt, params, cancel=CancelScope()):
-                if isinstance(ev, Chunk):
-                    text += ev.text
-                else:
-                    finish = ev
-            assert finish is not None
-            return text, finish
-
-        return asyncio.run(body())
+        return asyncio.run(answer(self.engine, prompt, SamplingParams(max_tokens=8)))
 
 
 def _client(

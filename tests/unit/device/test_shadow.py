@@ -18,9 +18,8 @@ from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import CancelScope, HybridEngine
 from edgecloud.device._shadow import ShadowStats
-from edgecloud.router import Route
 from edgecloud.types import ChatMessage, Chunk, Finish, SamplingParams
-from tests.fakes import ScriptedBackend
+from tests.fakes import ScriptedBackend, answer
 from tests.fakes_cloud import FakeCloud
 from tests.unit.device.test_adapter_scope import WordEncoder
 
@@ -46,22 +45,6 @@ def make(
         cloud=DeviceCloudConfig(first_token_timeout_s=5.0), log=EscalationLog(tmp_path / "l.db"),
         replay_rate=replay_rate, shadow=DeviceShadowConfig(**{"rate": 1.0, **shadow}), seed=0,
     )  # fmt: skip
-
-
-async def answer(
-    engine: HybridEngine,
-    prompt: str = "Q: count to four\nA:",
-    params: SamplingParams = PARAMS,
-    route: Route | None = None,
-) -> tuple[str, Finish]:
-    text, finish = "", None
-    async for ev in engine.stream(prompt, params, route=route, cancel=CancelScope()):
-        if isinstance(ev, Chunk):
-            text += ev.text
-        else:
-            finish = ev
-    assert finish is not None
-    return text, finish
 
 
 def run(engine: HybridEngine, body: Callable[[], Awaitable[T]]) -> tuple[T, list[EscalationRecord]]:
