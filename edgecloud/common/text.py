@@ -177,7 +177,8 @@ def same_answer(answer: str, reference: str) -> bool:
 
     The numbers must be the same (a fact's figure, not another fact's: the error a
     small model makes most), and the words of one, fillers aside, must all be in the
-    other ("red" and "The lamp is red" agree; "red" and "amber" do not). Strict on
+    other ("red" and "The lamp is red" agree; "red" and "amber" do not; "3.5" and
+    "3.5 hours" agree). Strict on
     purpose: it decides whether a device's confident answer was wrong (calibration,
     shadow checks), where calling a right answer wrong costs an escalation and
     calling a wrong one right costs a wrong answer shown.
@@ -188,5 +189,7 @@ def same_answer(answer: str, reference: str) -> bool:
         return False
     wa, wr = _words(a), _words(r)
     if not wa or not wr:
-        return not wa and not wr and bool(_numbers(r))  # numbers only, and equal
+        # A figure alone ("3.5") says what the same figure with its unit says; words alone
+        # on one side and nothing on the other say nothing alike.
+        return bool(_numbers(r)) or (not wa and not wr)
     return wa <= wr or wr <= wa

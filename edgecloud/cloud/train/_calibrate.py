@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecloud.cloud._settings import CloudTrainConfig
+from edgecloud.cloud._settings import CloudCalibrationConfig, CloudTrainConfig
 from edgecloud.cloud.train._examples import TrainingExample
 from edgecloud.common.text import same_answer
 from edgecloud.errors import ConfigError
@@ -157,16 +157,15 @@ def calibrate(
     scoped = [r for r in rows if r.in_scope]
     fit = None
     memory = None
+    teacher = 0
     if len(scoped) >= cal.min_examples:
         fit = _fit(cal.target_wrong_rate, cal.windows, scoped)
         if cal.memory and trained and encoder is not None:
             memory = _memory(trained, scope, encoder, cal.memory_margin)
             _check_memory(memory, scoped, encoder)
-            with_memory = _fit(cal.target_wrong_rate, cal.windows, scoped, memory=True)
-            better = (with_memory.wrong_unescalated_rate, with_memory.escalation_rate) <= (
-                fit.wrong_unescalated_rate, fit.escalation_rate)  # fmt: skip
-            if better:
-                fit = with_memory  # on a tie too: it also catches mix-ups the held-out lacks
+            chosen = _with_memory(cal, scoped, fit)
+            if chosen is not None:
+                fit, teacher = chosen
             else:
                 memory = None
         _cross_fit(config, scoped, fit, memory is not None)
@@ -179,8 +178,11 @@ def calibrate(
     measured = _measure(rows, fit is not None)
     calibration = None
     if fit is not None:
-        measured["fit_escalation_rate"] = fit.escalation_rate
-        measured["fit_wrong_unescalated_rate"] = fit.wrong_unescalated_rate
+        measured["fit_escalation_rate"] = sum(r.shipped_escalates for r in scoped) / len(scoped)
+        measured["fit_wrong_unescalated_rate"] = sum(
+            not r.shipped_escalates and not r.right(r.adapted) for r in scoped
+        ) / len(scoped)
+        measured["teacher_conflicts"] = float(teacher)
         calibration = AdapterCalibration(
             window=fit.window,
             min_mean_logprob=max(fit.min_mean_logprob, -1e9),
@@ -301,6 +303,36 @@ def _fit(
     )  # fmt: skip
 
 
+def _with_memory(
+    cal: CloudCalibrationConfig, rows: Sequence[_Row], alone: WrongRateFit
+) -> tuple[WrongRateFit, int] | None:
+    """The fit with the answer memory's escalations and the rows it left out, when it
+    reaches the target at no more escalations than ``alone`` (or ``alone`` misses it);
+    None: the thresholds alone are better.
+
+    An answer that is what the adapter was taught for the nearest prompts, but not the
+    held-out label, is the teacher's error (its labels disagree), not the device's
+    doubt: fitting a threshold to it escalates every answer as confident as a right
+    one. The memory's fit leaves those out (shadow checks find them in the field).
+    """
+    taught = [r for r in rows if _taught(r)]
+    doubted = [r for r in rows if not _taught(r)]
+    fit = _fit(cal.target_wrong_rate, cal.windows, doubted or rows, memory=True)
+    cost = sum(_escalates(fit, r, True) for r in rows) / len(rows)
+    missed = alone.wrong_unescalated_rate > cal.target_wrong_rate
+    if fit.wrong_unescalated_rate <= cal.target_wrong_rate and (
+        cost <= alone.escalation_rate or missed
+    ):
+        return fit, len(taught)  # on a tie too: it also catches mix-ups the held-out lacks
+    return None
+
+
+def _taught(r: _Row) -> bool:
+    """The adapter answered what it was taught for the nearest prompts, and that is not
+    the held-out label: the labels disagree (checked against the memory first)."""
+    return not r.unlearned and not r.right(r.adapted)
+
+
 def _escalates(fit: WrongRateFit, r: _Row, memory: bool) -> bool:
     return (memory and r.unlearned) or fit.escalates(r.adapted.logprobs, r.adapted.entropies)
 
@@ -317,6 +349,8 @@ def _cross_fit(
         folds[hashlib.sha256(key).digest()[0] & 1].append(r)
     for i, fold in enumerate(folds):
         other = folds[1 - i]
+        if memory:
+            other = [r for r in other if not _taught(r)]
         fit = (
             _fit(cal.target_wrong_rate, cal.windows, other, memory=memory)
             if len(other) >= cal.min_examples

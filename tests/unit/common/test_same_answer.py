@@ -16,6 +16,8 @@ from edgecloud.common.text import same_answer
         ("1,200 rpm", "1200 rpm"),
         ("42", "42"),
         ("Amber\nQ: next question", "amber"),
+        ("3.5", "3.5 hours"),
+        ("3.5 hours", "3.5"),
     ],
 )
 def test_agreeing_answers(answer: str, reference: str) -> None:
@@ -32,6 +34,7 @@ def test_agreeing_answers(answer: str, reference: str) -> None:
         ("red", ""),
         ("the", "the lamp is red"),  # fillers say nothing
         ("42 volts", "42 amperes"),
+        ("hours", "3.5 hours"),
     ],
 )
 def test_disagreeing_answers(answer: str, reference: str) -> None:

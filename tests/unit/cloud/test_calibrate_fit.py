@@ -1,0 +1,41 @@
+"""The round's choice between thresholds alone and thresholds with the answer memory."""
+
+from __future__ import annotations
+
+from edgecloud.cloud._settings import CloudCalibrationConfig
+from edgecloud.cloud.train._calibrate import _Answer, _fit, _Row, _with_memory
+from edgecloud.cloud.train._examples import TrainingExample
+
+
+def _row(answer: str, label: str, logprob: float, *, unlearned: bool) -> _Row:
+    said = _Answer(answer, (logprob,), (0.1,))
+    row = _Row(TrainingExample("Q: ?\nA:", label, "\n"), True, said, said, False, False)
+    row.unlearned = unlearned
+    return row
+
+
+def test_the_memory_catches_mixups_and_leaves_the_teachers_errors_out_of_the_fit() -> None:
+    cal = CloudCalibrationConfig(target_wrong_rate=0.0, windows=[1])
+    rows = [_row("22 kg", "22 kg", -0.02 * (i + 1), unlearned=False) for i in range(10)]
+    # A mix-up, as confident as the right answers: not what was learned for its question.
+    rows.append(_row("D-156", "D-577", -0.03, unlearned=True))
+    # What the adapter was taught for the nearest prompt, though the label says otherwise.
+    rows.append(_row("D-156", "D-577", -0.025, unlearned=False))
+    alone = _fit(cal.target_wrong_rate, cal.windows, rows)
+    assert alone.escalation_rate > 0.5  # only a threshold above most right answers
+    chosen = _with_memory(cal, rows, alone)
+    assert chosen is not None
+    fit, teacher = chosen
+    assert teacher == 1
+    assert fit.escalation_rate == 1 / 11  # the mix-up, by the memory; no threshold needed
+    # When the memory catches nothing the thresholds alone do not, it is left out.
+    plain = [_row("22 kg", "22 kg", -0.01, unlearned=False) for _ in range(5)]
+    plain.append(_row("9 kg", "22 kg", -0.9, unlearned=False))
+    plain[-1].unlearned = True
+    alone = _fit(0.0, [1], plain)
+    assert alone.wrong_unescalated_rate == 0.0 and alone.escalation_rate == 1 / 6
+    assert _with_memory(cal, plain, alone) is not None  # a tie: memory kept
+    worse = [_row("22 kg", "22 kg", -0.01, unlearned=True) for _ in range(5)]
+    worse.append(_row("9 kg", "22 kg", -0.9, unlearned=True))
+    alone = _fit(0.0, [1], worse)
+    assert _with_memory(cal, worse, alone) is None  # it would escalate every right answer
