@@ -241,6 +241,13 @@ class AnswerMemory(BaseModel):
     margin: float = Field(
         0.05, ge=0, le=2, description="Rows this close to the best similarity count as nearest."
     )
+    min_similarity: float = Field(
+        -1.0,
+        ge=-1,
+        le=1,
+        description="A request whose nearest trained prompt is less similar than this is "
+        "nothing the adapter learned: the base model answers it.",
+    )
 
     @field_validator("vectors")
     @classmethod
@@ -264,7 +271,13 @@ class AnswerMemory(BaseModel):
 
     @classmethod
     def build(
-        cls, encoder: str, strip_prefix: str, vectors: Any, answers: Sequence[str], margin: float
+        cls,
+        encoder: str,
+        strip_prefix: str,
+        vectors: Any,
+        answers: Sequence[str],
+        margin: float,
+        min_similarity: float = -1.0,
     ) -> AnswerMemory:
         """A memory of ``answers`` with their prompts' embeddings ``vectors`` (n x dim)."""
         import base64
@@ -275,7 +288,7 @@ class AnswerMemory(BaseModel):
         return cls(
             encoder=encoder, strip_prefix=strip_prefix, dim=int(matrix.shape[1]),
             vectors=base64.b64encode(matrix.tobytes()).decode(), answers=tuple(answers),
-            margin=margin,
+            margin=margin, min_similarity=min_similarity,
         )  # fmt: skip
 
     @functools.cached_property
@@ -295,6 +308,25 @@ class AnswerMemory(BaseModel):
             return prompt_text[len(self.strip_prefix) :]
         return prompt_text
 
+    def nearest(self, embedding: Sequence[float]) -> float:
+        """The similarity of the trained prompt nearest to a request with this embedding.
+
+        Raises:
+            ValueError: the embedding's dimension is not the memory's.
+        """
+        return float(self._similarities(embedding).max())
+
+    def learned(self, embedding: Sequence[float]) -> bool:
+        """Whether a request this close to a trained prompt is one the adapter is for."""
+        return self.nearest(embedding) >= self.min_similarity
+
+    def _similarities(self, embedding: Sequence[float]) -> Any:
+        import numpy as np
+
+        if len(embedding) != self.dim:
+            raise ValueError(f"embedding has {len(embedding)} dimensions, the memory {self.dim}")
+        return self._matrix @ np.asarray(embedding, dtype=np.float32)
+
     def consistent(self, embedding: Sequence[float], answer: str) -> bool:
         """Whether ``answer`` is what was learned for the nearest prompts to the request
         with this ``embedding`` (see the class doc).
@@ -306,9 +338,7 @@ class AnswerMemory(BaseModel):
 
         from edgecloud.common.text import same_answer
 
-        if len(embedding) != self.dim:
-            raise ValueError(f"embedding has {len(embedding)} dimensions, the memory {self.dim}")
-        sims = self._matrix @ np.asarray(embedding, dtype=np.float32)
+        sims = self._similarities(embedding)
         near = np.flatnonzero(sims >= sims.max() - self.margin)
         return any(same_answer(answer, self.answers[i]) for i in near)
 

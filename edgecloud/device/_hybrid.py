@@ -277,15 +277,16 @@ class HybridEngine:
             return None
         return encoder
 
-    async def _unlearned(self, prompt: str | Sequence[ChatMessage], answer: str) -> bool:
-        """Whether the adapter's ``answer`` is not what it learned for the prompts nearest
-        to ``prompt`` (False without an answer memory)."""
+    async def _recall(
+        self, prompt: str | Sequence[ChatMessage]
+    ) -> tuple[AnswerMemory, list[float]] | None:
+        """The version's answer memory and ``prompt``'s embedding for it (None: no memory)."""
         current = self._memory
         if current is None:
-            return False
+            return None
         memory, encoder = current
         vec = await asyncio.to_thread(encoder.encode, [memory.text(prompt_text(prompt))])
-        return not memory.consistent(vec[0].tolist(), answer)
+        return memory, vec[0].tolist()
 
     async def _in_scope(self, prompt: str | Sequence[ChatMessage]) -> tuple[float, bool] | None:
         """(the adapter scope's probability for ``prompt``, whether it applies); None:
@@ -365,6 +366,13 @@ class HybridEngine:
         if in_scope is not None:
             signals_out["adapter_scope"] = in_scope[0]
             signals_out["adapter_in_scope"] = in_scope[1]
+        recalled = await self._recall(prompt) if use_adapter else None
+        if recalled is not None:
+            memory, vec = recalled
+            signals_out["adapter_memory_nearest"] = nearest = memory.nearest(vec)
+            if nearest < memory.min_similarity:  # nothing it learned: the base model's
+                use_adapter, recalled = False, None
+                signals_out["adapter_in_scope"] = False
         if decision.route == "cloud":
             demanded = route == "cloud"
             if k and any(ep.verifies for ep in self._available()):
@@ -430,7 +438,8 @@ class HybridEngine:
             and finish is not None
             and finish.reason == "stop"
             and self._available()
-            and await self._unlearned(prompt, "".join(c.text for c in local))
+            and recalled is not None
+            and not recalled[0].consistent(recalled[1], "".join(c.text for c in local))
         ):
             handoff = Decision(
                 "cloud", "answer-memory",

@@ -78,6 +78,8 @@ class _Row:
     """The adapter answers it and the version's thresholds (fitted on all) escalate."""
     unlearned: bool = False
     """The adapter's answer is not what it learned for the nearest trained prompts."""
+    nearest: float = 1.0
+    """Similarity of the nearest trained prompt (the answer memory's)."""
 
     @property
     def group(self) -> str:
@@ -163,9 +165,13 @@ def calibrate(
         if cal.memory and trained and encoder is not None:
             memory = _memory(trained, scope, encoder, cal.memory_margin)
             _check_memory(memory, scoped, encoder)
-            chosen = _with_memory(cal, scoped, fit)
+            memory = memory.model_copy(update={"min_similarity": _floor(scoped, memory.margin)})
+            chosen = _with_memory(cal, scoped, fit, memory.min_similarity)
             if chosen is not None:
                 fit, teacher = chosen
+                for r in scoped:  # nothing it learned: the base model answers these
+                    r.in_scope = r.nearest >= memory.min_similarity
+                scoped = [r for r in scoped if r.in_scope]
             else:
                 memory = None
         _cross_fit(config, scoped, fit, memory is not None)
@@ -290,6 +296,7 @@ def _check_memory(memory: AnswerMemory, rows: Sequence[_Row], encoder: Any) -> N
     vectors = encoder.encode([memory.text(r.example.prompt) for r in rows])
     for r, vec in zip(rows, vectors, strict=True):
         r.unlearned = not memory.consistent(vec.tolist(), r.adapted.text)
+        r.nearest = memory.nearest(vec.tolist())
 
 
 def _fit(
@@ -303,8 +310,16 @@ def _fit(
     )  # fmt: skip
 
 
+def _floor(rows: Sequence[_Row], margin: float) -> float:
+    """The similarity to the nearest trained prompt below which a request is nothing the
+    adapter learned: just under the least similar held-out domain example (other
+    phrasings of what was trained), at most 0.8; -1 (none) without domain examples."""
+    near = [r.nearest for r in rows if not r.example.replay]
+    return max(-1.0, min(min(near) - margin, 0.8)) if near else -1.0
+
+
 def _with_memory(
-    cal: CloudCalibrationConfig, rows: Sequence[_Row], alone: WrongRateFit
+    cal: CloudCalibrationConfig, rows: Sequence[_Row], alone: WrongRateFit, floor: float
 ) -> tuple[WrongRateFit, int] | None:
     """The fit with the answer memory's escalations and the rows it left out, when it
     reaches the target at no more escalations than ``alone`` (or ``alone`` misses it);
@@ -315,10 +330,13 @@ def _with_memory(
     doubt: fitting a threshold to it escalates every answer as confident as a right
     one. The memory's fit leaves those out (shadow checks find them in the field).
     """
-    taught = [r for r in rows if _taught(r)]
-    doubted = [r for r in rows if not _taught(r)]
-    fit = _fit(cal.target_wrong_rate, cal.windows, doubted or rows, memory=True)
-    cost = sum(_escalates(fit, r, True) for r in rows) / len(rows)
+    beyond = [r for r in rows if r.nearest < floor]  # the base model answers these
+    within = [r for r in rows if r.nearest >= floor]
+    taught = [r for r in within if _taught(r)]
+    doubted = [r for r in within if not _taught(r)]
+    fit = _fit(cal.target_wrong_rate, cal.windows, doubted or within or rows, memory=True)
+    cost = (sum(_escalates(fit, r, True) for r in within)
+            + sum(r.base_escalates for r in beyond)) / len(rows)  # fmt: skip
     missed = alone.wrong_unescalated_rate > cal.target_wrong_rate
     if fit.wrong_unescalated_rate <= cal.target_wrong_rate and (
         cost <= alone.escalation_rate or missed
@@ -439,5 +457,6 @@ def _report_row(r: _Row) -> dict[str, Any]:
         "escalates": r.escalates,
         "shipped_escalates": r.shipped_escalates,
         "unlearned": r.unlearned,
+        "nearest": r.nearest,
         "adapted_min_logprob": min(r.adapted.logprobs, default=0.0),
     }

@@ -23,7 +23,7 @@ def test_the_memory_catches_mixups_and_leaves_the_teachers_errors_out_of_the_fit
     rows.append(_row("D-156", "D-577", -0.025, unlearned=False))
     alone = _fit(cal.target_wrong_rate, cal.windows, rows)
     assert alone.escalation_rate > 0.5  # only a threshold above most right answers
-    chosen = _with_memory(cal, rows, alone)
+    chosen = _with_memory(cal, rows, alone, -1.0)
     assert chosen is not None
     fit, teacher = chosen
     assert teacher == 1
@@ -34,8 +34,29 @@ def test_the_memory_catches_mixups_and_leaves_the_teachers_errors_out_of_the_fit
     plain[-1].unlearned = True
     alone = _fit(0.0, [1], plain)
     assert alone.wrong_unescalated_rate == 0.0 and alone.escalation_rate == 1 / 6
-    assert _with_memory(cal, plain, alone) is not None  # a tie: memory kept
+    assert _with_memory(cal, plain, alone, -1.0) is not None  # a tie: memory kept
     worse = [_row("22 kg", "22 kg", -0.01, unlearned=True) for _ in range(5)]
     worse.append(_row("9 kg", "22 kg", -0.9, unlearned=True))
     alone = _fit(0.0, [1], worse)
-    assert _with_memory(cal, worse, alone) is None  # it would escalate every right answer
+    assert _with_memory(cal, worse, alone, -1.0) is None  # it would escalate every right answer
+
+
+def test_requests_far_from_anything_learned_are_left_to_the_base_model() -> None:
+    from edgecloud.cloud.train._calibrate import _floor
+
+    cal = CloudCalibrationConfig(target_wrong_rate=0.0, windows=[1])
+    domain = [_row("22 kg", "22 kg", -0.01, unlearned=False) for _ in range(6)]
+    for i, r in enumerate(domain):
+        r.nearest = 0.8 + 0.01 * i
+    general = _row("Earth", "Jupiter", -0.01, unlearned=True)  # in the scope, but far
+    general.example = TrainingExample("Q: planet?\nA:", "Jupiter", "\n", replay=True)
+    general.nearest, general.base_escalates = 0.3, True
+    rows = [*domain, general]
+    floor = _floor(rows, 0.05)
+    assert floor == 0.75  # just under the least similar domain example
+    alone = _fit(0.0, [1], rows)
+    chosen = _with_memory(cal, rows, alone, floor)
+    assert chosen is not None
+    fit, _ = chosen
+    assert fit.examples == 6  # fitted on what the adapter still answers
+    assert _floor([general], 0.05) == -1.0  # no domain examples: no floor

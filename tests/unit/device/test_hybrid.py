@@ -535,16 +535,17 @@ def test_an_answer_the_adapter_did_not_learn_for_the_nearest_question_goes_to_th
     from edgecloud.adapters._manifest import AdapterCalibration, AdapterRouting, AnswerMemory
 
     class OneHot:
-        """Prompts about the Kestrel and about the Heron point two ways."""
+        """Prompts about the Kestrel, the Heron and anything else point three ways."""
 
-        identity, dim = "e", 2
+        identity, dim = "e", 3
 
         def encode(self, texts: Sequence[str]) -> Any:
-            return np.array([[1.0, 0.0] if "Kestrel" in t else [0.0, 1.0] for t in texts],
+            return np.array([[1.0, 0.0, 0.0] if "Kestrel" in t else [0.0, 1.0, 0.0]
+                             if "Heron" in t else [0.0, 0.0, 1.0] for t in texts],
                             dtype=np.float32)  # fmt: skip
 
-    learned = AnswerMemory.build("e", "", [[1.0, 0.0], [0.0, 1.0]],
-                                 ["one two three", "a Heron answer"], 0.05)  # fmt: skip
+    learned = AnswerMemory.build("e", "", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                 ["one two three", "a Heron answer"], 0.05, 0.5)  # fmt: skip
     calibration = AdapterCalibration(window=1, min_mean_logprob=-1e9, target_wrong_rate=0.03,
                                      examples=20, memory=learned)  # fmt: skip
     cloud = FakeCloud("a")
@@ -565,6 +566,11 @@ def test_an_answer_the_adapter_did_not_learn_for_the_nearest_question_goes_to_th
     r = client.generate("Q: Heron payload?\nA:", max_tokens=8)
     assert r.route is not None and r.route.escalated and r.route.policy == "answer-memory"
     assert r.text.endswith("cloud says hello") and len(cloud.calls) == 1
+    # Nothing like what it learned: the base model answers, at the device's thresholds.
+    r = client.generate("Q: What is the capital of Peru?\nA:", max_tokens=8)
+    assert r.route is not None and not r.route.escalated and len(cloud.calls) == 1
+    assert r.route.signals["adapter_in_scope"] is False
+    assert r.route.signals["adapter_memory_nearest"] == 0.0
     # A private request never leaves the device, memory or not.
     r = client.generate("Q: Heron payload? my email is a@b.example\nA:", max_tokens=8)
     assert r.route is not None and not r.route.escalated
