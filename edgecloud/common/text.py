@@ -121,7 +121,7 @@ def normalize_prompt(prompt: Prompt | bytes) -> str | list[ChatMessage]:
     return messages
 
 
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
+_NUMBER = re.compile(r"(?:(?<![\w.-])-)?\d+(?:[.,]\d+)*")  # "D-768" is 768, not -768
 _WORD = re.compile(r"[^\W\d_]+")
 _FILLER = frozenset(
     {

@@ -188,7 +188,7 @@ def calibrate(
         measured["fit_wrong_unescalated_rate"] = sum(
             not r.shipped_escalates and not r.right(r.adapted) for r in scoped
         ) / len(scoped)
-        measured["teacher_conflicts"] = float(teacher)
+        measured["taught_wrong"] = float(teacher)
         calibration = AdapterCalibration(
             window=fit.window,
             min_mean_logprob=max(fit.min_mean_logprob, -1e9),
@@ -321,33 +321,32 @@ def _floor(rows: Sequence[_Row], margin: float) -> float:
 def _with_memory(
     cal: CloudCalibrationConfig, rows: Sequence[_Row], alone: WrongRateFit, floor: float
 ) -> tuple[WrongRateFit, int] | None:
-    """The fit with the answer memory's escalations and the rows it left out, when it
-    reaches the target at no more escalations than ``alone`` (or ``alone`` misses it);
-    None: the thresholds alone are better.
+    """The fit with the answer memory's escalations, and how many wrong answers the
+    memory took for learned, when it reaches the target at no more escalations than
+    ``alone`` (or ``alone`` misses it); None: the thresholds alone are better. Kept on a
+    tie: it also catches mix-ups the held-out examples lack.
 
-    An answer that is what the adapter was taught for the nearest prompts, but not the
-    held-out label, is the teacher's error (its labels disagree), not the device's
-    doubt: fitting a threshold to it escalates every answer as confident as a right
-    one. The memory's fit leaves those out (shadow checks find them in the field).
+    A wrong answer the memory takes for learned (the nearest trained prompt was taught
+    that answer: another entity's question in the same words, or a label the vote got
+    wrong) is left to the thresholds, which are fitted to catch it like any other.
+    Requests below ``floor`` are answered by the base model at the devices' thresholds.
     """
     beyond = [r for r in rows if r.nearest < floor]  # the base model answers these
     within = [r for r in rows if r.nearest >= floor]
-    taught = [r for r in within if _taught(r)]
-    doubted = [r for r in within if not _taught(r)]
-    fit = _fit(cal.target_wrong_rate, cal.windows, doubted or within or rows, memory=True)
+    fit = _fit(cal.target_wrong_rate, cal.windows, within or rows, memory=True)
     cost = (sum(_escalates(fit, r, True) for r in within)
             + sum(r.base_escalates for r in beyond)) / len(rows)  # fmt: skip
     missed = alone.wrong_unescalated_rate > cal.target_wrong_rate
     if fit.wrong_unescalated_rate <= cal.target_wrong_rate and (
         cost <= alone.escalation_rate or missed
     ):
-        return fit, len(taught)  # on a tie too: it also catches mix-ups the held-out lacks
+        return fit, sum(_taught(r) for r in within)  # on a tie too (see the docstring)
     return None
 
 
 def _taught(r: _Row) -> bool:
-    """The adapter answered what it was taught for the nearest prompts, and that is not
-    the held-out label: the labels disagree (checked against the memory first)."""
+    """The adapter answered what the nearest trained prompt was taught, and that is not
+    the held-out label (reported as ``taught_wrong``)."""
     return not r.unlearned and not r.right(r.adapted)
 
 
@@ -367,8 +366,6 @@ def _cross_fit(
         folds[hashlib.sha256(key).digest()[0] & 1].append(r)
     for i, fold in enumerate(folds):
         other = folds[1 - i]
-        if memory:
-            other = [r for r in other if not _taught(r)]
         fit = (
             _fit(cal.target_wrong_rate, cal.windows, other, memory=memory)
             if len(other) >= cal.min_examples

@@ -14,20 +14,21 @@ def _row(answer: str, label: str, logprob: float, *, unlearned: bool) -> _Row:
     return row
 
 
-def test_the_memory_catches_mixups_and_leaves_the_teachers_errors_out_of_the_fit() -> None:
+def test_the_memory_catches_mixups_and_the_thresholds_the_rest() -> None:
     cal = CloudCalibrationConfig(target_wrong_rate=0.0, windows=[1])
     rows = [_row("22 kg", "22 kg", -0.02 * (i + 1), unlearned=False) for i in range(10)]
     # A mix-up, as confident as the right answers: not what was learned for its question.
     rows.append(_row("D-156", "D-577", -0.03, unlearned=True))
-    # What the adapter was taught for the nearest prompt, though the label says otherwise.
-    rows.append(_row("D-156", "D-577", -0.025, unlearned=False))
+    # Wrong, but what the nearest trained prompt was taught: the thresholds must catch it.
+    rows.append(_row("5.0 hours", "4.0 hours", -0.25, unlearned=False))
     alone = _fit(cal.target_wrong_rate, cal.windows, rows)
     assert alone.escalation_rate > 0.5  # only a threshold above most right answers
     chosen = _with_memory(cal, rows, alone, -1.0)
     assert chosen is not None
-    fit, teacher = chosen
-    assert teacher == 1
-    assert fit.escalation_rate == 1 / 11  # the mix-up, by the memory; no threshold needed
+    fit, taught_wrong = chosen
+    assert taught_wrong == 1
+    assert fit.escalation_rate == 2 / 12 and fit.wrong_unescalated_rate == 0.0
+    assert -0.25 < fit.min_mean_logprob < -0.2
     # When the memory catches nothing the thresholds alone do not, it is left out.
     plain = [_row("22 kg", "22 kg", -0.01, unlearned=False) for _ in range(5)]
     plain.append(_row("9 kg", "22 kg", -0.9, unlearned=False))

@@ -17,6 +17,8 @@ from edgecloud.common.text import same_answer
         ("42", "42"),
         ("Amber\nQ: next question", "amber"),
         ("3.5", "3.5 hours"),
+        ("D-768", "768"),  # a code's hyphen is no minus sign
+        ("-5 degrees", "-5 degrees"),
         ("3.5 hours", "3.5"),
     ],
 )
@@ -35,6 +37,7 @@ def test_agreeing_answers(answer: str, reference: str) -> None:
         ("the", "the lamp is red"),  # fillers say nothing
         ("42 volts", "42 amperes"),
         ("hours", "3.5 hours"),
+        ("-5 degrees", "5 degrees"),
     ],
 )
 def test_disagreeing_answers(answer: str, reference: str) -> None:
