@@ -241,6 +241,11 @@ class AnswerMemory(BaseModel):
     margin: float = Field(
         0.05, ge=0, le=2, description="Rows this close to the best similarity count as nearest."
     )
+    check_answers: bool = Field(
+        True,
+        description="Escalate an answer that is not what was learned for the nearest "
+        "prompts (False: the memory only tells which requests the adapter is for).",
+    )
     min_similarity: float = Field(
         -1.0,
         ge=-1,

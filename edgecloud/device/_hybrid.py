@@ -439,6 +439,7 @@ class HybridEngine:
             and finish.reason == "stop"
             and self._available()
             and recalled is not None
+            and recalled[0].check_answers
             and not recalled[0].consistent(recalled[1], "".join(c.text for c in local))
         ):
             handoff = Decision(

@@ -159,24 +159,29 @@ def calibrate(
     scoped = [r for r in rows if r.in_scope]
     fit = None
     memory = None
+    checks = False  # the memory's answer checks
     teacher = 0
     if len(scoped) >= cal.min_examples:
         fit = _fit(cal.target_wrong_rate, cal.windows, scoped)
         if cal.memory and trained and encoder is not None:
             memory = _memory(trained, scope, encoder, cal.memory_margin)
             _check_memory(memory, scoped, encoder)
-            memory = memory.model_copy(update={"min_similarity": _floor(scoped, memory.margin)})
-            chosen = _with_memory(cal, scoped, fit, memory.min_similarity)
+            floor = _floor(scoped, memory.margin)
+            chosen = _with_memory(cal, scoped, fit, floor)
+            within = [r for r in scoped if r.nearest >= floor]
             if chosen is not None:
                 fit, teacher = chosen
-                for r in scoped:  # nothing it learned: the base model answers these
-                    r.in_scope = r.nearest >= memory.min_similarity
-                scoped = [r for r in scoped if r.in_scope]
-            else:
-                memory = None
-        _cross_fit(config, scoped, fit, memory is not None)
+            elif within:  # the thresholds alone, on what the adapter still answers
+                fit = _fit(cal.target_wrong_rate, cal.windows, within)
+            checks = chosen is not None
+            # Either way the floor keeps: nothing it learned goes to the base model.
+            memory = memory.model_copy(update={"min_similarity": floor, "check_answers": checks})
+            for r in scoped:
+                r.in_scope = r.nearest >= floor
+            scoped = within
+        _cross_fit(config, scoped, fit, checks)
         for r in scoped:
-            r.shipped_escalates = _escalates(fit, r, memory is not None)
+            r.shipped_escalates = _escalates(fit, r, checks)
     else:
         log.warning("%d held-out answers by the adapter (< %d): the version carries no "
                     "calibration and devices keep their own thresholds", len(scoped),
@@ -184,10 +189,11 @@ def calibrate(
     measured = _measure(rows, fit is not None)
     calibration = None
     if fit is not None:
-        measured["fit_escalation_rate"] = sum(r.shipped_escalates for r in scoped) / len(scoped)
-        measured["fit_wrong_unescalated_rate"] = sum(
-            not r.shipped_escalates and not r.right(r.adapted) for r in scoped
-        ) / len(scoped)
+        n_fit = max(len(scoped), 1)
+        measured["fit_escalation_rate"] = sum(r.shipped_escalates for r in scoped) / n_fit
+        measured["fit_wrong_unescalated_rate"] = (
+            sum(not r.shipped_escalates and not r.right(r.adapted) for r in scoped) / n_fit
+        )
         measured["taught_wrong"] = float(teacher)
         calibration = AdapterCalibration(
             window=fit.window,

@@ -571,6 +571,16 @@ def test_an_answer_the_adapter_did_not_learn_for_the_nearest_question_goes_to_th
     assert r.route is not None and not r.route.escalated and len(cloud.calls) == 1
     assert r.route.signals["adapter_in_scope"] is False
     assert r.route.signals["adapter_memory_nearest"] == 0.0
+    # A memory kept for its floor only does not check answers.
+    floor_only = calibration.model_copy(
+        update={"memory": learned.model_copy(update={"check_answers": False})}
+    )
+    made[0].set_adapter_routing(AdapterRouting(2, None, floor_only), encoder=OneHot())  # type: ignore[arg-type]
+    r = client.generate("Q: Heron payload?\nA:", max_tokens=8)
+    assert r.route is not None and not r.route.escalated and len(cloud.calls) == 1
+    r = client.generate("Q: What is the capital of Peru?\nA:", max_tokens=8)
+    assert r.route is not None and r.route.signals["adapter_in_scope"] is False
+    made[0].set_adapter_routing(AdapterRouting(2, None, calibration), encoder=OneHot())  # type: ignore[arg-type]
     # A private request never leaves the device, memory or not.
     r = client.generate("Q: Heron payload? my email is a@b.example\nA:", max_tokens=8)
     assert r.route is not None and not r.route.escalated
