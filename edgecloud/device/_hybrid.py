@@ -277,26 +277,37 @@ class HybridEngine:
             return None
         return encoder
 
+    @staticmethod
+    async def _embedding(
+        encoder: SentenceEncoder, text: str, seen: dict[tuple[int, str], list[float]]
+    ) -> list[float]:
+        """``text``'s embedding, encoded once per request: the scope and the answer memory
+        read the same prompt text with the same encoder."""
+        key = (id(encoder), text)
+        if key not in seen:
+            seen[key] = (await asyncio.to_thread(encoder.encode, [text]))[0].tolist()
+        return seen[key]
+
     async def _recall(
-        self, prompt: str | Sequence[ChatMessage]
+        self, prompt: str | Sequence[ChatMessage], seen: dict[tuple[int, str], list[float]]
     ) -> tuple[AnswerMemory, list[float]] | None:
         """The version's answer memory and ``prompt``'s embedding for it (None: no memory)."""
         current = self._memory
         if current is None:
             return None
         memory, encoder = current
-        vec = await asyncio.to_thread(encoder.encode, [memory.text(prompt_text(prompt))])
-        return memory, vec[0].tolist()
+        return memory, await self._embedding(encoder, memory.text(prompt_text(prompt)), seen)
 
-    async def _in_scope(self, prompt: str | Sequence[ChatMessage]) -> tuple[float, bool] | None:
+    async def _in_scope(
+        self, prompt: str | Sequence[ChatMessage], seen: dict[tuple[int, str], list[float]]
+    ) -> tuple[float, bool] | None:
         """(the adapter scope's probability for ``prompt``, whether it applies); None:
         no scope is set."""
         current = self._scope
         if current is None:
             return None
         scope, encoder = current
-        vec = await asyncio.to_thread(encoder.encode, [scope.text(prompt_text(prompt))])
-        p = scope.probability(vec[0].tolist())
+        p = scope.probability(await self._embedding(encoder, scope.text(prompt_text(prompt)), seen))
         return p, p >= scope.threshold
 
     def _available(self) -> list[Endpoint]:
@@ -361,12 +372,13 @@ class HybridEngine:
                 )
             raise TransportError(f"the request demands the cloud: {decision.reason}")
         signals_out: dict[str, float | int | str | bool] = dict(decision.signals)
-        in_scope = await self._in_scope(prompt)
+        seen: dict[tuple[int, str], list[float]] = {}
+        in_scope = await self._in_scope(prompt, seen)
         use_adapter = in_scope is None or in_scope[1]
         if in_scope is not None:
             signals_out["adapter_scope"] = in_scope[0]
             signals_out["adapter_in_scope"] = in_scope[1]
-        recalled = await self._recall(prompt) if use_adapter else None
+        recalled = await self._recall(prompt, seen) if use_adapter else None
         if recalled is not None:
             memory, vec = recalled
             signals_out["adapter_memory_nearest"] = nearest = memory.nearest(vec)
