@@ -98,6 +98,12 @@ def check_file_name(name: str) -> str:
     return name
 
 
+def _without_prefix(text: str, prefix: str) -> str:
+    """``text`` without ``prefix`` when it starts with it (the few-shot lines every
+    trained prompt shared say nothing about a request)."""
+    return text[len(prefix) :] if prefix and text.startswith(prefix) else text
+
+
 class FileEntry(BaseModel):
     """The sha256 and size of one file of a version."""
 
@@ -181,9 +187,7 @@ class AdapterScope(BaseModel):
 
     def text(self, prompt_text: str) -> str:
         """What to embed for ``prompt_text``: without :attr:`strip_prefix` when it starts so."""
-        if self.strip_prefix and prompt_text.startswith(self.strip_prefix):
-            return prompt_text[len(self.strip_prefix) :]
-        return prompt_text
+        return _without_prefix(prompt_text, self.strip_prefix)
 
     def probability(self, embedding: Sequence[float]) -> float:
         """The head's probability that a request with this embedding is in scope.
@@ -309,9 +313,7 @@ class AnswerMemory(BaseModel):
 
     def text(self, prompt_text: str) -> str:
         """What to embed for ``prompt_text``: without :attr:`strip_prefix` when it starts so."""
-        if self.strip_prefix and prompt_text.startswith(self.strip_prefix):
-            return prompt_text[len(self.strip_prefix) :]
-        return prompt_text
+        return _without_prefix(prompt_text, self.strip_prefix)
 
     def nearest(self, embedding: Sequence[float]) -> float:
         """The similarity of the trained prompt nearest to a request with this embedding.
