@@ -243,6 +243,7 @@ class Scheduler:
                 start + i for i, (s, t) in enumerate(zip(joining, firsts, strict=True)) if s.push(t)
             ]
             self._drop(done, None)
+        self._publish_load()
 
         if self._running:
             self._decode_sizes.observe(len(self._running))
@@ -255,7 +256,8 @@ class Scheduler:
         self._publish_load()
 
     def _publish_load(self) -> None:
-        """The queue and the batch, in the metrics (once per iteration, not per token)."""
+        """The queue and the batch, in the metrics (before and after each decode step: not
+        per token)."""
         with self._cond:
             self._queue_depth.set(len(self._waiting))
             self._running_gauge.set(len(self._running) + len(self._joining))

@@ -371,7 +371,7 @@ class HybridEngine:
         """
         rid = request_id or current_request_id() or new_request_id()
         answer = self._answer(prompt, params, route, cancel, speculative, show_unverified)
-        return observed(answer, rid, has_cloud=self.pool is not None)
+        return observed(answer, rid, has_cloud=self.pool is not None, forced=route)
 
     async def _answer(
         self,

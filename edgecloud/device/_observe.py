@@ -25,7 +25,11 @@ log = logging.getLogger("edgecloud.device.requests")
 
 
 async def observed(
-    events: AsyncGenerator[Chunk | Finish, None], request_id: str, *, has_cloud: bool
+    events: AsyncGenerator[Chunk | Finish, None],
+    request_id: str,
+    *,
+    has_cloud: bool,
+    forced: str | None = None,
 ) -> AsyncGenerator[Chunk | Finish, None]:
     """``events``, with ``request_id`` bound while they are produced, timed and counted.
 
@@ -34,6 +38,8 @@ async def observed(
         request_id: the request's id.
         has_cloud: the device has cloud endpoints configured (an offline device's
             local answers are not counted as fallbacks).
+        forced: the route the request demanded: its ``route`` label should it end
+            before any token and without a :class:`Finish` (None: ``local``).
     """
     clock = TokenClock("device")
     tokens = {"local": 0, "cloud": 0}
@@ -60,16 +66,20 @@ async def observed(
     finally:
         with bind_request_id(request_id):
             await events.aclose()
-            _count(finish.route if finish is not None else None, outcome, tokens, has_cloud)
+            route = finish.route if finish is not None else None
+            _count(route, outcome, tokens, has_cloud, forced or "local")
 
 
-def _count(route: RouteInfo | None, outcome: str, tokens: dict[str, int], has_cloud: bool) -> None:
+def _count(
+    route: RouteInfo | None, outcome: str, tokens: dict[str, int], has_cloud: bool, forced: str
+) -> None:
     m = metrics()
     local, cloud = tokens["local"], tokens["cloud"]
     escalated = route is not None and route.escalated
-    where = (
-        "mixed" if local and cloud else "cloud" if cloud or (escalated and not local) else "local"
-    )
+    if local or cloud:  # where the answer's tokens came from
+        where = "mixed" if local and cloud else "cloud" if cloud else "local"
+    else:  # no token: where it was headed
+        where = forced if route is None else "cloud" if escalated else "local"
     m.requests.labels("device", where, outcome).inc()
     if local:
         m.tokens.labels("device", "local").inc(local)
@@ -84,11 +94,11 @@ def _count(route: RouteInfo | None, outcome: str, tokens: dict[str, int], has_cl
             m.fallbacks.inc()
         elif route.policy == "connectivity" and has_cloud:
             m.fallbacks.inc()  # the cloud was out of reach: answered here instead
+    policy = route.policy if route is not None else None
     log.info(
         "request answered: %s, %s, policy %s, %d local + %d cloud tokens",
-        where, outcome, route.policy if route is not None else "-", local, cloud,
-        extra={"route": where, "finish": outcome, "escalated": escalated,
-               "policy": route.policy if route is not None else None,
+        where, outcome, policy or "-", local, cloud,
+        extra={"route": where, "finish": outcome, "escalated": escalated, "policy": policy,
                "local_tokens": local, "cloud_tokens": cloud,
                "fallback": route.fallback if route is not None else None},
     )  # fmt: skip

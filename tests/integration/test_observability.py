@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgecloud.config import CloudConfig, DeviceCloudConfig, RouterConfig
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import CancelScope, HybridEngine
-from edgecloud.errors import InvalidRequestError
+from edgecloud.errors import ConfigError, InvalidRequestError
 from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk, Finish, SamplingParams
 from tests import scrape
@@ -235,3 +236,24 @@ def test_the_cloud_binds_the_metadata_id_and_keeps_the_message_one(
     ends = [json.loads(x) for x in json_lines.getvalue().splitlines() if '"Generate' in x]
     assert [e["request_id"] for e in ends] == ["inmetadata" + "x" * 118, "only-message"]
     assert [r.request_id for r in engine_.requests] == ["in-message", "only-message"]
+
+
+def test_a_busy_metrics_port_fails_the_start_and_leaves_nothing_running(tmp_path: Path) -> None:
+    async def scenario() -> int:
+        async with cloud(tmp_path, ScriptedEngine(CLOUD_SAYS)) as first:
+            assert first.metrics is not None
+            busy = {"insecure": True, "port": 0, "metrics": {"enabled": True,
+                                                             "port": first.metrics.port}}  # fmt: skip
+            with pytest.raises(ConfigError, match=r"cloud\.metrics: cannot listen"):
+                await CloudServer.start(
+                    ScriptedEngine(CLOUD_SAYS), CloudConfig.model_validate(busy),
+                    records=RecordStore(tmp_path / "second.db"),
+                    registry=AdapterRegistry(tmp_path / "registry"),
+                )  # fmt: skip
+            return first.metrics.port
+
+    port = asyncio.run(scenario())
+    with pytest.raises(OSError):
+        scrape.http(f"http://127.0.0.1:{port}/metrics")
+    threads = [t.name for t in threading.enumerate()]
+    assert not [t for t in threads if "serve_forever" in t or "prometheus" in t.lower()], threads
