@@ -37,6 +37,7 @@ from edgecloud.cloud._settings import (
     CloudAuthConfig,
     CloudConfig,
     CloudKnowledgeConfig,
+    CloudMetricsConfig,
     CloudModelConfig,
     CloudRecordsConfig,
     CloudRegistryConfig,
@@ -61,6 +62,7 @@ __all__ = [
     "CloudAuthConfig",
     "CloudConfig",
     "CloudKnowledgeConfig",
+    "CloudMetricsConfig",
     "CloudModelConfig",
     "CloudRecordsConfig",
     "CloudRegistryConfig",
@@ -98,6 +100,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="Logging level of the edgecloud logger."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description=(
+            "Log lines on stderr: plain text, or one JSON object per line with the "
+            "request id (see docs/observability.md)."
+        ),
     )
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)

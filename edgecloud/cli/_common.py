@@ -25,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from edgecloud.common import logs
 from edgecloud.config import Settings
 from edgecloud.errors import ConfigError, EdgeCloudError, InvalidRequestError
 
@@ -68,11 +69,9 @@ ClientKeyOpt = Annotated[Optional[Path], typer.Option(help="PEM private key of -
 
 def load_settings(config: Path | None, verbose: bool = False) -> Settings:
     """Settings from ``config`` (else ``$EDGECLOUD_CONFIG``) and the environment; sets up
-    logging to stderr at the configured level."""
+    logging to stderr at the configured level and format (``log_level``, ``log_format``)."""
     settings = Settings.load(config)
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_format, settings.log_level)
     logging.getLogger("edgecloud.native").setLevel(logging.DEBUG if verbose else logging.ERROR)
     return settings
 

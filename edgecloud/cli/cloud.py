@@ -43,6 +43,10 @@ def serve_command(
         Optional[Path],
         typer.Option(help="Documents (*.md, *.txt) to ground answers on (cloud.knowledge)."),
     ] = None,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(help="Serve Prometheus /metrics on this port (cloud.metrics; 0 picks one)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
@@ -61,6 +65,8 @@ def serve_command(
             cloud["model"]["path"] = model
         if knowledge is not None:
             cloud["knowledge"]["directory"] = knowledge
+        if metrics_port is not None:
+            cloud["metrics"].update(enabled=True, port=metrics_port)
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
         if settings.cloud.knowledge.directory is not None and settings.cloud.knowledge.enabled:
             typer.echo(f"knowledge: loading {settings.cloud.knowledge.directory}", err=True)

@@ -38,6 +38,7 @@ from typing import Protocol
 
 from edgecloud.cloud._backend import LoadSnapshot
 from edgecloud.cloud._sequence import Sequence_, TokenStep
+from edgecloud.common.metrics import metrics
 from edgecloud.errors import CloudError, OverloadedError
 
 __all__ = ["BatchEngine", "Scheduler"]
@@ -105,6 +106,10 @@ class Scheduler:
         self._failed: BaseException | None = None
         self.steps = 0
         """Decode steps run so far (for tests and metrics)."""
+        m = metrics()
+        self._queue_depth, self._running_gauge = m.queue_depth, m.running_sequences
+        self._prefill_sizes = m.batch_size.labels("prefill")
+        self._decode_sizes = m.batch_size.labels("decode")
         self._thread = threading.Thread(target=self._loop, name="edgecloud-scheduler", daemon=True)
         self._thread.start()
 
@@ -134,6 +139,7 @@ class Scheduler:
                     f"{self._max_queued} queued); retry later"
                 )
             self._waiting.append(seq)
+            self._queue_depth.set(len(self._waiting))
             self._last_arrival = time.monotonic()
             self._cond.notify()
 
@@ -164,6 +170,7 @@ class Scheduler:
                 except Exception:  # the batch fails, the service stays up
                     log.exception("inference step failed; failing the requests in the batch")
                     self._fail_batch()
+                    self._publish_load()
         except BaseException as exc:  # every client gets a sanitized error
             log.exception("inference scheduler failed; failing all requests")
             with self._cond:
@@ -172,6 +179,7 @@ class Scheduler:
             pending = list(self._running) + list(self._joining) + list(self._waiting)
             self._running.clear()
             self._waiting.clear()
+        self._publish_load()
         for seq in pending:
             if self._failed is not None:
                 seq.finish("cancelled", CloudError("the inference engine failed"))
@@ -225,6 +233,7 @@ class Scheduler:
                 self._joining = joining
             if not joining:
                 break
+            self._prefill_sizes.observe(len(joining))
             firsts = self._engine.prefill(joining)
             with self._cond:
                 self._running.extend(joining)
@@ -234,14 +243,24 @@ class Scheduler:
                 start + i for i, (s, t) in enumerate(zip(joining, firsts, strict=True)) if s.push(t)
             ]
             self._drop(done, None)
+        self._publish_load()
 
         if self._running:
+            self._decode_sizes.observe(len(self._running))
             steps = self._engine.decode()
             self.steps += 1
             done = [
                 i for i, (s, t) in enumerate(zip(self._running, steps, strict=True)) if s.push(t)
             ]
             self._drop(done, None)
+        self._publish_load()
+
+    def _publish_load(self) -> None:
+        """The queue and the batch, in the metrics (before and after each decode step: not
+        per token)."""
+        with self._cond:
+            self._queue_depth.set(len(self._waiting))
+            self._running_gauge.set(len(self._running) + len(self._joining))
 
     def _drop(self, indices: list[int], reason: str | None) -> None:
         if not indices:

@@ -1,7 +1,8 @@
 """The cloud service: inference and adapter sync on one grpc.aio server.
 
 The server comes from :func:`edgecloud.transport.create_server` (TLS, auth,
-health, reflection, sizes). Plain text is refused unless ``cloud.insecure`` is
+health, reflection, sizes); with ``cloud.metrics.enabled`` a Prometheus ``/metrics``
+port serves beside it and stops with it. Plain text is refused unless ``cloud.insecure`` is
 set *and* the host is a loopback address; otherwise TLS (mTLS with
 ``cloud.tls.client_ca``) is required. On SIGTERM or SIGINT the health status
 turns ``NOT_SERVING``, new calls are refused, and in-flight streams get
@@ -26,7 +27,7 @@ from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._settings import CloudConfig, CloudSettings
 from edgecloud.common.settings import default_cache_dir
-from edgecloud.errors import UnknownAdapterError
+from edgecloud.errors import ConfigError, UnknownAdapterError
 from edgecloud.transport._server import (
     GrpcServer,
     create_server,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from edgecloud.cloud._adapter_service import AdapterSyncServicer
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._torch import TorchBackend
+    from edgecloud.common.metrics import MetricsServer
 
 __all__ = [
     "SERVICE_NAME",
@@ -198,6 +200,8 @@ class CloudServer:
         self.records = records
         self.registry = registry
         self._adapter_sync = adapter_sync
+        self.metrics: MetricsServer | None = None
+        """The metrics port (``cloud.metrics``), while it serves; None when off."""
 
     @classmethod
     async def start(
@@ -219,7 +223,8 @@ class CloudServer:
                 None opens :func:`registry_url`.
 
         Raises:
-            ConfigError: bad TLS settings, or the address cannot be bound.
+            ConfigError: bad TLS settings, or the address (or the metrics port's) cannot
+                be bound.
         """
         server = create_server(
             host=config.host,
@@ -253,20 +258,56 @@ class CloudServer:
         )
         await server.start()
         log.warning("edgecloud cloud service listening on %s:%d", config.host, server.port)
-        return cls(server, backend, config.shutdown_grace_s, records, registry, adapter_sync)
+        try:
+            metrics_server = _metrics_port(config)
+        except BaseException:
+            await server.drain(0)
+            records.close()
+            raise
+        started = cls(server, backend, config.shutdown_grace_s, records, registry, adapter_sync)
+        started.metrics = metrics_server
+        return started
 
     async def stop(self, grace: float | None = None) -> None:
         """Health ``NOT_SERVING``, end watch streams, refuse new calls, give in-flight
         streams ``grace`` seconds (default ``cloud.shutdown_grace_s``), then stop."""
         sync = self._adapter_sync
-        await self._server.drain(
-            self._grace if grace is None else grace,
-            draining=sync.close if sync is not None else lambda: None,
-        )
+        try:
+            await self._server.drain(
+                self._grace if grace is None else grace,
+                draining=sync.close if sync is not None else lambda: None,
+            )
+        finally:
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.close)
+                self.metrics = None
         self.records.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
+
+
+def _metrics_port(config: CloudConfig) -> MetricsServer | None:
+    """Start ``cloud.metrics`` when enabled (None when not).
+
+    Raises:
+        ConfigError: the address cannot be bound, or prometheus_client is missing.
+    """
+    cfg = config.metrics
+    if not cfg.enabled:
+        return None
+    from edgecloud.common.metrics import serve_metrics
+
+    try:
+        found = serve_metrics(cfg.host, cfg.port)
+    except ImportError as exc:
+        raise ConfigError(
+            "cloud.metrics.enabled needs prometheus-client (pip install 'edgecloud[metrics]')"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cloud.metrics: cannot listen on {cfg.host}:{cfg.port}: {exc}") from exc
+    log.warning("edgecloud cloud metrics on %s", found.url)
+    return found
 
 
 async def serve(

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,13 @@ from edgecloud.cloud._backend import CloudBackend, CloudRequest
 from edgecloud.cloud._prompting import question_of
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._settings import CloudConfig
+from edgecloud.common.logs import (
+    clean_request_id,
+    current_request_id,
+    new_request_id,
+    set_request_id,
+)
+from edgecloud.common.metrics import TokenClock, metrics
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import AuthError, InvalidRequestError
@@ -37,8 +43,8 @@ from edgecloud.transport._serde import (
     record_from_proto,
     verification_from_proto,
 )
-from edgecloud.transport._status import abort
-from edgecloud.types import ChatMessage, Finish, Passage
+from edgecloud.transport._status import abort, count_error
+from edgecloud.types import ChatMessage, Chunk, Finish, Passage
 
 if TYPE_CHECKING:
     from edgecloud.cloud._knowledge import KnowledgeBase
@@ -47,7 +53,6 @@ __all__ = ["InferenceServicer", "question_of"]
 
 log = logging.getLogger("edgecloud.cloud")
 
-_MAX_REQUEST_ID = 128
 _MAX_RECORDS_PER_UPLOAD = 10_000
 
 
@@ -106,7 +111,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if msg.deadline_unix_ms:
             own = time.monotonic() + (msg.deadline_unix_ms / 1000 - time.time())
             deadline = own if deadline is None else min(deadline, own)
-        request_id = msg.request_id[:_MAX_REQUEST_ID] or uuid.uuid4().hex
+        request_id = clean_request_id(msg.request_id) or current_request_id() or new_request_id()
         verify, logprobs = verification_from_proto(msg)
         return CloudRequest(
             prompt,
@@ -122,8 +127,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
+        watch = _Watch(request)
         try:
             cloud_request = self._request(request, context)
+            if current_request_id() is None:  # a caller that sent no x-request-id
+                set_request_id(cloud_request.request_id)
             passages: tuple[Passage, ...] = ()
             if not request.skip_knowledge:
                 passages = await self._passages(cloud_request.prompt)
@@ -132,15 +140,25 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stream = self._backend.generate(cloud_request)
             try:
                 async for event in stream:
-                    if passages and isinstance(event, Finish):
-                        event = dataclasses.replace(event, passages=passages)
+                    if isinstance(event, Chunk):
+                        watch.token()
+                    elif isinstance(event, Finish):
+                        watch.finish = event.reason
+                        if passages:
+                            event = dataclasses.replace(event, passages=passages)
                     yield event_to_proto(event)
             finally:
                 await stream.aclose()
         except _PermissionDenied:
+            count_error("Generate", grpc.StatusCode.PERMISSION_DENIED)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
         except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="Generate", log=log)
+        except (GeneratorExit, asyncio.CancelledError):
+            watch.finish = "cancelled"  # the caller went away
+            raise
+        finally:
+            watch.done()
 
     async def UploadEscalations(
         self,
@@ -172,8 +190,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             device = CURRENT_DEVICE.get()
             # The commit (fsync) blocks: run it off the loop; the ack waits for it.
             stored = await asyncio.to_thread(self._records.store, records, device=device)
+            metrics().records_stored.inc(len(stored))
+            log.info("stored %d escalation records", len(stored), extra={"records": len(stored)})
             return pb.UploadAck(stored_ids=stored)
         except _Unavailable:
+            count_error("UploadEscalations", grpc.StatusCode.UNIMPLEMENTED)
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this service stores no records")
         except Exception as exc:  # noqa: BLE001 - abort sanitizes it; the traceback stays in the log
             await abort(context, exc, rpc="UploadEscalations", log=log)
@@ -198,6 +219,34 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 max_queued_requests=load.max_queued,
             ),
         )
+
+
+class _Watch:
+    """One Generate call's metrics and its closing log line: times each token, counts
+    the request (route ``answer``, ``continue`` or ``verify``; ``finish`` ``error``
+    when it raised) when the call ends."""
+
+    __slots__ = ("_clock", "_route", "finish", "tokens")
+
+    def __init__(self, msg: pb.GenerateRequest) -> None:
+        self._clock = TokenClock("cloud")
+        self._route = (
+            "verify" if msg.verify_prefix else "continue" if msg.assistant_prefix else "answer"
+        )
+        self.tokens = 0
+        self.finish = "error"
+
+    def token(self) -> None:
+        self._clock.tick()
+        self.tokens += 1
+
+    def done(self) -> None:
+        m = metrics()
+        m.requests.labels("cloud", self._route, self.finish).inc()
+        if self.tokens:
+            m.tokens.labels("cloud", "cloud").inc(self.tokens)
+        fields = {"route": self._route, "finish": self.finish, "tokens": self.tokens}
+        log.info("Generate (%(route)s) ended: %(finish)s, %(tokens)d tokens", fields, extra=fields)
 
 
 class _PermissionDenied(AuthError):

@@ -1,6 +1,6 @@
 """Settings of the cloud service (``[cloud]``).
 
-Model, TLS, auth, knowledge, records, registry and training.
+Model, TLS, auth, knowledge, records, registry, training and the metrics port.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "CloudCalibrationConfig",
     "CloudConfig",
     "CloudKnowledgeConfig",
+    "CloudMetricsConfig",
     "CloudModelConfig",
     "CloudRecordsConfig",
     "CloudRegistryConfig",
@@ -153,6 +154,20 @@ class CloudRegistryConfig(Section):
     chunk_bytes: int = Field(
         256 * 1024, ge=1024, le=16 << 20, description="Bytes per FetchAdapter chunk."
     )
+
+
+class CloudMetricsConfig(Section):
+    """The Prometheus metrics port of the cloud service (``/metrics``, plain HTTP)."""
+
+    enabled: bool = Field(
+        False, description="Serve the metrics (`edgecloud_*`) over HTTP beside the gRPC port."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address of the metrics port; loopback unless a scraper elsewhere needs it.",
+    )
+    port: int = Field(9464, ge=0, le=65535, description="Metrics port; 0 picks a free one.")
 
 
 class CloudCalibrationConfig(Section):
@@ -405,6 +420,7 @@ class CloudConfig(Section):
     records: CloudRecordsConfig = Field(default_factory=CloudRecordsConfig)
     registry: CloudRegistryConfig = Field(default_factory=CloudRegistryConfig)
     train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
+    metrics: CloudMetricsConfig = Field(default_factory=CloudMetricsConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

@@ -11,7 +11,10 @@ adapters, router, the facade); ``make check`` enforces it with import contracts.
 - :mod:`~edgecloud.common.models`: the embedded default model and model-file checks;
 - :mod:`~edgecloud.common.files`: block hashing and durable renames;
 - :mod:`~edgecloud.common.settings`: the base of every settings section;
-- :mod:`~edgecloud.common.aio`: the bridge between threads and event loops.
+- :mod:`~edgecloud.common.aio`: the bridge between threads and event loops;
+- :mod:`~edgecloud.common.metrics`: the Prometheus metrics of both sides (no-ops without
+  prometheus_client);
+- :mod:`~edgecloud.common.logs`: JSON log lines and the request id both sides bind.
 
 Modules load on demand: importing this package loads none of them.
 """

@@ -49,6 +49,7 @@ from edgecloud.adapters._manifest import (
 from edgecloud.adapters._signing import SignedManifest, load_public_keys, verify
 from edgecloud.backends._base import AdapterCapable
 from edgecloud.common.files import fsync_dir, hash_file
+from edgecloud.common.metrics import metrics
 from edgecloud.device._settings import DeviceAdaptersConfig
 from edgecloud.errors import (
     AdapterCanaryError,
@@ -256,6 +257,7 @@ class AdapterManager:
             self._save_state()
             return None
         self._current = state.version
+        self._publish(state.version)
         log.warning("restored adapter %s version %d", self._config.adapter_id, state.version)
         return self._current
 
@@ -389,6 +391,7 @@ class AdapterManager:
             log.error("adapter %s v%d failed its canary (%s); rolling back to %s",
                       offer.adapter_id, version, detail, previous or "the base model")  # fmt: skip
             await self._swap(*await asyncio.to_thread(self._good_path, previous))
+            metrics().adapter_rollbacks.labels(self._config.adapter_id).inc()
             self._bad.add(version)
             await asyncio.to_thread(self._save_state)
             await asyncio.to_thread(shutil.rmtree, path.parent, True)
@@ -425,10 +428,18 @@ class AdapterManager:
 
     async def _swap(self, path: Path | None, routing: AdapterRouting) -> None:
         await asyncio.to_thread(self._backend.set_adapter, path, scale=self._config.scale)
+        self._publish(routing.version, swapped=True)
         # After the swap: until the new routing arrives, requests see the new adapter
         # under the old scope and thresholds (or none), never the old adapter under the
         # new ones.
         await asyncio.to_thread(self._on_swap, routing)
+
+    def _publish(self, version: int | None, *, swapped: bool = False) -> None:
+        """The version the backend runs now, in the metrics (0: the base model)."""
+        m = metrics()
+        m.adapter_version.labels(self._config.adapter_id).set(version or 0)
+        if swapped:
+            m.adapter_swaps.labels(self._config.adapter_id).inc()
 
     async def _install(self, signed: SignedManifest, manifest: Manifest) -> Path:
         version = manifest.version

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgecloud.common.metrics import metrics
 from edgecloud.common.records import (
     RECORD_COLUMNS,
     EscalationRecord,
@@ -90,6 +91,7 @@ class EscalationLog:
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
             db.executescript(_SCHEMA)
+            _publish_backlog(db)
         except sqlite3.DatabaseError:
             db.close()
             raise
@@ -120,6 +122,7 @@ class EscalationLog:
                     (excess,),
                 )
                 self.evicted += excess
+            _publish_backlog(db)
 
     def pending(self, limit: int = 100) -> list[EscalationRecord]:
         """The oldest records waiting for upload, never the private ones."""
@@ -139,6 +142,7 @@ class EscalationLog:
             cur = db.executemany(
                 "DELETE FROM escalations WHERE id = ? AND private = 0", [(i,) for i in ids]
             )
+            _publish_backlog(db)
             return cur.rowcount
 
     def __len__(self) -> int:
@@ -157,6 +161,12 @@ class EscalationLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _publish_backlog(db: sqlite3.Connection) -> None:
+    """The records waiting for upload (private ones never leave), in the metrics."""
+    (n,) = db.execute("SELECT COUNT(*) FROM escalations WHERE private = 0").fetchone()
+    metrics().upload_backlog.set(n)
 
 
 def _from_row(r: Sequence[Any]) -> EscalationRecord:

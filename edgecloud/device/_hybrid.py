@@ -48,10 +48,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.common.aio import DONE, pump_events
+from edgecloud.common.logs import current_request_id, new_request_id
+from edgecloud.common.metrics import metrics
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import same_answer
 from edgecloud.device._answer import Emitter, Transcript
 from edgecloud.device._escalation_log import EscalationLog
+from edgecloud.device._observe import observed
 from edgecloud.device._settings import DeviceCloudConfig, DeviceShadowConfig
 from edgecloud.device._shadow import ShadowChecks, ShadowStats
 from edgecloud.errors import EdgeCloudError, InvalidRequestError, TransportError
@@ -337,7 +340,7 @@ class HybridEngine:
         )
         return route_request(self.policies, signals), signals
 
-    async def stream(
+    def stream(
         self,
         prompt: str | Sequence[ChatMessage],
         params: SamplingParams,
@@ -346,6 +349,7 @@ class HybridEngine:
         cancel: CancelScope,
         speculative: int | None = None,
         show_unverified: bool | None = None,
+        request_id: str | None = None,
     ) -> AsyncGenerator[Chunk | Finish, None]:
         """The chunks of one request's answer, then one :class:`Finish` (see the module doc).
 
@@ -356,12 +360,29 @@ class HybridEngine:
                 cloud gives from its start; None: ``device.cloud.speculative_tokens``
                 (for greedy requests).
             show_unverified: None: ``device.router.show_unverified``.
+            request_id: the id the request's log lines, cloud calls and records carry;
+                None: the one bound by the caller
+                (:func:`edgecloud.common.logs.bind_request_id`), else a new one.
 
         Raises:
             InvalidRequestError: a private request demands the cloud, or speculative
                 decoding is asked of a sampled request.
             TransportError: a request that demands the cloud gets no answer from it.
         """
+        rid = request_id or current_request_id() or new_request_id()
+        answer = self._answer(prompt, params, route, cancel, speculative, show_unverified)
+        return observed(answer, rid, has_cloud=self.pool is not None, forced=route)
+
+    async def _answer(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        params: SamplingParams,
+        route: Route | None,
+        cancel: CancelScope,
+        speculative: int | None,
+        show_unverified: bool | None,
+    ) -> AsyncGenerator[Chunk | Finish, None]:
+        """:meth:`stream`, without the metrics and the request id."""
         t0 = time.perf_counter()
         k = self._draft_length(params, speculative)
         decision, signals = await self.decide(prompt, route)
@@ -548,6 +569,7 @@ class HybridEngine:
             rnd.endpoint, rnd.failure = None, repr(exc)
         done = rnd.done if rnd.endpoint is not None else None
         if done is None or rnd.endpoint is None:
+            metrics().shadow_requests.labels("failed").inc()
             log.info("shadow check dropped: %s", rnd.failure or "no cloud endpoint answered")
             if replay:
                 self._record(prompt, text, "", info, time.perf_counter() - answered_in,
@@ -558,6 +580,7 @@ class HybridEngine:
         cloud = "".join(rnd.texts)
         agree = same_answer(text, cloud)
         self._shadows.count(answered_by, agree)
+        metrics().shadow_requests.labels("agree" if agree else "disagree").inc()
         tokens = [c for c in local if c.token_id >= 0]
         extra = {
             "kind": "shadow",
@@ -1025,6 +1048,8 @@ class HybridEngine:
             fields["endpoint"] = route.endpoint
         if route.fallback:
             fields["fallback"] = route.fallback
+        if (request_id := current_request_id()) is not None:
+            fields.setdefault("request_id", request_id)  # finds the request in the logs
         try:
             self.log.append(
                 EscalationRecord(
@@ -1055,7 +1080,9 @@ class HybridEngine:
             except EdgeCloudError as exc:
                 log.info("upload to %s failed: %s", ep.target, exc)
                 continue
-            return self.log.acknowledge(acked)
+            stored = self.log.acknowledge(acked)
+            metrics().records_uploaded.inc(stored)
+            return stored
         return 0
 
     async def aclose(self) -> None:

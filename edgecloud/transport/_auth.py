@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from edgecloud.transport._handlers import wrap_handler
+from edgecloud.transport._status import count_error
 
 __all__ = ["CURRENT_DEVICE", "TokenAuthInterceptor", "hash_token", "new_token"]
 
@@ -127,5 +128,6 @@ class TokenAuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         token = _bearer(handler_call_details.invocation_metadata)
         device = self._device_for(token) if token is not None else None
         if device is None:
+            count_error(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED)
             return _denied(handler, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
         return _with_device(handler, device)

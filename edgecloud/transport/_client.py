@@ -11,7 +11,6 @@ tree (``raise ... from exc``).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -21,10 +20,12 @@ import grpc
 from edgecloud._proto.v1 import inference_pb2 as pb
 from edgecloud._proto.v1 import inference_pb2_grpc as pb_grpc
 from edgecloud.common.lifecycle import AsyncClosing
+from edgecloud.common.logs import current_request_id, new_request_id
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
 from edgecloud.errors import EdgeCloudError, InvalidRequestError, RemoteError
 from edgecloud.transport._channel import create_channel, service_config
+from edgecloud.transport._request_id import request_metadata
 from edgecloud.transport._serde import (
     chat_to_proto,
     event_from_proto,
@@ -119,7 +120,7 @@ class CloudClient(AsyncClosing):
         msg = pb.GenerateRequest(
             sampling=params_to_proto(params),
             adapter_id=adapter_id or "",
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or new_request_id(),
             deadline_unix_ms=int((time.time() + timeout_s) * 1000),
             assistant_prefix=assistant_prefix,
             skip_knowledge=skip_knowledge,
@@ -188,7 +189,8 @@ class CloudClient(AsyncClosing):
             prompt: raw text or chat messages.
             params: sampling; ``overrides`` (``max_tokens=...``) replace its fields.
             adapter_id: a LoRA adapter loaded on the service.
-            request_id: shown in the service's logs.
+            request_id: shown in the service's logs (sent as ``x-request-id`` too); None:
+                the id bound on this side (:mod:`edgecloud.common.logs`), else a new one.
             timeout_s: deadline of the whole stream.
             assistant_prefix: the part of the answer already produced (a mid-answer
                 hand-off); the service continues after it and streams only what follows.
@@ -213,13 +215,14 @@ class CloudClient(AsyncClosing):
         if overrides:
             base = SamplingParams.model_validate({**base.model_dump(), **overrides})
         timeout = self._timeout if timeout_s is None else timeout_s
+        request_id = request_id or current_request_id() or new_request_id()
         msg = self._request(
             prompt, base, adapter_id, request_id, timeout, assistant_prefix, skip_knowledge,
             verify_prefix, prefix_logprobs,
         )  # fmt: skip
         if params is None and "max_tokens" not in overrides:
             msg.sampling.max_tokens = 0  # unset: the service's own default applies
-        call = self._stub.Generate(msg, timeout=timeout)
+        call = self._stub.Generate(msg, timeout=timeout, metadata=request_metadata(request_id))
         retraction_allowed = verify_prefix
         try:
             async for response in call:
@@ -271,6 +274,7 @@ class CloudClient(AsyncClosing):
             ack = await self._stub.UploadEscalations(
                 iter(messages),
                 timeout=self._timeout if timeout_s is None else timeout_s,
+                metadata=request_metadata(current_request_id() or new_request_id()),
             )
         except grpc.RpcError as exc:
             raise self._error(exc) from exc

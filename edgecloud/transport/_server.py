@@ -7,7 +7,8 @@ KServe v2) are both built by :func:`create_server`:
   when asked for (``insecure``) on a loopback host only
   (:func:`~edgecloud.transport.check_plaintext`);
 * the bearer-token interceptor when :class:`AuthConfig` has tokens, first, so an
-  unauthenticated caller learns nothing; then the caller's interceptors; then
+  unauthenticated caller learns nothing; then the request id (``x-request-id``
+  bound for the call's log lines); then the caller's interceptors; then
   the decode guard (undecodable requests get ``INVALID_ARGUMENT``);
 * the standard health service, with a status per service, and reflection of
   every registered service;
@@ -34,6 +35,7 @@ from edgecloud.errors import ConfigError
 from edgecloud.transport._auth import TokenAuthInterceptor
 from edgecloud.transport._channel import check_plaintext
 from edgecloud.transport._guard import DecodeGuardInterceptor
+from edgecloud.transport._request_id import RequestIdInterceptor
 from edgecloud.transport._settings import AuthConfig, TlsConfig
 
 __all__ = ["GrpcServer", "create_server", "server_credentials", "stop_signals"]
@@ -203,6 +205,7 @@ def create_server(
     chain: list[aio.ServerInterceptor] = []
     if auth is not None and auth.tokens:
         chain.append(TokenAuthInterceptor(auth.tokens))
+    chain.append(RequestIdInterceptor())
     chain.extend(interceptors)
     chain.append(DecodeGuardInterceptor())
     server = aio.server(

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from edgecloud.common.metrics import metrics
 from edgecloud.errors import (
     AuthError,
     DeadlineExceededError,
@@ -41,6 +42,7 @@ __all__ = [
     "NOT_FOUND_KINDS",
     "RETRYABLE_CODES",
     "abort",
+    "count_error",
     "error_from_rpc",
     "status_for",
 ]
@@ -94,12 +96,18 @@ async def abort(context: Any, exc: BaseException, *, rpc: str, log: logging.Logg
         log: the service's logger.
     """
     code, message = status_for(exc)
+    count_error(rpc, code)
     if code == grpc.StatusCode.INTERNAL:
         log.error("%s failed", rpc, exc_info=exc)
     else:
         log.info("%s rejected: %s: %s", rpc, code.name, message)
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def count_error(rpc: str, code: grpc.StatusCode) -> None:
+    """One call of ``rpc`` ended with ``code``, in ``edgecloud_cloud_errors_total``."""
+    metrics().errors.labels(rpc, code.name).inc()
 
 
 def error_from_rpc(

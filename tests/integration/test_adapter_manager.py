@@ -33,6 +33,7 @@ from edgecloud.errors import (
     AdapterSignatureError,
 )
 from edgecloud.transport._adapters import AdapterOffer, AdapterSyncClient
+from tests import scrape
 from tests.fakes_adapters import (
     ARCH,
     BASE_SHA,
@@ -280,7 +281,13 @@ def test_canary_failure_rolls_back_and_reports(
             assert len(backend.swaps) == n
             await client.close()
 
+    before = scrape.device()
     run(body)
+    after = scrape.device()
+    # two versions swapped in, then the rollback's swap back to the first
+    assert after.delta(before, "edgecloud_device_adapter_swaps_total", adapter="default") == 3
+    assert after.delta(before, "edgecloud_device_adapter_rollbacks_total", adapter="default") == 1
+    assert after["edgecloud_device_adapter_version", {"adapter": "default"}] == 1
     # the device's own canary file overrides the manifest's; a failing first version
     # rolls back to the base model
     jsonl = tmp_path / "canary.jsonl"
@@ -301,6 +308,7 @@ def test_canary_failure_rolls_back_and_reports(
     run(again)
     assert fresh.adapter is None and m2.current_version is None
     assert fresh.prompts[-1] == "Say hi"
+    assert scrape.device()["edgecloud_device_adapter_version", {"adapter": "default"}] == 0
 
 
 @pytest.mark.parametrize("step", ["downloaded", "staged", "installed", "swapped"])

@@ -23,6 +23,7 @@ from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
 from edgecloud.device._shadow import ShadowStats
 from edgecloud.transport import CloudClient
+from tests import scrape
 from tests.fakes import ScriptedBackend
 from tests.fakes_cloud import ScriptedEngine
 from tests.unit.device.test_shadow import CALM, answer
@@ -66,8 +67,12 @@ def test_shadow_checks_reach_the_operator_and_the_next_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "records.db"
+    before = scrape.device()
     stats = asyncio.run(fleet(tmp_path, db))
+    after = scrape.device()
     assert stats == [{2: ShadowStats(1, 1)}, {None: ShadowStats(1, 0)}]
+    for outcome, n in (("agree", 1), ("disagree", 1), ("failed", 0)):
+        assert after.delta(before, "edgecloud_device_shadow_requests_total", outcome=outcome) == n
 
     store = RecordStore(db)
     try:

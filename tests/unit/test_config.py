@@ -81,3 +81,21 @@ def test_the_shipped_deployable_configs_are_valid() -> None:
     assert device.device.log.replay_rate > 0 and not device.device.adapters.enabled
     cloud = Settings.load(root / "cloud" / "cloud.example.toml")
     assert cloud.cloud.train.require_grounded and cloud.cloud.train.rank == 16
+
+
+def test_log_format_and_the_metrics_port_come_from_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Settings.load()
+    assert (s.log_format, s.cloud.metrics.enabled, s.cloud.metrics.host) == (
+        "text", False, "127.0.0.1",
+    )  # fmt: skip
+    cfg = tmp_path / "cloud.toml"
+    cfg.write_text('log_format = "json"\n[cloud.metrics]\nenabled = true\nport = 0\n')
+    s = Settings.load(cfg)
+    assert (s.log_format, s.cloud.metrics.enabled, s.cloud.metrics.port) == ("json", True, 0)
+    monkeypatch.setenv("EDGECLOUD_CLOUD__METRICS__PORT", "9100")
+    assert Settings.load(cfg).cloud.metrics.port == 9100
+    monkeypatch.setenv("EDGECLOUD_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="log_format"):
+        Settings.load()

@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-HEAVY = ("llama_cpp", "onnxruntime", "torch", "zeroconf", "numpy", "grpc", "transformers")
+HEAVY = ("llama_cpp", "onnxruntime", "torch", "zeroconf", "numpy", "grpc", "transformers",
+         "prometheus_client")  # fmt: skip
 
 
 def test_import_edgecloud_loads_no_native_library() -> None:

@@ -312,3 +312,41 @@ def test_an_accepted_prefix_is_continued_without_a_retraction() -> None:
     assert out.done.wait(5)
     sched.close()
     assert out.events == [Finish("stop", 5, 0)]
+
+
+def test_queue_depth_running_sequences_and_batch_sizes_are_published() -> None:
+    from tests import scrape
+
+    gate = threading.Event()
+
+    class Gated(FakeEngine):
+        def decode(self) -> list[TokenStep]:
+            gate.wait(5)
+            return super().decode()
+
+    engine = Gated()
+    sched = Scheduler(engine, max_running=2, max_queued=4, admission_window_s=0.05,
+                      admission_gap_s=0.05)  # fmt: skip
+    before = scrape.device()
+    outs = []
+    for i in range(3):  # two fit the batch, one waits
+        seq, out = make(f"r{i}", max_tokens=3)
+        sched.submit(seq)
+        outs.append(out)
+    while not engine.prefills:
+        time.sleep(0.005)
+    time.sleep(0.05)  # the first decode step is held at the gate
+    held = scrape.device()
+    gate.set()
+    assert all(out.done.wait(5) for out in outs)
+    sched.close()
+    after = scrape.device()
+    assert held["edgecloud_cloud_queue_depth", {}] == 1
+    assert held["edgecloud_cloud_running_sequences", {}] == 2
+    assert (after["edgecloud_cloud_queue_depth", {}],
+            after["edgecloud_cloud_running_sequences", {}]) == (0, 0)  # fmt: skip
+    prefills = after.delta(before, "edgecloud_cloud_batch_size_count", phase="prefill")
+    decodes = after.delta(before, "edgecloud_cloud_batch_size_count", phase="decode")
+    assert prefills == len(engine.prefills) and decodes == len(engine.batches)
+    rows = sum(len(b) for b in engine.batches)
+    assert after.delta(before, "edgecloud_cloud_batch_size_sum", phase="decode") == rows
