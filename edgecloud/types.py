@@ -164,6 +164,10 @@ class Chunk:
     retracted: int = 0
     """Characters to remove from the end of the answer shown so far before adding
     ``text``: the cloud rejected that part of the device's text when it took over."""
+    piece: bytes = b""
+    """The token's own bytes, as the model's vocabulary spells them (``text`` is what it
+    adds to the answer: it lacks bytes of an unfinished character, and text held back
+    while it may start a stop sequence). Empty where unknown (cloud tokens)."""
     top: tuple[tuple[str, float], ...] = ()
     """The ``SamplingParams.top_logprobs`` most likely tokens of this step (their text,
     undecodable bytes replaced, and natural-log probability), best first; empty when none

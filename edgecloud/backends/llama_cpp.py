@@ -452,8 +452,11 @@ class LlamaCppBackend(TextBackend):
                     break
                 alternatives = self._alternatives(params.top_logprobs) if want_top else ()
                 step[0] = token
-                text = stopper.feed(utf8.feed(self._piece(token)))
-                yield Chunk(text, token, logprob, entropy, "local", n, top=alternatives)
+                piece = self._piece(token)
+                text = stopper.feed(utf8.feed(piece))
+                yield Chunk(
+                    text, token, logprob, entropy, "local", n, piece=piece, top=alternatives
+                )
                 n += 1
                 if stopper.stopped:
                     reason = "stop"

@@ -186,19 +186,24 @@ class OpenAIServer:
             kind, self.model_name, logprobs=request.alternatives(),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
         )  # fmt: skip
+        where = "messages" if kind == "chat" else "prompt"
         self.admit()
         try:
             stream = self.client.stream(prompt, **options)
-        except BaseException:
+        except BaseException as exc:
             self.in_flight -= 1
+            if isinstance(exc, EdgeCloudError):
+                raise error_from(exc, prompt_param=where) from None
             raise
         try:
             if request.stream:
                 first = await _unless_gone(http, _first(stream))
             else:
                 chunks, result = await _unless_gone(http, _collect(stream))
-        except BaseException:
+        except BaseException as exc:
             await self.release(stream)
+            if isinstance(exc, EdgeCloudError):
+                raise error_from(exc, prompt_param=where) from None
             raise
         if request.stream:  # the event generator releases the request when it ends
             return _EventStream(self._events(stream, first, builder), headers=_SSE_HEADERS,
@@ -429,6 +434,11 @@ def _make_server(config: uvicorn.Config, state: OpenAIServer) -> uvicorn.Server:
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True
             super().handle_exit(sig, frame)
+            # uvicorn raises the signal again once it has shut down, so that its default
+            # action ends the process; a server that shut down cleanly exits with 0.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     return _Draining(config)
 
@@ -449,8 +459,12 @@ def serve(
     """
     settings = settings or Settings.load()
     http = settings.device.http
+    where = host or http.host
+    if not http.api_keys and where not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("serving on %s without API keys: anyone who reaches it may use the "
+                    "model (set device.http.api_keys)", where)  # fmt: skip
     app = create_app(settings, client=client, close_client=True)
-    config = _uvicorn_config(app, settings, host=host or http.host,
+    config = _uvicorn_config(app, settings, host=where,
                              port=http.port if port is None else port,
                              log_level=log_level)  # fmt: skip
     _make_server(config, app.state.edgecloud).run()

@@ -81,10 +81,11 @@ class HttpError(Exception):
         }
 
 
-def error_from(exc: EdgeCloudError) -> HttpError:
-    """The HTTP status and OpenAI error an SDK error becomes (never a traceback)."""
+def error_from(exc: EdgeCloudError, *, prompt_param: str = "messages") -> HttpError:
+    """The HTTP status and OpenAI error an SDK error becomes (never a traceback);
+    ``prompt_param`` names the prompt field in a context overflow."""
     if isinstance(exc, ContextOverflowError):
-        return HttpError(400, str(exc), param="messages", code="context_length_exceeded")
+        return HttpError(400, str(exc), param=prompt_param, code="context_length_exceeded")
     if isinstance(exc, InvalidRequestError):
         return HttpError(400, str(exc))
     if isinstance(exc, OverloadedError):
@@ -366,6 +367,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _token(c: Chunk) -> tuple[str, bytes]:
+    """A token's text and bytes for logprobs: its own piece where the backend gave it
+    (a part of a character reads U+FFFD, its bytes stay exact), else its text."""
+    if c.piece:
+        return c.piece.decode("utf-8", "replace"), c.piece
+    return c.text, c.text.encode()
+
+
 def _usage(result: GenerationResult) -> dict[str, int]:
     u = result.usage
     return {
@@ -423,7 +432,7 @@ class ResponseBuilder:
         self.include_usage = include_usage
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
-        self._shown = 0  # characters of text the client has, retractions applied
+        self._offset = 0  # where the next token starts in the tokens' text (legacy logprobs)
 
     def _envelope(self, choices: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
         if self.kind == "chat":
@@ -443,27 +452,30 @@ class ResponseBuilder:
         return out
 
     def _chat_logprob(self, c: Chunk) -> dict[str, Any]:
+        token, raw = _token(c)
         return {
-            "token": c.text,
+            "token": token,
             "logprob": _finite(c.logprob),
-            "bytes": list(c.text.encode()),
+            "bytes": list(raw),
             "top_logprobs": [
                 {"token": t, "logprob": _finite(lp), "bytes": list(t.encode())}
                 for t, lp in c.top[: self.logprobs]
             ],
         }
 
-    def _completion_logprobs(self, chunks: Iterable[Chunk], offset: int) -> dict[str, Any]:
+    def _completion_logprobs(self, chunks: Iterable[Chunk]) -> dict[str, Any]:
         out: dict[str, list[Any]] = {
             "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []
         }  # fmt: skip
         for c in chunks:
-            if c.token_id >= 0:
-                out["tokens"].append(c.text)
-                out["token_logprobs"].append(_finite(c.logprob))
-                out["top_logprobs"].append({t: _finite(lp) for t, lp in c.top[: self.logprobs]})
-                out["text_offset"].append(offset)
-            offset += len(c.text)
+            if c.token_id < 0:
+                continue
+            token = _token(c)[0]
+            out["tokens"].append(token)
+            out["token_logprobs"].append(_finite(c.logprob))
+            out["top_logprobs"].append({t: _finite(lp) for t, lp in c.top[: self.logprobs]})
+            out["text_offset"].append(self._offset)
+            self._offset += len(token)
         return out
 
     def head(self) -> list[dict[str, Any]]:
@@ -479,14 +491,12 @@ class ResponseBuilder:
         token = self.logprobs is not None and c.token_id >= 0
         if not c.text and not c.retracted and not token:
             return None
-        self._shown -= min(c.retracted, self._shown)
-        offset = self._shown
-        self._shown += len(c.text)
+        self._offset -= min(c.retracted, self._offset)  # the tokens taken back lose their place
         if self.kind == "chat":
             logprobs = {"content": [self._chat_logprob(c)], "refusal": None} if token else None
             choice: dict[str, Any] = {"index": 0, "delta": {"content": c.text}}
         else:
-            logprobs = self._completion_logprobs([c], offset) if token else None
+            logprobs = self._completion_logprobs([c]) if token else None
             choice = {"index": 0, "text": c.text}
         choice.update(logprobs=logprobs, finish_reason=None)
         out = self._envelope([choice], True)
@@ -521,7 +531,7 @@ class ResponseBuilder:
             choice: dict[str, Any] = {"index": 0, "message": message}
         else:
             if self.logprobs is not None:
-                logprobs = self._completion_logprobs(chunks, 0)
+                logprobs = self._completion_logprobs(chunks)
             choice = {"index": 0, "text": result.text}
         choice.update(logprobs=logprobs, finish_reason=_finish_reason(result))
         out = self._envelope([choice], False)
