@@ -286,6 +286,17 @@ def test_a_client_that_disconnects_frees_the_model_at_once(
     stream.close()
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_frees_the_model(server: Server) -> None:
+    state = server.state
+    cancelled = state.cancelled
+    body = {"model": model_id(server), "prompt": "Write a long essay.", "max_tokens": 1000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/completions", json=body, timeout=1.5)
+    assert _wait_until(lambda: state.in_flight == 0) < 2.0
+    assert state.cancelled == cancelled + 1
+    served(server)
+
+
 def test_curl_streams_server_sent_events_from_the_cli(model_cache: Path, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
