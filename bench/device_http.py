@@ -3,8 +3,8 @@
 in-process (``AsyncClient.stream``), on the same prompts, greedy, same max_tokens.
 
 The server runs as its own process, as it is deployed; the SDK runs in this one, on its
-own copy of the model. Runs alternate (SDK, HTTP, HTTP with ``logprobs=5``, in a
-rotating order) so that other load on the machine hits all of them alike; the ratios
+own copy of the model. Runs alternate (SDK, HTTP, HTTP with ``logprobs=5``, and HTTP read
+with httpx and json alone, in a rotating order) so that other load on the machine hits all of them alike; the ratios
 are medians of adjacent runs on the same prompt. Each HTTP mode has its own server, so
 every model sees the same sequence of prompts (a prompt just evaluated would otherwise
 be found in the KV cache, and its next time to first token would flatter).
@@ -37,7 +37,7 @@ PROMPTS = [
     "Here is a list of ten common household tools:\n1.",
     "def fibonacci(n):",
 ]
-MODES = ("sdk", "http", "http+top5")
+MODES = ("sdk", "http", "http+top5", "http-raw")
 
 
 def _rates(started: float, arrivals: list[float], tokens: int) -> dict[str, float]:
@@ -79,6 +79,28 @@ async def _http_run(oai: Any, model: str, prompt: str, n: int, top: int | None) 
     return _rates(started, arrivals, tokens) | {"text": "".join(text)}
 
 
+async def _raw_run(http: Any, url: str, model: str, prompt: str, n: int) -> dict[str, Any]:
+    """The same request read with httpx and json alone: the server's own cost, without
+    the openai client's (on this 2-core machine the client takes CPU from the model)."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    text = []
+    tokens = 0
+    body = {"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    async with http.stream("POST", f"{url}/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+            if event["choices"] and event["choices"][0]["text"]:
+                arrivals.append(time.perf_counter())
+                text.append(event["choices"][0]["text"])
+    return _rates(started, arrivals, tokens) | {"text": "".join(text)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,9 +139,12 @@ async def _bench(args: argparse.Namespace, ports: dict[str, int]) -> dict[str, A
     oai = {
         mode: openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
                                  max_retries=0)
-        for mode, port in ports.items()
+        for mode, port in ports.items() if mode != "http-raw"
     }  # fmt: skip
     model = (await oai["http"].models.list()).data[0].id
+    import httpx
+
+    raw = httpx.AsyncClient(timeout=120)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     same = 0
     try:
@@ -130,6 +155,9 @@ async def _bench(args: argparse.Namespace, ports: dict[str, int]) -> dict[str, A
                 for mode in MODES[k:] + MODES[:k]:
                     if mode == "sdk":
                         got[mode] = await _sdk_run(sdk, prompt, args.tokens)
+                    elif mode == "http-raw":
+                        url = f"http://127.0.0.1:{ports[mode]}/v1"
+                        got[mode] = await _raw_run(raw, url, model, prompt, args.tokens)
                     else:
                         top = 5 if mode == "http+top5" else None
                         got[mode] = await _http_run(oai[mode], model, prompt, args.tokens, top)
@@ -140,6 +168,7 @@ async def _bench(args: argparse.Namespace, ports: dict[str, int]) -> dict[str, A
     finally:
         for client in oai.values():
             await client.close()
+        await raw.aclose()
         await sdk.aclose()
     return {"runs": runs, "identical_greedy_texts": f"{same}/{args.rounds * len(prompts)}"}
 
@@ -193,7 +222,7 @@ def main() -> None:
         "new_tokens": args.tokens,
         "rounds": args.rounds,
         "prompts": args.prompts,
-        "client": "openai (official), AsyncOpenAI, stream=True, completions",
+        "client": "openai (official), AsyncOpenAI, stream=True, completions; http-raw: httpx + json",
         "server": "edgecloud device serve (its own process per HTTP mode), uvicorn + FastAPI",
         "modes": modes,
         "decode_ratio": modes["http"]["decode_ratio"],
@@ -213,7 +242,7 @@ def main() -> None:
     for col in ("", "decode tok/s", "decode ratio vs SDK", "TTFT ms", "TTFT overhead ms"):
         table.add_column(col, justify="right")
     labels = {"sdk": "SDK AsyncClient.stream", "http": "HTTP (openai client)",
-              "http+top5": "HTTP, logprobs=5"}  # fmt: skip
+              "http+top5": "HTTP, logprobs=5", "http-raw": "HTTP (httpx + json)"}  # fmt: skip
     for mode, m in modes.items():
         table.add_row(
             labels[mode], f"{m['decode_tok_s']:.1f}",
@@ -239,8 +268,8 @@ def _plot(result: dict[str, Any], labels: dict[str, str], out: Path) -> None:
 
     modes = result["modes"]
     names = [labels[m].replace(" (", "\n(").replace(", ", ",\n") for m in modes]
-    colors = ["#2b7bba", "#888888", "#d95f02"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    colors = ["#2b7bba", "#888888", "#d95f02", "#66a61e"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bars = left.bar(names, [m["decode_tok_s"] for m in modes.values()], color=colors)
     left.bar_label(bars, fmt="%.1f")
     left.set_ylabel("decode tokens / s (median)")
