@@ -121,7 +121,10 @@ def serve_command(
         progress.stop()
         raise fail(exc) from None
     progress.stop()
-    serve(settings, client=client, host=host, port=port)
+    try:
+        serve(settings, client=client, host=host, port=port)
+    except EdgeCloudError as exc:
+        raise fail(exc) from None
 
 
 @device_app.command("assemble")

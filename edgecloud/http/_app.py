@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 from edgecloud._client import AsyncClient, AsyncStream
 from edgecloud.config import Settings
 from edgecloud.device._answer import Transcript
-from edgecloud.errors import EdgeCloudError
+from edgecloud.errors import ConfigError, EdgeCloudError
 from edgecloud.http._protocol import (
     ChatRequest,
     CompletionRequest,
@@ -87,6 +87,10 @@ class OpenAIServer:
         self.cancelled = 0
         """Generations stopped because their client went away (or at shutdown)."""
         self.draining = False
+        if any(len(k) < 8 or k != k.strip() for k in self.config.api_keys):
+            # checked here, not in the settings model, whose errors would echo the keys
+            raise ConfigError("device.http.api_keys: each key needs 8 characters or more, "
+                              "without spaces around it")  # fmt: skip
         self._key_digests = [hashlib.sha256(k.encode()).digest() for k in self.config.api_keys]
 
     @property
@@ -410,7 +414,10 @@ def _model_card(state: OpenAIServer) -> dict[str, Any]:
         "object": "model",
         "created": state.created,
         "owned_by": "edgecloud",
-        "edgecloud": {"backend": info.kind, "path": info.path, **info.details},
+        "edgecloud": {
+            "backend": info.kind,
+            **info.details,
+        },  # not the path: clients need not know it
     }
 
 

@@ -196,9 +196,22 @@ def test_the_openai_client_raises_its_own_errors(server: Server, oai: openai.Ope
     served(server)
 
 
-def test_api_keys(backend: LlamaCppBackend, model_cache: Path) -> None:
-    cfg = settings(model_cache, api_keys=["another-key-0000", _KEY])
+def test_api_keys_and_cors(backend: LlamaCppBackend, model_cache: Path) -> None:
+    cfg = settings(model_cache, api_keys=["another-key-0000", _KEY],
+                   cors_origins=["https://app.example"])  # fmt: skip
     with Server(cfg, client=AsyncClient(backend)) as s:
+        # a browser's preflight needs no key; only the listed origin is allowed
+        ask = {"access-control-request-method": "POST",
+               "access-control-request-headers": "authorization,content-type"}  # fmt: skip
+        ok = httpx.options(
+            f"{s.url}/chat/completions", headers={"origin": "https://app.example", **ask}
+        )
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(
+            f"{s.url}/chat/completions", headers={"origin": "https://evil.example", **ask}
+        )
+        assert "access-control-allow-origin" not in other.headers
         bad = openai.OpenAI(base_url=s.url, api_key="wrong-key-0000", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
             bad.models.list()
