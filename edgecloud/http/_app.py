@@ -85,7 +85,8 @@ class OpenAIServer:
         """Requests admitted and not yet answered: one generating, the rest waiting."""
         self.served = 0
         self.cancelled = 0
-        """Generations stopped because their client went away (or at shutdown)."""
+        """Generations stopped before their end: their client went away, they failed, or
+        the server shut down."""
         self.draining = False
         if any(len(k) < 8 or k != k.strip() for k in self.config.api_keys):
             # checked here, not in the settings model, whose errors would echo the keys
