@@ -28,15 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from local_decode import PROMPTS
+
 RESULTS = Path(__file__).parent / "results"
-PROMPTS = [
-    "Explain what a servo motor is.",
-    "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:",
-    "Write a short story about a robot that learns to paint.",
-    "The history of the bicycle begins",
-    "Here is a list of ten common household tools:\n1.",
-    "def fibonacci(n):",
-]
 MODES = ("sdk", "http", "http+top5", "http-raw")
 
 
