@@ -172,9 +172,11 @@ class _BaseClient:
     def _start(
         self, prompt: Prompt | bytes, overrides: Mapping[str, Any], cancel: threading.Event
     ) -> tuple[Iterator[Chunk | Finish], ResultBuilder]:
+        from edgecloud.device._observe import observed_local
+
         started = time.perf_counter()
         events = self._backend.stream(normalize_prompt(prompt), self._params(overrides), cancel)
-        return events, ResultBuilder(self._backend.info.model, started)
+        return observed_local(events), ResultBuilder(self._backend.info.model, started)
 
     def _start_hybrid(
         self, engine: HybridEngine, prompt: Prompt | bytes, overrides: Mapping[str, Any],

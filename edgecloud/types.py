@@ -47,6 +47,8 @@ FinishReason: TypeAlias = Literal["stop", "length", "cancelled"]
 or the context window was reached; ``cancelled``: the caller cancelled the stream."""
 
 MAX_TOKENS_LIMIT = 1 << 20
+MAX_TOP_LOGPROBS = 20
+"""Most alternatives per token a request may ask for (``SamplingParams.top_logprobs``)."""
 
 
 class ChatMessage(BaseModel):
@@ -79,6 +81,8 @@ class GenerateOptions(TypedDict, total=False):
     """Keep the k most likely tokens; 0 keeps all."""
     seed: int | None
     """Sampling seed."""
+    top_logprobs: int | None
+    """Also report the k most likely tokens at each step (``Chunk.top``), 0 to 20."""
     stop: str | Sequence[str] | None
     """Stop sequence(s); the answer ends before the first one."""
     route: str | None
@@ -122,6 +126,15 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = Field(
         (), max_length=16, description="Generation ends before any of these strings."
     )
+    top_logprobs: int = Field(
+        0,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description=(
+            "Report the k most likely tokens of each step with their log-probabilities "
+            "(Chunk.top); 0: none. Only the device model reports them; cloud tokens have none."
+        ),
+    )
 
     @field_validator("stop")
     @classmethod
@@ -151,6 +164,14 @@ class Chunk:
     retracted: int = 0
     """Characters to remove from the end of the answer shown so far before adding
     ``text``: the cloud rejected that part of the device's text when it took over."""
+    piece: bytes = b""
+    """The token's own bytes, as the model's vocabulary spells them (``text`` is what it
+    adds to the answer: it lacks bytes of an unfinished character, and text held back
+    while it may start a stop sequence). Empty where unknown (cloud tokens)."""
+    top: tuple[tuple[str, float], ...] = ()
+    """The ``SamplingParams.top_logprobs`` most likely tokens of this step (their text,
+    undecodable bytes replaced, and natural-log probability), best first; empty when none
+    were asked for, and for cloud tokens (the wire does not carry them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ For logits ``x`` over the vocabulary, with ``lse = logsumexp(x)`` and
 
 A few vectorized passes (shift, exp, sum, dot) into preallocated buffers:
 on a 262k-token vocabulary this costs a few hundred microseconds, a few
-percent of a decode step. No all-position logits are kept.
+percent of a decode step. No all-position logits are kept. The k most likely
+tokens (``top_logprobs``) cost one more partial selection, only when asked for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class StepSignals:
     def __init__(self, n_vocab: int) -> None:
         self._shifted = np.empty(n_vocab, dtype=np.float32)
         self._weights = np.empty(n_vocab, dtype=np.float32)
+        self._log_total = 0.0
 
     def __call__(
         self, logits: npt.NDArray[np.float32], token: int, top: float
@@ -46,4 +48,17 @@ class StepSignals:
             finite = np.isfinite(d)
             weighted = float(np.dot(w[finite], d[finite]))
         entropy = log_total - weighted / total
+        self._log_total = log_total
         return float(d[token]) - log_total, max(entropy, 0.0)
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` most likely tokens of the step last passed to ``__call__`` and their
+        log-probabilities, best first (ties by token id). Reuses that call's shifted
+        logits: one partial selection over the vocabulary, no extra softmax."""
+        d = self._shifted
+        k = min(k, d.shape[0])
+        if k <= 0:
+            return []
+        best = np.argpartition(d, -k)[-k:]
+        ranked = sorted(best.tolist(), key=lambda t: (-float(d[t]), t))
+        return [(t, float(d[t]) - self._log_total) for t in ranked]

@@ -425,6 +425,7 @@ class LlamaCppBackend(TextBackend):
                 ll.llama_decode,
                 ll.llama_batch_get_one,
             )
+            want_top = params.top_logprobs > 0
             reason: FinishReason = "length"
             n = 0
             while n < budget and not cancel.is_set():
@@ -449,9 +450,13 @@ class LlamaCppBackend(TextBackend):
                 if is_eog(vocab, token):
                     reason = "stop"
                     break
+                alternatives = self._alternatives(params.top_logprobs) if want_top else ()
                 step[0] = token
-                text = stopper.feed(utf8.feed(self._piece(token)))
-                yield Chunk(text, token, logprob, entropy, "local", n)
+                piece = self._piece(token)
+                text = stopper.feed(utf8.feed(piece))
+                yield Chunk(
+                    text, token, logprob, entropy, "local", n, piece=piece, top=alternatives
+                )
                 n += 1
                 if stopper.stopped:
                     reason = "stop"
@@ -508,6 +513,13 @@ class LlamaCppBackend(TextBackend):
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
+
+    def _alternatives(self, k: int) -> tuple[tuple[str, float], ...]:
+        """The step's ``k`` most likely tokens as (text, logprob) for ``Chunk.top``; a piece
+        that is part of a multi-byte character reads with U+FFFD for its bytes."""
+        return tuple(
+            (self._piece(t).decode("utf-8", "replace"), lp) for t, lp in self._signals.top(k)
+        )
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -91,6 +91,42 @@ def generate(
     out.flush()
 
 
+@device_app.command("serve")
+def serve_command(
+    host: Annotated[
+        Optional[str], typer.Option(help="Address to listen on (device.http.host).")
+    ] = None,
+    port: Annotated[
+        Optional[int], typer.Option(help="Port (device.http.port); 0 picks a free one.")
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="GGUF file (default: embedded Gemma 3 270M).")
+    ] = None,
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show llama.cpp's log.")] = False,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
+    /health, /metrics) until Ctrl-C or SIGTERM; see docs/http.md."""
+    try:
+        from edgecloud import AsyncClient
+        from edgecloud.http import serve
+    except ImportError as exc:
+        typer.echo(f"error: {exc}: pip install 'edgecloud[http]'", err=True)
+        raise typer.Exit(1) from None
+    progress = AssemblyProgress()
+    try:
+        settings = load_settings(config, verbose)
+        client = AsyncClient.local(model, settings=settings, progress=progress)
+    except EdgeCloudError as exc:
+        progress.stop()
+        raise fail(exc) from None
+    progress.stop()
+    try:
+        serve(settings, client=client, host=host, port=port)
+    except EdgeCloudError as exc:
+        raise fail(exc) from None
+
+
 @device_app.command("assemble")
 def assemble(
     force: Annotated[bool, typer.Option(help="Rebuild even if a verified copy exists.")] = False,

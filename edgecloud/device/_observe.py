@@ -13,15 +13,41 @@ and counts by source; the counters move once, when the request ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 from edgecloud.common.logs import bind_request_id
 from edgecloud.common.metrics import TokenClock, metrics
 from edgecloud.types import Chunk, Finish, RouteInfo
 
-__all__ = ["observed"]
+__all__ = ["observed", "observed_local"]
 
 log = logging.getLogger("edgecloud.device.requests")
+
+
+class _Tally:
+    """One request's tokens by source, its finish and its outcome, counted at :meth:`end`."""
+
+    __slots__ = ("clock", "finish", "tokens")
+
+    def __init__(self) -> None:
+        self.clock = TokenClock("device")
+        self.tokens = {"local": 0, "cloud": 0}
+        self.finish: Finish | None = None
+
+    def see(self, ev: Chunk | Finish) -> None:
+        if isinstance(ev, Chunk):
+            if ev.token_id >= 0:
+                self.clock.tick()
+                self.tokens[ev.source] += 1
+        else:
+            self.finish = ev
+
+    def outcome(self) -> str:
+        return self.finish.reason if self.finish is not None else "cancelled"
+
+    def end(self, outcome: str, *, has_cloud: bool, forced: str) -> None:
+        route = self.finish.route if self.finish is not None else None
+        _count(route, outcome, self.tokens, has_cloud, forced)
 
 
 async def observed(
@@ -41,9 +67,7 @@ async def observed(
         forced: the route the request demanded: its ``route`` label should it end
             before any token and without a :class:`Finish` (None: ``local``).
     """
-    clock = TokenClock("device")
-    tokens = {"local": 0, "cloud": 0}
-    finish: Finish | None = None
+    tally = _Tally()
     outcome = "error"
     try:
         while True:
@@ -52,22 +76,33 @@ async def observed(
                     ev = await anext(events)
                 except StopAsyncIteration:
                     break
-            if isinstance(ev, Chunk):
-                if ev.token_id >= 0:
-                    clock.tick()
-                    tokens[ev.source] += 1
-            else:
-                finish = ev
+            tally.see(ev)
             yield ev
-        outcome = finish.reason if finish is not None else "cancelled"
+        outcome = tally.outcome()
     except GeneratorExit:
         outcome = "cancelled"  # the app stopped reading
         raise
     finally:
         with bind_request_id(request_id):
             await events.aclose()
-            route = finish.route if finish is not None else None
-            _count(route, outcome, tokens, has_cloud, forced or "local")
+            tally.end(outcome, has_cloud=has_cloud, forced=forced or "local")
+
+
+def observed_local(events: Iterator[Chunk | Finish]) -> Iterator[Chunk | Finish]:
+    """``events`` of a device without the hybrid engine (no cloud configured), counted
+    as :func:`observed` counts the engine's: the same requests, tokens and latencies."""
+    tally = _Tally()
+    outcome = "error"
+    try:
+        for ev in events:
+            tally.see(ev)
+            yield ev
+        outcome = tally.outcome()
+    except GeneratorExit:
+        outcome = "cancelled"
+        raise
+    finally:
+        tally.end(outcome, has_cloud=False, forced="local")
 
 
 def _count(

@@ -16,6 +16,7 @@ __all__ = [
     "DeviceAdaptersConfig",
     "DeviceCloudConfig",
     "DeviceConfig",
+    "DeviceHttpConfig",
     "DeviceSettings",
     "DeviceShadowConfig",
     "EndpointConfig",
@@ -241,6 +242,66 @@ class DeviceAdaptersConfig(Section):
     )
 
 
+class DeviceHttpConfig(Section):
+    """The OpenAI-compatible HTTP endpoint (``edgecloud device serve``)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; 0.0.0.0 exposes the model to the network.",
+    )
+    port: int = Field(8080, ge=0, le=65_535, description="TCP port; 0 picks a free one.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Keys a client must send as `Authorization: Bearer <key>` (compared in constant "
+            "time); empty: no authentication. /health stays open."
+        ),
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Browser origins allowed to call the API (CORS); empty: none, '*': any.",
+    )
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest request body; a larger one is refused with 413.",
+    )
+    max_queue: int = Field(
+        8,
+        ge=0,
+        le=4096,
+        description=(
+            "Requests that may wait behind the one the model is generating; "
+            "one more is refused with 429."
+        ),
+    )
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Model id the API reports and requests must name; None: the backend's.",
+    )
+    max_tokens: int = Field(
+        2048,
+        ge=1,
+        le=1 << 20,
+        description=(
+            "Largest max_tokens a request may ask for (also capped by the model context); "
+            "a request that leaves it out gets device.generation.max_tokens, at most this."
+        ),
+    )
+    shutdown_timeout_s: int = Field(
+        10,
+        ge=1,
+        le=3600,
+        description="On shutdown, streams still running after this are cut off.",
+    )
+
+
 class DeviceConfig(Section):
     """Everything the device runtime needs."""
 
@@ -253,6 +314,7 @@ class DeviceConfig(Section):
     log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
     adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
     shadow: DeviceShadowConfig = Field(default_factory=DeviceShadowConfig)
+    http: DeviceHttpConfig = Field(default_factory=DeviceHttpConfig)
 
 
 class DeviceSettings(Protocol):

@@ -46,3 +46,20 @@ def test_masked_logits_do_not_produce_nan() -> None:
     ref_lp, ref_ent = _reference(logits, 1)
     assert lp == pytest.approx(ref_lp, abs=1e-5)
     assert ent == pytest.approx(ref_ent, abs=1e-5)
+
+
+def test_top_k_are_the_k_most_likely_tokens_with_their_logprobs() -> None:
+    rng = np.random.default_rng(1)
+    n = 50_000
+    signals = StepSignals(n)
+    logits = (rng.standard_normal(n) * 3).astype(np.float32)
+    logits[123] = logits[456] = 40.0  # a tie at the top: broken by token id
+    signals(logits, 0, float(logits.max()))
+    top = signals.top(5)
+    order = np.argsort(-logits.astype(np.float64), kind="stable")[:5]
+    assert [t for t, _ in top] == order.tolist() and top[0][0] == 123 and top[1][0] == 456
+    x = logits.astype(np.float64)
+    lse = np.logaddexp.reduce(x)
+    for t, lp in top:
+        assert lp == pytest.approx(x[t] - lse, abs=2e-3)
+    assert signals.top(0) == [] and len(signals.top(n + 10)) == n
