@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 from pydantic import Field
 
 from edgecloud.common.settings import Section, default_threads
+from edgecloud.discovery._settings import DeviceDiscoveryConfig
 from edgecloud.router._settings import RouterConfig
 from edgecloud.types import SamplingParams
 
@@ -253,6 +254,7 @@ class DeviceConfig(Section):
     log: EscalationLogConfig = Field(default_factory=EscalationLogConfig)
     adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
     shadow: DeviceShadowConfig = Field(default_factory=DeviceShadowConfig)
+    discovery: DeviceDiscoveryConfig = Field(default_factory=DeviceDiscoveryConfig)
 
 
 class DeviceSettings(Protocol):
