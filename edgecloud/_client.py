@@ -121,7 +121,10 @@ class _BaseClient:
         self._defaults = defaults or SamplingParams()
         # With cloud endpoints configured, requests go through the hybrid engine.
         self._settings = (
-            settings if settings is not None and settings.device.cloud.endpoints else None
+            settings
+            if settings is not None
+            and (settings.device.cloud.endpoints or settings.device.discovery.enabled)
+            else None
         )
         self._engine: HybridEngine | None = None
 

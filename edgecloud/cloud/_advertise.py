@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from edgecloud.cloud._backend import CloudBackend
 from edgecloud.cloud._settings import CloudConfig
 from edgecloud.discovery import (
-    CLOUD_SERVICE_TYPE,
     Advertiser,
     CloudAdvert,
     certificate_fingerprint,
@@ -103,7 +102,7 @@ class CloudAnnouncement:
         if not addresses:
             raise DiscoveryError(f"no address to announce for {config.host} on {where}")
         advertiser = Advertiser(
-            CLOUD_SERVICE_TYPE,
+            cfg.service_type,
             cfg.name or default_name("edgecloud", port),
             port,
             txt=base.to_txt(),

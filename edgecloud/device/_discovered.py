@@ -204,6 +204,10 @@ class DiscoveredEndpoints:
                     failure = str(exc)
                     log.info("discovered %s at %s unreachable: %s", service.name, address, exc)
                     continue
+                except Exception as exc:  # noqa: BLE001 - one odd service must not stop the rest
+                    failure = repr(exc)
+                    log.warning("discovered %s at %s failed: %r", service.name, address, exc)
+                    continue
                 self._entries[service.name] = _Entry(service, endpoint, rtt)
                 log.warning("discovered cloud %s at %s (%.1f ms)", service.instance,
                             endpoint.target, rtt * 1000)  # fmt: skip

@@ -75,9 +75,12 @@ class CloudDiscoveryConfig(Section):
             "cloud.host binds ('all' for 0.0.0.0 or ::)."
         ),
     )
+    service_type: str = Field(
+        CLOUD_SERVICE_TYPE, pattern=_SERVICE_TYPE, description="DNS-SD service type announced."
+    )
     refresh_s: float = Field(
         10.0,
-        ge=0.5,
+        ge=0.1,
         le=3600,
         description="Seconds between refreshes of the advertised load (TXT record).",
     )

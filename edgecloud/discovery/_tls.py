@@ -11,7 +11,6 @@ built afterwards verifies the same trust anchors again on its own connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -86,9 +85,9 @@ async def peer_certificate(
         obj = writer.get_extra_info("ssl_object")
         der = obj.getpeercert(binary_form=True) if obj is not None else None
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        # No TLS shutdown: waiting for the peer's close_notify could hang (up to
+        # asyncio's 30 s SSL shutdown timeout); nothing was sent, so just drop it.
+        writer.transport.abort()
     if not der:
         raise DiscoveryError(f"{host}:{port} presented no certificate")
     return bytes(der)

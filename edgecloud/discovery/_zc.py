@@ -34,7 +34,10 @@ __all__ = ["Advertiser", "Browser", "Discovered", "Found", "Lost", "browse", "de
 log = logging.getLogger("edgecloud.discovery")
 
 _WILDCARDS = ("", "0.0.0.0", "::", "[::]")
-_NAME_CHECK_MS = 600
+_NAME_CHECK_MS = 1500
+"""How long a name is asked for before it counts as free: over a second, because a
+responder multicasts a record at most once a second (RFC 6762, section 6) and may have
+just answered someone else's question."""
 _MAX_RENAMES = 9
 
 
@@ -321,16 +324,23 @@ class Browser:
         Raises:
             DiscoveryError: mDNS cannot be opened there.
         """
+        from zeroconf import DNSQuestionType
         from zeroconf.asyncio import AsyncServiceBrowser
 
         self._zc = _zeroconf(self._interfaces)
+        # Multicast questions only: a unicast answer to port 5353 reaches one of the
+        # sockets sharing it on this host, maybe another responder's, not this browser.
         self._browser = AsyncServiceBrowser(
-            self._zc.zeroconf, [self.service_type], handlers=[self._on_change]
+            self._zc.zeroconf,
+            [self.service_type],
+            handlers=[self._on_change],
+            question_type=DNSQuestionType.QM,
         )
 
     def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         from zeroconf import ServiceStateChange
 
+        log.debug("%s: %s", name, state_change)
         if state_change is ServiceStateChange.Removed:
             task = self._resolving.pop(name, None)
             if task is not None:
