@@ -5,7 +5,7 @@ A cloud service announces ``_edgecloud._tcp.local.`` with a TXT record
 the certificate's SHA-256 fingerprint, load); a device browses for it
 (:class:`Browser`), checks who answers (:func:`verify_peer`) and ranks what it found
 (:func:`rank`). Devices can announce their HTTP endpoint too
-(:func:`advertise_device`, ``_edgecloud-device._tcp.local.``).
+(:func:`advertise_device`, ``_edgecloud-dev._tcp.local.``).
 
 Discovery is not trust: an announcement is a claim anybody on the LAN can make. A
 device gives its token only to a service that proves the advertised certificate and

@@ -1,4 +1,4 @@
-"""A device's own announcement: its OpenAI-compatible HTTP endpoint (``_edgecloud-device._tcp``)."""
+"""A device's own announcement: its OpenAI-compatible HTTP endpoint (``_edgecloud-dev._tcp``)."""
 
 from __future__ import annotations
 

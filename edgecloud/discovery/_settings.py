@@ -21,8 +21,9 @@ __all__ = [
 
 CLOUD_SERVICE_TYPE = "_edgecloud._tcp.local."
 """What a cloud service advertises (gRPC: inference, adapter sync)."""
-DEVICE_SERVICE_TYPE = "_edgecloud-device._tcp.local."
-"""What a device advertises (its OpenAI-compatible HTTP endpoint)."""
+DEVICE_SERVICE_TYPE = "_edgecloud-dev._tcp.local."
+"""What a device advertises (its OpenAI-compatible HTTP endpoint). Not
+``_edgecloud-device``: DNS-SD service names are 15 characters at most (RFC 6335)."""
 
 Interfaces = list[str] | Literal["all"]
 """IP addresses of the interfaces to use, or ``"all"``."""

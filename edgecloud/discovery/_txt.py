@@ -204,7 +204,7 @@ class CloudAdvert:
 
 @dataclass(frozen=True)
 class DeviceAdvert:
-    """What a device says about its HTTP endpoint (``_edgecloud-device._tcp``).
+    """What a device says about its HTTP endpoint (``_edgecloud-dev._tcp``).
 
     Attributes:
         path: the API root (``/v1`` for the OpenAI-compatible endpoint).

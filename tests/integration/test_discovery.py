@@ -9,6 +9,8 @@ processes on this host) never mix in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import ssl
 import uuid
@@ -135,11 +137,13 @@ def test_device_discovers_a_cloud_and_escalates_to_it(tmp_path: Path) -> None:
     stype = service_type()
 
     async def scenario() -> tuple[list[str], Any, int]:
-        async with cloud(tmp_path / "a", stype, "alpha", "cloud alpha answers") as server:
-            async with device(tmp_path, stype) as client:
-                found = await targets(client, 1)
-                r = await client.generate("hi", route="cloud", max_tokens=8)
-                return found, r, server.port
+        async with (
+            cloud(tmp_path / "a", stype, "alpha", "cloud alpha answers") as server,
+            device(tmp_path, stype) as client,
+        ):
+            found = await targets(client, 1)
+            r = await client.generate("hi", route="cloud", max_tokens=8)
+            return found, r, server.port
 
     found, r, port = run(scenario)
     assert found == [f"127.0.0.1:{port}"]
@@ -182,14 +186,17 @@ def test_a_service_that_refuses_connections_is_dropped_and_the_next_one_used(
     async def scenario() -> tuple[list[str], str, int]:
         dead = Advertiser(stype, "dead", dead_port, txt=CloudAdvert(tls=False).to_txt(),
                           addresses=LO, interfaces=LO)  # fmt: skip
-        async with dead, cloud(tmp_path / "a", stype, "alpha", "alpha lives") as server:
-            async with device(tmp_path, stype) as client:
-                found = await targets(client, 1)
-                await asyncio.sleep(1.2)  # refresh_s 0.5: the dead one was retried, in vain
-                again = await targets(client, 1)
-                assert again == found
-                r = await client.generate("hi", route="cloud", max_tokens=8)
-                return found, r.text, server.port
+        async with (
+            dead,
+            cloud(tmp_path / "a", stype, "alpha", "alpha lives") as server,
+            device(tmp_path, stype) as client,
+        ):
+            found = await targets(client, 1)
+            await asyncio.sleep(1.2)  # refresh_s 0.5: the dead one was retried, in vain
+            again = await targets(client, 1)
+            assert again == found
+            r = await client.generate("hi", route="cloud", max_tokens=8)
+            return found, r.text, server.port
 
     with caplog.at_level(logging.INFO, "edgecloud.device.discovery"):
         found, text, port = run(scenario)
@@ -216,13 +223,15 @@ def test_garbage_and_oversized_txt_records_are_skipped(
         for a in adverts:
             await a.start()
         try:
-            async with cloud(tmp_path / "a", stype, "alpha", "alpha is sane") as server:
-                async with device(tmp_path, stype) as client:
-                    found = await targets(client, 1)
-                    await asyncio.sleep(0.5)
-                    assert len(await targets(client, 1)) == 1
-                    r = await client.generate("hi", route="cloud", max_tokens=8)
-                    return found, r.text, server.port
+            async with (
+                cloud(tmp_path / "a", stype, "alpha", "alpha is sane") as server,
+                device(tmp_path, stype) as client,
+            ):
+                found = await targets(client, 1)
+                await asyncio.sleep(0.5)
+                assert len(await targets(client, 1)) == 1
+                r = await client.generate("hi", route="cloud", max_tokens=8)
+                return found, r.text, server.port
         finally:
             for a in adverts:
                 await a.stop()
@@ -241,17 +250,19 @@ def test_two_services_with_one_name_get_distinct_names_or_a_clear_error() -> Non
     async def scenario() -> tuple[str, str, str, list[str]]:
         kw: dict[str, Any] = {"txt": CloudAdvert(tls=False).to_txt(), "addresses": LO,
                               "interfaces": LO}  # fmt: skip
-        async with Browser(stype, interfaces=LO) as browser:
-            async with Advertiser(stype, "twin", 1001, **kw) as one:
-                async with Advertiser(stype, "twin", 1002, **kw) as two:
-                    strict = Advertiser(stype, "twin", 1003, rename=False, **kw)
-                    with pytest.raises(DiscoveryError) as err:
-                        await strict.start()
-                    async with asyncio.timeout(15):
-                        while len(browser.services) < 2:
-                            await asyncio.sleep(0.05)
-                    ports = sorted(str(s.port) for s in browser.services.values())
-                    return one.name, two.name, str(err.value), ports
+        async with (
+            Browser(stype, interfaces=LO) as browser,
+            Advertiser(stype, "twin", 1001, **kw) as one,
+            Advertiser(stype, "twin", 1002, **kw) as two,
+        ):
+            strict = Advertiser(stype, "twin", 1003, rename=False, **kw)
+            with pytest.raises(DiscoveryError) as err:
+                await strict.start()
+            async with asyncio.timeout(15):
+                while len(browser.services) < 2:
+                    await asyncio.sleep(0.05)
+            ports = sorted(str(s.port) for s in browser.services.values())
+            return one.name, two.name, str(err.value), ports
 
     one, two, error, ports = run(scenario)
     assert one == "twin" and two == "twin-2"
@@ -272,10 +283,8 @@ class RecordingTlsServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.handshakes += 1
-        try:
+        with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):
             self.received += await asyncio.wait_for(reader.read(4096), 2)
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            pass
         writer.close()
 
 
@@ -344,3 +353,107 @@ def test_a_service_presenting_another_certificate_than_advertised_never_gets_the
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert any("rogue" in m and "but advertised" in m for m in rejected), rejected
     assert any("stranger" in m and "not signed by" in m for m in rejected), rejected
+
+
+def test_a_device_announces_its_http_endpoint_until_the_block_ends(tmp_path: Path) -> None:
+    from edgecloud.discovery import DEVICE_SERVICE_TYPE, DeviceAdvert, Lost, advertise_device
+
+    pki = make_pki(tmp_path)
+    name = f"dev-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[Any, Any]:
+        async with Browser(DEVICE_SERVICE_TYPE, interfaces=LO) as browser:
+            async with advertise_device(8089, host="127.0.0.1", model="gemma3-270m",
+                                        certificate=pki.cert, name=name):  # fmt: skip
+                async with asyncio.timeout(15):
+                    while True:  # other devices on this host may announce too
+                        event = await browser.get()
+                        if isinstance(event, Found) and event.service.instance == name:
+                            break
+            async with asyncio.timeout(15):
+                while True:
+                    gone = await browser.get()
+                    if isinstance(gone, Lost) and gone.name == event.service.name:
+                        return event.service, gone
+
+    service, gone = run(scenario)
+    assert isinstance(service.advert, DeviceAdvert) and gone.name == service.name
+    assert service.port == 8089 and service.addresses == ("127.0.0.1",)
+    assert service.advert == DeviceAdvert("/v1", "gemma3-270m", True, fingerprint(_der(pki.cert)))
+
+
+def test_the_discover_command_lists_what_is_announced() -> None:
+    from typer.testing import CliRunner
+
+    from edgecloud.cli.app import app
+    from edgecloud.common.aio import LoopThread
+
+    stype = service_type()
+    advert = CloudAdvert(("inference",), ("scripted",), (("default", 2),), False, None, 0.5)
+    runner, loop = CliRunner(), LoopThread()
+    ad = Advertiser(stype, "listed", 50999, txt=advert.to_txt(), addresses=LO, interfaces=LO)
+    loop.run(ad.start(), timeout=15)
+    try:
+        env = {"EDGECLOUD_DEVICE__DISCOVERY__SERVICE_TYPE": stype}
+        args = ["discover", "--interface", "127.0.0.1", "--timeout", "2"]
+        as_json = runner.invoke(app, [*args, "--json"], env=env)
+        table = runner.invoke(app, args, env=env)
+    finally:
+        loop.run(ad.stop(), timeout=15)
+        loop.close()
+    assert as_json.exit_code == 0, as_json.output
+    out = json.loads(as_json.stdout.strip().splitlines()[-1])
+    assert out["type"] == "discover" and out["service_type"] == stype
+    [row] = out["services"]
+    assert row["name"] == "listed" and row["port"] == 50999 and row["addresses"] == LO
+    assert row["adapters"] == [{"id": "default", "version": 2}] and row["load"] == 0.5
+    assert table.exit_code == 0 and "listed" in table.stdout and "1 found" in table.stdout
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (what pinning is for), as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinned-cloud")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = where / "pinned.pem", where / "pinned-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path
+
+
+def test_a_pinned_self_signed_cloud_is_used_without_a_ca(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    fp = fingerprint(_der(cert))
+    stype = service_type()
+
+    async def scenario() -> tuple[list[str], str, int]:
+        async with (
+            cloud(tmp_path / "a", stype, "alpha", "pinned alpha", tls=(cert, key)) as s,
+            device(tmp_path, stype, pinned_fingerprints=[fp], token="device-token-123") as c,
+        ):
+            found = await targets(c, 1)
+            r = await c.generate("hi", route="cloud", max_tokens=8)
+            return found, r.text, s.port
+
+    found, text, port = run(scenario)
+    assert found == [f"127.0.0.1:{port}"] and text == "pinned alpha"
