@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import math
 import threading
 import time
@@ -121,7 +121,10 @@ class _BaseClient:
         self._defaults = defaults or SamplingParams()
         # With cloud endpoints configured, requests go through the hybrid engine.
         self._settings = (
-            settings if settings is not None and settings.device.cloud.endpoints else None
+            settings
+            if settings is not None
+            and (settings.device.cloud.endpoints or settings.device.discovery.enabled)
+            else None
         )
         self._engine: HybridEngine | None = None
 
@@ -353,7 +356,7 @@ class Client(_BaseClient, Closing):
         """
         super().__init__(backend, defaults=defaults, settings=settings)
         self._runner: LoopThread | None = None
-        self._upkeep: concurrent.futures.Future[None] | None = None
+        self._upkeep: asyncio.Task[None] | None = None
         if engine is not None:
             factory = engine
             self._runner = LoopThread()
@@ -372,9 +375,12 @@ class Client(_BaseClient, Closing):
                 return build_engine(backend, hybrid_settings)
 
             self._engine = runner.run(start())
-            self._upkeep = asyncio.run_coroutine_threadsafe(
-                maintain(self._engine, hybrid_settings), runner.loop
-            )
+            engine_ = self._engine
+
+            async def upkeep() -> asyncio.Task[None]:
+                return asyncio.get_running_loop().create_task(maintain(engine_, hybrid_settings))
+
+            self._upkeep = runner.run(upkeep())
 
     @property
     def engine(self) -> HybridEngine | None:
@@ -431,11 +437,20 @@ class Client(_BaseClient, Closing):
     def close(self) -> None:
         if self._runner is not None:
             if self._upkeep is not None:
-                self._upkeep.cancel()
+                # awaited, so what it runs (LAN discovery among it) is closed, not abandoned
+                self._runner.run(_cancelled(self._upkeep))
+                self._upkeep = None
             self._runner.run(self._engine_close())
             self._runner.close()
             self._runner = None
         self._backend.close()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has cleaned up."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class AsyncStream(_Outcome, AsyncClosing):
@@ -608,7 +623,7 @@ class AsyncClient(_BaseClient, AsyncClosing):
     async def aclose(self) -> None:
         task = getattr(self, "_upkeep_task", None)
         if task is not None:
-            task.cancel()
+            await _cancelled(task)
         await self._engine_close()
         await asyncio.to_thread(self._backend.close)
 

@@ -45,6 +45,9 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │   ├── AdapterMismatchError        made for another base model (sha256 or architecture)
     │   └── AdapterCanaryError          installed but failed the device's canary prompts
     └── DiscoveryError                  zeroconf / static endpoints (retryable)
+        └── UntrustedServiceError       a discovered service failed the identity check:
+                                        another certificate than advertised, or one
+                                        the device does not trust (not retryable)
 
 Native errors (llama.cpp, onnxruntime, gRPC) are translated where they occur,
 with ``raise ... from exc`` so the cause stays visible in tracebacks. Over gRPC,
@@ -87,6 +90,7 @@ __all__ = [
     "TransportError",
     "UnknownAdapterError",
     "UnknownModelError",
+    "UntrustedServiceError",
 ]
 
 
@@ -227,3 +231,10 @@ class DiscoveryError(EdgeCloudError):
     """Cloud services could not be discovered."""
 
     retryable = True
+
+
+class UntrustedServiceError(DiscoveryError):
+    """A discovered service presented another certificate than it advertised, or one the
+    device trusts neither by CA nor by pin; it is never given the device's token."""
+
+    retryable = False

@@ -10,6 +10,7 @@ from edgecloud._version import __version__
 from edgecloud.cli.adapters import adapters_app
 from edgecloud.cli.cloud import cloud_app
 from edgecloud.cli.device import device_app
+from edgecloud.cli.discover import discover
 from edgecloud.cli.router import router_app
 from edgecloud.cli.split import split_app
 
@@ -21,6 +22,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(split_app, name="split")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(router_app, name="router")
+app.command("discover")(discover)
 
 
 @app.callback(invoke_without_command=True)

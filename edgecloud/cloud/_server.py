@@ -38,6 +38,7 @@ from edgecloud.transport._server import (
 if TYPE_CHECKING:
     from edgecloud.adapters._registry import AdapterRegistry
     from edgecloud.cloud._adapter_service import AdapterSyncServicer
+    from edgecloud.cloud._advertise import CloudAnnouncement
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._torch import TorchBackend
     from edgecloud.common.metrics import MetricsServer
@@ -192,6 +193,7 @@ class CloudServer:
         records: RecordStore,
         registry: AdapterRegistry | None = None,
         adapter_sync: AdapterSyncServicer | None = None,
+        announcement: CloudAnnouncement | None = None,
     ) -> None:
         self._server = server
         self.backend = backend
@@ -202,6 +204,8 @@ class CloudServer:
         self._adapter_sync = adapter_sync
         self.metrics: MetricsServer | None = None
         """The metrics port (``cloud.metrics``), while it serves; None when off."""
+        self.announcement = announcement
+        """The LAN announcement (``cloud.discovery``), when the service makes one."""
 
     @classmethod
     async def start(
@@ -264,13 +268,25 @@ class CloudServer:
             await server.drain(0)
             records.close()
             raise
-        started = cls(server, backend, config.shutdown_grace_s, records, registry, adapter_sync)
+        try:
+            announcement = await _announce(server, config, backend, registry, records)
+        except BaseException:
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.close)
+            raise
+        started = cls(server, backend, config.shutdown_grace_s, records, registry, adapter_sync,
+                      announcement)  # fmt: skip
         started.metrics = metrics_server
         return started
 
     async def stop(self, grace: float | None = None) -> None:
         """Health ``NOT_SERVING``, end watch streams, refuse new calls, give in-flight
-        streams ``grace`` seconds (default ``cloud.shutdown_grace_s``), then stop."""
+        streams ``grace`` seconds (default ``cloud.shutdown_grace_s``), then stop.
+
+        The LAN announcement is withdrawn first, so devices move on while it drains."""
+        if self.announcement is not None:
+            await self.announcement.stop()
+            self.announcement = None
         sync = self._adapter_sync
         try:
             await self._server.drain(
@@ -308,6 +324,35 @@ def _metrics_port(config: CloudConfig) -> MetricsServer | None:
         raise ConfigError(f"cloud.metrics: cannot listen on {cfg.host}:{cfg.port}: {exc}") from exc
     log.warning("edgecloud cloud metrics on %s", found.url)
     return found
+
+
+async def _announce(
+    server: GrpcServer,
+    config: CloudConfig,
+    backend: CloudBackend,
+    registry: AdapterRegistry,
+    records: RecordStore,
+) -> CloudAnnouncement | None:
+    """Announce the started service on the LAN when ``cloud.discovery`` says so.
+
+    Raises:
+        DiscoveryError: announcing was asked for explicitly and failed (the server is
+            stopped); by default a failure is logged and the service runs unannounced.
+    """
+    from edgecloud.cloud._advertise import CloudAnnouncement, should_advertise
+    from edgecloud.errors import DiscoveryError
+
+    if not should_advertise(config):
+        return None
+    try:
+        return await CloudAnnouncement.start(config, backend, registry, server.port)
+    except DiscoveryError as exc:
+        if config.discovery.advertise is None:
+            log.warning("cloud.discovery: not announced on the LAN: %s", exc)
+            return None
+        await server.server.stop(0)
+        records.close()
+        raise
 
 
 async def serve(

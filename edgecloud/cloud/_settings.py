@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 from pydantic import Field, field_validator, model_validator
 
 from edgecloud.common.settings import Section
+from edgecloud.discovery._settings import CloudDiscoveryConfig
 from edgecloud.transport._settings import AuthConfig, TlsConfig
 
 __all__ = [
@@ -421,6 +422,7 @@ class CloudConfig(Section):
     registry: CloudRegistryConfig = Field(default_factory=CloudRegistryConfig)
     train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
     metrics: CloudMetricsConfig = Field(default_factory=CloudMetricsConfig)
+    discovery: CloudDiscoveryConfig = Field(default_factory=CloudDiscoveryConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

@@ -131,11 +131,21 @@ class EndpointPool:
 
     ``available()`` lists those worth trying now: breaker not open and last health
     probe not failed. ``probe()`` runs the standard gRPC health check on each.
+    Endpoints found on the LAN come after the configured ones (:meth:`set_discovered`).
     """
 
     def __init__(self, endpoints: Sequence[Endpoint], *, health_timeout_s: float = 2.0) -> None:
         self.endpoints = list(endpoints)
+        self.configured = tuple(endpoints)
+        """The endpoints from settings: they always rank first."""
         self._health_timeout = health_timeout_s
+
+    def set_discovered(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the discovered endpoints (best first), kept after the configured ones.
+
+        The list is swapped whole, so a request iterating the old one is not disturbed.
+        """
+        self.endpoints = [*self.configured, *endpoints]
 
     def available(self, now: float | None = None) -> list[Endpoint]:
         now = time.monotonic() if now is None else now

@@ -18,9 +18,10 @@ from edgecloud.device._settings import DeviceSettings
 
 if TYPE_CHECKING:
     from edgecloud.device._adapters import AdapterManager
+    from edgecloud.device._discovered import DiscoveredEndpoints
     from edgecloud.transport import CloudClient
 
-__all__ = ["adapter_manager", "build_engine", "maintain"]
+__all__ = ["adapter_manager", "build_engine", "discover", "maintain"]
 
 log = logging.getLogger("edgecloud.device")
 
@@ -31,7 +32,7 @@ def build_engine(backend: TextBackend, settings: DeviceSettings) -> HybridEngine
 
     dev = settings.device
     pool = None
-    if dev.cloud.endpoints:
+    if dev.cloud.endpoints or dev.discovery.enabled:
         endpoints = []
         for ep in dev.cloud.endpoints:
             client = CloudClient(
@@ -111,17 +112,45 @@ def _adapter_cloud(engine: HybridEngine) -> CloudClient | None:
     return first if isinstance(first, CloudClient) else None
 
 
-async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
-    """Probe endpoint health, upload the escalation log and follow adapter versions,
-    forever (cancel to stop)."""
-    manager = await adapter_manager(engine, settings)
-    if manager is not None and _adapter_cloud(engine) is not None:
-        manager.start_watching()
+async def discover(engine: HybridEngine, settings: DeviceSettings) -> DiscoveredEndpoints | None:
+    """Start browsing the LAN for cloud services (``device.discovery``); None when off.
+
+    A failure to open mDNS is logged, not raised: the device runs on its configured
+    endpoints (or offline) without discovery.
+    """
+    cfg = settings.device.discovery
+    if not cfg.enabled or engine.pool is None:
+        return None
+    from edgecloud.device._discovered import DiscoveredEndpoints
+    from edgecloud.errors import DiscoveryError
+
+    found = DiscoveredEndpoints(engine.pool, cfg, settings.device.cloud)
     try:
-        await _upkeep(engine, settings)
+        await found.start()
+    except DiscoveryError as exc:
+        log.warning("device.discovery: not browsing: %s", exc)
+        await found.stop()
+        return None
+    return found
+
+
+async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
+    """Browse the LAN for cloud services (when enabled), probe endpoint health, upload
+    the escalation log and follow adapter versions, forever (cancel to stop; browsing
+    stops with it)."""
+    found = await discover(engine, settings)
+    try:
+        manager = await adapter_manager(engine, settings)
+        if manager is not None and _adapter_cloud(engine) is not None:
+            manager.start_watching()
+        try:
+            await _upkeep(engine, settings)
+        finally:
+            if manager is not None:
+                await manager.stop()
     finally:
-        if manager is not None:
-            await manager.stop()
+        if found is not None:
+            await found.stop()
 
 
 async def _upkeep(engine: HybridEngine, settings: DeviceSettings) -> None:

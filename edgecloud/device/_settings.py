@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 from pydantic import Field
 
 from edgecloud.common.settings import Section, default_threads
+from edgecloud.discovery._settings import DeviceDiscoveryConfig
 from edgecloud.router._settings import RouterConfig
 from edgecloud.types import SamplingParams
 
@@ -315,6 +316,7 @@ class DeviceConfig(Section):
     adapters: DeviceAdaptersConfig = Field(default_factory=DeviceAdaptersConfig)
     shadow: DeviceShadowConfig = Field(default_factory=DeviceShadowConfig)
     http: DeviceHttpConfig = Field(default_factory=DeviceHttpConfig)
+    discovery: DeviceDiscoveryConfig = Field(default_factory=DeviceDiscoveryConfig)
 
 
 class DeviceSettings(Protocol):

@@ -136,6 +136,7 @@ def create_channel(
     keepalive_s: float | None = None,
     service_config: str | None = None,
     interceptors: Sequence[Any] = (),
+    server_name: str | None = None,
 ) -> Any:
     """A gRPC channel to ``target``: ``grpc.aio.Channel`` if ``aio``, else ``grpc.Channel``.
 
@@ -152,6 +153,9 @@ def create_channel(
         service_config: JSON service config (:func:`service_config`); enables gRPC's
             retries. None: no retries.
         interceptors: client interceptors, of the kind the channel type takes.
+        server_name: the name the server's certificate is verified for, when it is not
+            the target's host (a service reached by address, whose certificate names its
+            host name); TLS only.
 
     Raises:
         ConfigError: plain text to a non-loopback target, TLS files given without TLS,
@@ -181,6 +185,8 @@ def create_channel(
     ]
     if service_config:
         options.append(("grpc.service_config", service_config))
+    if server_name and tls:
+        options.append(("grpc.ssl_target_name_override", server_name))
     if keepalive_s is not None:
         options += [
             ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),

@@ -57,6 +57,8 @@ class CloudClient(AsyncClosing):
         max_message_bytes: largest message sent or received.
         max_attempts: gRPC retry attempts on retryable codes (1 disables retries).
         keepalive_s: ping an idle connection this often, to find dead links.
+        server_name: verify the server's certificate for this name instead of the
+            target's host (a discovered service reached by address).
 
     Raises:
         ConfigError: plain text to a non-loopback target, or bad TLS material.
@@ -81,6 +83,7 @@ class CloudClient(AsyncClosing):
         max_message_bytes: int = 1 << 20,
         max_attempts: int = 4,
         keepalive_s: float = 30.0,
+        server_name: str | None = None,
     ) -> None:
         self.target = target
         self._timeout = timeout_s
@@ -96,6 +99,7 @@ class CloudClient(AsyncClosing):
             token=token,
             max_message_bytes=max_message_bytes,
             keepalive_s=keepalive_s,
+            server_name=server_name,
             service_config=(
                 service_config(services=[SERVICE_NAME], max_attempts=max_attempts)
                 if max_attempts > 1
