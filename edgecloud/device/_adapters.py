@@ -578,6 +578,20 @@ class AdapterManager:
             self._task = asyncio.ensure_future(self.run())
         return self._task
 
+    @property
+    def following(self) -> AdapterSource | None:
+        """The client of the cloud this manager follows (None: none)."""
+        return self._client
+
+    async def follow(self, client: AdapterSource | None) -> None:
+        """Follow another cloud from now on (a discovered one, or the next after the one
+        followed left the LAN); None stops following. An install in progress is
+        abandoned and resumes from the new cloud's offer."""
+        await self.stop()
+        self._client = client
+        if client is not None:
+            self.start_watching()
+
     async def stop(self) -> None:
         """Stop watching (an install in progress is abandoned; restart resumes safely)."""
         task, self._task = self._task, None

@@ -144,7 +144,7 @@ async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
         if manager is not None and _adapter_cloud(engine) is not None:
             manager.start_watching()
         try:
-            await _upkeep(engine, settings)
+            await _upkeep(engine, settings, manager)
         finally:
             if manager is not None:
                 await manager.stop()
@@ -153,13 +153,30 @@ async def maintain(engine: HybridEngine, settings: DeviceSettings) -> None:
             await found.stop()
 
 
-async def _upkeep(engine: HybridEngine, settings: DeviceSettings) -> None:
+async def _follow_first(engine: HybridEngine, manager: AdapterManager) -> None:
+    """Point the adapter manager at the pool's first edgecloud endpoint when that changed:
+    discovery adds and removes endpoints at run time."""
+    from edgecloud.transport import AdapterSyncClient
+
+    cloud = _adapter_cloud(engine)
+    following = manager.following
+    current = following.cloud if isinstance(following, AdapterSyncClient) else None
+    if cloud is not current:
+        log.info("device.adapters: following %s", cloud.target if cloud else "no cloud")
+        await manager.follow(AdapterSyncClient(cloud) if cloud is not None else None)
+
+
+async def _upkeep(
+    engine: HybridEngine, settings: DeviceSettings, manager: AdapterManager | None = None
+) -> None:
     cfg = settings.device
     next_upload = time.monotonic()
     while True:
         if engine.pool is not None:
             with contextlib.suppress(Exception):
                 await engine.pool.probe()
+            if manager is not None:
+                await _follow_first(engine, manager)
             if time.monotonic() >= next_upload:
                 try:
                     sent = await engine.upload_pending(cfg.log.upload_batch)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgecloud.common.settings import Section, default_threads
-from edgecloud.discovery._settings import DeviceDiscoveryConfig
+from edgecloud.discovery._settings import DeviceDiscoveryConfig, Interfaces, check_interfaces
 from edgecloud.router._settings import RouterConfig
 from edgecloud.types import SamplingParams
 
@@ -301,6 +301,22 @@ class DeviceHttpConfig(Section):
         le=3600,
         description="On shutdown, streams still running after this are cut off.",
     )
+    advertise: bool = Field(
+        False,
+        description=(
+            "Announce the endpoint on the LAN (`_edgecloud-dev._tcp`, mDNS) so apps on "
+            "phones and desktops find this device (`edgecloud discover --devices`)."
+        ),
+    )
+    advertise_interfaces: Interfaces | None = Field(
+        None,
+        description=(
+            "IP addresses of the interfaces to announce on, or 'all'; None: the one `host` "
+            "binds (every interface for 0.0.0.0)."
+        ),
+    )
+
+    _interfaces = field_validator("advertise_interfaces")(check_interfaces)
 
 
 class DeviceConfig(Section):

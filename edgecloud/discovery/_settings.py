@@ -17,6 +17,7 @@ __all__ = [
     "CloudDiscoveryConfig",
     "DeviceDiscoveryConfig",
     "Interfaces",
+    "check_interfaces",
 ]
 
 CLOUD_SERVICE_TYPE = "_edgecloud._tcp.local."
@@ -32,7 +33,7 @@ _SERVICE_TYPE = r"^_[a-z0-9][a-z0-9-]{0,14}\._(tcp|udp)\.local\.$"
 _INSTANCE = r"^[^.\x00-\x1f]{1,63}$"
 
 
-def _check_interfaces(value: Interfaces | None) -> Interfaces | None:
+def check_interfaces(value: Interfaces | None) -> Interfaces | None:
     if value is None or value == "all":
         return value
     if not value:
@@ -96,7 +97,7 @@ class CloudDiscoveryConfig(Section):
     @field_validator("interfaces")
     @classmethod
     def _interfaces(cls, value: Interfaces | None) -> Interfaces | None:
-        return _check_interfaces(value)
+        return check_interfaces(value)
 
 
 class DeviceDiscoveryConfig(Section):
@@ -181,7 +182,7 @@ class DeviceDiscoveryConfig(Section):
     @field_validator("interfaces")
     @classmethod
     def _interfaces(cls, value: Interfaces) -> Interfaces:
-        return _check_interfaces(value) or "all"
+        return check_interfaces(value) or "all"
 
     @field_validator("pinned_fingerprints")
     @classmethod

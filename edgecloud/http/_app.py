@@ -14,6 +14,7 @@ for the next request within one token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -442,7 +444,32 @@ def _make_server(config: uvicorn.Config, state: OpenAIServer) -> uvicorn.Server:
     import uvicorn
 
     class _Draining(uvicorn.Server):
-        """Refuses new requests (503) from the moment shutdown begins."""
+        """Refuses new requests (503) from the moment shutdown begins; announces the
+        endpoint on the LAN while it listens (``device.http.advertise``)."""
+
+        _announced: contextlib.AsyncExitStack | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            cfg = state.config
+            if not cfg.advertise or not self.started:
+                return
+            from edgecloud.discovery import advertise_device
+
+            port = self.servers[0].sockets[0].getsockname()[1]
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(advertise_device(
+                port, host=self.config.host, model=state.model_name,
+                certificate=Path(self.config.ssl_certfile) if self.config.ssl_certfile else None,
+                interfaces=cfg.advertise_interfaces,
+            ))  # fmt: skip
+            self._announced = stack
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            if self._announced is not None:  # withdrawn first: apps move on while it drains
+                await self._announced.aclose()
+                self._announced = None
+            await super().shutdown(sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True

@@ -108,6 +108,11 @@ class AdapterSyncClient(AsyncClosing):
         # keep-alive) is the one connection; this client only adds a stub on it.
         self._stub = pb_grpc.AdapterSyncStub(self._cloud._channel)  # type: ignore[no-untyped-call]
 
+    @property
+    def cloud(self) -> CloudClient:
+        """The cloud client whose channel this one shares."""
+        return self._cloud
+
     async def watch(
         self,
         adapter_id: str,

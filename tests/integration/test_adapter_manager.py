@@ -549,3 +549,43 @@ def test_each_version_swapped_in_hands_its_signed_scope_on(
     root = tmp_path / "device-without-scopes"
     run(lambda: body(config(key, scope=False)))
     assert seen == [None]
+
+
+def test_the_manager_follows_the_cloud_that_appears_in_the_pool(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """Discovery adds clouds at run time: the upkeep points the manager at the pool's first
+    edgecloud endpoint when it changes, and stops following when it leaves."""
+    from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
+    from edgecloud.device._factory import _follow_first
+    from edgecloud.transport import CloudClient
+
+    publish_fake(registry, key, tmp_path / "src", answer="one")
+    registry.rollout("default", 1, 100)
+    backend = FakeAdapterBackend()
+
+    class Engine:  # the part of the hybrid engine the upkeep reads
+        pool = EndpointPool([])
+
+    async def body() -> None:
+        async with serving(registry, tmp_path) as server:
+            m = manager(backend, config(key), tmp_path / "device", None)
+            m.start()
+            engine: Any = Engine()
+            await _follow_first(engine, m)
+            assert m.following is None and m.current_version is None
+            cloud = CloudClient(f"127.0.0.1:{server.port}", tls=False)
+            engine.pool.endpoints.append(Endpoint(cloud, CircuitBreaker()))
+            await _follow_first(engine, m)
+            assert m.following is not None and m.following.target == cloud.target
+            deadline = time.monotonic() + 10
+            while m.current_version != 1:
+                assert time.monotonic() < deadline, "the discovered cloud's version never came"
+                await asyncio.sleep(0.05)
+            engine.pool.endpoints.clear()  # the cloud left the LAN
+            await _follow_first(engine, m)
+            assert m.following is None and m.current_version == 1  # the version stays
+            await m.stop()
+            await cloud.close()
+
+    run(body)

@@ -457,3 +457,27 @@ def test_a_pinned_self_signed_cloud_is_used_without_a_ca(tmp_path: Path) -> None
 
     found, text, port = run(scenario)
     assert found == [f"127.0.0.1:{port}"] and text == "pinned alpha"
+
+
+def test_device_serve_announces_its_endpoint_while_it_listens() -> None:
+    """``device.http.advertise``: the OpenAI endpoint is announced with the port it bound
+    (port 0 here) and withdrawn when the server stops."""
+    from edgecloud.discovery import DEVICE_SERVICE_TYPE, DeviceAdvert, browse
+    from edgecloud.http import Server
+
+    http = {"port": 0, "advertise": True, "advertise_interfaces": LO, "model_name": "robot-7"}
+    settings = Settings.load(device={"http": http})
+    client = AsyncClient(ScriptedBackend("local words here"))
+
+    def ours(found: list[Any], port: int) -> list[Any]:
+        return [s for s in found if s.port == port and s.addresses == ("127.0.0.1",)]
+
+    with Server(settings, client=client) as server:
+        found = ours(run(lambda: browse(DEVICE_SERVICE_TYPE, interfaces=LO, timeout_s=4)),
+                     server.port)  # fmt: skip
+        assert len(found) == 1
+        advert = found[0].advert
+        assert isinstance(advert, DeviceAdvert) and advert.path == "/v1"
+        assert advert.model == "robot-7" and advert.tls is False
+    after = run(lambda: browse(DEVICE_SERVICE_TYPE, interfaces=LO, timeout_s=2))
+    assert ours(after, server.port) == []
