@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROMPT ?= Explain what a servo motor is.
+DEMO_FLAGS ?=
 # llama.cpp is built for any x86-64 with AVX2 (GGML_NATIVE=OFF): a native build on a CPU with
 # AMX emits tile instructions that a kernel or sandbox without AMX state support kills with
 # SIGSEGV. Override for a tuned build, e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON".
@@ -31,10 +31,9 @@ install-unit: $(BIN)/python
 test-unit: install-unit
 	$(BIN)/python -m pytest tests/unit -m "not model"
 
+# DEMO_FLAGS=--learn also runs one learning round (about 10 more minutes on 2 cores).
 demo: install
-	$(BIN)/edgecloud device assemble
-	$(BIN)/edgecloud device generate "$(PROMPT)" --max-tokens 64
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/demo/demo.py $(DEMO_FLAGS)
 
 test: install
 	$(BIN)/python -m pytest tests
