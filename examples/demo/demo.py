@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -36,6 +37,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
@@ -254,11 +256,14 @@ async def learn(client: AsyncClient, workdir: Path) -> None:
     started = time.perf_counter()
     round_ = await asyncio.create_subprocess_exec(
         edgecloud_exe(), "cloud", "train", "--publish", "--since", "1h",
-        "--config", str(workdir / "cloud.toml"),
+        "--config", str(workdir / "cloud.toml"), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    code = await round_.wait()
-    if code != 0:
-        console.print(f"[bold red]the round did not publish (exit {code})[/]")
+    out, _ = await round_.communicate()  # its progress goes to the terminal (stderr)
+    summary = next((json.loads(line) for line in out.splitlines() if line.startswith(b"{")), {})
+    console.print(round_table(summary))
+    if round_.returncode != 0:
+        console.print(f"[bold red]the round did not publish[/] (exit {round_.returncode}): "
+                      f"{summary.get('refused') or 'see above'}")  # fmt: skip
         return
     with console.status("waiting for the device to verify and hot-swap the adapter..."):
         while engine.adapter_version is None and time.perf_counter() - started < 1800:
@@ -267,6 +272,29 @@ async def learn(client: AsyncClient, workdir: Path) -> None:
                   f"the device runs adapter version {engine.adapter_version}")  # fmt: skip
     rows = await ask(client, [p[2] for p in PHRASINGS])
     console.print(table("after one round: fleet phrasings no device sent", rows))
+
+
+def round_table(summary: dict[str, Any]) -> Table:
+    """What ``edgecloud cloud train`` reported, in a few rows."""
+    t = Table(title="the round", title_justify="left", show_header=False)
+    m = summary.get("metrics", {})
+    cal = summary.get("calibration") or {}
+    measured = cal.get("measured", {})
+    t.add_row("escalation records", str(summary.get("records", "?")))
+    t.add_row(
+        "examples: trained / held out", f"{m.get('train', 0):.0f} / {m.get('holdout', 0):.0f}"
+    )
+    if cal:
+        t.add_row("calibrated escalation", f"window {cal['window']}, mean logprob < "
+                  f"{cal['min_mean_logprob']:.2f} (target: at most "
+                  f"{cal['target_wrong_rate']:.0%} confidently wrong)")  # fmt: skip
+        before = measured.get("domain_before_system_accuracy", 0)
+        after = measured.get("domain_after_system_accuracy", 0)
+        t.add_row("held out, device+cloud right", f"{before:.0%} before, {after:.0%} after")
+    stages = summary.get("stage_seconds", {})
+    t.add_row("time", ", ".join(f"{k} {v:.0f} s" for k, v in stages.items() if v >= 1))
+    t.add_row("published", f"version {summary['version']}" if summary.get("version") else "no")
+    return t
 
 
 async def wait_for_cloud(client: AsyncClient, timeout_s: float) -> float:
