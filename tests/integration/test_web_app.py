@@ -157,6 +157,18 @@ def test_a_local_answer_streams_in_token_by_token(
     assert "device only" in answer.locator(".meta").text_content()
     counts = [n for _, n in page.evaluate("window.seen") if n]
     assert len(set(counts)) >= 2, "the tokens should arrive one by one, not all at once"
+    first = answer.locator(".tok").first
+    (first.tap if page.viewport_name == "phone" else first.click)()
+    assert page.text_content("#tip") == first.get_attribute("title")
+    assert page.text_content("#tip").startswith("device · p=")
+
+    # the chat API (the model's plain template) streams the same way
+    page.click("#options summary")
+    page.select_option("#mode", "chat")
+    page.click("#clear")
+    page.click("#options summary")
+    chat = tokens(ask(page, "What is the capital of Japan?"))
+    assert "Tokyo" in "".join(t for _, t in chat) and {s for s, _ in chat} == {"local"}
     assert fits(page), "the page is wider than the screen"
     page.screenshot(path=str(tmp_path / f"local-{page.viewport_name}.png"), full_page=True)
 

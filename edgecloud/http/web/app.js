@@ -372,6 +372,22 @@ async function refreshHealth() {
   render.adapter();
 }
 
+// A token's probability and source on a tap: touch screens show no title tooltips.
+function showTip(event) {
+  const tip = $("tip");
+  const token = event.target.closest?.(".tok");
+  if (!token || !token.title) {
+    tip.hidden = true;
+    return;
+  }
+  tip.textContent = token.title;
+  tip.hidden = false;
+  const box = token.getBoundingClientRect();
+  const left = Math.min(Math.max(4, box.left), window.innerWidth - tip.offsetWidth - 4);
+  tip.style.left = `${left}px`;
+  tip.style.top = `${Math.max(4, box.top - tip.offsetHeight - 6)}px`;
+}
+
 // ---- wiring ----------------------------------------------------------------------------
 
 function saveOptions() {
@@ -412,6 +428,8 @@ function start() {
     prompt.style.height = `${Math.min(prompt.scrollHeight, 160)}px`;
   });
   $("stop").addEventListener("click", () => state.controller?.abort());
+  document.addEventListener("click", showTip);
+  $("log").addEventListener("scroll", () => ($("tip").hidden = true));
   $("forget-key").addEventListener("click", () => {
     localStorage.removeItem(KEY_STORE);
     state.model = null;
