@@ -593,6 +593,12 @@ class AsyncClient(_BaseClient, AsyncClosing):
             raise
         return cls(backend, defaults=loaded.device.generation, settings=loaded)
 
+    @property
+    def engine(self) -> HybridEngine | None:
+        """The hybrid engine once it runs: cloud endpoints are configured and the first
+        request started it (the cloud side starts on first use)."""
+        return self._engine
+
     def _hybrid(self) -> HybridEngine | None:
         if self._settings is None:
             return None

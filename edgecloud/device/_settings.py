@@ -316,6 +316,21 @@ class DeviceHttpConfig(Section):
         ),
     )
 
+    web_app_enabled: bool = Field(
+        True,
+        description=(
+            "Serve a web app at / (a chat page for phones and desktops, installable as a PWA); "
+            "its files never need a key, the API it calls does."
+        ),
+    )
+    web_app: Path | None = Field(
+        None,
+        description=(
+            "Directory of the static files served at / (index.html and the files beside it); "
+            "None: the app shipped with edgecloud (edgecloud/http/web)."
+        ),
+    )
+
     _interfaces = field_validator("advertise_interfaces")(check_interfaces)
 
 

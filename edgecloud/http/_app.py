@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -104,6 +104,17 @@ class OpenAIServer:
             raise HttpError(503, "the model is not loaded yet", type="server_error",
                             code="not_ready")  # fmt: skip
         return self._client
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the client is open (the model loaded)."""
+        return self._client is not None
+
+    @property
+    def has_cloud(self) -> bool:
+        """Whether the settings give the device a cloud (endpoints, or discovery)."""
+        device = self.settings.device
+        return bool(device.cloud.endpoints) or device.discovery.enabled
 
     @property
     def model_name(self) -> str:
@@ -399,6 +410,7 @@ def create_app(
             "model": state.model_name,
             "in_flight": state.in_flight,
             "max_queue": state.config.max_queue,
+            **_runtime(state),
         }
         return JSONResponse(body, status_code=503 if state.draining else 200)
 
@@ -412,7 +424,70 @@ def create_app(
                             "'edgecloud[http]'", type="server_error") from None  # fmt: skip
         return Response(scrape(), media_type=CONTENT_TYPE_LATEST)
 
+    if state.config.web_app_enabled:  # last: its /{name} route would shadow GETs added after
+        _add_web_app(app, state.config.web_app or WEB_APP)
     return app
+
+
+WEB_APP = Path(__file__).with_name("web")
+"""The web app shipped with edgecloud (``device.http.web_app`` replaces it)."""
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".webmanifest": "application/manifest+json",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+def _add_web_app(app: FastAPI, directory: Path) -> None:
+    """Serve the files of ``directory`` (flat: no subfolders) at ``/`` and ``/<name>``.
+
+    One path segment per route rather than a mount at ``/``: a mount would answer every
+    GET, so ``GET /v1/chat/completions`` would get the app's 404 instead of the API's 405.
+    The files are read from disk on each request (``Cache-Control: no-cache`` with an
+    ETag): an edited app shows on the next reload, and the service worker revalidates.
+    """
+    if not (directory / "index.html").is_file():
+        raise ConfigError(f"device.http.web_app: {directory} has no index.html")
+    root = directory.resolve()
+
+    def serve_file(name: str) -> Response:
+        path = (root / name).resolve()
+        if path.parent != root or not path.is_file() or name.startswith("."):
+            raise HttpError(404, f"GET /{name}: Not Found", code="not_found")
+        media = _MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return serve_file("index.html")
+
+    @app.get("/{name}", include_in_schema=False)
+    async def web_file(name: str) -> Response:
+        return serve_file(name)
+
+
+def _runtime(state: OpenAIServer) -> dict[str, Any]:
+    """What ``/health`` adds for apps: the adapter version the device runs (None: the
+    base model) and its cloud endpoints (None: a device without any), so a page can say
+    that answers stay on the device. The cloud side starts with the first request:
+    until then ``available`` is None (not checked yet)."""
+    engine = state.client.engine if state.loaded else None
+    cloud: dict[str, Any] | None = None
+    if engine is not None and engine.pool is not None:
+        pool = engine.pool
+        cloud = {"endpoints": len(pool.endpoints), "available": len(pool.available()),
+                 "healthy": sum(e.healthy is True for e in pool.endpoints)}  # fmt: skip
+    elif engine is None and state.has_cloud:
+        cloud = {"endpoints": len(state.settings.device.cloud.endpoints), "available": None,
+                 "healthy": None}  # fmt: skip
+    version = engine.adapter_version if engine is not None else None
+    return {"adapter_version": version, "cloud": cloud}
 
 
 def _model_card(state: OpenAIServer) -> dict[str, Any]:
