@@ -88,12 +88,11 @@ class Dag:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         const = set(constants)
-        out_set = set(outputs)
         self.duplicable: set[str] = set()
         kept: list[_Node] = []
         for name, op, ins, outs in nodes:
             real = [t for t in ins if t]
-            if all(t in const for t in real) and not out_set.intersection(outs):
+            if all(t in const for t in real) and op not in CONTROL_FLOW:
                 self.duplicable.add(name)
                 const.update(outs)
                 continue

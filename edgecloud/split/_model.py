@@ -18,7 +18,13 @@ from typing import Any, Literal
 import numpy as np
 
 from edgecloud.common.lifecycle import Closing
-from edgecloud.errors import AuthError, EdgeCloudError, InvalidCutError, TransportError
+from edgecloud.errors import (
+    AuthError,
+    EdgeCloudError,
+    InvalidCutError,
+    InvalidRequestError,
+    TransportError,
+)
 from edgecloud.split._client import SplitClient
 from edgecloud.split._codec import Compression, Encoding, encode
 from edgecloud.split._cost import (
@@ -175,7 +181,14 @@ class SplitModel(Closing):
             return b
 
     def run_head(self, cut: Cut, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
-        """Run the device part of ``cut`` (with the emulated slowdown); returns the cut tensors."""
+        """Run the device part of ``cut`` (with the emulated slowdown); returns the cut tensors.
+
+        Raises:
+            InvalidRequestError: the inputs are not the graph's (names, dtypes, shapes),
+                checked here even when nothing runs here (all-cloud), so a bad frame
+                never costs a round trip.
+        """
+        self._check_inputs(inputs)
         if set(cut.tensors) == set(self.partitioner.outputs):
             backend = self._whole
         else:
@@ -187,6 +200,28 @@ class SplitModel(Closing):
         if self.device_slowdown > 1.0:
             time.sleep((time.perf_counter() - t0) * (self.device_slowdown - 1.0))
         return dict(out)
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        specs = {s.name: s for s in self._whole.inputs}
+        if set(inputs) != set(specs):
+            raise InvalidRequestError(
+                f"inputs do not match the graph: missing {sorted(set(specs) - set(inputs))}, "
+                f"unknown {sorted(set(inputs) - set(specs))}"
+            )
+        for name, spec in specs.items():
+            value = np.asarray(inputs[name])
+            if (
+                str(value.dtype) != spec.dtype
+                or value.ndim != len(spec.shape)
+                or any(
+                    w is not None and g != w for g, w in zip(value.shape, spec.shape, strict=True)
+                )
+            ):
+                want = tuple("?" if d is None else d for d in spec.shape)
+                raise InvalidRequestError(
+                    f"input {name!r} is {value.dtype} {value.shape}; the graph wants "
+                    f"{spec.dtype} {want}"
+                )
 
     def probe_link(self, probe_bytes: int = 64 * 1024, max_probe_bytes: int = 4 << 20) -> None:
         """Measure RTT (empty pings) and bandwidth (uploads) into the estimate.
@@ -234,8 +269,6 @@ class SplitModel(Closing):
             else:
                 sha, _provider, tails = self.cloud.profile_tails(self.name, repeats)
             if sha != p.sha256:
-                from edgecloud.errors import InvalidRequestError
-
                 raise InvalidRequestError(
                     f"the cloud's {self.name!r} is not this file (sha256 {sha[:12]}… vs "
                     f"{p.sha256[:12]}…)"
