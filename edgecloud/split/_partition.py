@@ -4,9 +4,12 @@ Extraction itself is ``onnx.utils.Extractor``; this module only decides which
 tensor sets are valid cuts and names the pieces. A cut is a set of tensors that
 separates the graph inputs from the graph outputs: the head computes the cut
 from the inputs, the tail computes the outputs from the cut (and constants)
-alone. Candidates are the single tensors on the topological order that satisfy
-this, plus the two trivial cuts: the graph inputs (all-cloud) and the graph
-outputs (all-device).
+alone. :meth:`Partitioner.cuts` lists the single tensors on the topological
+order that satisfy this, plus the two trivial cuts: the graph inputs
+(all-cloud) and the graph outputs (all-device). :meth:`Partitioner.multi_cuts`
+lists the cut of every prefix of the topological order, sets of tensors where a
+skip connection or a shared mask leaves no single tensor (see ``_graph.py``,
+which also finds the best partition by min-cut).
 """
 
 from __future__ import annotations
