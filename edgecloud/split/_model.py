@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import tempfile
@@ -38,6 +39,9 @@ from edgecloud.split._graph import GraphCosts
 from edgecloud.split._partition import Cut, Partitioner
 
 __all__ = ["RunInfo", "SplitModel"]
+
+_CALIBRATION_CALLS = 6
+"""Calls of one head (per input shape) that calibrate the emulated device's time."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,8 @@ class SplitModel(Closing):
         objective: ``"latency"`` or ``"energy"`` (device energy under ``power``).
         encoding, compression: how activations cross the wire.
         device_slowdown: emulate a device this many times slower than this host: a
-            head takes this factor times its time here (the median of five runs on
-            first use, then fixed).
+            head takes this factor times its time here (its own time for the first
+            calls, then fixed at their median).
         power: device power model for the energy objective.
         link_alpha: weight of the newest link sample in the moving estimate.
         threads: onnxruntime intra-op threads on the device (0: decide).
@@ -143,7 +147,8 @@ class SplitModel(Closing):
         self.graph_costs: GraphCosts | None = None
         self.last: RunInfo | None = None
         self._link_lock = threading.Lock()
-        self._host_s: dict[Any, float] = {}
+        self._host_s: dict[Any, list[float]] = {}
+        self._plans: dict[int, CutProfile] = {}
 
     @property
     def cuts(self) -> list[Cut]:
@@ -198,24 +203,23 @@ class SplitModel(Closing):
             backend = self._head(cut)
         if backend is None:
             return {n: np.asarray(inputs[n]) for n in cut.tensors}
-        if self.device_slowdown > 1.0:
-            # The emulated device takes factor x the head's time on this host, calibrated
-            # once (median of five runs) and then fixed: a dedicated board does not slow
-            # down when this shared host is busy, and factor x each measured time would
-            # multiply every scheduling hiccup by the factor.
-            key = (cut.tensors, tuple(np.shape(inputs[n]) for n in sorted(inputs)))
-            if key not in self._host_s:
-                runs = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    backend.run(inputs)
-                    runs.append(time.perf_counter() - t0)
-                self._host_s[key] = statistics.median(runs)
         t0 = time.perf_counter()
         out = backend.run(inputs)
         if self.device_slowdown > 1.0:
+            # The emulated device takes factor x the head's time on this host: for the
+            # first calls, each call's own time; from then on the median of those (the
+            # cold first call left out), fixed. A dedicated board does not slow down when
+            # this shared host is busy, and factor x every measured time would multiply
+            # each scheduling hiccup by the factor.
             took = time.perf_counter() - t0
-            time.sleep(max(0.0, self._host_s[key] * self.device_slowdown - took))
+            key = (cut.tensors, tuple(np.shape(inputs[n]) for n in sorted(inputs)))
+            runs = self._host_s.setdefault(key, [])
+            if len(runs) < _CALIBRATION_CALLS:
+                runs.append(took)
+                host = took
+            else:
+                host = statistics.median(runs[1:])
+            time.sleep(max(0.0, host * self.device_slowdown - took))
         return dict(out)
 
     def _check_inputs(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
@@ -269,7 +273,12 @@ class SplitModel(Closing):
         """Measure every cut: device head time, cloud tail time, encoded bytes each way.
 
         Bytes come from encoding the real activations of ``sample`` (default: a
-        uniform random input), since zstd's ratio depends on the data.
+        uniform random input with dynamic dimensions of 1; :meth:`run` and
+        :meth:`stream` profile on their first frame), since zstd's ratio depends on
+        the data and every size on the dynamic dimensions. Profile again for
+        frames of another shape. With ``planner="min-cut"`` this also fills
+        :attr:`graph_costs`: every node timed here and in the cloud, every tensor
+        sized, at the shapes of ``sample``.
 
         Raises:
             InvalidRequestError: the cloud's model differs from this file.
@@ -320,6 +329,7 @@ class SplitModel(Closing):
                 )
             )
         self.profiles = profiles
+        self._plans.clear()
         if graph:
             self.graph_costs = self._graph_costs(feeds, repeats, profiles, tails, cloud_nodes)
         return profiles
@@ -382,12 +392,22 @@ class SplitModel(Closing):
             return None
         with self._link_lock:
             bandwidth = self.link.estimate.bandwidth_Bps
+        # The partition depends on the bandwidth alone (the RTT is the same for every
+        # remote cut): one min-cut per 2% band, not one per call (ms on a large graph).
+        band = round(math.log(bandwidth) / math.log(1.02))
+        cached = self._plans.get(band)
+        if cached is not None:
+            return cached
         nodes = self.partitioner.dag.min_cut(self.graph_costs, bandwidth)
         cut = self.partitioner.cut_of(nodes)
-        for measured in self.profiles:
-            if set(measured.cut.tensors) == set(cut.tensors):
-                return measured
-        return self.graph_profile(cut)
+        planned = next(
+            (m for m in self.profiles if set(m.cut.tensors) == set(cut.tensors)),
+            None,
+        ) or self.graph_profile(cut)
+        if len(self._plans) > 256:
+            self._plans.clear()
+        self._plans[band] = planned
+        return planned
 
     def _random_input(self) -> dict[str, np.ndarray[Any, Any]]:
         rng = np.random.default_rng(0)
@@ -430,7 +450,7 @@ class SplitModel(Closing):
             InvalidRequestError: bad inputs, or a refused cut/activation.
             InvalidCutError: ``cut`` is not a valid cut.
         """
-        chosen, predicted, t0 = self._start(cut)
+        chosen, predicted, t0 = self._start(cut, inputs)
         acts = self.run_head(chosen, inputs)
         out, self.last = self._finish(inputs, chosen, predicted, t0, acts)
         return out
@@ -467,7 +487,7 @@ class SplitModel(Closing):
         with ThreadPoolExecutor(max_in_flight, thread_name_prefix="edgecloud-split-tail") as pool:
             try:
                 for inputs in frames:
-                    chosen, predicted, t0 = self._start(cut)
+                    chosen, predicted, t0 = self._start(cut, inputs)
                     acts = self.run_head(chosen, inputs)
                     pending.append(pool.submit(self._finish, inputs, chosen, predicted, t0, acts))
                     while pending and (pending[0].done() or len(pending) >= max_in_flight):
@@ -480,12 +500,17 @@ class SplitModel(Closing):
                 for f in pending:
                     f.cancel()
 
-    def _start(self, cut: int | str | None) -> tuple[Cut, float, float]:
+    def _start(
+        self, cut: int | str | None, inputs: Mapping[str, np.ndarray[Any, Any]]
+    ) -> tuple[Cut, float, float]:
         """The cut of the next call, its predicted latency, and the clock at its start."""
         if cut is not None:
             return self.cut(cut), float("nan"), time.perf_counter()
         if not self.profiles:
-            self.profile()  # once, before the clock starts: it is not part of this call
+            # once, before the clock starts: it is not part of this call; on this frame,
+            # so that dynamic dimensions (batch, sequence) are the real ones
+            self._check_inputs(inputs)
+            self.profile(inputs)
         self._maybe_probe()
         t0 = time.perf_counter()
         best, _ = self.choose()

@@ -76,8 +76,8 @@ class SplitConfig(Section):
         le=1000.0,
         description=(
             "Emulate a slower device: after the head runs, wait until it has taken factor x "
-            "its time on this host (the median of five runs on first use, then fixed). For "
-            "benchmarks on a host much faster than the target board."
+            "its time on this host (its own time for the first calls, then fixed at their "
+            "median). For benchmarks on a host much faster than the target board."
         ),
     )
     link_alpha: float = Field(

@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 
 from edgecloud.cli.app import app
 from edgecloud.errors import InvalidCutError, InvalidRequestError, ModelIntegrityError
-from edgecloud.split import BackgroundServer, EmulatedLink, Partitioner, SplitClient, SplitModel
+from edgecloud.split import (
+    BackgroundServer,
+    EmulatedLink,
+    Partitioner,
+    SplitClient,
+    SplitModel,
+    predict,
+)
 from tests.unit.split import graphs
 
 pytestmark = pytest.mark.model
@@ -95,14 +102,27 @@ def test_profile_resolves_dynamic_dims_and_the_min_cut_joins_the_choice(
             names = {n.name for n in model.partitioner.dag.nodes}
             assert names <= set(costs.device_s) and names <= set(costs.cloud_s)
         assert sizes[32] == 4 * sizes[8] == 4 * 8 * 32 * 2  # float16 on the wire
+        # the min-cut is the cheapest partition: no prefix cut is predicted faster
         planned = model.plan()
+        assert planned is not None
+        model.partitioner.check_separates(planned.cut.tensors)
+        link, power = model.link.estimate, model.power
+        floor = predict(model.graph_profile(planned.cut), link, power).latency_s
+        others = [predict(m, link, power).latency_s for m in model.multi_profiles()]
+        assert floor <= min(others) + 1e-9
         best, _ = model.choose()
-        assert (
-            planned is not None
-            and best.latency_s <= model.graph_profile(model.cuts[len(model.cuts) // 2]).head_s + 10
-        )  # a sane prediction, whichever cut wins
+        assert best.latency_s <= predict(planned, link, power).latency_s
         out = model.run(_tokens(32))["hidden"]
         np.testing.assert_allclose(out, _whole(models["encoder"], _tokens(32)), atol=0.05)
+
+
+def test_run_profiles_on_its_first_frame(server: BackgroundServer, models: dict[str, Path]) -> None:
+    with SplitModel(models["encoder"], SplitClient(server.address)) as model:
+        out = model.run(_tokens(24))["hidden"]
+        assert model.graph_costs is not None
+        # sizes at the frame's sequence length (24), not a guessed 1
+        assert model.graph_costs.tensor_bytes["hidden"] == 24 * 32 * 2
+        np.testing.assert_allclose(out, _whole(models["encoder"], _tokens(24)), atol=0.05)
 
 
 def test_stream_keeps_order_and_overlaps_the_device_with_the_link(
