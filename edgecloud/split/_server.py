@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import statistics
 import threading
 import time
@@ -177,9 +178,10 @@ def _zeros_sample(p: Any, headers: Sequence[Any], max_bytes: int) -> dict[str, A
     feeds = {}
     for name, h in got.items():
         shape = tuple(int(d) for d in h.shape)
-        value = np.zeros(shape, dtype=p.tensor(name).dtype) if min(shape, default=1) >= 0 else None
-        if value is None or value.nbytes > max_bytes:
+        dtype = np.dtype(p.tensor(name).dtype)
+        if min(shape, default=1) < 0 or math.prod(shape) * dtype.itemsize > max_bytes:
             raise InvalidRequestError(f"sample input {name!r}: bad or oversized shape {shape}")
+        value = np.zeros(shape, dtype=dtype)  # sized before it is allocated
         check_activation(p, name, value)
         feeds[name] = value
     return feeds

@@ -208,3 +208,17 @@ def test_cli_profile_lists_the_multi_tensor_cuts(
     assert len(out["multi_cuts"]) > 20
     assert all(r["tensors"] >= 2 and r["predicted_ms"] > 0 for r in out["multi_cuts"])
     assert out["chosen"]
+
+
+def test_the_cloud_refuses_a_node_profile_of_the_wrong_inputs_or_size(
+    server: BackgroundServer,
+) -> None:
+    with SplitClient(server.address) as client:
+        sha, tails, nodes = client.profile_nodes("encoder", _tokens(8), repeats=1)
+        assert len(sha) == 64 and tails and len(nodes) > 50
+        with pytest.raises(InvalidRequestError, match="the graph's inputs are"):
+            client.profile_nodes("encoder", {"input_ids": _tokens(8)["input_ids"]})
+        # only the shape travels: a view of a 8 GB array costs nothing here
+        huge = np.broadcast_to(np.zeros((), np.int64), (1, 1 << 30))
+        with pytest.raises(InvalidRequestError, match="oversized shape"):
+            client.profile_nodes("encoder", {"input_ids": huge, "attention_mask": huge})
