@@ -23,7 +23,10 @@ The round trip is a constant of every partition that uses the cloud, so it is
 added after the cut and compared against all-device (the only partition
 without it); the result is exact for this cost model. Nodes that read only
 constants (weights, ``Constant``, shape arithmetic on them) are duplicable:
-both sides recompute them, they never cross and cost nothing.
+both sides recompute them, they never cross and cost nothing. And a tensor
+made by a light op (``Shape``, ``Cast``, ``Unsqueeze``, ...) from tensors that
+cross anyway does not cross: the cloud recomputes it (``Shape(input_ids)``
+next to ``input_ids``).
 
 Pure Python on the graph's structure; onnx is not imported here.
 """
@@ -34,10 +37,17 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CONTROL_FLOW", "Dag", "GraphCosts", "max_flow_min_cut"]
+__all__ = ["CONTROL_FLOW", "RECOMPUTABLE", "Dag", "GraphCosts", "max_flow_min_cut"]
 
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 """Ops whose subgraphs read tensors of the outer graph by name, out of sight of the DAG."""
+
+RECOMPUTABLE = frozenset(
+    {"Shape", "Size", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity",
+     "Gather", "Slice", "Concat", "Transpose", "Expand", "Range", "ConstantOfShape",
+     "Equal", "Not", "Neg", "Add", "Sub", "Mul", "Div", "Where"}
+)  # fmt: skip
+"""Light ops the cloud recomputes from tensors it gets rather than receive their output."""
 
 _INF = 1 << 62
 _NS = 1e9  # capacities are integer nanoseconds: exact arithmetic in the flow
@@ -135,7 +145,32 @@ class Dag:
             return tuple(t for t in self.inputs if t in sent) + tuple(
                 t for t in sent if t not in self.inputs
             )
-        return tuple(sent)
+        return tuple(self._recomputed(sent))
+
+    def _recomputed(self, sent: dict[str, None]) -> dict[str, None]:
+        """``sent`` without what the cloud can recompute from the rest: a tensor made
+        by light ops (``Shape`` of a tensor it gets, then ``Gather``, ``Cast``,
+        ``Unsqueeze``...) from tensors that cross anyway. The tail runs those ops."""
+        outputs = set(self.outputs)
+
+        def derivable(t: str, base: set[str], seen: set[str]) -> bool:
+            if t in base:
+                return True
+            made = self.producer.get(t)
+            if made is None or t in seen:
+                return False
+            node = self._by_name[made]
+            if node.op not in RECOMPUTABLE or not node.inputs:
+                return False
+            seen.add(t)
+            return all(derivable(i, base, seen) for i in node.inputs)
+
+        for t in list(sent):
+            if t in outputs or t in self.inputs:
+                continue
+            if derivable(t, set(sent) - {t}, set()):
+                del sent[t]
+        return sent
 
     def frontier_cuts(self) -> list[tuple[str, ...]]:
         """Every distinct cut between a prefix of the topological order and the rest.

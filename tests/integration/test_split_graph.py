@@ -28,6 +28,7 @@ from edgecloud.split import (
     SplitModel,
     predict,
 )
+from edgecloud.split._graph import RECOMPUTABLE
 from tests.unit.split import graphs
 
 pytestmark = pytest.mark.model
@@ -81,6 +82,18 @@ def test_encoder_middle_cuts_are_sets_with_the_mask_and_match_the_whole_model(
         bias, count = Counter(t for c in middle for t in c.tensors).most_common(1)[0]
         assert count > len(middle) // 2
         assert p._reaches_input([bias], stop=set()) == "attention_mask"
+        # what the cloud can recompute from the rest of a cut (a Shape of a tensor it
+        # gets, a Gather of that shape) does not cross
+        dag = p.dag
+        for cut in model.cuts:
+            for t in cut.tensors:
+                made = dag.producer.get(t)
+                if made is not None and t not in p.outputs:
+                    node = next(n for n in dag.nodes if n.name == made)
+                    assert node.op not in RECOMPUTABLE or not set(node.inputs) <= set(
+                        cut.tensors
+                    ), (cut.name, t)
+        assert all(len(c.tensors) <= 5 for c in model.cuts)
         for cut in middle[:: max(1, len(middle) // 8)]:
             out = model.run(feeds, cut=cut.index)["hidden"]
             np.testing.assert_allclose(out, whole, rtol=1e-4, atol=1e-4, err_msg=cut.name)
