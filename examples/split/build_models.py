@@ -5,7 +5,7 @@
 
 * ``vgg_small.onnx``: an image model at 3x224x224 whose features shrink through
   the network: a cheap strided stem with early pooling takes 224x224 down to
-  14x14x64 (25 KiB in float16, a twelfth of the input), then the expensive part
+  14x14x32 (12 KiB in float16, a 24th of the input), then the expensive part
   (four 3x3 convolutions at 14x14 with 192 channels), global pooling and a
   1000-way classifier. On a slow device and a middling link, sending the 14x14
   features beats both running everything here and sending the image.
@@ -33,7 +33,7 @@ from torch import nn
 MODELS = Path(__file__).resolve().parent / "models"
 
 
-def vgg_small(width: int = 192, stem: int = 64) -> nn.Module:
+def vgg_small(width: int = 192, stem: int = 32) -> nn.Module:
     """224 -> 56 (stride-2 conv + pool) -> 28 -> 14, then the heavy 14x14 stage."""
 
     def conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
