@@ -26,8 +26,32 @@ all-local the trivial answer. The cloud tail runs at this host's speed.
 Writes ``bench/results/split.json`` and ``bench/results/split.png`` (latency
 per cut, measured and predicted, per link) and prints a table.
 
+``--part graph`` benchmarks the min-cut planner on the two models of
+``examples/split/build_models.py`` (built if missing, random weights), over the
+same emulated links:
+
+* ``vgg_small`` (3x224x224, features shrink to a 14x14x32 waist; device x100),
+* ``encoder`` (a 4-layer transformer encoder, 128 tokens, whose middle cuts are
+  sets: hidden state + mask bias, plus shape scalars; device x10).
+
+Each model is profiled once; the link is then switched under it. For each link
+it records the cut the planner chooses (single-tensor cuts measured, the
+min-cut over per-node costs added), the measured latency of the cuts (brute
+force over every cut predicted within 4x of the best, plus all-local and
+all-cloud: all of vgg_small's 21 cuts that could matter; of the encoder's 131
+prefix cuts, the 12 best predicted and every 24th, since a sweep at 1 Mbit/s
+takes seconds a cut), the chosen cut over the best measured (target <= 1.10;
+the two measured again interleaved call by call, as the digits part does),
+the best middle cut over the better of all-local and all-cloud, and pipelined
+frames/s (``SplitModel.stream``, 3 in flight) over one at a time at the best
+middle cut (and at the chosen cut when it is another middle one; target >=
+1.5x where head and link+tail are both significant, i.e. each at least a third
+of the frame: with shares of 70% and 30%, 1/0.7 = 1.43x is the most overlap gives). Writes ``bench/results/split_graph.json`` and a
+plot per model, ``split_<model>.png`` (latency by cut and link).
+
     python bench/split.py                 # about 2 minutes on 2 cores
     python bench/split.py --quick         # fewer repeats
+    python bench/split.py --part graph    # the min-cut planner, about 2 minutes
 """
 
 from __future__ import annotations
@@ -47,7 +71,10 @@ from edgecloud.split import BackgroundServer, EmulatedLink, SplitClient, SplitMo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "split"))
+import build_models  # noqa: E402
 import digits_data  # noqa: E402
+
+from edgecloud.split import CutProfile, PowerModel, predict  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = ROOT / "examples" / "split" / "models" / "digits_cnn.onnx"
@@ -214,6 +241,253 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+GRAPH_MODELS = {"vgg_small": 100.0, "encoder": 10.0}  # name: device slowdown
+# Profile repeats: the emulated device fixes a head's time after its first 6 calls;
+# the encoder's 4 single-tensor cuts are cheap to profile that long, vgg_small's 21
+# (up to 0.4 s a call) are not.
+PROFILE_REPEATS = {"vgg_small": 2, "encoder": 5}
+
+
+def _graph_sample(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if name == "vgg_small":
+        return {"input": rng.random((1, 3, 224, 224)).astype(np.float32)}
+    mask = np.ones((1, 128), np.int64)
+    mask[0, 100:] = 0
+    return {"input_ids": rng.integers(0, 4096, (1, 128)).astype(np.int64), "attention_mask": mask}
+
+
+def _graph_model_path(name: str) -> Path:
+    path = ROOT / "examples" / "split" / "models" / f"{name}.onnx"
+    if not path.exists():
+        (build_models.export_vgg if name == "vgg_small" else build_models.export_encoder)(path)
+    return path
+
+
+def _measure(model: SplitModel, frames: list[dict[str, np.ndarray]], cut: int | None, n: int,
+             warm: bool = True) -> float:  # fmt: skip
+    if warm:
+        model.run(frames[0], cut=cut)
+    times = []
+    for i in range(n):
+        model.run(frames[i % len(frames)], cut=cut)
+        assert model.last is not None and not model.last.fallback, "the cloud failed"
+        times.append(model.last.latency_s)
+    return statistics.median(times)
+
+
+def _throughput(model: SplitModel, frames: list[dict[str, np.ndarray]], cut: int,
+                expected_s: float) -> dict[str, Any]:  # fmt: skip
+    n = int(min(8, max(4, 3.0 / max(expected_s, 1e-3))))  # about 3 s a side
+    batch = [frames[i % len(frames)] for i in range(n)]
+    model.run(batch[0], cut=cut)
+    t0 = time.perf_counter()
+    for f in batch:
+        model.run(f, cut=cut)
+    one = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    done = sum(1 for _ in model.stream(batch, cut=cut, max_in_flight=3))
+    piped = done / (time.perf_counter() - t0)
+    return {"cut_index": cut, "frames": n, "one_at_a_time_fps": one, "pipelined_fps": piped,
+            "speedup": piped / one}  # fmt: skip
+
+
+def bench_graph_model(address: str, name: str, quick: bool) -> list[dict[str, Any]]:
+    """One profiled model, the link switched under it: 1, 10, 100 Mbit/s."""
+    frames = [_graph_sample(name, i) for i in range(4)]
+    client = SplitClient(address, link=EmulatedLink(10e6, RTT_S))
+    with SplitModel(_graph_model_path(name), client, name=name,
+                    device_slowdown=GRAPH_MODELS[name]) as model:  # fmt: skip
+        t0 = time.perf_counter()
+        model.profile(frames[0], repeats=PROFILE_REPEATS[name])
+        print(f"{name} profiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        rows = []
+        for mbit in LINKS_MBIT:
+            client.set_link(EmulatedLink(mbit * 1e6, RTT_S))
+            for _ in range(2):
+                model.probe_link()
+            t0 = time.perf_counter()
+            rows.append(_graph_link(model, frames, mbit, quick))
+            print(f"{name} at {mbit:g} Mbit/s: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return rows
+
+
+def _graph_link(model: SplitModel, frames: list[dict[str, np.ndarray]], mbit: float,
+                quick: bool) -> dict[str, Any]:  # fmt: skip
+    best_pred, _ = model.choose()
+    chosen = best_pred.profile.cut
+    link = model.link.estimate
+    measured_profiles = {p.cut.tensors: p for p in model.profiles}
+    cuts = model.cuts
+    last = len(cuts) - 1
+    preds: list[CutProfile] = [
+        measured_profiles.get(c.tensors) or model.graph_profile(c) for c in cuts
+    ]
+    pred_ms = [predict(p, link, PowerModel()).latency_s * 1e3 for p in preds]
+    # Brute force over every cut predicted within 4x of the best (all of them on small
+    # graphs, up to the 12 best predicted plus every 24th on large ones), and the two
+    # trivial cuts; a cut predicted 4x slower is left out (seconds per call at 1 Mbit/s)
+    floor = min(pred_ms)
+    near = [i for i in range(len(cuts)) if pred_ms[i] <= 4 * floor]
+    if len(cuts) <= 40:
+        wanted = {0, last, *near}
+    else:
+        ranked = sorted(near, key=lambda i: pred_ms[i])
+        wanted = {0, last, *ranked[:12], *(i for i in near if i % 24 == 0)}
+    # and the two best predicted middle cuts, however slow: the middle-vs-trivial figure
+    wanted.update(sorted(range(1, last), key=lambda i: pred_ms[i])[:2])
+    chosen_i = next((i for i, c in enumerate(cuts) if set(c.tensors) == set(chosen.tensors)),
+                    None)  # fmt: skip
+    if chosen_i is not None:
+        wanted.add(chosen_i)
+    reps = 2 if quick else 3
+    measured: dict[int, float] = {}
+    for i in sorted(wanted):
+        close = pred_ms[i] <= 3 * floor
+        measured[i] = _measure(model, frames, i, reps if close else 1, warm=close) * 1e3
+    if chosen_i is not None:
+        chosen_ms = measured[chosen_i]
+    else:  # a min-cut partition that is no prefix cut: measured as chosen
+        chosen_ms = _measure(model, frames, None, reps) * 1e3
+    best_i = min(measured, key=lambda i: measured[i])
+    # chosen vs best, interleaved call by call: on a shared host two medians taken a
+    # minute apart differ by 10-20%, as much as near-equal cuts differ from each other
+    paired = 1.0
+    if chosen_i != best_i:
+        pair: dict[bool, list[float]] = {True: [], False: []}
+        for k in range(4 * reps):
+            first = k % 2 == 0
+            for is_chosen in (first, not first):
+                model.run(frames[k % len(frames)], cut=chosen_i if is_chosen else best_i)
+                assert model.last is not None and not model.last.fallback
+                pair[is_chosen].append(model.last.latency_s)
+        paired = statistics.median(pair[True]) / statistics.median(pair[False])
+    middle = {i: v for i, v in measured.items() if i not in (0, last)}
+    best_mid = min(middle, key=lambda i: middle[i])
+    fixed = min(measured[0], measured[last])
+    pipe_mid = _throughput(model, frames, best_mid, middle[best_mid] / 1e3)
+    pipe_chosen = None
+    if chosen_i is not None and chosen_i not in (last, best_mid):
+        pipe_chosen = _throughput(model, frames, chosen_i, chosen_ms / 1e3)
+    mid_pred = preds[best_mid]
+    link_s = predict(mid_pred, link, PowerModel()).latency_s - mid_pred.head_s
+    significant = min(mid_pred.head_s, link_s) / (mid_pred.head_s + link_s) >= 1 / 3
+    return {
+        "link_mbit": mbit,
+        "estimated_mbit": link.bandwidth_Bps * 8 / 1e6,
+        "estimated_rtt_ms": link.rtt_s * 1e3,
+        "cuts": len(cuts),
+        "measured_cuts": len(measured),
+        "chosen_cut": chosen.name,
+        "chosen_cut_tensors": len(chosen.tensors),
+        "chosen_index": chosen_i,
+        "chosen_predicted_ms": best_pred.latency_s * 1e3,
+        "chosen_measured_ms": chosen_ms,
+        "best_index": best_i,
+        "best_cut": cuts[best_i].name,
+        "best_measured_ms": measured[best_i],
+        "chosen_over_best_sweep": chosen_ms / measured[best_i],
+        "chosen_over_best": paired,
+        "all_local_ms": measured[last],
+        "all_cloud_ms": measured[0],
+        "best_middle_index": best_mid,
+        "best_middle_cut": cuts[best_mid].name,
+        "best_middle_ms": middle[best_mid],
+        "best_middle_over_best_fixed": middle[best_mid] / fixed,
+        "pipeline_chosen": pipe_chosen,
+        "pipeline_best_middle": pipe_mid,
+        "head_and_link_both_significant_at_best_middle": significant,
+        "per_cut": [
+            {
+                "index": i,
+                "cut": cuts[i].name,
+                "tensors": len(cuts[i].tensors),
+                "head_ms": preds[i].head_s * 1e3,
+                "tail_ms": preds[i].tail_s * 1e3,
+                "up_bytes": preds[i].up_bytes,
+                "predicted_ms": pred_ms[i],
+                "measured_ms": measured.get(i),
+            }
+            for i in range(len(cuts))
+        ],
+    }
+
+
+def plot_graph(name: str, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for r, color in zip(rows, ("tab:red", "tab:orange", "tab:green"), strict=False):
+        idx = [c["index"] for c in r["per_cut"]]
+        ax.plot(idx, [c["predicted_ms"] for c in r["per_cut"]], "-", color=color, alpha=0.5,
+                label=f"{r['link_mbit']:g} Mbit/s predicted")  # fmt: skip
+        m = [(c["index"], c["measured_ms"]) for c in r["per_cut"] if c["measured_ms"] is not None]
+        ax.plot([i for i, _ in m], [v for _, v in m], "o", color=color, ms=4,
+                label=f"{r['link_mbit']:g} Mbit/s measured")  # fmt: skip
+        if r["chosen_index"] is not None:
+            ax.plot([r["chosen_index"]], [r["chosen_measured_ms"]], "*", ms=16, color=color,
+                    mec="k")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("cut (prefix of the topological order: 0 = all-cloud, last = all-device); "
+                  "star = chosen")  # fmt: skip
+    ax.set_ylabel("end-to-end latency, ms (log)")
+    ax.set_title(f"{name}: latency by cut and link, 20 ms RTT, device x{GRAPH_MODELS[name]:g}")
+    ax.legend(fontsize=8, ncol=3)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main_graph(quick: bool) -> None:
+    t0 = time.perf_counter()
+    paths = {n: _graph_model_path(n) for n in GRAPH_MODELS}
+    out: dict[str, Any] = {
+        "benchmark": "split_graph", "rtt_ms": RTT_S * 1e3, "encoding": "float16",
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "models": {},
+    }  # fmt: skip
+    with BackgroundServer(paths, threads=1) as srv:
+        for name in GRAPH_MODELS:
+            rows = bench_graph_model(srv.address, name, quick)
+            out["models"][name] = {"device_slowdown": GRAPH_MODELS[name], "links": rows}
+            plot_graph(name, rows, RESULTS / f"split_{name}.png")
+    every = [r for m in out["models"].values() for r in m["links"]]
+    vgg = out["models"]["vgg_small"]["links"]
+    both = [(n, r) for n, m in out["models"].items() for r in m["links"]
+            if r["head_and_link_both_significant_at_best_middle"]]  # fmt: skip
+    out["figures"] = {
+        "chosen_within_10pct_of_best_at_every_link": all(
+            r["chosen_over_best"] <= 1.10 for r in every
+        ),
+        "worst_chosen_over_best": max(r["chosen_over_best"] for r in every),
+        "vgg_small_middle_cut_wins_at_mbit": [
+            r["link_mbit"] for r in vgg if r["best_middle_over_best_fixed"] < 0.9
+        ],
+        "pipelined_speedup_where_both_significant": [
+            (n, r["link_mbit"], round(r["pipeline_best_middle"]["speedup"], 2)) for n, r in both
+        ],
+    }
+    out["elapsed_s"] = time.perf_counter() - t0
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "split_graph.json").write_text(json.dumps(out, indent=2) + "\n")
+    hdr = ("model", "link", "chosen", "ms", "best", "ms", "ch/best", "local", "cloud",
+           "best mid", "mid/fixed", "pipe x")  # fmt: skip
+    print(" | ".join(f"{h:>9}" for h in hdr))
+    for name, m in out["models"].items():
+        for r in m["links"]:
+            row = (name[:9], f"{r['link_mbit']:g}M", r["chosen_index"],
+                   f"{r['chosen_measured_ms']:.0f}", r["best_index"], f"{r['best_measured_ms']:.0f}",
+                   f"{r['chosen_over_best']:.3f}", f"{r['all_local_ms']:.0f}",
+                   f"{r['all_cloud_ms']:.0f}", f"{r['best_middle_ms']:.0f}",
+                   f"{r['best_middle_over_best_fixed']:.2f}",
+                   f"{r['pipeline_best_middle']['speedup']:.2f}")  # fmt: skip
+            print(" | ".join(f"{v!s:>9}" for v in row))
+    print(json.dumps(out["figures"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -221,7 +495,13 @@ def main() -> None:
     parser.add_argument("--encoding", default="float16", choices=["float32", "float16", "int8"])
     parser.add_argument("--compression", default="none", choices=["none", "zstd"])
     parser.add_argument("--tag", default="", help="write split_<tag>.json/png instead")
+    parser.add_argument("--part", default="digits", choices=["digits", "graph"],
+                        help="digits: the digits CNN (split.json); graph: the min-cut planner "
+                             "on vgg_small and encoder (split_graph.json)")  # fmt: skip
     args = parser.parse_args()
+    if args.part == "graph":
+        main_graph(args.quick)
+        return
     repeats = 5 if args.quick else 11
     data = digits_data.load()
     t0 = time.perf_counter()

@@ -206,9 +206,13 @@ def profile(
 ) -> None:
     """Per-cut latency table: device head, cloud tail, bytes, predicted end-to-end latency.
 
+    Single-tensor cuts are measured; multi-tensor cuts (rows m#: a skip connection
+    or a mask read by every layer crosses with the hidden state) are priced by the
+    node graph, whose min-cut the choice (*) also considers.
+
     The cloud is reached over TLS unless --insecure (loopback targets only).
     """
-    from edgecloud.split import SplitModel
+    from edgecloud.split import SplitModel, predict
 
     if device != "local":
         raise fail(InvalidRequestError("only --device local is supported"))
@@ -220,6 +224,7 @@ def profile(
             sm.profile(repeats=repeats)
             best, costs = sm.choose()
             est = sm.link.estimate
+            multi_profiles = sm.multi_profiles() if sm.graph_costs is not None else []
     except EdgeCloudError as exc:
         raise fail(exc) from None
     rows = [
@@ -232,12 +237,26 @@ def profile(
             "predicted_ms": c.latency_s * 1e3,
             "energy_mj": c.energy_j * 1e3,
         }
-        for c in costs
+        for c in costs[: len(sm.profiles)]
         if cloud or c.profile.local
+    ]
+    # Multi-tensor cuts (skips, shared masks), priced by the node-graph model.
+    multi = [
+        {
+            "index": m.cut.index,
+            "cut": m.cut.name,
+            "tensors": len(m.cut.tensors),
+            "head_ms": m.head_s * 1e3,
+            "tail_ms": m.tail_s * 1e3,
+            "up_bytes": m.up_bytes,
+            "predicted_ms": predict(m, est, sm.power).latency_s * 1e3,
+        }
+        for m in multi_profiles
+        if cloud and len(m.cut.tensors) > 1 and m.cut.index > 0 and not m.local
     ]
     if as_json:
         emit("profile", rtt_ms=est.rtt_s * 1e3, bandwidth_Bps=est.bandwidth_Bps,
-             chosen=best.profile.cut.name, cuts=rows)  # fmt: skip
+             chosen=best.profile.cut.name, cuts=rows, multi_cuts=multi)  # fmt: skip
         return
     table = Table(title=f"{model.name}: link RTT {est.rtt_s * 1e3:.1f} ms, "
                   f"{est.bandwidth_Bps * 8 / 1e6:.2f} Mbit/s")  # fmt: skip
@@ -249,6 +268,14 @@ def profile(
             str(r["index"]), f"{r['cut']}{mark}", f"{r['head_ms']:.2f}", f"{r['tail_ms']:.2f}",
             str(r["up_bytes"]), f"{r['predicted_ms']:.1f}",
         )  # fmt: skip
+    for r in multi:
+        mark = " *" if r["cut"] == best.profile.cut.name else ""
+        table.add_row(
+            f"m{r['index']}", f"{r['cut']}{mark}", f"{r['head_ms']:.2f}", f"{r['tail_ms']:.2f}",
+            str(r["up_bytes"]), f"{r['predicted_ms']:.1f}",
+        )  # fmt: skip
+    if best.profile.cut.name not in {r["cut"] for r in rows + multi}:
+        Console().print(f"min-cut: {best.profile.cut.name} ({best.latency_s * 1e3:.1f} ms)")
     Console().print(table)
 
 

@@ -23,7 +23,7 @@ from edgecloud.errors import (
 )
 from edgecloud.types import BackendInfo, TensorSpec
 
-__all__ = ["OnnxRunner", "available_providers"]
+__all__ = ["OnnxRunner", "available_providers", "profile_nodes"]
 
 # onnxruntime's type strings for graph inputs/outputs -> numpy dtypes.
 _ORT_DTYPES = {
@@ -174,3 +174,72 @@ class OnnxRunner:
     def close(self) -> None:
         with self._lock:
             self._session = None
+
+
+def profile_nodes(
+    model: bytes,
+    feeds: Mapping[str, npt.NDArray[Any]],
+    *,
+    repeats: int = 5,
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int = 1,
+) -> tuple[dict[str, float], dict[str, np.ndarray[Any, Any]]]:
+    """Time every node of a graph with onnxruntime's profiler, and return its outputs.
+
+    Graph optimizations are off, so each ONNX node is one kernel under its own
+    name (fusion would fold a Relu into its Conv and the Relu would vanish from
+    the profile); the per-node times therefore add up to a little more than an
+    optimized session takes, the same for every node, which is what a cost
+    model comparing partitions needs.
+
+    Args:
+        model: a serialized ``onnx.ModelProto`` whose nodes all have unique names.
+        feeds: the graph inputs.
+        repeats: timed runs; the median of each node is kept.
+        providers: execution providers (default: CPU).
+        intra_op_threads: threads per operator.
+
+    Returns:
+        ``({node name: median seconds}, {output name: value of the last run})``.
+
+    Raises:
+        ModelIntegrityError: onnxruntime cannot load the graph.
+        DeviceError: the graph fails on these inputs.
+    """
+    import json
+    import os
+    import statistics
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="edgecloud-profile-") as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        try:
+            session = ort.InferenceSession(
+                model, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelIntegrityError(f"onnxruntime cannot load the graph: {exc}") from exc
+        names = [o.name for o in session.get_outputs()]
+        values: list[Any] = []
+        try:
+            for _ in range(max(1, repeats) + 1):
+                values = session.run(names, dict(feeds))
+        except Exception as exc:  # a shape the graph rejects deep inside
+            raise DeviceError(f"onnxruntime failed to run the graph: {exc}") from exc
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") == "Node" and name.endswith("_kernel_time"):
+            per_node.setdefault(name[: -len("_kernel_time")], []).append(float(e["dur"]) / 1e6)
+    # the first run allocates; it is left out unless it is the only one
+    times = {n: statistics.median(v[1:] if len(v) > 1 else v) for n, v in per_node.items()}
+    return times, dict(zip(names, values, strict=True))

@@ -1,11 +1,14 @@
 """Split inference for tensor models: partition ONNX graphs between device and cloud.
 
 * :class:`Partitioner` cuts a graph into a device head and a cloud tail
-  (``onnx.utils.Extractor`` underneath) at any tensor that separates inputs
-  from outputs.
+  (``onnx.utils.Extractor`` underneath) at any set of tensors that separates
+  inputs from outputs; :class:`Dag` is its node graph, whose s-t minimum cut
+  under :class:`GraphCosts` (per-node times, per-tensor bytes) is the best
+  partition, multi-tensor cuts included.
 * :class:`SplitModel` profiles every cut, keeps a moving estimate of the link,
   and runs each call at the cut with the lowest predicted latency (or device
-  energy), falling back to all-local when the cloud is gone.
+  energy), falling back to all-local when the cloud is gone;
+  :meth:`SplitModel.stream` pipelines frames.
 * :class:`SplitServer` is the cloud side: warm tail sessions over gRPC
   (``edgecloud.v1.SplitService``) and the KServe v2 ``GRPCInferenceService``
   that Triton clients speak.
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
         choose_cut,
         predict,
     )
+    from edgecloud.split._graph import Dag, GraphCosts
     from edgecloud.split._model import RunInfo, SplitModel
     from edgecloud.split._partition import Cut, Partitioner, TensorInfo
     from edgecloud.split._server import BackgroundServer, SplitServer
@@ -49,8 +53,10 @@ __all__ = [
     "Cut",
     "CutCost",
     "CutProfile",
+    "Dag",
     "EmulatedLink",
     "EncodedTensor",
+    "GraphCosts",
     "LinkEstimate",
     "LinkEstimator",
     "Partitioner",
@@ -74,8 +80,10 @@ _WHERE = {
     "Cut": "edgecloud.split._partition",
     "CutCost": "edgecloud.split._cost",
     "CutProfile": "edgecloud.split._cost",
+    "Dag": "edgecloud.split._graph",
     "EmulatedLink": "edgecloud.split._client",
     "EncodedTensor": "edgecloud.split._codec",
+    "GraphCosts": "edgecloud.split._graph",
     "LinkEstimate": "edgecloud.split._cost",
     "LinkEstimator": "edgecloud.split._cost",
     "Partitioner": "edgecloud.split._partition",

@@ -7,6 +7,7 @@ as for the cloud inference client.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,34 +50,47 @@ class _Throttle(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
-    """The delay/throttle layer: sleeps around real gRPC sends as the link would."""
+    """The delay/throttle layer: sleeps around real gRPC sends as the link would.
+
+    Each direction is one wire: concurrent calls (pipelined frames) take turns
+    serializing their bytes, while the propagation delay (RTT/2) overlaps, as on
+    a real link.
+    """
 
     def __init__(self, link: EmulatedLink) -> None:
         self.link = link
+        self._up = threading.Lock()
+        self._down = threading.Lock()
 
-    def _slow(self, messages: Iterator[Any]) -> Iterator[Any]:
+    @staticmethod
+    def _send(wire: threading.Lock, seconds: float) -> None:
+        with wire:
+            time.sleep(seconds)
+
+    def _slow(self, messages: Iterator[Any], wire: threading.Lock) -> Iterator[Any]:
         link = self.link  # one call sees one link, even if it is changed meanwhile
         first = True
         for m in messages:
-            wait = link.serial_s(m.ByteSize())
             if first:
-                wait += link.rtt_s / 2
+                time.sleep(link.rtt_s / 2)
                 first = False
-            time.sleep(wait)
+            self._send(wire, link.serial_s(m.ByteSize()))
             yield m
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         link = self.link
-        time.sleep(link.rtt_s / 2 + link.serial_s(request.ByteSize()))
+        time.sleep(link.rtt_s / 2)
+        self._send(self._up, link.serial_s(request.ByteSize()))
         call = continuation(details, request)
         response = call.result()  # raises the RpcError of a failed call
-        time.sleep(link.rtt_s / 2 + link.serial_s(response.ByteSize()))
+        time.sleep(link.rtt_s / 2)
+        self._send(self._down, link.serial_s(response.ByteSize()))
         return call
 
     def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return self._slow(continuation(details, self._slow(request_iterator)))
+        return self._slow(continuation(details, self._slow(request_iterator, self._up)), self._down)
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,27 @@ class SplitClient(Closing):
         except grpc.RpcError as exc:
             raise self._error(exc) from exc
         return r.model_sha256, r.provider, {"+".join(t.cut): t.tail_ms / 1e3 for t in r.timings}
+
+    def profile_nodes(
+        self, model: str, sample: Mapping[str, np.ndarray[Any, Any]], repeats: int = 5
+    ) -> tuple[str, dict[str, float], dict[str, float]]:
+        """``(model sha256, {cut name: tail s}, {node: s})``, timed by the cloud at the
+        shapes of ``sample`` (only its shapes and dtypes travel)."""
+        headers = [
+            spb.TensorHeader(name=n, dtype=str(v.dtype), shape=list(v.shape))
+            for n, v in sample.items()
+        ]
+        try:
+            r = self._stub.ProfileTails(
+                spb.ProfileTailsRequest(
+                    model=model, repeats=repeats, per_node=True, sample=headers
+                ),
+                timeout=self._timeout * 4,
+            )
+        except grpc.RpcError as exc:
+            raise self._error(exc) from exc
+        tails = {"+".join(t.cut): t.tail_ms / 1e3 for t in r.timings}
+        return r.model_sha256, tails, {t.node: t.ms / 1e3 for t in r.nodes}
 
     def ping(self, payload_bytes: int = 0, reply_bytes: int = 0) -> float:
         """Seconds for one round trip carrying these payloads."""

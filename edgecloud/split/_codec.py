@@ -91,7 +91,8 @@ def encode(
     Raises:
         ActivationError: int8 of a tensor with NaN or infinite values.
     """
-    a = np.ascontiguousarray(array)
+    # not np.ascontiguousarray: it turns a scalar (a shape element, shape ()) into shape (1,)
+    a = np.asarray(array, order="C")
     dtype = str(a.dtype)
     if dtype not in _FLOATS:
         encoding = "raw"

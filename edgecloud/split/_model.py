@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +19,13 @@ from typing import Any, Literal
 import numpy as np
 
 from edgecloud.common.lifecycle import Closing
-from edgecloud.errors import AuthError, EdgeCloudError, InvalidCutError, TransportError
+from edgecloud.errors import (
+    AuthError,
+    EdgeCloudError,
+    InvalidCutError,
+    InvalidRequestError,
+    TransportError,
+)
 from edgecloud.split._client import SplitClient
 from edgecloud.split._codec import Compression, Encoding, encode
 from edgecloud.split._cost import (
@@ -26,9 +35,13 @@ from edgecloud.split._cost import (
     PowerModel,
     choose_cut,
 )
+from edgecloud.split._graph import GraphCosts
 from edgecloud.split._partition import Cut, Partitioner
 
 __all__ = ["RunInfo", "SplitModel"]
+
+_CALIBRATION_CALLS = 6
+"""Calls of one head (per input shape) that calibrate the emulated device's time."""
 
 
 @dataclass(frozen=True)
@@ -51,19 +64,33 @@ class SplitModel(Closing):
     updates. All-device and all-cloud are candidates. When the cloud fails, the
     call runs entirely here and the cloud is left out for ``cloud_retry_s``.
 
+    With ``planner="min-cut"`` (the default) the profile also times every graph
+    node here and in the cloud and sizes every tensor at the real input's
+    shapes, and each choice adds the s-t minimum cut of the node graph under the
+    current link (:class:`~edgecloud.split._graph.Dag`) to the measured
+    single-tensor cuts: on graphs with skip connections or a mask read by every
+    layer, that is where the multi-tensor cuts come from. ``"enumerate"`` keeps
+    to the single-tensor cuts.
+
+    :meth:`stream` pipelines frames: the head of frame t+1 runs here while frame
+    t crosses the link and runs its tail in the cloud.
+
     Args:
         model: the ``.onnx`` file (the cloud must serve the same file as ``name``).
         cloud: a :class:`SplitClient`, an address, or None for device only.
         name: the model's name on the cloud (default: the file stem).
         objective: ``"latency"`` or ``"energy"`` (device energy under ``power``).
         encoding, compression: how activations cross the wire.
-        device_slowdown: emulate a device this many times slower than this host.
+        device_slowdown: emulate a device this many times slower than this host: a
+            head takes this factor times its time here (its own time for the first
+            calls, then fixed at their median).
         power: device power model for the energy objective.
         link_alpha: weight of the newest link sample in the moving estimate.
         threads: onnxruntime intra-op threads on the device (0: decide).
         cloud_retry_s: after a cloud failure, stay all-local this long.
         probe_interval_s: while the chosen cut sends nothing (all-local), probe
             the link this often so that a faster link is noticed.
+        planner: ``"min-cut"`` or ``"enumerate"`` (see above).
 
     Examples:
         >>> model = SplitModel("digits_cnn.onnx", cloud="127.0.0.1:50061")  # doctest: +SKIP
@@ -87,6 +114,7 @@ class SplitModel(Closing):
         threads: int = 1,
         cloud_retry_s: float = 5.0,
         probe_interval_s: float = 5.0,
+        planner: Literal["min-cut", "enumerate"] = "min-cut",
     ) -> None:
         from edgecloud.common.onnx import OnnxRunner
 
@@ -115,11 +143,33 @@ class SplitModel(Closing):
         self._dir = tempfile.mkdtemp(prefix="edgecloud-split-heads-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         self.profiles: list[CutProfile] = []
+        self.planner = planner
+        self.graph_costs: GraphCosts | None = None
         self.last: RunInfo | None = None
+        self._link_lock = threading.Lock()
+        self._host_s: dict[Any, list[float]] = {}
+        self._plans: dict[int, CutProfile] = {}
 
     @property
     def cuts(self) -> list[Cut]:
+        """The candidate cuts: every prefix cut of the node graph (single tensors with
+        ``planner="enumerate"``), all-cloud first, all-device last."""
+        if self.planner == "min-cut":
+            return self.partitioner.multi_cuts()
         return self.partitioner.cuts()
+
+    def cut(self, spec: int | str | Sequence[str]) -> Cut:
+        """A cut by index into :attr:`cuts`, by name (``"a+b"``) or by its tensors.
+
+        Raises:
+            InvalidCutError: out of range, unknown tensor, or not separating.
+        """
+        if isinstance(spec, int):
+            cuts = self.cuts
+            if not -len(cuts) <= spec < len(cuts):
+                raise InvalidCutError(f"cut index {spec} out of range (0..{len(cuts) - 1})")
+            return cuts[spec]
+        return self.partitioner.cut(spec)
 
     def _head(self, cut: Cut) -> Any:
         from edgecloud.common.onnx import OnnxRunner
@@ -139,7 +189,14 @@ class SplitModel(Closing):
             return b
 
     def run_head(self, cut: Cut, inputs: Mapping[str, np.ndarray[Any, Any]]) -> dict[str, Any]:
-        """Run the device part of ``cut`` (with the emulated slowdown); returns the cut tensors."""
+        """Run the device part of ``cut`` (with the emulated slowdown); returns the cut tensors.
+
+        Raises:
+            InvalidRequestError: the inputs are not the graph's (names, dtypes, shapes),
+                checked here even when nothing runs here (all-cloud), so a bad frame
+                never costs a round trip.
+        """
+        self._check_inputs(inputs)
         if set(cut.tensors) == set(self.partitioner.outputs):
             backend = self._whole
         else:
@@ -149,8 +206,43 @@ class SplitModel(Closing):
         t0 = time.perf_counter()
         out = backend.run(inputs)
         if self.device_slowdown > 1.0:
-            time.sleep((time.perf_counter() - t0) * (self.device_slowdown - 1.0))
+            # The emulated device takes factor x the head's time on this host: for the
+            # first calls, each call's own time; from then on the median of those (the
+            # cold first call left out), fixed. A dedicated board does not slow down when
+            # this shared host is busy, and factor x every measured time would multiply
+            # each scheduling hiccup by the factor.
+            took = time.perf_counter() - t0
+            key = (cut.tensors, tuple(np.shape(inputs[n]) for n in sorted(inputs)))
+            runs = self._host_s.setdefault(key, [])
+            if len(runs) < _CALIBRATION_CALLS:
+                runs.append(took)
+                host = took
+            else:
+                host = statistics.median(runs[1:])
+            time.sleep(max(0.0, host * self.device_slowdown - took))
         return dict(out)
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        specs = {s.name: s for s in self._whole.inputs}
+        if set(inputs) != set(specs):
+            raise InvalidRequestError(
+                f"inputs do not match the graph: missing {sorted(set(specs) - set(inputs))}, "
+                f"unknown {sorted(set(inputs) - set(specs))}"
+            )
+        for name, spec in specs.items():
+            value = np.asarray(inputs[name])
+            if (
+                str(value.dtype) != spec.dtype
+                or value.ndim != len(spec.shape)
+                or any(
+                    w is not None and g != w for g, w in zip(value.shape, spec.shape, strict=True)
+                )
+            ):
+                want = tuple("?" if d is None else d for d in spec.shape)
+                raise InvalidRequestError(
+                    f"input {name!r} is {value.dtype} {value.shape}; the graph wants "
+                    f"{spec.dtype} {want}"
+                )
 
     def probe_link(self, probe_bytes: int = 64 * 1024, max_probe_bytes: int = 4 << 20) -> None:
         """Measure RTT (empty pings) and bandwidth (uploads) into the estimate.
@@ -181,7 +273,12 @@ class SplitModel(Closing):
         """Measure every cut: device head time, cloud tail time, encoded bytes each way.
 
         Bytes come from encoding the real activations of ``sample`` (default: a
-        uniform random input), since zstd's ratio depends on the data.
+        uniform random input with dynamic dimensions of 1; :meth:`run` and
+        :meth:`stream` profile on their first frame), since zstd's ratio depends on
+        the data and every size on the dynamic dimensions. Profile again for
+        frames of another shape. With ``planner="min-cut"`` this also fills
+        :attr:`graph_costs`: every node timed here and in the cloud, every tensor
+        sized, at the shapes of ``sample``.
 
         Raises:
             InvalidRequestError: the cloud's model differs from this file.
@@ -190,11 +287,14 @@ class SplitModel(Closing):
         p = self.partitioner
         feeds = dict(sample) if sample is not None else self._random_input()
         tails: dict[str, float] = {}
+        cloud_nodes: dict[str, float] = {}
+        graph = self.planner == "min-cut" and not p.unsupported
         if self.cloud is not None:
-            sha, _provider, tails = self.cloud.profile_tails(self.name, repeats)
+            if graph:
+                sha, tails, cloud_nodes = self.cloud.profile_nodes(self.name, feeds, repeats)
+            else:
+                sha, _provider, tails = self.cloud.profile_tails(self.name, repeats)
             if sha != p.sha256:
-                from edgecloud.errors import InvalidRequestError
-
                 raise InvalidRequestError(
                     f"the cloud's {self.name!r} is not this file (sha256 {sha[:12]}… vs "
                     f"{p.sha256[:12]}…)"
@@ -229,7 +329,85 @@ class SplitModel(Closing):
                 )
             )
         self.profiles = profiles
+        self._plans.clear()
+        if graph:
+            self.graph_costs = self._graph_costs(feeds, repeats, profiles, tails, cloud_nodes)
         return profiles
+
+    def _graph_costs(
+        self,
+        feeds: Mapping[str, np.ndarray[Any, Any]],
+        repeats: int,
+        profiles: Sequence[CutProfile],
+        tails: Mapping[str, float],
+        cloud_nodes: Mapping[str, float],
+    ) -> GraphCosts:
+        """Per-node times on both sides and per-tensor wire bytes, at the real shapes.
+
+        Node times from onnxruntime's profiler add up to a little more or less than a
+        session run (no fusion, no per-run overhead); each side is scaled so that its
+        nodes add up to its measured whole-model time, which keeps the graph model
+        and the measured single-tensor cuts on one scale.
+        """
+        p = self.partitioner
+        host, values = p.profile_nodes(feeds, repeats=repeats, threads=self._threads)
+        whole_here = next(x.head_s for x in profiles if x.local)
+        device = _scaled(host, whole_here)
+        whole_cloud = tails.get(p.cuts()[0].name, 0.0)
+        cloud = _scaled(dict(cloud_nodes), whole_cloud) if cloud_nodes else dict(host)
+        values.update(feeds)
+        sizes = {
+            n: len(encode(n, np.asarray(v), self.encoding, self.compression).payload)
+            for n, v in values.items()
+        }
+        down = {n: len(encode(n, np.asarray(values[n]), "float32").payload) for n in p.outputs}
+        return GraphCosts(device, cloud, sizes, down)
+
+    def graph_profile(self, cut: Cut) -> CutProfile:
+        """What ``cut`` costs by the node graph model (needs :meth:`profile` first)."""
+        costs = self.graph_costs
+        if costs is None:
+            raise InvalidCutError("no graph profile: profile() with planner='min-cut' first")
+        dag = self.partitioner.dag
+        local = set(cut.tensors) == set(self.partitioner.outputs)
+        return CutProfile(
+            cut=cut,
+            head_s=sum(costs.device_s.get(n, 0.0) for n in dag.head_nodes(cut.tensors)),
+            tail_s=0.0
+            if local
+            else sum(costs.cloud_s.get(n, 0.0) for n in dag.tail_nodes(cut.tensors)),
+            up_bytes=0 if local else sum(costs.tensor_bytes.get(t, 0) for t in cut.tensors),
+            down_bytes=0 if local else sum(costs.output_bytes.values()),
+            local=local,
+        )
+
+    def multi_profiles(self) -> list[CutProfile]:
+        """:meth:`graph_profile` of every cut in :attr:`cuts` (multi-tensor ones included)."""
+        return [self.graph_profile(c) for c in self.cuts]
+
+    def plan(self) -> CutProfile | None:
+        """The min-cut partition under the current link estimate (None without a graph
+        profile); a single-tensor cut keeps its measured profile."""
+        if self.graph_costs is None:
+            return None
+        with self._link_lock:
+            bandwidth = self.link.estimate.bandwidth_Bps
+        # The partition depends on the bandwidth alone (the RTT is the same for every
+        # remote cut): one min-cut per 2% band, not one per call (ms on a large graph).
+        band = round(math.log(bandwidth) / math.log(1.02))
+        cached = self._plans.get(band)
+        if cached is not None:
+            return cached
+        nodes = self.partitioner.dag.min_cut(self.graph_costs, bandwidth)
+        cut = self.partitioner.cut_of(nodes)
+        planned = next(
+            (m for m in self.profiles if set(m.cut.tensors) == set(cut.tensors)),
+            None,
+        ) or self.graph_profile(cut)
+        if len(self._plans) > 256:
+            self._plans.clear()
+        self._plans[band] = planned
+        return planned
 
     def _random_input(self) -> dict[str, np.ndarray[Any, Any]]:
         rng = np.random.default_rng(0)
@@ -246,9 +424,15 @@ class SplitModel(Closing):
         """The best cut under the current link estimate (profiles first if needed)."""
         if not self.profiles:
             self.profile()
+        candidates = list(self.profiles)
+        planned = self.plan()
+        if planned is not None and all(planned is not c for c in candidates):
+            candidates.append(planned)
+        with self._link_lock:
+            estimate = self.link.estimate
         return choose_cut(
-            self.profiles,
-            self.link.estimate,
+            candidates,
+            estimate,
             objective=self.objective,
             power=self.power,
             cloud_available=self.cloud_available(),
@@ -266,21 +450,84 @@ class SplitModel(Closing):
             InvalidRequestError: bad inputs, or a refused cut/activation.
             InvalidCutError: ``cut`` is not a valid cut.
         """
-        if cut is None and not self.profiles:
-            self.profile()  # once, before the clock starts: it is not part of this call
-        if cut is None:
-            self._maybe_probe()
-        t0 = time.perf_counter()
-        if cut is None:
-            best, _ = self.choose()
-            chosen, predicted = best.profile.cut, best.latency_s
-        else:
-            chosen, predicted = self.partitioner.cut(cut), float("nan")
+        chosen, predicted, t0 = self._start(cut, inputs)
         acts = self.run_head(chosen, inputs)
+        out, self.last = self._finish(inputs, chosen, predicted, t0, acts)
+        return out
+
+    def stream(
+        self,
+        frames: Iterable[Mapping[str, np.ndarray[Any, Any]]],
+        *,
+        cut: int | str | None = None,
+        max_in_flight: int = 2,
+    ) -> Iterator[dict[str, np.ndarray[Any, Any]]]:
+        """Outputs of each frame, in order, with the device and the link working at once.
+
+        The head of frame t+1 runs here while frame t crosses the link and runs its
+        tail in the cloud, so a steady stream goes at the pace of the slower of the
+        two instead of their sum. At most ``max_in_flight`` frames are sent and not
+        yet answered: memory stays bounded and a slow link pushes back on the camera.
+        Each frame chooses its cut (unless ``cut`` fixes one) and falls back to
+        running here when the cloud fails, as :meth:`run` does; :attr:`last`
+        describes the frame just yielded.
+
+        Raises:
+            ValueError: ``max_in_flight`` below 1.
+            AuthError, InvalidRequestError, InvalidCutError: as :meth:`run`, when the
+                frame that raised is reached.
+
+        Examples:
+            >>> for out in model.stream({"input": f} for f in camera):   # doctest: +SKIP
+            ...     show(out["logits"].argmax())
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        pending: deque[Future[tuple[dict[str, Any], RunInfo]]] = deque()
+        with ThreadPoolExecutor(max_in_flight, thread_name_prefix="edgecloud-split-tail") as pool:
+            try:
+                for inputs in frames:
+                    chosen, predicted, t0 = self._start(cut, inputs)
+                    acts = self.run_head(chosen, inputs)
+                    pending.append(pool.submit(self._finish, inputs, chosen, predicted, t0, acts))
+                    while pending and (pending[0].done() or len(pending) >= max_in_flight):
+                        out, self.last = pending.popleft().result()
+                        yield out
+                while pending:
+                    out, self.last = pending.popleft().result()
+                    yield out
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _start(
+        self, cut: int | str | None, inputs: Mapping[str, np.ndarray[Any, Any]]
+    ) -> tuple[Cut, float, float]:
+        """The cut of the next call, its predicted latency, and the clock at its start."""
+        if cut is not None:
+            return self.cut(cut), float("nan"), time.perf_counter()
+        if not self.profiles:
+            # once, before the clock starts: it is not part of this call; on this frame,
+            # so that dynamic dimensions (batch, sequence) are the real ones
+            self._check_inputs(inputs)
+            self.profile(inputs)
+        self._maybe_probe()
+        t0 = time.perf_counter()
+        best, _ = self.choose()
+        return best.profile.cut, best.latency_s, t0
+
+    def _finish(
+        self,
+        inputs: Mapping[str, np.ndarray[Any, Any]],
+        chosen: Cut,
+        predicted: float,
+        t0: float,
+        acts: dict[str, Any],
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], RunInfo]:
+        """Send the head's activations and get the outputs (or fall back to all here)."""
         head_s = time.perf_counter() - t0
         if set(chosen.tensors) == set(self.partitioner.outputs):
-            self.last = RunInfo(chosen, predicted, time.perf_counter() - t0, head_s, False)
-            return acts
+            return acts, RunInfo(chosen, predicted, time.perf_counter() - t0, head_s, False)
         if self.cloud is None:
             raise InvalidCutError("this SplitModel has no cloud; only the all-device cut runs")
         try:
@@ -294,15 +541,15 @@ class SplitModel(Closing):
             )
         except AuthError:
             raise  # a configuration mistake to surface, not an outage to ride out
-        except TransportError:
-            return self._fallback(inputs, chosen, predicted, t0)
         except EdgeCloudError as exc:
-            if exc.retryable:
-                return self._fallback(inputs, chosen, predicted, t0)
-            raise
-        self.link.observe_transfer(r.up_bytes + r.down_bytes, r.wire_s)
-        self.last = RunInfo(chosen, predicted, time.perf_counter() - t0, head_s, False)
-        return r.outputs
+            if not (isinstance(exc, TransportError) or exc.retryable):
+                raise
+            self._cloud_down_until = time.monotonic() + self._retry_s
+            out = self._whole.run(inputs)
+            return dict(out), RunInfo(chosen, predicted, time.perf_counter() - t0, 0.0, True)
+        with self._link_lock:
+            self.link.observe_transfer(r.up_bytes + r.down_bytes, r.wire_s)
+        return r.outputs, RunInfo(chosen, predicted, time.perf_counter() - t0, head_s, False)
 
     def _maybe_probe(self) -> None:
         # Remote calls keep the estimate fresh; all-local ones send nothing, so probe.
@@ -315,14 +562,6 @@ class SplitModel(Closing):
         except TransportError:
             self._cloud_down_until = time.monotonic() + self._retry_s
 
-    def _fallback(
-        self, inputs: Mapping[str, np.ndarray[Any, Any]], cut: Cut, predicted: float, t0: float
-    ) -> dict[str, np.ndarray[Any, Any]]:
-        self._cloud_down_until = time.monotonic() + self._retry_s
-        out = self._whole.run(inputs)
-        self.last = RunInfo(cut, predicted, time.perf_counter() - t0, 0.0, True)
-        return dict(out)
-
     def close(self) -> None:
         with self._lock:
             for b in self._heads.values():
@@ -332,3 +571,10 @@ class SplitModel(Closing):
         if self.cloud is not None:
             self.cloud.close()
         self._cleanup()
+
+
+def _scaled(times: Mapping[str, float], total: float) -> dict[str, float]:
+    """``times`` scaled to add up to ``total`` (unchanged when either sum is zero)."""
+    have = sum(times.values())
+    k = total / have if have > 0 and total > 0 else 1.0
+    return {n: t * k for n, t in times.items()}

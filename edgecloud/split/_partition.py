@@ -4,20 +4,24 @@ Extraction itself is ``onnx.utils.Extractor``; this module only decides which
 tensor sets are valid cuts and names the pieces. A cut is a set of tensors that
 separates the graph inputs from the graph outputs: the head computes the cut
 from the inputs, the tail computes the outputs from the cut (and constants)
-alone. Candidates are the single tensors on the topological order that satisfy
-this, plus the two trivial cuts: the graph inputs (all-cloud) and the graph
-outputs (all-device).
+alone. :meth:`Partitioner.cuts` lists the single tensors on the topological
+order that satisfy this, plus the two trivial cuts: the graph inputs
+(all-cloud) and the graph outputs (all-device). :meth:`Partitioner.multi_cuts`
+lists the cut of every prefix of the topological order, sets of tensors where a
+skip connection or a shared mask leaves no single tensor (see ``_graph.py``,
+which also finds the best partition by min-cut).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecloud.errors import InvalidCutError, ModelIntegrityError, ModelNotFoundError
+from edgecloud.split._graph import Dag
 
 __all__ = ["Cut", "Partitioner", "TensorInfo"]
 
@@ -106,6 +110,7 @@ class Partitioner:
             # Shape inference gives every intermediate tensor a type, which the tail
             # needs for its input and we need for activation sizes.
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            _name_nodes(model.graph)
             self._extractor = onnx.utils.Extractor(model)
         except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
             raise ModelIntegrityError(f"{self.path} is not a valid ONNX model: {exc}") from exc
@@ -121,7 +126,26 @@ class Partitioner:
         for i, node in enumerate(graph.node):
             for out in node.output:
                 self._producer[out] = i
+        self.dag = Dag(
+            ((n.name, n.op_type, list(n.input), list(n.output)) for n in graph.node),
+            self.inputs,
+            self.outputs,
+            self._constants,
+        )
         self._cuts = self._enumerate()
+        self._frontier = self._frontier_cuts()
+
+    @property
+    def unsupported(self) -> str:
+        """Why this graph only splits all-device or all-cloud ("" when it splits anywhere)."""
+        if self.dag.control_flow:
+            ops = sorted({n.op for n in self.dag.nodes if n.name in self.dag.control_flow})
+            return (
+                f"{self.path.name} has control flow ({', '.join(ops)} in "
+                f"{', '.join(self.dag.control_flow[:3])}), whose subgraphs read outer "
+                "tensors by name; it runs whole, all-device or all-cloud"
+            )
+        return ""
 
     def tensor(self, name: str) -> TensorInfo:
         """Type and shape of any value in the graph.
@@ -137,8 +161,25 @@ class Partitioner:
         return TensorInfo(name, _ONNX_DTYPES.get(tt.elem_type, f"onnx:{tt.elem_type}"), shape)
 
     def cuts(self) -> list[Cut]:
-        """All candidate cuts, all-cloud first, all-device last."""
+        """The single-tensor candidate cuts, all-cloud first, all-device last."""
         return list(self._cuts)
+
+    def multi_cuts(self) -> list[Cut]:
+        """Every cut between a prefix of the topological order and the rest, as tensor sets.
+
+        On a chain these are :meth:`cuts`; where a skip connection or a mask shared
+        by every layer stops single tensors from separating the graph, they are the
+        multi-tensor cuts (``hidden+mask``). Indices are positions in this list.
+        """
+        return list(self._frontier)
+
+    def cut_of(self, device_nodes: Iterable[str]) -> Cut:
+        """The cut of a node partition: the tensors it sends (see :class:`Dag`)."""
+        tensors = self.dag.crossing(device_nodes)
+        for c in self._frontier:
+            if set(c.tensors) == set(tensors):
+                return c
+        return self.cut(tensors)
 
     def cut(self, spec: int | str | Sequence[str]) -> Cut:
         """A cut by index, by name (``"a+b"``), or by its tensors (validated).
@@ -155,6 +196,8 @@ class Partitioner:
             if set(c.tensors) == set(tensors):
                 return c
         self.check_separates(tensors)
+        if self.unsupported:
+            raise InvalidCutError(self.unsupported)
         last = max((self._producer.get(t, -1) for t in tensors), default=-1)
         head = len(self._head_nodes(tensors))
         after = self.model.graph.node[last].name if last >= 0 else ""
@@ -202,7 +245,52 @@ class Partitioner:
             return None
         return self._extract(list(cut.tensors), list(self.outputs))
 
+    def profile_nodes(
+        self,
+        feeds: Mapping[str, Any],
+        *,
+        repeats: int = 5,
+        providers: Sequence[str] | None = None,
+        threads: int = 1,
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Seconds of every node, and the value of every tensor, on these inputs.
+
+        The values give the real size of every tensor, dynamic batch and sequence
+        dimensions resolved from ``feeds``.
+
+        Raises:
+            DeviceError: the graph fails on ``feeds``.
+        """
+        import onnx
+
+        from edgecloud.common.onnx import profile_nodes
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.model)
+        have = {o.name for o in probe.graph.output}
+        for node in probe.graph.node:
+            for t in node.output:
+                if t and t not in have:
+                    vi = self._extractor.value_infos.get(t)
+                    probe.graph.output.append(
+                        vi if vi is not None else onnx.helper.make_empty_tensor_value_info(t)
+                    )
+                    have.add(t)
+        return profile_nodes(
+            probe.SerializeToString(),
+            feeds,
+            repeats=repeats,
+            providers=providers,
+            intra_op_threads=threads,
+        )
+
     def _extract(self, inputs: list[str], outputs: list[str]) -> Any:
+        if set(inputs) == set(self.inputs) and set(outputs) == set(self.outputs):
+            import onnx
+
+            whole = onnx.ModelProto()
+            whole.CopyFrom(self.model)  # the whole graph, subgraphs and all
+            return whole
         model = self._extractor.extract_model(inputs, outputs)
         # keep the opset imports and IR version of the original model
         del model.opset_import[:]
@@ -241,9 +329,22 @@ class Partitioner:
             todo.extend(i for i in graph.node[n].input if i and i not in self.inputs)
         return nodes
 
+    def _frontier_cuts(self) -> list[Cut]:
+        if self.unsupported:
+            return list(self._cuts)
+        cuts = []
+        for i, tensors in enumerate(self.dag.frontier_cuts()):
+            last = max((self._producer.get(t, -1) for t in tensors), default=-1)
+            after = self.model.graph.node[last].name if last >= 0 else ""
+            cuts.append(Cut(i, tensors, after, len(self._head_nodes(tensors))))
+        return cuts
+
     def _enumerate(self) -> list[Cut]:
         graph = self.model.graph
         cuts = [Cut(0, self.inputs, "", 0)]
+        if self.dag.control_flow:
+            cuts.append(Cut(1, self.outputs, graph.node[-1].name, len(graph.node)))
+            return cuts
         outputs = set(self.outputs)
         for node in graph.node:
             for t in node.output:
@@ -261,3 +362,16 @@ class Partitioner:
                 cuts.append(Cut(len(cuts), (t,), node.name, len(self._head_nodes((t,)))))
         cuts.append(Cut(len(cuts), self.outputs, graph.node[-1].name, len(graph.node)))
         return cuts
+
+
+def _name_nodes(graph: Any) -> None:
+    """Give every node a unique name: per-node costs are keyed by it.
+
+    The file is not changed (its sha256 still names it), and both sides name the
+    same file the same way.
+    """
+    seen: set[str] = set()
+    for i, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}#{i}"
+        seen.add(node.name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import statistics
 import threading
 import time
@@ -136,13 +137,26 @@ class SplitServicer(spb_grpc.SplitServiceServicer):
         try:
             model = self._store.get(request.model)
             repeats = max(1, min(int(request.repeats) or 5, 100))
-            timings = await asyncio.to_thread(_profile_tails, model, repeats)
+            nodes: dict[str, float] = {}
+            shapes: dict[str, tuple[int, ...]] = {}
+            if request.per_node:
+                feeds = _zeros_sample(model.partitioner, request.sample, self._max)
+                nodes, values = await asyncio.to_thread(
+                    model.partitioner.profile_nodes,
+                    feeds,
+                    repeats=repeats,
+                    providers=model.providers,
+                )
+                shapes = {k: tuple(v.shape) for k, v in values.items()}
+                shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
+            timings = await asyncio.to_thread(_profile_tails, model, repeats, shapes)
         except Exception as exc:  # noqa: BLE001 - see RunTail
             await abort(context, exc, rpc="ProfileTails", log=log)
         return spb.ProfileTailsResponse(
             model_sha256=model.partitioner.sha256,
             provider=model.provider,
             timings=[spb.TailTiming(cut=list(c), tail_ms=ms) for c, ms in timings],
+            nodes=[spb.NodeTiming(node=n, ms=sec * 1e3) for n, sec in nodes.items()],
         )
 
     async def Ping(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
@@ -150,8 +164,33 @@ class SplitServicer(spb_grpc.SplitServiceServicer):
         return spb.PingReply(payload=b"\0" * n)
 
 
-def _profile_tails(model: Any, repeats: int) -> list[tuple[tuple[str, ...], float]]:
-    """Median tail time of every cut, on a zero activation of batch 1."""
+def _zeros_sample(p: Any, headers: Sequence[Any], max_bytes: int) -> dict[str, Any]:
+    """Zero graph inputs of the shapes the device announced (its real input's shapes).
+
+    Raises:
+        InvalidRequestError: names that are not the graph's inputs, or a size over the limit.
+    """
+    got = {h.name: h for h in headers}
+    if set(got) != set(p.inputs):
+        raise InvalidRequestError(
+            f"the sample names {sorted(got)}; the graph's inputs are {sorted(p.inputs)}"
+        )
+    feeds = {}
+    for name, h in got.items():
+        shape = tuple(int(d) for d in h.shape)
+        dtype = np.dtype(p.tensor(name).dtype)
+        if min(shape, default=1) < 0 or math.prod(shape) * dtype.itemsize > max_bytes:
+            raise InvalidRequestError(f"sample input {name!r}: bad or oversized shape {shape}")
+        value = np.zeros(shape, dtype=dtype)  # sized before it is allocated
+        check_activation(p, name, value)
+        feeds[name] = value
+    return feeds
+
+
+def _profile_tails(
+    model: Any, repeats: int, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> list[tuple[tuple[str, ...], float]]:
+    """Median tail time of every cut, on a zero activation (batch 1 unless ``shapes`` says)."""
     p = model.partitioner
     out: list[tuple[tuple[str, ...], float]] = []
     for cut in p.cuts():
@@ -162,7 +201,7 @@ def _profile_tails(model: Any, repeats: int) -> list[tuple[tuple[str, ...], floa
         feeds = {}
         for name in cut.tensors:
             info = p.tensor(name)
-            shape = tuple(1 if d is None else d for d in info.shape)
+            shape = (shapes or {}).get(name) or tuple(1 if d is None else d for d in info.shape)
             feeds[name] = np.zeros(shape, dtype=info.dtype)
         tail.run(feeds)  # warm-up: first run allocates
         times = []

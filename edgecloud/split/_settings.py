@@ -75,8 +75,9 @@ class SplitConfig(Section):
         ge=1.0,
         le=1000.0,
         description=(
-            "Emulate a slower device: after the head runs, wait (factor - 1) x its measured "
-            "time. For benchmarks on a host much faster than the target board."
+            "Emulate a slower device: after the head runs, wait until it has taken factor x "
+            "its time on this host (its own time for the first calls, then fixed at their "
+            "median). For benchmarks on a host much faster than the target board."
         ),
     )
     link_alpha: float = Field(

@@ -17,6 +17,8 @@ from edgecloud.split._partition import Cut, Partitioner
 
 __all__ = ["ModelStore", "TensorModel", "check_activation"]
 
+_MAX_TAILS = 64
+
 
 def check_activation(p: Partitioner, name: str, value: np.ndarray[Any, Any]) -> None:
     """Raise unless ``value`` has the dtype and shape the graph gives tensor ``name``.
@@ -64,9 +66,14 @@ class TensorModel:
         self._threads = threads
         self.whole = OnnxRunner(path, providers=providers, intra_op_threads=threads)
         self._tails: dict[tuple[str, ...], Any] = {}
+        self._made = 0
         self._lock = threading.Lock()
         self._dir = tempfile.mkdtemp(prefix=f"edgecloud-split-{name}-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
+
+    @property
+    def providers(self) -> list[str]:
+        return [str(x) for x in self.whole.info.details["providers"]]
 
     @property
     def provider(self) -> str:
@@ -83,11 +90,16 @@ class TensorModel:
                 model = self.partitioner.tail(cut)
                 if model is None:
                     raise ActivationError("the all-device cut has no tail to run")
-                path = Path(self._dir) / f"tail-{len(self._tails)}.onnx"
+                self._made += 1
+                path = Path(self._dir) / f"tail-{self._made}.onnx"
                 path.write_bytes(model.SerializeToString())
                 backend = OnnxRunner(
                     path, providers=self._providers, intra_op_threads=self._threads
                 )
+                if len(self._tails) >= _MAX_TAILS:
+                    # a client may ask for any cut: keep the warm set bounded, oldest out
+                    oldest = next(iter(self._tails))
+                    self._tails.pop(oldest).close()
                 self._tails[key] = backend
             return backend
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gecloud/_proto/v1/split.proto\x12\x0c\x65\x64gecloud.v1\"\xaf\x01\n\tTailStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x0b\n\x03\x63ut\x18\x03 \x03(\t\x12\x39\n\x0foutput_encoding\x18\x04 \x01(\x0e\x32 .edgecloud.v1.ActivationEncoding\x12\x35\n\x12output_compression\x18\x05 \x01(\x0e\x32\x19.edgecloud.v1.Compression\"\xd8\x01\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x32\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32 .edgecloud.v1.ActivationEncoding\x12\r\n\x05scale\x18\x05 \x01(\x02\x12\x12\n\nzero_point\x18\x06 \x01(\x11\x12.\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x19.edgecloud.v1.Compression\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\"0\n\x08TailDone\x12\x12\n\ncompute_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x63odec_ms\x18\x02 \x01(\x01\"\xa4\x01\n\nSplitChunk\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.edgecloud.v1.TailStartH\x00\x12,\n\x06tensor\x18\x02 \x01(\x0b\x32\x1a.edgecloud.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12&\n\x04\x64one\x18\x04 \x01(\x0b\x32\x16.edgecloud.v1.TailDoneH\x00\x42\x06\n\x04part\"5\n\x13ProfileTailsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07repeats\x18\x02 \x01(\r\"*\n\nTailTiming\x12\x0b\n\x03\x63ut\x18\x01 \x03(\t\x12\x0f\n\x07tail_ms\x18\x02 \x01(\x01\"i\n\x14ProfileTailsResponse\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.edgecloud.v1.TailTiming\"3\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\r\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*\xb6\x01\n\x12\x41\x63tivationEncoding\x12#\n\x1f\x41\x43TIVATION_ENCODING_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43TIVATION_ENCODING_FLOAT32\x10\x01\x12\x1f\n\x1b\x41\x43TIVATION_ENCODING_FLOAT16\x10\x02\x12\x1c\n\x18\x41\x43TIVATION_ENCODING_INT8\x10\x03\x12\x1b\n\x17\x41\x43TIVATION_ENCODING_RAW\x10\x04*9\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x01\x32\xe4\x01\n\x0cSplitService\x12\x41\n\x07RunTail\x12\x18.edgecloud.v1.SplitChunk\x1a\x18.edgecloud.v1.SplitChunk(\x01\x30\x01\x12U\n\x0cProfileTails\x12!.edgecloud.v1.ProfileTailsRequest\x1a\".edgecloud.v1.ProfileTailsResponse\x12:\n\x04Ping\x12\x19.edgecloud.v1.PingRequest\x1a\x17.edgecloud.v1.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gecloud/_proto/v1/split.proto\x12\x0c\x65\x64gecloud.v1\"\xaf\x01\n\tTailStart\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x0b\n\x03\x63ut\x18\x03 \x03(\t\x12\x39\n\x0foutput_encoding\x18\x04 \x01(\x0e\x32 .edgecloud.v1.ActivationEncoding\x12\x35\n\x12output_compression\x18\x05 \x01(\x0e\x32\x19.edgecloud.v1.Compression\"\xd8\x01\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x32\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32 .edgecloud.v1.ActivationEncoding\x12\r\n\x05scale\x18\x05 \x01(\x02\x12\x12\n\nzero_point\x18\x06 \x01(\x11\x12.\n\x0b\x63ompression\x18\x07 \x01(\x0e\x32\x19.edgecloud.v1.Compression\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\"0\n\x08TailDone\x12\x12\n\ncompute_ms\x18\x01 \x01(\x01\x12\x10\n\x08\x63odec_ms\x18\x02 \x01(\x01\"\xa4\x01\n\nSplitChunk\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.edgecloud.v1.TailStartH\x00\x12,\n\x06tensor\x18\x02 \x01(\x0b\x32\x1a.edgecloud.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12&\n\x04\x64one\x18\x04 \x01(\x0b\x32\x16.edgecloud.v1.TailDoneH\x00\x42\x06\n\x04part\"s\n\x13ProfileTailsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07repeats\x18\x02 \x01(\r\x12\x10\n\x08per_node\x18\x03 \x01(\x08\x12*\n\x06sample\x18\x04 \x03(\x0b\x32\x1a.edgecloud.v1.TensorHeader\"&\n\nNodeTiming\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"*\n\nTailTiming\x12\x0b\n\x03\x63ut\x18\x01 \x03(\t\x12\x0f\n\x07tail_ms\x18\x02 \x01(\x01\"\x92\x01\n\x14ProfileTailsResponse\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.edgecloud.v1.TailTiming\x12\'\n\x05nodes\x18\x04 \x03(\x0b\x32\x18.edgecloud.v1.NodeTiming\"3\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\r\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c*\xb6\x01\n\x12\x41\x63tivationEncoding\x12#\n\x1f\x41\x43TIVATION_ENCODING_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41\x43TIVATION_ENCODING_FLOAT32\x10\x01\x12\x1f\n\x1b\x41\x43TIVATION_ENCODING_FLOAT16\x10\x02\x12\x1c\n\x18\x41\x43TIVATION_ENCODING_INT8\x10\x03\x12\x1b\n\x17\x41\x43TIVATION_ENCODING_RAW\x10\x04*9\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x01\x32\xe4\x01\n\x0cSplitService\x12\x41\n\x07RunTail\x12\x18.edgecloud.v1.SplitChunk\x1a\x18.edgecloud.v1.SplitChunk(\x01\x30\x01\x12U\n\x0cProfileTails\x12!.edgecloud.v1.ProfileTailsRequest\x1a\".edgecloud.v1.ProfileTailsResponse\x12:\n\x04Ping\x12\x19.edgecloud.v1.PingRequest\x1a\x17.edgecloud.v1.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgecloud._proto.v1.split_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTIVATIONENCODING']._serialized_start=953
-  _globals['_ACTIVATIONENCODING']._serialized_end=1135
-  _globals['_COMPRESSION']._serialized_start=1137
-  _globals['_COMPRESSION']._serialized_end=1194
+  _globals['_ACTIVATIONENCODING']._serialized_start=1097
+  _globals['_ACTIVATIONENCODING']._serialized_end=1279
+  _globals['_COMPRESSION']._serialized_start=1281
+  _globals['_COMPRESSION']._serialized_end=1338
   _globals['_TAILSTART']._serialized_start=50
   _globals['_TAILSTART']._serialized_end=225
   _globals['_TENSORHEADER']._serialized_start=228
@@ -44,15 +44,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPLITCHUNK']._serialized_start=497
   _globals['_SPLITCHUNK']._serialized_end=661
   _globals['_PROFILETAILSREQUEST']._serialized_start=663
-  _globals['_PROFILETAILSREQUEST']._serialized_end=716
-  _globals['_TAILTIMING']._serialized_start=718
-  _globals['_TAILTIMING']._serialized_end=760
-  _globals['_PROFILETAILSRESPONSE']._serialized_start=762
-  _globals['_PROFILETAILSRESPONSE']._serialized_end=867
-  _globals['_PINGREQUEST']._serialized_start=869
-  _globals['_PINGREQUEST']._serialized_end=920
-  _globals['_PINGREPLY']._serialized_start=922
-  _globals['_PINGREPLY']._serialized_end=950
-  _globals['_SPLITSERVICE']._serialized_start=1197
-  _globals['_SPLITSERVICE']._serialized_end=1425
+  _globals['_PROFILETAILSREQUEST']._serialized_end=778
+  _globals['_NODETIMING']._serialized_start=780
+  _globals['_NODETIMING']._serialized_end=818
+  _globals['_TAILTIMING']._serialized_start=820
+  _globals['_TAILTIMING']._serialized_end=862
+  _globals['_PROFILETAILSRESPONSE']._serialized_start=865
+  _globals['_PROFILETAILSRESPONSE']._serialized_end=1011
+  _globals['_PINGREQUEST']._serialized_start=1013
+  _globals['_PINGREQUEST']._serialized_end=1064
+  _globals['_PINGREPLY']._serialized_start=1066
+  _globals['_PINGREPLY']._serialized_end=1094
+  _globals['_SPLITSERVICE']._serialized_start=1341
+  _globals['_SPLITSERVICE']._serialized_end=1569
 # @@protoc_insertion_point(module_scope)

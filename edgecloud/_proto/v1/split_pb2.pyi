@@ -82,12 +82,24 @@ class SplitChunk(_message.Message):
     def __init__(self, start: _Optional[_Union[TailStart, _Mapping]] = ..., tensor: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., done: _Optional[_Union[TailDone, _Mapping]] = ...) -> None: ...
 
 class ProfileTailsRequest(_message.Message):
-    __slots__ = ("model", "repeats")
+    __slots__ = ("model", "repeats", "per_node", "sample")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
+    PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
     model: str
     repeats: int
-    def __init__(self, model: _Optional[str] = ..., repeats: _Optional[int] = ...) -> None: ...
+    per_node: bool
+    sample: _containers.RepeatedCompositeFieldContainer[TensorHeader]
+    def __init__(self, model: _Optional[str] = ..., repeats: _Optional[int] = ..., per_node: _Optional[bool] = ..., sample: _Optional[_Iterable[_Union[TensorHeader, _Mapping]]] = ...) -> None: ...
+
+class NodeTiming(_message.Message):
+    __slots__ = ("node", "ms")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    ms: float
+    def __init__(self, node: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class TailTiming(_message.Message):
     __slots__ = ("cut", "tail_ms")
@@ -98,14 +110,16 @@ class TailTiming(_message.Message):
     def __init__(self, cut: _Optional[_Iterable[str]] = ..., tail_ms: _Optional[float] = ...) -> None: ...
 
 class ProfileTailsResponse(_message.Message):
-    __slots__ = ("model_sha256", "provider", "timings")
+    __slots__ = ("model_sha256", "provider", "timings", "nodes")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     provider: str
     timings: _containers.RepeatedCompositeFieldContainer[TailTiming]
-    def __init__(self, model_sha256: _Optional[str] = ..., provider: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[TailTiming, _Mapping]]] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeTiming]
+    def __init__(self, model_sha256: _Optional[str] = ..., provider: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[TailTiming, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeTiming, _Mapping]]] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ("payload", "reply_bytes")

@@ -86,3 +86,11 @@ def test_activation_over_the_limit_is_refused_before_decoding() -> None:
         decode(t, max_bytes=1000)
     with pytest.raises(ActivationError, match="negative"):
         decode(dataclasses.replace(t, shape=(-1, 4)), max_bytes=LIMIT)
+
+
+def test_a_scalar_keeps_its_empty_shape() -> None:
+    # shape arithmetic in exported graphs crosses cuts as 0-d int64 tensors
+    t = encode("n", np.array(7, np.int64), "float16")
+    assert t.shape == () and t.encoding == "raw"
+    out = decode(t, max_bytes=64)
+    assert out.shape == () and int(out) == 7
