@@ -1,0 +1,96 @@
+"""Run by tests/integration/test_desktop_app.py in its own process, under Xvfb: opens the
+desktop app with the real GTK backend, asks one question of this computer (a scripted
+model) and one of the device announced on 127.0.0.1 at the port given (it hands its
+answers to a cloud), takes a
+screenshot of the window with GTK, writes what the window showed as JSON, and quits.
+
+    python tests/integration/_desktop_gtk.py PORT SCREENSHOT.png RESULT.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from edgecloud_desktop.app import LAN, EdgecloudChat
+from edgecloud_desktop.connections import LocalConnection
+
+from edgecloud import AsyncClient
+from tests.fakes import ScriptedBackend
+
+
+def pygobject_3_50_compat() -> None:
+    """Let toga-gtk 0.5.5 run on PyGObject 3.50, the last one that builds against GLib
+    2.74 (Debian 12): toga-gtk declares ``pygobject>=3.50`` but creates its loop as 3.52
+    allows (``GLibEventLoop()``, ``with loop:``). On 3.50 the policy's loop is the one
+    ``Gtk.Application.run()`` drives by itself, so the shim hands that loop to toga and
+    makes ``with loop:`` a no-op. Nothing changes on PyGObject 3.52 and later."""
+    import gi.events
+
+    if hasattr(gi.events.GLibEventLoop, "__enter__"):
+        return
+    import toga_gtk.app
+
+    class Policy(gi.events.GLibEventLoopPolicy):  # type: ignore[misc]
+        def set_event_loop(self, loop: Any) -> None:
+            if loop is not self.get_event_loop():  # toga sets the loop it was given
+                super().set_event_loop(loop)
+
+    policy = Policy()
+    asyncio.set_event_loop_policy(policy)
+    gi.events.GLibEventLoop.__enter__ = lambda self: self  # type: ignore[attr-defined]
+    gi.events.GLibEventLoop.__exit__ = lambda self, *exc: None  # type: ignore[attr-defined]
+    toga_gtk.app.GLibEventLoop = policy.get_event_loop  # type: ignore[attr-defined]
+
+
+class Driven(EdgecloudChat):
+    def __init__(self, port: int, screenshot: Path, result: Path) -> None:
+        self.port, self.screenshot, self.result = port, screenshot, result
+        local = LocalConnection(AsyncClient(ScriptedBackend("Honey, mostly.")))
+        super().__init__(local=local, interfaces=["127.0.0.1"], browse_s=2.0)
+
+    async def on_running(self) -> None:  # type: ignore[override]
+        out: dict[str, Any] = {}
+        try:
+            out = await self.drive()
+        except BaseException:
+            out["error"] = traceback.format_exc()
+        self.result.write_text(json.dumps(out))
+        self.request_exit()
+
+    async def drive(self) -> dict[str, Any]:
+        await self.ask("What do bumblebees make?")
+        self.mode.value = LAN  # starts looking for devices
+        ours = f"http://127.0.0.1:{self.port}/v1"
+        for _ in range(100):
+            if any(d.url == ours for d in self.devices):
+                break
+            await asyncio.sleep(0.1)
+        found = [d.label for d in self.devices]
+        self.device_select.value = next(d.label for d in self.devices if d.url == ours)
+        self.prompt.value = "What was the capital of Japan before Tokyo?"
+        await self.on_send(self.send_button)
+        await asyncio.sleep(1.0)  # let GTK lay out and paint
+        from gi.repository import Gdk
+
+        window = self.main_window._impl.native.get_window()
+        pixbuf = Gdk.pixbuf_get_from_window(window, 0, 0, window.get_width(), window.get_height())
+        pixbuf.savev(str(self.screenshot), "png", [], [])
+        return {
+            "found": found,
+            "status": self.status.text,
+            "turns": [
+                {"badge": v.badge.text.strip(), "answer": v.answer.text, "why": v.why.text}
+                for v in self.views
+            ],
+            "size": [window.get_width(), window.get_height()],
+        }
+
+
+if __name__ == "__main__":
+    pygobject_3_50_compat()
+    Driven(int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])).main_loop()
