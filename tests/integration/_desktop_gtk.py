@@ -51,7 +51,7 @@ class Driven(EdgecloudChat):
     def __init__(self, port: int, screenshot: Path, result: Path) -> None:
         self.port, self.screenshot, self.result = port, screenshot, result
         local = LocalConnection(AsyncClient(ScriptedBackend("Honey, mostly.")))
-        super().__init__(local=local, interfaces=["127.0.0.1"], browse_s=2.0)
+        super().__init__(local=local, interfaces=["127.0.0.1"], browse_s=2.0, refresh_s=0.5)
 
     async def on_running(self) -> None:  # type: ignore[override]
         out: dict[str, Any] = {}
@@ -66,10 +66,13 @@ class Driven(EdgecloudChat):
         await self.ask("What do bumblebees make?")
         self.mode.value = LAN  # starts looking for devices
         ours = f"http://127.0.0.1:{self.port}/v1"
-        for _ in range(100):
+        for _ in range(300):
             if any(d.url == ours for d in self.devices):
                 break
             await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{ours} was not found in 30 s: {self.devices}")
+        self.stop_refreshing()
         found = [d.label for d in self.devices]
         self.device_select.value = next(d.label for d in self.devices if d.url == ours)
         self.prompt.value = "What was the capital of Japan before Tokyo?"

@@ -85,9 +85,13 @@ def app() -> Iterator[EdgecloudChat]:
     chat = EdgecloudChat(local=LocalConnection(AsyncClient(backend)), interfaces=LO,
                          browse_s=2.0, refresh_s=0.5)  # fmt: skip
     yield chat
-    chat.stop_refreshing()
-    chat.loop.run_until_complete(chat.local.aclose())
-    chat.loop.close()
+    close(chat)
+
+
+def close(app: EdgecloudChat) -> None:
+    app.loop.run_until_complete(app.aclose())
+    app.loop.close()
+    asyncio.set_event_loop(None)
 
 
 def run(app: EdgecloudChat, aw: Awaitable[T], timeout_s: float = 20) -> T:
@@ -173,8 +177,7 @@ def test_a_phone_build_offers_only_the_lan_and_looks_at_once() -> None:
             run(phone, listed())  # the look started with the window
             assert "announced on the LAN" in phone.status.text
         finally:
-            phone.stop_refreshing()
-            phone.loop.close()
+            close(phone)
 
 
 def test_a_device_typed_by_address_with_an_api_key(app: EdgecloudChat) -> None:

@@ -315,9 +315,18 @@ class EdgecloudChat(toga.App):
         self.send_button.text = "…" if busy else "Send"
 
     def on_exit(self) -> bool:
+        # The process ends right after: the model's memory goes with it.
         self.stop_refreshing()
-        self.loop.create_task(self.local.aclose())
         return True
+
+    async def aclose(self) -> None:
+        """Stop looking for devices and close the model (for a host that outlives the
+        app, such as a test)."""
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+        await self.local.aclose()
 
 
 def main(**kwargs: Any) -> EdgecloudChat:
