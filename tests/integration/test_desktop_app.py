@@ -98,7 +98,7 @@ def run(app: EdgecloudChat, aw: Awaitable[T], timeout_s: float = 20) -> T:
     return app.loop.run_until_complete(asyncio.wait_for(aw, timeout_s))
 
 
-def press_send(app: EdgecloudChat, question: str) -> None:
+def press_send(app: EdgecloudChat, question: str, timeout_s: float = 20) -> None:
     """Type the question, press Send (the handler runs as a task on the app's loop) and
     wait until the answer has ended."""
     before = len(app.transcript.turns)
@@ -111,7 +111,7 @@ def press_send(app: EdgecloudChat, question: str) -> None:
         while app.busy:
             await asyncio.sleep(0.01)
 
-    run(app, answered())
+    run(app, answered(), timeout_s)
 
 
 def test_an_answer_from_this_computer_is_marked_local(app: EdgecloudChat) -> None:
@@ -130,6 +130,25 @@ def test_an_answer_from_this_computer_is_marked_local(app: EdgecloudChat) -> Non
     second, _ = app.local._client.backend.seen[1]  # type: ignore[attr-defined]
     assert "Q: What is the capital of Japan?\nA: Tokyo.\nQ: And of France?\nA:" in second
     assert [v.badge.text.strip() for v in app.views] == ["local", "local"]
+
+
+@pytest.mark.model
+def test_this_computer_opens_the_real_model_and_answers_the_few_shot_prompt(
+    model_cache: Path,
+) -> None:
+    """The path users take: ``AsyncClient.open()`` on the embedded model, in the app."""
+    settings = Settings.load(
+        cache_dir=model_cache, device={"model": {"n_threads": 2, "n_ctx": 1024}}
+    )
+    chat = EdgecloudChat(local=LocalConnection(settings=settings), run_locally=True)
+    try:
+        assert not chat.local.loaded and chat.status.text == "the model loads on the first question"
+        press_send(chat, "What is the capital of Japan?", timeout_s=120)
+        [view] = chat.views
+        assert "Tokyo" in view.answer.text and "\n" not in view.answer.text
+        assert view.badge.text.strip() == "local" and chat.status.text == "the model runs here"
+    finally:
+        close(chat)
 
 
 def test_a_device_announced_on_the_lan_is_listed_and_answers(app: EdgecloudChat) -> None:
