@@ -1,8 +1,8 @@
 """Run by tests/integration/test_desktop_app.py in its own process, under Xvfb: opens the
 desktop app with the real GTK backend, asks one question of this computer (a scripted
 model) and one of the device announced on 127.0.0.1 at the port given (it hands its
-answers to a cloud), takes a
-screenshot of the window with GTK, writes what the window showed as JSON, and quits.
+answers to a cloud), takes a screenshot of the window with GTK, writes what the window
+showed as JSON, and quits.
 
     python tests/integration/_desktop_gtk.py PORT SCREENSHOT.png RESULT.json
 """
@@ -16,35 +16,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from edgecloud_desktop import gtk_compat
 from edgecloud_desktop.app import LAN, EdgecloudChat
 from edgecloud_desktop.connections import LocalConnection
 
 from edgecloud import AsyncClient
 from tests.fakes import ScriptedBackend
-
-
-def pygobject_3_50_compat() -> None:
-    """Let toga-gtk 0.5.5 run on PyGObject 3.50, the last one that builds against GLib
-    2.74 (Debian 12): toga-gtk declares ``pygobject>=3.50`` but creates its loop as 3.52
-    allows (``GLibEventLoop()``, ``with loop:``). On 3.50 the policy's loop is the one
-    ``Gtk.Application.run()`` drives by itself, so the shim hands that loop to toga and
-    makes ``with loop:`` a no-op. Nothing changes on PyGObject 3.52 and later."""
-    import gi.events
-
-    if hasattr(gi.events.GLibEventLoop, "__enter__"):
-        return
-    import toga_gtk.app
-
-    class Policy(gi.events.GLibEventLoopPolicy):  # type: ignore[misc]
-        def set_event_loop(self, loop: Any) -> None:
-            if loop is not self.get_event_loop():  # toga sets the loop it was given
-                super().set_event_loop(loop)
-
-    policy = Policy()
-    asyncio.set_event_loop_policy(policy)
-    gi.events.GLibEventLoop.__enter__ = lambda self: self  # type: ignore[attr-defined]
-    gi.events.GLibEventLoop.__exit__ = lambda self, *exc: None  # type: ignore[attr-defined]
-    toga_gtk.app.GLibEventLoop = policy.get_event_loop  # type: ignore[attr-defined]
 
 
 class Driven(EdgecloudChat):
@@ -95,5 +72,5 @@ class Driven(EdgecloudChat):
 
 
 if __name__ == "__main__":
-    pygobject_3_50_compat()
+    gtk_compat.apply()
     Driven(int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])).main_loop()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import toga
 
+from edgecloud_desktop import gtk_compat
 from edgecloud_desktop.connections import Connection, HttpConnection, LocalConnection
 from edgecloud_desktop.devices import (
     BROWSE_S,
@@ -331,4 +332,5 @@ class EdgecloudChat(toga.App):
 
 def main(**kwargs: Any) -> EdgecloudChat:
     """The app (Briefcase's entry point calls ``main().main_loop()``)."""
+    gtk_compat.apply()
     return EdgecloudChat(**kwargs)
