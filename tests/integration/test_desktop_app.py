@@ -114,6 +114,17 @@ def press_send(app: EdgecloudChat, question: str, timeout_s: float = 20) -> None
     run(app, answered(), timeout_s)
 
 
+def wait_listed(app: EdgecloudChat, url: str) -> None:
+    """Run the app's loop until the device at ``url`` is in its list (it looks again
+    every ``refresh_s``: the first look may come before the announcement is out)."""
+
+    async def listed() -> None:
+        while not any(d.url == url for d in app.devices):
+            await asyncio.sleep(0.05)
+
+    run(app, listed())
+
+
 def test_an_answer_from_this_computer_is_marked_local(app: EdgecloudChat) -> None:
     assert app.mode.value == THIS_COMPUTER and app.lan_box not in app.body.children
     press_send(app, "What is the capital of Japan?")
@@ -156,12 +167,7 @@ def test_a_device_announced_on_the_lan_is_listed_and_answers(app: EdgecloudChat)
         app.mode.value = LAN  # shows the device list and starts looking, again and again
         assert app.lan_box in app.body.children
         ours = f"http://127.0.0.1:{server.port}/v1"
-
-        async def listed() -> None:
-            while not any(d.url == ours for d in app.devices):
-                await asyncio.sleep(0.05)
-
-        run(app, listed())
+        wait_listed(app, ours)
         app.stop_refreshing()
         entry = next(d for d in app.devices if d.url == ours)
         assert entry.model == "robot-desk"
@@ -188,12 +194,7 @@ def test_a_phone_build_offers_only_the_lan_and_looks_at_once() -> None:
         try:
             assert [row.value for row in phone.mode.items] == [LAN]
             assert phone.lan_box in phone.body.children  # no choice to make: the list shows
-
-            async def listed() -> None:
-                while not any(d.url.endswith(f":{server.port}/v1") for d in phone.devices):
-                    await asyncio.sleep(0.05)
-
-            run(phone, listed())  # the look started with the window
+            wait_listed(phone, f"http://127.0.0.1:{server.port}/v1")  # looked at start-up
             assert "announced on the LAN" in phone.status.text
         finally:
             close(phone)
