@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo" / "demo.py"
 
