@@ -1,5 +1,8 @@
 """The cloud's store of escalation records uploaded by devices (SQLite, WAL).
 
+This is the default; ``cloud.records.url`` puts them in PostgreSQL instead
+(:mod:`edgecloud.cloud._pgrecords`, the same interface and guarantees).
+
 Devices upload what they escalated (``UploadEscalations``) so the cloud can
 later train routers and adapters on it. Uploads are idempotent by record id
 (``INSERT OR IGNORE``): a device that died between sending and reading the ack
@@ -34,7 +37,7 @@ from edgecloud.common.records import (
     record_row,
 )
 
-__all__ = ["RecordStore", "ShadowSummary", "StoredRecord"]
+__all__ = ["RecordStore", "ShadowSummary", "StoredRecord", "row_to_record"]
 
 _OWN = (("device", "TEXT"), ("received_at", "REAL NOT NULL"))
 _SCHEMA = create_table_sql("escalations", _OWN, index=("escalations_received", "received_at"))
@@ -128,7 +131,7 @@ class RecordStore:
             args = (since,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY received_at, rowid", args).fetchall()
-        return [_row_to_record(row) for row in rows]
+        return [row_to_record(row) for row in rows]
 
     def shadow_stats(self, since: float | None = None) -> list[ShadowSummary]:
         """Shadow records received at or after ``since`` (None: all), summed up per
@@ -159,6 +162,7 @@ class RecordStore:
             self._db.close()
 
 
-def _row_to_record(row: tuple[Any, ...]) -> StoredRecord:
+def row_to_record(row: Sequence[Any]) -> StoredRecord:
+    """A stored row (record columns, then device and received_at) as a :class:`StoredRecord`."""
     *fields, device, received_at = row
     return StoredRecord(record_from_row(fields), device, float(received_at))

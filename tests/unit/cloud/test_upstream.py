@@ -1,0 +1,42 @@
+"""The openai backend's pure parts: the entropy estimate, settings, and a missing upstream."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgecloud.cloud._upstream import UpstreamBackend, _pieces, entropy_lower_bound
+from edgecloud.config import CloudConfig
+from edgecloud.errors import CloudModelLoadError
+
+
+def test_connect_fails_clearly_without_an_upstream() -> None:
+    config = CloudConfig.model_validate(
+        {"backend": "openai", "upstream": {"url": "http://127.0.0.1:9/v1", "timeout_s": 2}}
+    )
+    with pytest.raises(CloudModelLoadError, match="cannot list models"):
+        UpstreamBackend.connect(config)
+
+
+def test_entropy_estimate_is_a_lower_bound() -> None:
+    probs = [0.5, 0.2, 0.1, 0.1, 0.05, 0.05]
+    exact = -sum(p * math.log(p) for p in probs)
+    top3 = {str(i): math.log(p) for i, p in enumerate(probs[:3])}
+    estimate = entropy_lower_bound(top3)
+    assert 0 < estimate <= exact and estimate > 0.8 * exact
+    full = {str(i): math.log(p) for i, p in enumerate(probs)}
+    assert entropy_lower_bound(full) == pytest.approx(exact)
+    assert entropy_lower_bound(None) == 0.0 and entropy_lower_bound({}) == 0.0
+
+
+def test_a_multi_token_event_becomes_one_chunk_per_token() -> None:
+    lp = {"tokens": [" Par", "is"], "token_logprobs": [-0.5, -0.1],
+          "top_logprobs": [{" Par": -0.5}, {"is": -0.1}]}  # fmt: skip
+    pieces = _pieces({"text": " Paris", "logprobs": lp})
+    assert [(p.text, p.logprob) for p in pieces] == [(" Par", -0.5), ("is", -0.1)]
+    # Token strings that do not spell the text (a stop sequence cut it): text on the last.
+    odd = _pieces({"text": " Pa", "logprobs": lp})
+    assert [p.text for p in odd] == ["", " Pa"]
+    assert [p.text for p in _pieces({"text": "x", "logprobs": None})] == ["x"]
+    assert _pieces({"text": "", "logprobs": None}) == []
