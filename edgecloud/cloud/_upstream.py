@@ -266,7 +266,9 @@ class UpstreamBackend:
             Characters of the prefix that stand, and the upstream tokens they took.
         """
         prefix = request.assistant_prefix
+        # A token spells at least one character: len(prefix) tokens always cover it.
         budget = len(request.prefix_logprobs) + 1 if request.prefix_logprobs else len(prefix)
+        budget = min(budget, self._config.max_context_tokens)
         params = SamplingParams(max_tokens=max(budget, 1), temperature=0.0)
         body = self._body(model, prompt, params, logprobs=0)
         text, tokens = "", 0

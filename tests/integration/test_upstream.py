@@ -29,7 +29,7 @@ from edgecloud.config import CloudConfig
 from edgecloud.errors import RemoteError, TransportError, UnknownAdapterError
 from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk, Finish, Retraction
-from tests.integration._cloudproc import collect
+from tests.integration._cloudproc import collect, start_cloud, stop
 from tests.llamaserver import llama_server, server_available
 
 pytestmark = pytest.mark.skipif(
@@ -197,3 +197,39 @@ def test_an_upstream_that_dies_mid_stream_fails_the_call(
         got, error, took = asyncio.run(scenario())
     assert isinstance(error, RemoteError), error
     assert 2 <= got < 60 and took < 20
+
+
+def test_cli_serves_the_upstream_with_records_in_postgres(
+    upstream: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """`edgecloud cloud serve --backend openai --upstream URL --records postgresql://...` as a
+    real process: answers stream from the upstream, uploads land in PostgreSQL."""
+    import psycopg
+
+    from edgecloud.cloud._pgrecords import PgRecordStore
+
+    proc, port = start_cloud(
+        tmp_path, "--backend", "openai", "--upstream", upstream, "--records", postgres_url
+    )
+    try:
+
+        async def scenario() -> tuple[list[Chunk], list[str], dict[str, Any]]:
+            async with CloudClient(f"127.0.0.1:{port}", tls=False, max_attempts=1) as c:
+                chunks, _ = await collect(c, PROMPT, max_tokens=4, temperature=0.0)
+                rec = EscalationRecord("q", "p", "a", "confidence", "low", id="cli-rec")
+                return chunks, await c.upload([rec]), dict(await c.info())
+
+        chunks, acked, info = asyncio.run(scenario())
+    finally:
+        stop(proc)
+    assert "".join(ch.text for ch in chunks) == direct(upstream, PROMPT, 4)
+    assert acked == ["cli-rec"] and info["backend"] == "openai"
+    store = PgRecordStore(postgres_url)
+    try:
+        assert "cli-rec" in {s.record.id for s in store.records()}
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as db:  # a real table, not a file beside the cache
+        assert db.execute("SELECT count(*) FROM escalations WHERE id = 'cli-rec'").fetchone() == (
+            1,
+        )

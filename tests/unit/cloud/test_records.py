@@ -161,3 +161,21 @@ def test_postgres_url_that_cannot_connect_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="cannot connect"):
         PgRecordStore("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+
+
+def test_a_round_reads_its_window_from_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """`cloud train` reads records through open_records: from PostgreSQL when the URL is set."""
+    from edgecloud.cloud.train._window import read_records
+    from edgecloud.config import Settings
+
+    url = _new_database_at(postgres_url)
+    store = PgRecordStore(url)
+    try:
+        store.store([record(1)], received_at=100.0)
+        store.store([record(2)], received_at=200.0)
+        store.store([record(3)], received_at=300.0)
+    finally:
+        store.close()
+    settings = Settings.load(cache_dir=tmp_path, cloud={"records": {"url": url}})
+    assert [s.record.id for s in read_records(settings, 150.0, 300.0)] == ["r2"]
+    assert not (tmp_path / "cloud" / "escalations.sqlite3").exists()  # SQLite left alone
