@@ -16,12 +16,11 @@ with ``::jsonb`` by :meth:`PgRecordStore.shadow_stats`.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from edgecloud.cloud._records import RecordStore, ShadowSummary, StoredRecord, row_to_record
-from edgecloud.common.records import RECORD_COLUMNS, EscalationRecord, record_row
+from edgecloud.cloud._records import RecordStore
+from edgecloud.common.records import RECORD_COLUMNS
 from edgecloud.errors import ConfigError
 
 __all__ = ["PgRecordStore"]
@@ -55,6 +54,16 @@ class PgRecordStore(RecordStore):
     Raises:
         ConfigError: psycopg is missing, or the server cannot be reached.
     """
+
+    _mark = "%s"
+    _insert_sql = (
+        f"INSERT INTO escalations ({_COLUMNS}) VALUES ({_MARKS}) ON CONFLICT (id) DO NOTHING"
+    )
+    _order = "received_at, seq"
+    _answered_by = _ANSWERED_BY
+    _disagreed = f"COUNT(*) FILTER (WHERE (extra::jsonb -> 'agree') {_FALSE})"
+    _is_shadow = "extra::jsonb ->> 'kind' = 'shadow'"
+    _by_version = "GROUP BY 1 ORDER BY 1 NULLS FIRST"
 
     def __init__(self, url: str) -> None:
         try:
@@ -91,65 +100,16 @@ class PgRecordStore(RecordStore):
                 self._conn = self._connect()
                 return fn(self._conn)
 
-    def store(
-        self,
-        records: Sequence[EscalationRecord],
-        *,
-        device: str | None = None,
-        received_at: float | None = None,
-    ) -> list[str]:
-        """Store ``records`` in one transaction; ids already stored are kept as they are.
-
-        Returns:
-            The ids of all ``records``, in order, once the transaction is committed.
-        """
-        now = time.time() if received_at is None else received_at
-        rows = [(*record_row(r), device, now) for r in records]
-
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         def insert(db: Any) -> None:
             with db.transaction(), db.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO escalations ({_COLUMNS}) VALUES ({_MARKS}) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    rows,
-                )
+                cur.executemany(self._insert_sql, rows)
 
         self._run(insert)
-        return [r.id for r in records]
 
-    def records(self, since: float | None = None) -> list[StoredRecord]:
-        """Records received at or after ``since`` (Unix time; None: all), oldest first."""
-        query = f"SELECT {_COLUMNS} FROM escalations"
-        args: tuple[Any, ...] = ()
-        if since is not None:
-            query += " WHERE received_at >= %s"
-            args = (since,)
-        rows = self._run(
-            lambda db: db.execute(query + " ORDER BY received_at, seq", args).fetchall()
-        )
-        return [row_to_record(row) for row in rows]
-
-    def shadow_stats(self, since: float | None = None) -> list[ShadowSummary]:
-        """Shadow records received at or after ``since`` (None: all), summed up per
-        adapter version that answered; the base model (None) first, then by version."""
-        query = (
-            f"SELECT {_ANSWERED_BY} AS version, COUNT(*), "
-            f"COUNT(*) FILTER (WHERE (extra::jsonb -> 'agree') {_FALSE}) "
-            "FROM escalations WHERE extra::jsonb ->> 'kind' = 'shadow'"
-        )
-        args: tuple[Any, ...] = ()
-        if since is not None:
-            query += " AND received_at >= %s"
-            args = (since,)
-        query += " GROUP BY 1 ORDER BY 1 NULLS FIRST"
-        rows = self._run(lambda db: db.execute(query, args).fetchall())
-        return [
-            ShadowSummary(None if v is None else int(v), int(n), int(bad)) for v, n, bad in rows
-        ]
-
-    def __len__(self) -> int:
-        (n,) = self._run(lambda db: db.execute("SELECT COUNT(*) FROM escalations").fetchone())
-        return int(n)
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run(lambda db: db.execute(sql, args).fetchall())
+        return rows
 
     def close(self) -> None:
         with self._lock:
