@@ -165,6 +165,26 @@ def test_adapters_map_to_upstream_model_names(upstream: str, tmp_path: Path) -> 
     assert isinstance(error, UnknownAdapterError) and "other" in str(error)
 
 
+def test_a_prompt_beyond_the_upstream_context_fails_at_once(upstream: str, tmp_path: Path) -> None:
+    """llama_cpp.server answers a streamed prompt longer than its 2048-token context with an
+    empty 200 stream (its non-streamed answer is a 400): the device gets a RemoteError at
+    once, not a hang or a silent empty answer. (A 400, as vLLM sends, is INVALID_ARGUMENT:
+    tests/unit/cloud/test_upstream.py.)"""
+    long_prompt = "word " * 3000
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        start = time.monotonic()
+        async with serving(upstream, tmp_path) as c:
+            try:
+                await collect(c, long_prompt, max_tokens=4)
+            except TransportError as exc:
+                return exc, time.monotonic() - start
+            return None, time.monotonic() - start
+
+    error, took = asyncio.run(scenario())
+    assert isinstance(error, RemoteError) and took < 20
+
+
 def test_records_are_stored_as_with_any_backend(upstream: str, tmp_path: Path) -> None:
     rec = EscalationRecord("q", "part", "answer", "confidence", "low", id="rec-1")
 

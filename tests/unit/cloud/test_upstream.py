@@ -6,9 +6,15 @@ import math
 
 import pytest
 
-from edgecloud.cloud._upstream import UpstreamBackend, _pieces, entropy_lower_bound
+from edgecloud.cloud._upstream import UpstreamBackend, _pieces, _status_error, entropy_lower_bound
 from edgecloud.config import CloudConfig
-from edgecloud.errors import CloudModelLoadError
+from edgecloud.errors import (
+    CloudError,
+    CloudModelLoadError,
+    InvalidRequestError,
+    OverloadedError,
+    UnknownAdapterError,
+)
 
 
 def test_connect_fails_clearly_without_an_upstream() -> None:
@@ -40,3 +46,17 @@ def test_a_multi_token_event_becomes_one_chunk_per_token() -> None:
     assert [p.text for p in odd] == ["", " Pa"]
     assert [p.text for p in _pieces({"text": "x", "logprobs": None})] == ["x"]
     assert _pieces({"text": "", "logprobs": None}) == []
+
+
+def test_upstream_http_errors_map_to_what_the_device_can_act_on() -> None:
+    vllm_400 = (
+        '{"object": "error", "message": "This model\'s maximum context length is 2048 tokens",'
+        ' "type": "BadRequestError", "code": 400}'
+    )
+    error = _status_error(400, vllm_400, "m")
+    assert isinstance(error, InvalidRequestError) and "maximum context length" in str(error)
+    assert isinstance(_status_error(404, '{"detail": "no model"}', "lora-x"), UnknownAdapterError)
+    assert isinstance(_status_error(429, "", "m"), OverloadedError)
+    assert isinstance(_status_error(503, "busy", "m"), OverloadedError)
+    failed = _status_error(500, "<html>boom</html>", "m")
+    assert type(failed) is CloudError and "HTTP 500" in str(failed)
