@@ -342,16 +342,11 @@ class UpstreamBackend:
                         continue
                     if data == "[DONE]":
                         break
-                    obj = json.loads(data)
-                    if "error" in obj:
-                        raise CloudError(f"upstream failed mid-stream: {_message(obj)}")
-                    usage = obj.get("usage") or {}
-                    prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)
-                    for choice in obj.get("choices") or ():
-                        for piece in _pieces(choice):
-                            yield piece
-                        if choice.get("finish_reason"):
-                            reason = _FINISH.get(choice["finish_reason"], "stop")
+                    pieces, finished, usage = _parse_event(data)
+                    prompt_tokens = usage or prompt_tokens
+                    reason = finished or reason
+                    for piece in pieces:
+                        yield piece
         except httpx.TimeoutException as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 yield _End("cancelled", prompt_tokens)
@@ -359,8 +354,6 @@ class UpstreamBackend:
             raise CloudError(f"upstream timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise CloudError(f"upstream failed: {type(exc).__name__}: {exc}") from exc
-        except (ValueError, TypeError, KeyError) as exc:  # a malformed event
-            raise CloudError(f"upstream sent a malformed event: {exc}") from exc
         if reason is None:
             raise CloudError("upstream stream ended without a finish reason")
         yield _End(reason, prompt_tokens)
@@ -374,6 +367,29 @@ class UpstreamBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+def _parse_event(data: str) -> tuple[list[_Piece], FinishReason | None, int]:
+    """One SSE ``data:`` payload: its pieces, its finish reason (if it ends the stream)
+    and the prompt tokens its ``usage`` reports (0: none).
+
+    Raises:
+        CloudError: the upstream reported an error, or sent something malformed.
+    """
+    try:
+        obj = json.loads(data)
+        if "error" in obj:
+            raise CloudError(f"upstream failed mid-stream: {_message(obj)}")
+        usage = obj.get("usage") or {}
+        pieces: list[_Piece] = []
+        reason: FinishReason | None = None
+        for choice in obj.get("choices") or ():
+            pieces.extend(_pieces(choice))
+            if choice.get("finish_reason"):
+                reason = _FINISH.get(choice["finish_reason"], "stop")
+        return pieces, reason, int(usage.get("prompt_tokens") or 0)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CloudError(f"upstream sent a malformed event: {exc}") from exc
 
 
 def _pieces(choice: Mapping[str, Any]) -> list[_Piece]:

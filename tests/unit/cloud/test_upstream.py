@@ -1,11 +1,17 @@
-"""The openai backend's pure parts: the entropy estimate, settings, and a missing upstream."""
+"""The openai backend without a model: the entropy estimate, token pieces, error mapping, and
+scripted upstreams on loopback for the answers llama_cpp.server never gives (a 400, a broken
+or failed event)."""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
 import math
+import threading
 
 import pytest
 
+from edgecloud.cloud._backend import CloudRequest
 from edgecloud.cloud._upstream import UpstreamBackend, _pieces, _status_error, entropy_lower_bound
 from edgecloud.config import CloudConfig
 from edgecloud.errors import (
@@ -15,6 +21,7 @@ from edgecloud.errors import (
     OverloadedError,
     UnknownAdapterError,
 )
+from edgecloud.types import SamplingParams
 
 
 def test_connect_fails_clearly_without_an_upstream() -> None:
@@ -60,3 +67,65 @@ def test_upstream_http_errors_map_to_what_the_device_can_act_on() -> None:
     assert isinstance(_status_error(503, "busy", "m"), OverloadedError)
     failed = _status_error(500, "<html>boom</html>", "m")
     assert type(failed) is CloudError and "HTTP 500" in str(failed)
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """An upstream that answers /models, and /completions with a scripted status and body
+    (what vLLM sends for a prompt beyond its context, or a broken event)."""
+
+    status = 400
+    body = b""
+
+    def do_GET(self) -> None:
+        self._send(200, b'{"data": [{"id": "m"}]}', "application/json")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        kind = "application/json" if self.status != 200 else "text/event-stream"
+        self._send(self.status, self.body, kind)
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "match"),
+    [
+        (400, b'{"object": "error", "message": "maximum context length is 8192"}',
+         InvalidRequestError, "maximum context length"),
+        (200, b'data: {"choices": [{"text": 5, "logprobs": {"tokens": 3}}]}\n\n',
+         CloudError, "malformed"),
+        (200, b'data: {"error": {"message": "engine died"}}\n\n', CloudError, "engine died"),
+    ],
+)  # fmt: skip
+def test_generate_raises_what_the_upstream_answer_means(
+    status: int, body: bytes, error: type[Exception], match: str
+) -> None:
+    handler = type("Handler", (_Scripted,), {"status": status, "body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    backend = UpstreamBackend.connect(CloudConfig.model_validate({"upstream": {"url": url}}))
+
+    async def scenario() -> None:
+        try:
+            async for _ in backend.generate(CloudRequest("hi", SamplingParams(max_tokens=2))):
+                pass
+        finally:
+            await backend.aclose()
+
+    try:
+        with pytest.raises(error, match=match) as caught:
+            asyncio.run(scenario())
+        assert type(caught.value) is error
+    finally:
+        server.shutdown()
+        server.server_close()
