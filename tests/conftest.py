@@ -41,3 +41,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL server's ``postgres`` database (skips without one)."""
+    from tests.pgserver import find_bin, postgres_server
+
+    if find_bin() is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql)")
+    with postgres_server() as url:
+        yield url

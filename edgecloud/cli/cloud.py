@@ -47,6 +47,18 @@ def serve_command(
         Optional[int],
         typer.Option(help="Serve Prometheus /metrics on this port (cloud.metrics; 0 picks one)."),
     ] = None,
+    backend: Annotated[
+        Optional[str],
+        typer.Option(help="'torch' (the model in this process) or 'openai' (cloud.backend)."),
+    ] = None,
+    upstream: Annotated[
+        Optional[str],
+        typer.Option(help="OpenAI-compatible base URL for --backend openai (cloud.upstream.url)."),
+    ] = None,
+    records: Annotated[
+        Optional[str],
+        typer.Option(help="postgresql://user@host/db for escalation records (cloud.records.url)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve edgecloud.v1.InferenceService until SIGTERM, then drain in-flight streams."""
@@ -67,6 +79,12 @@ def serve_command(
             cloud["knowledge"]["directory"] = knowledge
         if metrics_port is not None:
             cloud["metrics"].update(enabled=True, port=metrics_port)
+        if backend is not None:
+            cloud["backend"] = backend
+        if upstream is not None:
+            cloud["upstream"]["url"] = upstream
+        if records is not None:
+            cloud["records"]["url"] = records
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
         if settings.cloud.knowledge.directory is not None and settings.cloud.knowledge.enabled:
             typer.echo(f"knowledge: loading {settings.cloud.knowledge.directory}", err=True)
@@ -231,13 +249,12 @@ def shadow_command(
     """
     import time
 
-    from edgecloud.cloud._records import RecordStore
-    from edgecloud.cloud._server import records_path
+    from edgecloud.cloud._server import open_records
 
     start = _since_option(since, time.time()) if since is not None else None
     try:
         settings = load_settings(config)
-        store = RecordStore(records_path(settings.cloud, settings.cache_dir))
+        store = open_records(settings.cloud, settings.cache_dir)
     except EdgeCloudError as exc:
         raise fail(exc) from None
     try:

@@ -1,5 +1,8 @@
 """The cloud's store of escalation records uploaded by devices (SQLite, WAL).
 
+This is the default; ``cloud.records.url`` puts them in PostgreSQL instead
+(:mod:`edgecloud.cloud._pgrecords`, the same interface and guarantees).
+
 Devices upload what they escalated (``UploadEscalations``) so the cloud can
 later train routers and adapters on it. Uploads are idempotent by record id
 (``INSERT OR IGNORE``): a device that died between sending and reading the ack
@@ -34,7 +37,7 @@ from edgecloud.common.records import (
     record_row,
 )
 
-__all__ = ["RecordStore", "ShadowSummary", "StoredRecord"]
+__all__ = ["RecordStore", "ShadowSummary", "StoredRecord", "row_to_record"]
 
 _OWN = (("device", "TEXT"), ("received_at", "REAL NOT NULL"))
 _SCHEMA = create_table_sql("escalations", _OWN, index=("escalations_received", "received_at"))
@@ -92,6 +95,15 @@ class RecordStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
+    # The SQL dialect; PostgreSQL's store (edgecloud.cloud._pgrecords) replaces these.
+    _mark = "?"
+    _insert_sql = f"INSERT OR IGNORE INTO escalations ({_COLUMNS}) VALUES ({_MARKS})"
+    _order = "received_at, rowid"
+    _answered_by = _ANSWERED_BY
+    _disagreed = "COALESCE(SUM(json_extract(extra, '$.agree') = 0), 0)"
+    _is_shadow = "json_extract(extra, '$.kind') = 'shadow'"
+    _by_version = "GROUP BY version ORDER BY version IS NOT NULL, version"
+
     def store(
         self,
         records: Sequence[EscalationRecord],
@@ -102,56 +114,56 @@ class RecordStore:
         """Store ``records`` in one transaction; ids already stored are kept as they are.
 
         Returns:
-            The ids of all ``records`` (new and already stored), in order: all are stored.
+            The ids of all ``records`` (new and already stored), in order, once the
+            transaction is committed: all are stored.
         """
         now = time.time() if received_at is None else received_at
-        rows = [(*record_row(r), device, now) for r in records]
+        self._insert([(*record_row(r), device, now) for r in records])
+        return [r.id for r in records]
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` (ids already stored are skipped) and commit, all or nothing."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    f"INSERT OR IGNORE INTO escalations ({_COLUMNS}) VALUES ({_MARKS})",
-                    rows,
-                )
+                self._db.executemany(self._insert_sql, rows)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return [r.id for r in records]
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def records(self, since: float | None = None) -> list[StoredRecord]:
         """Records received at or after ``since`` (Unix time; None: all), oldest first."""
         query = f"SELECT {_COLUMNS} FROM escalations"
         args: tuple[Any, ...] = ()
         if since is not None:
-            query += " WHERE received_at >= ?"
+            query += f" WHERE received_at >= {self._mark}"
             args = (since,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY received_at, rowid", args).fetchall()
-        return [_row_to_record(row) for row in rows]
+        rows = self._query(f"{query} ORDER BY {self._order}", args)
+        return [row_to_record(row) for row in rows]
 
     def shadow_stats(self, since: float | None = None) -> list[ShadowSummary]:
         """Shadow records received at or after ``since`` (None: all), summed up per
         adapter version that answered; the base model (None) first, then by version."""
         query = (
-            f"SELECT {_ANSWERED_BY} AS version, COUNT(*), "
-            "COALESCE(SUM(json_extract(extra, '$.agree') = 0), 0) "
-            "FROM escalations WHERE json_extract(extra, '$.kind') = 'shadow'"
+            f"SELECT {self._answered_by} AS version, COUNT(*), {self._disagreed} "
+            f"FROM escalations WHERE {self._is_shadow}"
         )
         args: tuple[Any, ...] = ()
         if since is not None:
-            query += " AND received_at >= ?"
+            query += f" AND received_at >= {self._mark}"
             args = (since,)
-        query += " GROUP BY version ORDER BY version IS NOT NULL, version"
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
+        rows = self._query(f"{query} {self._by_version}", args)
         return [
             ShadowSummary(None if v is None else int(v), int(n), int(bad)) for v, n, bad in rows
         ]
 
     def __len__(self) -> int:
-        with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM escalations").fetchone()
+        [(n,)] = self._query("SELECT COUNT(*) FROM escalations")
         return int(n)
 
     def close(self) -> None:
@@ -159,6 +171,7 @@ class RecordStore:
             self._db.close()
 
 
-def _row_to_record(row: tuple[Any, ...]) -> StoredRecord:
+def row_to_record(row: Sequence[Any]) -> StoredRecord:
+    """A stored row (record columns, then device and received_at) as a :class:`StoredRecord`."""
     *fields, device, received_at = row
     return StoredRecord(record_from_row(fields), device, float(received_at))

@@ -41,12 +41,14 @@ if TYPE_CHECKING:
     from edgecloud.cloud._advertise import CloudAnnouncement
     from edgecloud.cloud._knowledge import KnowledgeBase
     from edgecloud.cloud._torch import TorchBackend
+    from edgecloud.cloud._upstream import UpstreamBackend
     from edgecloud.common.metrics import MetricsServer
 
 __all__ = [
     "SERVICE_NAME",
     "CloudServer",
     "load_knowledge",
+    "open_records",
     "records_path",
     "registry_url",
     "serve",
@@ -63,6 +65,19 @@ def records_path(config: CloudConfig, cache_dir: Path | None = None) -> Path:
     if config.records.path is not None:
         return config.records.path.expanduser()
     return (cache_dir or default_cache_dir()) / "cloud" / "escalations.sqlite3"
+
+
+def open_records(config: CloudConfig, cache_dir: Path | None = None) -> RecordStore:
+    """The record store of ``cloud.records``: PostgreSQL at ``url`` when set, else SQLite.
+
+    Raises:
+        ConfigError: the PostgreSQL server cannot be reached, or psycopg is missing.
+    """
+    if config.records.url is not None:
+        from edgecloud.cloud._pgrecords import PgRecordStore
+
+        return PgRecordStore(config.records.url)
+    return RecordStore(records_path(config, cache_dir))
 
 
 def stable_peft_adapters(registry: AdapterRegistry, cache_dir: Path) -> dict[str, Path]:
@@ -127,7 +142,7 @@ def load_knowledge(
 class ServiceParts:
     """What a cloud service runs on, built from settings by :func:`build_service`."""
 
-    backend: TorchBackend
+    backend: TorchBackend | UpstreamBackend
     config: CloudConfig
     knowledge: KnowledgeBase | None
     records: RecordStore
@@ -157,8 +172,19 @@ def build_service(
     cloud = settings.cloud
     server_credentials(cloud.tls, host=cloud.host, insecure=cloud.insecure, section="cloud")
     knowledge = load_knowledge(cloud, knowledge_progress)
-    records = RecordStore(records_path(cloud, settings.cache_dir))
+    records = open_records(cloud, settings.cache_dir)
     registry = AdapterRegistry(registry_url(cloud, settings.cache_dir))
+    if cloud.backend == "openai":
+        from edgecloud.cloud._upstream import UpstreamBackend
+
+        # The upstream serves its own LoRAs (cloud.upstream.adapters); the registry's
+        # peft files are for engines that run the model here.
+        try:
+            upstream = UpstreamBackend.connect(cloud)
+        except BaseException:
+            records.close()
+            raise
+        return ServiceParts(upstream, cloud, knowledge, records, registry)
     adapters = {**stable_peft_adapters(registry, settings.cache_dir), **cloud.model.adapters}
     if adapters != cloud.model.adapters:
         model = cloud.model.model_copy(update={"adapters": adapters})
@@ -243,7 +269,7 @@ class CloudServer:
         if knowledge is None:
             knowledge = await asyncio.to_thread(load_knowledge, config)
         if records is None:
-            records = RecordStore(records_path(config))
+            records = open_records(config)
         from edgecloud.adapters._registry import AdapterRegistry
         from edgecloud.cloud import _adapter_service
 

@@ -26,6 +26,7 @@ __all__ = [
     "CloudSettings",
     "CloudTlsConfig",
     "CloudTrainConfig",
+    "CloudUpstreamConfig",
 ]
 
 
@@ -122,16 +123,75 @@ class CloudKnowledgeConfig(Section):
 
 
 class CloudRecordsConfig(Section):
-    """Where uploaded escalation records are stored (SQLite, WAL)."""
+    """Where uploaded escalation records are stored (SQLite, WAL; or PostgreSQL)."""
 
     path: Path | None = Field(
         None, description="SQLite database; None: <cache_dir>/cloud/escalations.sqlite3."
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^postgres(ql)?://",
+        description=(
+            "A PostgreSQL URL (postgresql://user@host/db; needs edgecloud[postgres]) for "
+            "services that share one store or run on machines without a durable disk; "
+            "wins over `path`. None: SQLite at `path`."
+        ),
     )
     max_record_bytes: int = Field(
         256 * 1024,
         ge=1024,
         le=64 << 20,
         description="Largest serialized record accepted; bigger ones fail the upload.",
+    )
+
+
+class CloudUpstreamConfig(Section):
+    """An OpenAI-compatible server the service forwards generation to (``backend = "openai"``).
+
+    vLLM, SGLang or llama_cpp.server streams ``/v1/completions`` with ``logprobs``; the
+    service keeps what it does for every engine (limits, auth, knowledge, records,
+    adapter sync). See docs/upstream.md.
+    """
+
+    url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        pattern=r"^https?://",
+        description="Base URL of the upstream's OpenAI API (ends in /v1).",
+    )
+    api_key: str | None = Field(
+        None, description="Bearer token sent upstream; prefer `api_key_file`."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the bearer token sent upstream (wins over `api_key`)."
+    )
+    model: str | None = Field(
+        None,
+        description="Upstream model name of the base model; None: the first /v1/models lists.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "adapter id -> upstream model name serving it (a LoRA module, e.g. vLLM's "
+            "--lora-modules name=path); requests for other adapter ids fail as unknown."
+        ),
+    )
+    logprobs: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description=(
+            "Top tokens asked for per step; the entropy is estimated from them (a lower "
+            "bound). 0: no logprobs (chunks then carry logprob 0 and entropy 0)."
+        ),
+    )
+    timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="Connect timeout, and the longest wait for the next streamed token.",
+    )
+    max_connections: int = Field(
+        64, ge=1, le=4096, description="Concurrent requests to the upstream, at most."
     )
 
 
@@ -423,6 +483,14 @@ class CloudConfig(Section):
     train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
     metrics: CloudMetricsConfig = Field(default_factory=CloudMetricsConfig)
     discovery: CloudDiscoveryConfig = Field(default_factory=CloudDiscoveryConfig)
+    backend: Literal["torch", "openai"] = Field(
+        "torch",
+        description=(
+            "'torch' runs `model` in this process; 'openai' forwards to the "
+            "OpenAI-compatible server of `upstream`."
+        ),
+    )
+    upstream: CloudUpstreamConfig = Field(default_factory=CloudUpstreamConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from edgecloud.cloud._records import RecordStore, StoredRecord
+from edgecloud.cloud._records import StoredRecord
 from edgecloud.cloud._settings import CloudSettings
 from edgecloud.errors import InvalidRequestError
 
@@ -39,9 +39,9 @@ def read_records(
     settings: CloudSettings, since: float | None, until: float | None
 ) -> list[StoredRecord]:
     """The records the cloud received in ``[since, until)`` (None: unbounded), oldest first."""
-    from edgecloud.cloud._server import records_path
+    from edgecloud.cloud._server import open_records
 
-    store = RecordStore(records_path(settings.cloud, settings.cache_dir))
+    store = open_records(settings.cloud, settings.cache_dir)
     try:
         return [r for r in store.records(since) if until is None or r.received_at < until]
     finally:

@@ -1,12 +1,56 @@
-"""The cloud's escalation record store on real SQLite files."""
+"""The cloud's escalation record store on real SQLite files and a real PostgreSQL server.
+
+Every test runs on both: SQLite (the default) and PostgreSQL (``cloud.records.url``; a
+throwaway server from tests/pgserver.py, a new database per test; skipped without
+the binaries).
+"""
 
 from __future__ import annotations
 
 import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+from edgecloud.cloud._pgrecords import PgRecordStore
 from edgecloud.cloud._records import RecordStore
 from edgecloud.common.records import EscalationRecord
+
+Open = Callable[[], RecordStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]:
+    """Opens this test's store (the same one each call): SQLite file or PostgreSQL database;
+    closes what it opened after the test."""
+    opened: list[RecordStore] = []
+
+    def keep(store: RecordStore) -> RecordStore:
+        opened.append(store)
+        return store
+
+    if request.param == "sqlite":
+        yield lambda: keep(RecordStore(tmp_path / "sub" / "r.db"))
+    else:
+        url = _new_database(request)
+        yield lambda: keep(PgRecordStore(url))
+    for store in opened:
+        store.close()
+
+
+def _new_database(request: pytest.FixtureRequest) -> str:
+    return _new_database_at(request.getfixturevalue("postgres_url"))
+
+
+def _new_database_at(server: str) -> str:
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
 
 
 def record(i: int, **kwargs: object) -> EscalationRecord:
@@ -17,8 +61,8 @@ def record(i: int, **kwargs: object) -> EscalationRecord:
     return EscalationRecord(**{**fields, **kwargs})  # type: ignore[arg-type]
 
 
-def test_store_is_idempotent_by_id_and_acks_every_id(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "r.db")
+def test_store_is_idempotent_by_id_and_acks_every_id(open_store: Open) -> None:
+    store = open_store()
     batch = [record(1), record(2)]
     assert store.store(batch, device="dev-a") == ["r1", "r2"]
     changed = [record(2, cloud_answer="different"), record(3)]
@@ -31,22 +75,24 @@ def test_store_is_idempotent_by_id_and_acks_every_id(tmp_path: Path) -> None:
     assert got["r3"].device == "dev-b"
 
 
-def test_records_survive_reopen_and_since_filters(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "r.db"
-    store = RecordStore(path)
+def test_records_survive_reopen_and_since_filters(open_store: Open) -> None:
+    store = open_store()
     store.store([record(1)], received_at=100.0)
     store.store([record(2)], received_at=200.0)
+    store.store([record(3, created_at=1.0)], received_at=200.0)  # same time: upload order
     store.close()
-    again = RecordStore(path)
-    assert [s.record.id for s in again.records()] == ["r1", "r2"]
-    assert [s.record.id for s in again.records(since=150.0)] == ["r2"]
-    assert again.records()[0].device is None
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = open_store()
+    assert [s.record.id for s in again.records()] == ["r1", "r2", "r3"]
+    assert [s.record.id for s in again.records(since=150.0)] == ["r2", "r3"]
+    assert again.records()[0].device is None and again.records()[0].received_at == 100.0
+    assert again.records()[0].record == record(1, created_at=again.records()[0].record.created_at)
+    if type(again) is RecordStore:
+        with sqlite3.connect(again.path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_failed_batch_stores_nothing(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "r.db")
+def test_a_failed_batch_stores_nothing(open_store: Open) -> None:
+    store = open_store()
     bad = record(2, signals={"x": object()})  # not JSON-serializable: fails mid-batch
     try:
         store.store([record(1), bad])
@@ -64,8 +110,8 @@ def shadow(i: int, version: int | None, agree: bool, **signals: object) -> Escal
     return record(i, extra=extra, signals=signals)
 
 
-def test_shadow_stats_sum_up_the_checks_per_version_that_answered(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "r.db")
+def test_shadow_stats_sum_up_the_checks_per_version_that_answered(open_store: Open) -> None:
+    store = open_store()
     store.store([shadow(1, 3, False), shadow(2, 3, True), shadow(3, 3, False)], received_at=100.0)
     store.store(
         [
@@ -85,3 +131,51 @@ def test_shadow_stats_sum_up_the_checks_per_version_that_answered(tmp_path: Path
     recent = [(s.adapter_version, s.checked, s.disagreed) for s in store.shadow_stats(since=150.0)]
     assert recent == [(None, 2, 1), (2, 1, 0), (3, 1, 0)]
     assert store.shadow_stats(since=300.0) == []
+
+
+def test_postgres_store_reconnects_after_the_server_drops_it(postgres_url: str) -> None:
+    import psycopg
+
+    from edgecloud.cloud._server import open_records
+    from edgecloud.config import CloudConfig
+
+    url = _new_database_at(postgres_url)
+    store = open_records(CloudConfig.model_validate({"records": {"url": url}}))
+    assert isinstance(store, PgRecordStore)
+    try:
+        store.store([record(1)])
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            # Ends every session on the test's database, the store's among them.
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (url.rsplit("/", 1)[1],),
+            )
+        assert store.store([record(1), record(2)]) == ["r1", "r2"]
+        assert [s.record.id for s in store.records()] == ["r1", "r2"] and len(store) == 2
+    finally:
+        store.close()
+
+
+def test_postgres_url_that_cannot_connect_is_a_config_error() -> None:
+    from edgecloud.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot connect"):
+        PgRecordStore("postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+
+
+def test_a_round_reads_its_window_from_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """`cloud train` reads records through open_records: from PostgreSQL when the URL is set."""
+    from edgecloud.cloud.train._window import read_records
+    from edgecloud.config import Settings
+
+    url = _new_database_at(postgres_url)
+    store = PgRecordStore(url)
+    try:
+        store.store([record(1)], received_at=100.0)
+        store.store([record(2)], received_at=200.0)
+        store.store([record(3)], received_at=300.0)
+    finally:
+        store.close()
+    settings = Settings.load(cache_dir=tmp_path, cloud={"records": {"url": url}})
+    assert [s.record.id for s in read_records(settings, 150.0, 300.0)] == ["r2"]
+    assert not (tmp_path / "cloud" / "escalations.sqlite3").exists()  # SQLite left alone
