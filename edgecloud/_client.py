@@ -18,6 +18,7 @@ from typing_extensions import Self, Unpack
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.lifecycle import AsyncClosing, Closing
 from edgecloud.common.settings import format_validation_error
+from edgecloud.common.structured import OutputSchema
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
 from edgecloud.device._answer import Transcript
@@ -43,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
 
-_ROUTING_OPTIONS = frozenset({"route", "show_unverified", "speculative"})
-"""Options for the hybrid engine; the rest override sampling parameters."""
+_ROUTING_OPTIONS = frozenset({"route", "show_unverified", "speculative", "schema"})
+"""Options for the hybrid engine (and ``schema``, which becomes
+``SamplingParams.json_schema``); the rest override sampling parameters."""
 
 
 class ResultBuilder:
@@ -52,11 +54,13 @@ class ResultBuilder:
     passes the clock readings).
 
     A chunk's ``retracted`` characters are taken off the answer before its text is
-    added; the confidence and sources describe the tokens that remain.
+    added; the confidence and sources describe the tokens that remain. With a
+    ``schema``, the finished answer is parsed and validated against it.
     """
 
-    def __init__(self, model: str, started: float) -> None:
+    def __init__(self, model: str, started: float, schema: OutputSchema | None = None) -> None:
         self._model = model
+        self._schema = schema
         self._started = started
         self._first: float | None = None
         self._last = started
@@ -71,6 +75,15 @@ class ResultBuilder:
         self._last = now
 
     def finish(self, end: Finish, now: float) -> GenerationResult:
+        """The result of the finished stream.
+
+        Raises:
+            StructuredOutputError: with a schema, the answer (not cancelled) is not a
+                valid value of it: ``max_tokens`` cut it, most likely.
+        """
+        parsed = None
+        if self._schema is not None and end.reason != "cancelled":
+            parsed = self._schema.parse(self._answer.text)
         tokens = [c for c in self._answer.chunks if c.token_id >= 0]
         n = len(tokens)
         nan = math.nan
@@ -100,6 +113,7 @@ class ResultBuilder:
             timings=timings,
             model=self._model,
             route=end.route,
+            parsed=parsed,
         )
 
 
@@ -169,18 +183,32 @@ class _BaseClient:
         except ValidationError as exc:
             raise InvalidRequestError(format_validation_error(exc)) from exc
 
+    def _schema(self, options: GenerateOptions) -> OutputSchema | None:
+        """The request's output schema, refused now when the device cannot compile it
+        (it is the fallback of a cloud answer too, so it must be able to)."""
+        given = options.get("schema")
+        if given is None:
+            return None
+        schema = OutputSchema.of(given)
+        self._backend.check_schema(schema.text)
+        return schema
+
     def _start(
-        self, prompt: Prompt | bytes, overrides: Mapping[str, Any], cancel: threading.Event
+        self,
+        prompt: Prompt | bytes,
+        overrides: Mapping[str, Any],
+        cancel: threading.Event,
+        schema: OutputSchema | None = None,
     ) -> tuple[Iterator[Chunk | Finish], ResultBuilder]:
         from edgecloud.device._observe import observed_local
 
         started = time.perf_counter()
         events = self._backend.stream(normalize_prompt(prompt), self._params(overrides), cancel)
-        return observed_local(events), ResultBuilder(self._backend.info.model, started)
+        return observed_local(events), ResultBuilder(self._backend.info.model, started, schema)
 
     def _start_hybrid(
         self, engine: HybridEngine, prompt: Prompt | bytes, overrides: Mapping[str, Any],
-        options: GenerateOptions,
+        options: GenerateOptions, schema: OutputSchema | None = None,
     ) -> tuple[AsyncIterator[Chunk | Finish], ResultBuilder, CancelScope]:  # fmt: skip
         from edgecloud.device._hybrid import CancelScope
 
@@ -191,7 +219,7 @@ class _BaseClient:
             normalize_prompt(prompt), params, route=options.get("route"), cancel=scope,  # type: ignore[arg-type]
             speculative=options.get("speculative"), show_unverified=options.get("show_unverified"),
         )  # fmt: skip
-        return agen, ResultBuilder(self._backend.info.model, started), scope
+        return agen, ResultBuilder(self._backend.info.model, started, schema), scope
 
     def _begin(
         self, prompt: Prompt | bytes, options: GenerateOptions, engine: HybridEngine | None
@@ -199,10 +227,13 @@ class _BaseClient:
         """Start a checked request: on the hybrid engine when one serves it (the events
         are then an async iterator), else on the local backend."""
         overrides = {k: v for k, v in options.items() if k not in _ROUTING_OPTIONS}
+        schema = self._schema(options)
+        if schema is not None:
+            overrides["json_schema"] = schema.text
         if engine is not None:
-            return self._start_hybrid(engine, prompt, overrides, options)
+            return self._start_hybrid(engine, prompt, overrides, options, schema)
         cancel = threading.Event()
-        events, builder = self._start(prompt, overrides, cancel)
+        events, builder = self._start(prompt, overrides, cancel, schema)
         return events, builder, cancel
 
     def _check_options(self, options: GenerateOptions) -> None:
@@ -298,8 +329,10 @@ class Stream(_Outcome, Closing):
         event = next(self._events)
         now = time.perf_counter()
         if isinstance(event, Finish):
-            self._result = self._builder.finish(event, now)
-            self._release()
+            try:
+                self._result = self._builder.finish(event, now)
+            finally:
+                self._release()
             raise StopIteration
         self._builder.add(event, now)
         return event
@@ -392,6 +425,8 @@ class Client(_BaseClient, Closing):
                 configured :class:`~edgecloud.types.SamplingParams`; ``route`` is
                 ``"local"`` or ``"cloud"`` to force where the answer comes from, None
                 to let the routing policies decide (needs cloud endpoints);
+                ``schema`` (a JSON-schema dict or a pydantic model class) constrains the
+                answer to JSON that follows it (``result.parsed`` holds the value);
                 ``show_unverified`` and ``speculative`` tune mid-answer hand-offs and
                 cloud answers (they matter only with cloud endpoints).
 
@@ -401,8 +436,11 @@ class Client(_BaseClient, Closing):
         avoids that). The stream's ``result`` has the corrected text.
 
         Raises:
-            InvalidRequestError: bad prompt, option or parameter.
+            InvalidRequestError: bad prompt, option or parameter, or a schema the
+                grammar compiler cannot handle.
             ContextOverflowError: the prompt does not fit in the model context.
+            StructuredOutputError: (at the end of the stream) with a schema, the answer
+                ended before it was valid JSON (``max_tokens`` too small).
         """
         self._check_options(options)
         runner = self._runner
@@ -500,7 +538,11 @@ class AsyncStream(_Outcome, AsyncClosing):
             self._exhausted = True
             raise item
         if isinstance(item, Finish):
-            self._result = self._builder.finish(item, now)
+            try:
+                self._result = self._builder.finish(item, now)
+            except BaseException:
+                self._exhausted = True
+                raise
             return await self.__anext__()
         assert isinstance(item, Chunk)
         self._builder.add(item, now)
