@@ -23,7 +23,7 @@ from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
 from edgecloud.device._answer import Transcript
 from edgecloud.device._settings import MAX_DRAFT_TOKENS
-from edgecloud.errors import InvalidRequestError, StreamNotFinishedError
+from edgecloud.errors import InvalidRequestError, StreamNotFinishedError, StructuredOutputError
 from edgecloud.types import (
     Chunk,
     Confidence,
@@ -61,6 +61,8 @@ class ResultBuilder:
     def __init__(self, model: str, started: float, schema: OutputSchema | None = None) -> None:
         self._model = model
         self._schema = schema
+        self.schema_error: StructuredOutputError | None = None
+        """Set by :meth:`finish` when the answer does not follow the schema."""
         self._started = started
         self._first: float | None = None
         self._last = started
@@ -75,15 +77,16 @@ class ResultBuilder:
         self._last = now
 
     def finish(self, end: Finish, now: float) -> GenerationResult:
-        """The result of the finished stream.
-
-        Raises:
-            StructuredOutputError: with a schema, the answer (not cancelled) is not a
-                valid value of it: ``max_tokens`` cut it, most likely.
-        """
+        """The result of the finished stream. With a schema, ``parsed`` is the validated
+        value, or None and :attr:`schema_error` set when the answer is not one (cut by
+        ``max_tokens``, most likely): ``generate`` raises that error, a stream's
+        consumer reads ``finish_reason`` (as OpenAI's API does)."""
         parsed = None
-        if self._schema is not None and end.reason != "cancelled":
-            parsed = self._schema.parse(self._answer.text)
+        if self._schema is not None:
+            try:
+                parsed = self._schema.parse(self._answer.text)
+            except StructuredOutputError as exc:
+                self.schema_error = exc
         tokens = [c for c in self._answer.chunks if c.token_id >= 0]
         n = len(tokens)
         nan = math.nan
@@ -285,6 +288,15 @@ class _Outcome:
     """The :class:`GenerationResult` a stream has once it ended (shared by both streams)."""
 
     _result: GenerationResult | None = None
+    _builder: ResultBuilder
+
+    def _checked(self) -> GenerationResult:
+        """:attr:`result`, raising the schema's error when the answer does not follow it
+        (what ``generate`` returns)."""
+        result = self.result
+        if self._builder.schema_error is not None:
+            raise self._builder.schema_error
+        return result
 
     @property
     def finished(self) -> bool:
@@ -329,10 +341,8 @@ class Stream(_Outcome, Closing):
         event = next(self._events)
         now = time.perf_counter()
         if isinstance(event, Finish):
-            try:
-                self._result = self._builder.finish(event, now)
-            finally:
-                self._release()
+            self._result = self._builder.finish(event, now)
+            self._release()
             raise StopIteration
         self._builder.add(event, now)
         return event
@@ -439,8 +449,10 @@ class Client(_BaseClient, Closing):
             InvalidRequestError: bad prompt, option or parameter, or a schema the
                 grammar compiler cannot handle.
             ContextOverflowError: the prompt does not fit in the model context.
-            StructuredOutputError: (at the end of the stream) with a schema, the answer
-                ended before it was valid JSON (``max_tokens`` too small).
+
+        With a schema, a stream whose answer was cut before it was valid JSON ends with
+        ``result.parsed`` None and ``finish_reason="length"``; :meth:`generate` raises
+        :class:`~edgecloud.errors.StructuredOutputError` instead.
         """
         self._check_options(options)
         runner = self._runner
@@ -460,11 +472,16 @@ class Client(_BaseClient, Closing):
     def generate(
         self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
-        """Generate a whole answer; the arguments and errors are those of :meth:`stream`."""
+        """Generate a whole answer; the arguments and errors are those of :meth:`stream`.
+
+        Raises:
+            StructuredOutputError: with a schema, the answer is not valid JSON of it
+                (``max_tokens`` cut it, most likely).
+        """
         with self.stream(prompt, **options) as stream:
             for _ in stream:
                 pass
-        return stream.result
+        return stream._checked()
 
     def close(self) -> None:
         if self._runner is not None:
@@ -538,11 +555,7 @@ class AsyncStream(_Outcome, AsyncClosing):
             self._exhausted = True
             raise item
         if isinstance(item, Finish):
-            try:
-                self._result = self._builder.finish(item, now)
-            except BaseException:
-                self._exhausted = True
-                raise
+            self._result = self._builder.finish(item, now)
             return await self.__anext__()
         assert isinstance(item, Chunk)
         self._builder.add(item, now)
@@ -645,7 +658,7 @@ class AsyncClient(_BaseClient, AsyncClosing):
         async with self.stream(prompt, **options) as stream:
             async for _ in stream:
                 pass
-        return stream.result
+        return stream._checked()
 
     async def aclose(self) -> None:
         task = getattr(self, "_upkeep_task", None)

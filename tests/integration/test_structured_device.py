@@ -94,3 +94,10 @@ def test_the_backend_continues_a_prefix_inside_the_grammar(backend: LlamaCppBack
     assert json.loads(prefix + text)["action"] == "place"
     with pytest.raises(InvalidRequestError, match="prefix does not follow"):
         backend.stream(MESSAGES, params, prefix='{"verb": ')
+
+
+def test_a_stream_cut_by_max_tokens_ends_like_openai(backend: LlamaCppBackend) -> None:
+    with Client(backend).stream(ASK, schema=ACTION, max_tokens=3) as stream:
+        text = "".join(c.text for c in stream)
+    assert stream.result.finish_reason == "length"
+    assert stream.result.parsed is None and stream.result.text == text
