@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from edgecloud.cloud import TorchBackend
+from edgecloud import Client
+from edgecloud.cloud import CloudServer, TorchBackend
+from edgecloud.common.aio import LoopThread
+from edgecloud.config import CloudConfig, Settings
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import SamplingParams
-from tests.integration._cloudlocal import float32_backend, run
+from tests.integration._cloudlocal import CONFIG, float32_backend, run
 from tests.integration.test_cloud_verify import ask, cloud
 
 pytestmark = [pytest.mark.model]
@@ -85,3 +89,33 @@ def test_schemas_and_prefixes_the_cloud_cannot_follow_are_refused(
                 await ask(c, PROMPT, params=CONSTRAINED, assistant_prefix=' {"verb"')
 
     run(main)
+
+
+def test_a_device_that_hands_off_mid_answer_gets_valid_json_from_the_cloud(
+    cloud_backend: TorchBackend, model_cache: Path, tmp_path: Path
+) -> None:
+    runner = LoopThread("test-cloud")
+    server = runner.run(CloudServer.start(cloud_backend, CloudConfig.model_validate(CONFIG)))
+    # A confidence window every answer trips after 3 tokens: each answer is handed off.
+    device = {
+        "model": {"n_threads": 2, "n_ctx": 1024},
+        "router": {"min_mean_logprob": -0.0001, "min_tokens": 3, "window": 3},
+        "cloud": {"endpoints": [{"target": f"127.0.0.1:{server.port}", "tls": False}],
+                  "first_token_timeout_s": 60, "health_interval_s": 60},
+        "log": {"path": str(tmp_path / "log.db")},
+    }  # fmt: skip
+    try:
+        with Client.local(settings=Settings.load(cache_dir=model_cache, device=device)) as client:
+            with client.stream(PROMPT, schema=ACTION, max_tokens=24) as stream:
+                chunks = list(stream)
+            result = stream.result
+    finally:
+        runner.run(server.stop(0))
+        runner.close()
+    assert result.route is not None and result.route.policy == "confidence-window"
+    assert result.route.local_tokens_before_handoff + result.route.rejected_local_tokens == 3
+    assert {c.source for c in chunks if c.token_id >= 0} >= {"cloud"}
+    assert result.finish_reason == "stop"
+    assert result.parsed == json.loads(result.text)
+    assert result.parsed["action"] in {"pick", "place", "wait"}
+    assert isinstance(result.parsed["bay"], int)
