@@ -18,7 +18,7 @@ from typing_extensions import Self, Unpack
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.lifecycle import AsyncClosing, Closing
 from edgecloud.common.settings import format_validation_error
-from edgecloud.common.structured import OutputSchema
+from edgecloud.common.structured import OutputSchema, parse_tool_call, request_schema
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
 from edgecloud.device._answer import Transcript
@@ -34,6 +34,7 @@ from edgecloud.types import (
     ResultSource,
     SamplingParams,
     Timings,
+    ToolCall,
     Usage,
 )
 
@@ -44,8 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
 
-_ROUTING_OPTIONS = frozenset({"route", "show_unverified", "speculative", "schema"})
-"""Options for the hybrid engine (and ``schema``, which becomes
+_ROUTING_OPTIONS = frozenset(
+    {"route", "show_unverified", "speculative", "schema", "tools", "tool_choice"}
+)
+"""Options for the hybrid engine (and ``schema``/``tools``, which become
 ``SamplingParams.json_schema``); the rest override sampling parameters."""
 
 
@@ -82,9 +85,12 @@ class ResultBuilder:
         ``max_tokens``, most likely): ``generate`` raises that error, a stream's
         consumer reads ``finish_reason`` (as OpenAI's API does)."""
         parsed = None
+        calls: tuple[ToolCall, ...] = ()
         if self._schema is not None:
             try:
                 parsed = self._schema.parse(self._answer.text)
+                if self._schema.tools:
+                    calls = (parse_tool_call(parsed),)
             except StructuredOutputError as exc:
                 self.schema_error = exc
         tokens = [c for c in self._answer.chunks if c.token_id >= 0]
@@ -117,6 +123,7 @@ class ResultBuilder:
             model=self._model,
             route=end.route,
             parsed=parsed,
+            tool_calls=calls,
         )
 
 
@@ -189,10 +196,11 @@ class _BaseClient:
     def _schema(self, options: GenerateOptions) -> OutputSchema | None:
         """The request's output schema, refused now when the device cannot compile it
         (it is the fallback of a cloud answer too, so it must be able to)."""
-        given = options.get("schema")
-        if given is None:
+        schema = request_schema(
+            options.get("schema"), options.get("tools"), options.get("tool_choice")
+        )
+        if schema is None:
             return None
-        schema = OutputSchema.of(given)
         self._backend.check_schema(schema.text)
         return schema
 
@@ -437,6 +445,8 @@ class Client(_BaseClient, Closing):
                 to let the routing policies decide (needs cloud endpoints);
                 ``schema`` (a JSON-schema dict or a pydantic model class) constrains the
                 answer to JSON that follows it (``result.parsed`` holds the value);
+                ``tools``/``tool_choice`` (OpenAI's shapes) make the answer a tool call
+                (``result.tool_calls``);
                 ``show_unverified`` and ``speculative`` tune mid-answer hand-offs and
                 cloud answers (they matter only with cloud endpoints).
 

@@ -34,6 +34,7 @@ __all__ = [
     "Source",
     "TensorSpec",
     "Timings",
+    "ToolCall",
     "Usage",
 ]
 
@@ -102,6 +103,14 @@ class GenerateOptions(TypedDict, total=False):
     :class:`~edgecloud.errors.InvalidRequestError` before any token; an answer cut short
     (``max_tokens``) raises :class:`~edgecloud.errors.StructuredOutputError` at its end.
     See docs/structured-output.md."""
+    tools: Sequence[Mapping[str, Any]] | None
+    """OpenAI-style tools (``{"type": "function", "function": {"name", "parameters"}}``):
+    the answer is one call of one of them, JSON constrained to the union of their
+    schemas, in ``result.tool_calls``. Not with ``schema``."""
+    tool_choice: str | Mapping[str, Any] | None
+    """``"auto"``/``"required"`` (the same here: a constrained answer always calls a
+    tool), ``{"type": "function", "function": {"name": ...}}`` to force one, or
+    ``"none"`` to answer in free text despite ``tools``."""
     speculative: int | None
     """Draft length k of edge-cloud speculative decoding for an answer the cloud gives
     from its start (``route="cloud"``, or a policy that sends the request there): the
@@ -277,6 +286,19 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call of a tool the model chose: its name and its arguments (a JSON object)."""
+
+    name: str
+    arguments: Mapping[str, Any]
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as JSON text (OpenAI's ``function.arguments``)."""
+        return json.dumps(self.arguments, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one generation."""
 
@@ -332,6 +354,8 @@ class GenerationResult:
     parsed: Any = None
     """With a ``schema``: the answer's JSON value, validated against it (an instance of
     the model class when the schema was a pydantic model). None without a schema."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """With ``tools``: the call the model made (one); empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

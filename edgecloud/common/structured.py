@@ -2,7 +2,7 @@
 
 The grammar that keeps each token on the schema lives in the backends (llama.cpp's
 GBNF on the device, xgrammar in the cloud); this module is what both sides share:
-turning what the caller gave (a dict or a pydantic model class) into one canonical
+turning what the caller gave (a dict or a pydantic model class) into one compact
 JSON text (what ``SamplingParams.json_schema`` and the wire carry), refusing a schema
 that is not valid JSON Schema before any token, validating the finished answer, and
 folding OpenAI-style tools into one schema (a tool call is JSON that names one tool
@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from edgecloud.errors import InvalidRequestError, StructuredOutputError
+from edgecloud.types import ToolCall
 
 __all__ = [
     "JSON_OBJECT_SCHEMA",
     "OutputSchema",
-    "ToolCall",
     "parse_tool_call",
+    "request_schema",
     "tool_call_schema",
 ]
 
@@ -44,6 +45,8 @@ class OutputSchema:
 
     text: str
     model: type[BaseModel] | None = None
+    tools: bool = False
+    """The schema is that of a tool call (:func:`tool_call_schema`)."""
 
     @classmethod
     def of(cls, schema: Mapping[str, Any] | type[BaseModel] | OutputSchema) -> OutputSchema:
@@ -67,7 +70,9 @@ class OutputSchema:
                 f"{type(schema).__name__}"
             )
         try:
-            text = json.dumps(as_dict, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            # Keys keep their order: the grammars emit properties in schema order, and
+            # order steers generation (a tool call's name before its arguments).
+            text = json.dumps(as_dict, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"schema is not JSON-serializable: {exc}") from exc
         if model is None:
@@ -131,19 +136,6 @@ def _first_line(text: str) -> str:
     return " ".join(text.split("\n")[:2])
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One call of a tool the model chose: its name and its arguments (a JSON object)."""
-
-    name: str
-    arguments: Mapping[str, Any]
-
-    @property
-    def arguments_json(self) -> str:
-        """The arguments as JSON text (OpenAI's ``function.arguments``)."""
-        return json.dumps(self.arguments, separators=(",", ":"))
-
-
 def tool_call_schema(
     tools: Sequence[Mapping[str, Any]], choice: str | Mapping[str, Any] | None = "auto"
 ) -> dict[str, Any]:
@@ -193,6 +185,27 @@ def tool_call_schema(
     if len(branches) == 1:
         return next(iter(branches.values()))
     return {"anyOf": list(branches.values())}
+
+
+def request_schema(
+    schema: Mapping[str, Any] | type[BaseModel] | None,
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: str | Mapping[str, Any] | None,
+) -> OutputSchema | None:
+    """The schema a request's answer must follow: ``schema``, or one call of one of
+    ``tools`` (unless ``tool_choice`` is ``"none"``); None for free text.
+
+    Raises:
+        InvalidRequestError: both a schema and tools, a ``tool_choice`` without tools,
+            or a bad schema or tool.
+    """
+    if tools and tool_choice != "none":
+        if schema is not None:
+            raise InvalidRequestError("give tools or a schema, not both")
+        return replace(OutputSchema.of(tool_call_schema(tools, tool_choice)), tools=True)
+    if tool_choice not in (None, "none", "auto"):
+        raise InvalidRequestError("tool_choice needs tools")
+    return OutputSchema.of(schema) if schema is not None else None
 
 
 def parse_tool_call(value: Any) -> ToolCall:

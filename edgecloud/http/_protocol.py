@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgecloud.common.structured import JSON_OBJECT_SCHEMA, parse_tool_call, tool_call_schema
+from edgecloud.common.structured import JSON_OBJECT_SCHEMA, tool_call_schema
 from edgecloud.device._settings import MAX_DRAFT_TOKENS
 from edgecloud.errors import (
     BackendClosedError,
@@ -207,6 +207,10 @@ class _Request(_Strict):
         """The JSON schema the answer must follow (``response_format``); None: free text."""
         return self.response_format.output_schema() if self.response_format is not None else None
 
+    def structured(self) -> dict[str, Any]:
+        """The SDK options for a structured answer (``schema``, ``tools``, ``tool_choice``)."""
+        return {"schema": self.output_schema()}
+
 
 class _TextPart(_Strict):
     type: Literal["text"]
@@ -266,25 +270,26 @@ class ChatRequest(_Request):
         """Whether the answer is a tool call (tools listed, and ``tool_choice`` not none)."""
         return bool(self.tools) and self.tool_choice != "none"
 
-    def output_schema(self) -> Mapping[str, Any] | None:
-        """``response_format``'s schema, or, with tools, that of one call of one of them
+    def structured(self) -> dict[str, Any]:
+        """``response_format``'s schema, or the tools (checked here, so that a refusal
+        names its field): the SDK makes the answer one call of one of them
         (``tool_choice`` ``auto`` answers with a call too: under a grammar the model
         cannot choose prose instead; ``none`` leaves the tools out)."""
         if not self.calls_tools():
             if self.tool_choice not in (None, "none", "auto"):
                 raise HttpError(400, "tool_choice needs tools", param="tool_choice")
-            return super().output_schema()
-        if super().output_schema() is not None:
+            return super().structured()
+        if self.output_schema() is not None:
             raise HttpError(400, "give tools or response_format, not both",
                             param="response_format")  # fmt: skip
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
         choice = self.tool_choice
+        choice_value = choice.model_dump() if isinstance(choice, _ToolChoice) else choice
         try:
-            return tool_call_schema(
-                [t.model_dump(exclude_none=True) for t in self.tools or ()],
-                choice.model_dump() if isinstance(choice, _ToolChoice) else choice,
-            )
+            tool_call_schema(tools, choice_value)
         except InvalidRequestError as exc:
             raise HttpError(400, str(exc), param="tool_choice") from None
+        return {"tools": tools, "tool_choice": choice_value}
 
     def new_tokens(self) -> int | None:
         a, b = self.max_tokens, self.max_completion_tokens
@@ -437,7 +442,7 @@ def generate_options(
         "speculative": ext.speculative,
         "top_k": ext.top_k,
         "top_logprobs": request.alternatives() or None,
-        "schema": request.output_schema(),
+        **request.structured(),
     }
     if request.temperature is not None:
         options["temperature"] = request.temperature
@@ -493,7 +498,7 @@ def _finish_reason(result: GenerationResult, tools: bool = False) -> str:
     # "cancelled" has no OpenAI name; only the server cancels (at shutdown).
     if result.finish_reason == "length":
         return "length"
-    return "tool_calls" if tools and result.parsed is not None else "stop"
+    return "tool_calls" if tools and result.tool_calls else "stop"
 
 
 def answer_extension(result: GenerationResult) -> dict[str, Any]:
@@ -596,9 +601,9 @@ class ResponseBuilder:
 
     def _tool_calls(self, result: GenerationResult, *, streamed: bool) -> list[dict[str, Any]]:
         """The answer's tool call in OpenAI's shape; empty when it was cut short."""
-        if result.parsed is None:
+        if not result.tool_calls:
             return []
-        call = parse_tool_call(result.parsed)
+        call = result.tool_calls[0]
         entry: dict[str, Any] = {
             "id": "call_" + secrets.token_hex(12),
             "type": "function",

@@ -101,3 +101,18 @@ def test_a_stream_cut_by_max_tokens_ends_like_openai(backend: LlamaCppBackend) -
         text = "".join(c.text for c in stream)
     assert stream.result.finish_reason == "length"
     assert stream.result.parsed is None and stream.result.text == text
+
+
+def test_tools_make_the_answer_a_tool_call(backend: LlamaCppBackend) -> None:
+    tools = [
+        {"type": "function", "function": {"name": "move_arm", "parameters": ACTION}},
+        {"type": "function", "function": {"name": "halt", "parameters": {"type": "object"}}},
+    ]
+    result = Client(backend).generate(ASK, tools=tools, max_tokens=40)
+    (call,) = result.tool_calls
+    assert call.name in {"move_arm", "halt"}
+    if call.name == "move_arm":
+        assert call.arguments["action"] in {"pick", "place", "wait"}
+    assert json.loads(call.arguments_json) == call.arguments
+    free = Client(backend).generate(ASK, tools=tools, tool_choice="none", max_tokens=4)
+    assert free.tool_calls == () and free.parsed is None

@@ -24,10 +24,11 @@ class Action(BaseModel):
     bay: int
 
 
-def test_dict_schema_text_is_canonical_and_checks_answers() -> None:
+def test_dict_schema_text_is_compact_and_checks_answers() -> None:
     schema = OutputSchema.of(ACTION)
-    assert schema.text == json.dumps(ACTION, sort_keys=True, separators=(",", ":"))
-    assert OutputSchema.of(dict(reversed(list(ACTION.items())))).text == schema.text
+    assert schema.text == json.dumps(ACTION, separators=(",", ":"))
+    # property order is kept: it is the order the grammar writes them in
+    assert list(json.loads(schema.text)["properties"]) == ["action", "bay"]
     assert schema.parse('{"action": "pick", "bay": 3}') == {"action": "pick", "bay": 3}
     with pytest.raises(StructuredOutputError, match="does not follow") as info:
         schema.parse('{"action": "drop", "bay": 3}')
@@ -116,3 +117,17 @@ def test_a_backend_without_a_grammar_engine_refuses_a_schema_before_any_token() 
         Client(backend).stream("x", schema=ACTION)
     with pytest.raises(InvalidRequestError, match="invalid JSON schema"):
         Client(backend).stream("x", schema={"type": 12})
+
+
+def test_request_schema_picks_the_schema_or_the_tools() -> None:
+    from edgecloud.common.structured import request_schema
+
+    assert request_schema(None, None, None) is None
+    assert request_schema(ACTION, None, "auto") == OutputSchema.of(ACTION)
+    tools = request_schema(None, TOOLS, None)
+    assert tools is not None and tools.tools and "anyOf" in tools.as_dict
+    assert request_schema(ACTION, TOOLS, "none") == OutputSchema.of(ACTION)
+    with pytest.raises(InvalidRequestError, match="not both"):
+        request_schema(ACTION, TOOLS, "auto")
+    with pytest.raises(InvalidRequestError, match="needs tools"):
+        request_schema(None, None, "required")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edgecloud.common.structured import OutputSchema
+from edgecloud.common.structured import OutputSchema, request_schema
 from edgecloud.http._protocol import (
     ChatRequest,
     HttpError,
@@ -17,7 +17,7 @@ from edgecloud.http._protocol import (
     generate_options,
     parse_request,
 )
-from edgecloud.types import Confidence, GenerationResult, Timings, Usage
+from edgecloud.types import Confidence, GenerationResult, Timings, ToolCall, Usage
 
 ACTION = {
     "type": "object",
@@ -39,7 +39,9 @@ def chat(**fields: Any) -> ChatRequest:
 
 
 def schema_of(**fields: Any) -> Any:
-    return generate_options(chat(**fields), max_tokens=16, cap=64)["schema"]
+    options = generate_options(chat(**fields), max_tokens=16, cap=64)
+    schema = request_schema(options.get("schema"), options.get("tools"), options.get("tool_choice"))
+    return schema.as_dict if schema is not None else None
 
 
 def test_response_format_becomes_the_schema_option() -> None:
@@ -100,10 +102,11 @@ def test_a_conversation_with_tool_calls_and_results_reads_as_chat() -> None:
 
 
 def result(text: str, parsed: Any, reason: str = "stop") -> GenerationResult:
+    calls = (ToolCall(parsed["name"], parsed["arguments"]),) if parsed else ()
     return GenerationResult(
         text=text, finish_reason=reason, usage=Usage(5, 3),  # type: ignore[arg-type]
         confidence=Confidence(-0.5, -1.0, math.nan, 3), source="local",
-        timings=Timings(0.1, 0.3, 10.0), model="m", parsed=parsed,
+        timings=Timings(0.1, 0.3, 10.0), model="m", parsed=parsed, tool_calls=calls,
     )  # fmt: skip
 
 
