@@ -55,7 +55,7 @@ def schema_to_gbnf(schema: str) -> str:
 
         try:
             json.loads(schema)
-            gbnf = json_schema_to_gbnf(schema)
+            gbnf = _strict_strings(json_schema_to_gbnf(schema))
         except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
             raise InvalidRequestError(
                 f"the device's grammar compiler cannot handle this schema: {exc}"
@@ -64,6 +64,20 @@ def schema_to_gbnf(schema: str) -> str:
             _gbnf_cache.pop(next(iter(_gbnf_cache)))
         _gbnf_cache[schema] = gbnf
     return gbnf
+
+
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def _strict_strings(gbnf: str) -> str:
+    """The GBNF with JSON's own string characters: llama-cpp-python's converter lets a
+    string hold raw control characters (a newline, say), which JSON forbids and
+    ``json.loads`` refuses; llama.cpp's C++ converter excludes them, as done here."""
+    return "\n".join(
+        _STRICT_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
+        for line in gbnf.split("\n")
+    )
 
 
 class Grammar:

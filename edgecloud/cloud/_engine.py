@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edgecloud.cloud._grammar import apply_masks
+from edgecloud.cloud._grammar import mask_rows
 from edgecloud.cloud._hf import cache_keyword, returned_cache
 from edgecloud.cloud._sequence import Sequence_, TokenStep
 
@@ -403,17 +403,18 @@ class TorchEngine:
         stay those of the model's full distribution (as on the device)."""
         torch = self._torch
         logits = logits.float()
-        masked = apply_masks(logits, [s.grammar for s in rows])
         logprobs = torch.log_softmax(logits, dim=-1)
         # -sum(p log p); clamping keeps 0 * -inf (a masked token) from becoming NaN.
         # Cheaper than torch.special.entr, which computes its own log.
         finite = logprobs.clamp_min(torch.finfo(logprobs.dtype).min)
         entropy = -(logprobs.exp() * finite).sum(-1)
-        scores = logits if masked is None else masked
-        chosen = scores.argmax(-1)
+        # After the signals: the mask goes into the logits themselves (this step's own;
+        # nothing reads them afterwards), sparing a copy of the batch's logits.
+        mask_rows(logits, [s.grammar for s in rows])
+        chosen = logits.argmax(-1)
         for i, seq in enumerate(rows):
             if seq.params.temperature > 0:
-                chosen[i] = self._sample(scores[i], seq, banned[i] if banned else None)
+                chosen[i] = self._sample(logits[i], seq, banned[i] if banned else None)
             if seq.grammar is not None and not seq.grammar.accept(int(chosen[i])):
                 # Nothing allowed is left (every logit masked): end the answer.
                 chosen[i] = min(seq.eos_ids) if seq.eos_ids else chosen[i]

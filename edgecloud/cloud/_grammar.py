@@ -30,7 +30,7 @@ from edgecloud.errors import InvalidRequestError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GrammarCompiler", "SequenceGrammar", "apply_masks"]
+__all__ = ["GrammarCompiler", "SequenceGrammar", "mask_rows"]
 
 
 class GrammarCompiler:
@@ -130,22 +130,19 @@ class SequenceGrammar:
         return masked, len(tokens)
 
 
-def apply_masks(
-    logits: torch.Tensor, grammars: Sequence[SequenceGrammar | None]
-) -> torch.Tensor | None:
-    """``logits`` (float, ``[rows, vocab]``) with each constrained row's forbidden tokens
-    at -inf, in a copy; None when no row is constrained (nothing to copy)."""
+def mask_rows(logits: torch.Tensor, grammars: Sequence[SequenceGrammar | None]) -> bool:
+    """Set each constrained row's forbidden tokens in ``logits`` (float, ``[rows, vocab]``)
+    to -inf, in place (a copy of a 262k-wide batch costs as much as the mask itself);
+    False, and nothing touched, when no row is constrained."""
     rows = [i for i, g in enumerate(grammars) if g is not None]
     if not rows:
-        return None
+        return False
     import xgrammar as xgr
 
-    vocab = logits.shape[-1]
-    bitmask = xgr.allocate_token_bitmask(len(grammars), vocab)
+    bitmask = xgr.allocate_token_bitmask(len(grammars), logits.shape[-1])
     for i in rows:
         grammar = grammars[i]
         assert grammar is not None
         grammar.fill(bitmask, i)
-    masked = logits.clone()
-    xgr.apply_token_bitmask_inplace(masked, bitmask.to(masked.device), indices=rows)
-    return masked
+    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows)
+    return True

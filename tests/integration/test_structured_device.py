@@ -116,3 +116,13 @@ def test_tools_make_the_answer_a_tool_call(backend: LlamaCppBackend) -> None:
     assert json.loads(call.arguments_json) == call.arguments
     free = Client(backend).generate(ASK, tools=tools, tool_choice="none", max_tokens=4)
     assert free.tool_calls == () and free.parsed is None
+
+
+def test_strings_hold_no_raw_control_characters(backend: LlamaCppBackend) -> None:
+    # JSON forbids a raw newline inside a string; llama-cpp-python's converter allowed it.
+    params = SamplingParams(
+        json_schema='{"type": "object", "properties": {"note": {"type": "string"}}}'
+    )
+    with pytest.raises(InvalidRequestError, match="prefix does not follow"):
+        backend.stream(MESSAGES, params, prefix='{"note": "line one\nline two')
+    backend.stream(MESSAGES, params, prefix='{"note": "line one\\nline two').close()
