@@ -91,31 +91,56 @@ def test_schemas_and_prefixes_the_cloud_cannot_follow_are_refused(
     run(main)
 
 
-def test_a_device_that_hands_off_mid_answer_gets_valid_json_from_the_cloud(
-    cloud_backend: TorchBackend, model_cache: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def hybrid(
+    cloud_backend: TorchBackend, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Client]:
+    """A device client whose every answer is handed off after 3 tokens, to an in-process
+    cloud on the real model."""
     runner = LoopThread("test-cloud")
     server = runner.run(CloudServer.start(cloud_backend, CloudConfig.model_validate(CONFIG)))
-    # A confidence window every answer trips after 3 tokens: each answer is handed off.
     device = {
         "model": {"n_threads": 2, "n_ctx": 1024},
         "router": {"min_mean_logprob": -0.0001, "min_tokens": 3, "window": 3},
         "cloud": {"endpoints": [{"target": f"127.0.0.1:{server.port}", "tls": False}],
                   "first_token_timeout_s": 60, "health_interval_s": 60},
-        "log": {"path": str(tmp_path / "log.db")},
+        "log": {"path": str(tmp_path_factory.mktemp("device") / "log.db")},
     }  # fmt: skip
     try:
         with Client.local(settings=Settings.load(cache_dir=model_cache, device=device)) as client:
-            with client.stream(PROMPT, schema=ACTION, max_tokens=24) as stream:
-                chunks = list(stream)
-            result = stream.result
+            yield client
     finally:
         runner.run(server.stop(0))
         runner.close()
+
+
+def valid_action(text: str) -> dict[str, object]:
+    value = json.loads(text)
+    assert value["action"] in {"pick", "place", "wait"} and isinstance(value["bay"], int)
+    return value  # type: ignore[no-any-return]
+
+
+def test_a_device_that_hands_off_mid_answer_gets_valid_json_from_the_cloud(
+    hybrid: Client,
+) -> None:
+    with hybrid.stream(PROMPT, schema=ACTION, max_tokens=24) as stream:
+        chunks = list(stream)
+    result = stream.result
     assert result.route is not None and result.route.policy == "confidence-window"
     assert result.route.local_tokens_before_handoff + result.route.rejected_local_tokens == 3
+    assert [c.source for c in chunks[:3]] == ["local"] * 3
     assert {c.source for c in chunks if c.token_id >= 0} >= {"cloud"}
     assert result.finish_reason == "stop"
-    assert result.parsed == json.loads(result.text)
-    assert result.parsed["action"] in {"pick", "place", "wait"}
-    assert isinstance(result.parsed["bay"], int)
+    assert result.parsed == valid_action(result.text)
+
+
+@pytest.mark.parametrize("speculative", [0, 4])
+def test_a_cloud_answer_follows_the_schema_speculative_or_not(
+    hybrid: Client, speculative: int
+) -> None:
+    result = hybrid.generate(
+        PROMPT, schema=ACTION, max_tokens=24, route="cloud", speculative=speculative
+    )
+    assert result.source == "cloud" and result.parsed == valid_action(result.text)
+    if speculative:
+        assert result.route is not None and result.route.draft_tokens > 0
