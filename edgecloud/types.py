@@ -358,8 +358,11 @@ class GenerationResult:
     """With ``tools``: the call the model made (one); empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+        """A JSON-ready dict (a parsed model instance as its JSON-mode dump)."""
+        out = asdict(self)
+        if isinstance(self.parsed, BaseModel):
+            out["parsed"] = self.parsed.model_dump(mode="json")
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,3 +131,17 @@ def test_request_schema_picks_the_schema_or_the_tools() -> None:
         request_schema(ACTION, TOOLS, "auto")
     with pytest.raises(InvalidRequestError, match="needs tools"):
         request_schema(None, None, "required")
+
+
+def test_a_result_with_a_parsed_model_is_json_ready() -> None:
+    from edgecloud.types import Confidence, GenerationResult, Timings, ToolCall, Usage
+
+    result = GenerationResult(
+        text='{"action":"pick","bay":2}', finish_reason="stop", usage=Usage(3, 9),
+        confidence=Confidence(-0.1, -0.5, 0.3, 9), source="local", timings=Timings(0.1, 0.2, 50.0),
+        model="m", parsed=Action(action="pick", bay=2), tool_calls=(ToolCall("move", {"bay": 2}),),
+    )  # fmt: skip
+    out = result.to_dict()
+    assert out["parsed"] == {"action": "pick", "bay": 2}
+    assert list(out["tool_calls"]) == [{"name": "move", "arguments": {"bay": 2}}]
+    json.dumps(out)
