@@ -55,7 +55,7 @@ def schema_to_gbnf(schema: str) -> str:
 
         try:
             json.loads(schema)
-            gbnf = _strict_strings(json_schema_to_gbnf(schema))
+            gbnf = _upstream_rules(json_schema_to_gbnf(schema))
         except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
             raise InvalidRequestError(
                 f"the device's grammar compiler cannot handle this schema: {exc}"
@@ -66,18 +66,25 @@ def schema_to_gbnf(schema: str) -> str:
     return gbnf
 
 
-_LOOSE_CHAR = r'char ::= [^"\\] |'
-_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+_FIXES = {
+    # JSON strings hold no raw control characters (json.loads refuses a raw newline).
+    r'char ::= [^"\\] |': r'char ::= [^"\\\x7F\x00-\x1F] |',
+    # A newline and indentation between tokens, as the cloud's grammar (and llama.cpp's
+    # C++ converter) allow: text the cloud wrote must parse when the device finishes it.
+    r'space ::= " "?': r'space ::= | " " | "\n" [ \t]{0,20}',
+}
+"""Rules of llama-cpp-python's converter that differ from llama.cpp's own, as the C++
+converter writes them."""
 
 
-def _strict_strings(gbnf: str) -> str:
-    """The GBNF with JSON's own string characters: llama-cpp-python's converter lets a
-    string hold raw control characters (a newline, say), which JSON forbids and
-    ``json.loads`` refuses; llama.cpp's C++ converter excludes them, as done here."""
-    return "\n".join(
-        _STRICT_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
-        for line in gbnf.split("\n")
-    )
+def _upstream_rules(gbnf: str) -> str:
+    """The GBNF with :data:`_FIXES` applied (each rule is one line, matched by its start)."""
+    lines = gbnf.split("\n")
+    for i, line in enumerate(lines):
+        for loose, strict in _FIXES.items():
+            if line.startswith(loose):
+                lines[i] = strict + line[len(loose) :]
+    return "\n".join(lines)
 
 
 class Grammar:

@@ -94,6 +94,12 @@ def test_the_backend_continues_a_prefix_inside_the_grammar(backend: LlamaCppBack
     assert json.loads(prefix + text)["action"] == "place"
     with pytest.raises(InvalidRequestError, match="prefix does not follow"):
         backend.stream(MESSAGES, params, prefix='{"verb": ')
+    # Text the cloud wrote (its grammar allows a newline and indentation) parses here too.
+    indented = '{\n  "action": "wait",\n  "bay": '
+    text = "".join(
+        e.text for e in backend.stream(MESSAGES, params, prefix=indented) if hasattr(e, "text")
+    )
+    assert json.loads(indented + text)["action"] == "wait"
 
 
 def test_a_stream_cut_by_max_tokens_ends_like_openai(backend: LlamaCppBackend) -> None:
