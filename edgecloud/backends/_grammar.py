@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import weakref
 from typing import Any
 
@@ -54,8 +55,8 @@ def schema_to_gbnf(schema: str) -> str:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         try:
-            json.loads(schema)
-            gbnf = _upstream_rules(json_schema_to_gbnf(schema))
+            lowered = json.dumps(_small_int_ranges(json.loads(schema)))
+            gbnf = _upstream_rules(json_schema_to_gbnf(lowered))
         except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
             raise InvalidRequestError(
                 f"the device's grammar compiler cannot handle this schema: {exc}"
@@ -64,6 +65,58 @@ def schema_to_gbnf(schema: str) -> str:
             _gbnf_cache.pop(next(iter(_gbnf_cache)))
         _gbnf_cache[schema] = gbnf
     return gbnf
+
+
+_MAX_RANGE = 512
+"""Largest integer range written out as an enum (see :func:`_small_int_ranges`)."""
+
+
+def _small_int_ranges(node: Any) -> Any:
+    """``node`` with every bounded integer of at most :data:`_MAX_RANGE` values turned into
+    the ``enum`` of those values. llama-cpp-python's converter ignores ``minimum`` and
+    ``maximum`` (llama.cpp's C++ one writes digit rules for them), so a "bay from 1 to
+    20" would otherwise be any integer, and a small model happily writes 100000000000;
+    as an enum the grammar allows exactly the schema's values. Wider ranges stay as
+    they are: the final validation checks them."""
+    if isinstance(node, list):
+        return [_small_int_ranges(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _small_int_ranges(v) for k, v in node.items()}
+    if out.get("type") != "integer" or "enum" in out or "const" in out:
+        return out
+    low, high = (
+        _bound(out, "minimum", "exclusiveMinimum", 1),
+        _bound(out, "maximum", "exclusiveMaximum", -1),
+    )
+    if low is None or high is None or not 0 <= high - low < _MAX_RANGE:
+        return out
+    step = out.get("multipleOf", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
+        return out
+    values = [v for v in range(low, high + 1) if v % step == 0]
+    rest = {k: v for k, v in out.items() if k not in _RANGE_KEYS}
+    return {**rest, "enum": values}
+
+
+_RANGE_KEYS = frozenset(
+    {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+)
+
+
+def _bound(node: dict[str, Any], inclusive: str, exclusive: str, shift: int) -> int | None:
+    """The tightest integer bound of ``node`` on one side (None when it has none)."""
+    found: list[int] = []
+    value = node.get(inclusive)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        found.append(math.ceil(value) if shift > 0 else math.floor(value))
+    value = node.get(exclusive)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        edge = math.floor(value) + 1 if shift > 0 else math.ceil(value) - 1
+        found.append(edge)
+    if not found:
+        return None
+    return max(found) if shift > 0 else min(found)
 
 
 _FIXES = {
