@@ -22,6 +22,7 @@ accepted token has passed :meth:`Grammar.allows` (or come out of a mask) first.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import weakref
@@ -40,31 +41,24 @@ TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
 _SHORTLIST = 64
 """Most likely tokens the grammar looks at before the whole vocabulary."""
 
-_gbnf_cache: dict[str, str] = {}
 
-
+@functools.lru_cache(maxsize=64)
 def schema_to_gbnf(schema: str) -> str:
-    """GBNF for a JSON schema (JSON text), cached per schema.
+    """GBNF for a JSON schema (JSON text), cached per schema (thread-safe).
 
     Raises:
         InvalidRequestError: the converter cannot handle the schema (a remote ``$ref``,
             an unsupported ``pattern`` construct, ...).
     """
-    gbnf = _gbnf_cache.get(schema)
-    if gbnf is None:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-        try:
-            lowered = json.dumps(_small_int_ranges(json.loads(schema)))
-            gbnf = _upstream_rules(json_schema_to_gbnf(lowered))
-        except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
-            raise InvalidRequestError(
-                f"the device's grammar compiler cannot handle this schema: {exc}"
-            ) from exc
-        if len(_gbnf_cache) >= 64:
-            _gbnf_cache.pop(next(iter(_gbnf_cache)))
-        _gbnf_cache[schema] = gbnf
-    return gbnf
+    try:
+        lowered = json.dumps(_small_int_ranges(json.loads(schema)))
+        return _upstream_rules(json_schema_to_gbnf(lowered))
+    except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
+        raise InvalidRequestError(
+            f"the device's grammar compiler cannot handle this schema: {exc}"
+        ) from exc
 
 
 _MAX_RANGE = 512
