@@ -404,8 +404,7 @@ class LlamaCppBackend(TextBackend):
     def check_schema(self, schema: str) -> None:
         """Refuse a schema llama.cpp's grammar cannot express (see
         :meth:`TextBackend.check_schema`)."""
-        self._check_open()
-        Grammar(self._ll, self._vocab, schema_to_gbnf(schema)).close()
+        self._grammar(schema, "").close()
 
     def _grammar(self, schema: str, prefix: str) -> Grammar:
         """The schema's grammar, advanced over ``prefix`` (text the answer already has).
