@@ -28,6 +28,7 @@ from edgecloud.errors import (
     ModelIntegrityError,
     ModelLoadError,
     ModelNotFoundError,
+    StructuredOutputError,
 )
 from edgecloud.types import (
     ChatMessage,
@@ -37,6 +38,7 @@ from edgecloud.types import (
     GenerationResult,
     SamplingParams,
     Timings,
+    ToolCall,
     Usage,
 )
 
@@ -60,7 +62,9 @@ __all__ = [
     "SamplingParams",
     "Settings",
     "Stream",
+    "StructuredOutputError",
     "Timings",
+    "ToolCall",
     "Usage",
     "__version__",
 ]

@@ -18,11 +18,12 @@ from typing_extensions import Self, Unpack
 from edgecloud.common.aio import DONE, LoopThread, iterate_async, pump_events
 from edgecloud.common.lifecycle import AsyncClosing, Closing
 from edgecloud.common.settings import format_validation_error
+from edgecloud.common.structured import OutputSchema, parse_tool_call, request_schema
 from edgecloud.common.text import normalize_prompt
 from edgecloud.config import Settings
 from edgecloud.device._answer import Transcript
 from edgecloud.device._settings import MAX_DRAFT_TOKENS
-from edgecloud.errors import InvalidRequestError, StreamNotFinishedError
+from edgecloud.errors import InvalidRequestError, StreamNotFinishedError, StructuredOutputError
 from edgecloud.types import (
     Chunk,
     Confidence,
@@ -33,6 +34,7 @@ from edgecloud.types import (
     ResultSource,
     SamplingParams,
     Timings,
+    ToolCall,
     Usage,
 )
 
@@ -43,8 +45,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient", "AsyncStream", "Client", "Stream"]
 
-_ROUTING_OPTIONS = frozenset({"route", "show_unverified", "speculative"})
-"""Options for the hybrid engine; the rest override sampling parameters."""
+_ROUTING_OPTIONS = frozenset(
+    {"route", "show_unverified", "speculative", "schema", "tools", "tool_choice"}
+)
+"""Options for the hybrid engine (and ``schema``/``tools``, which become
+``SamplingParams.json_schema``); the rest override sampling parameters."""
 
 
 class ResultBuilder:
@@ -52,11 +57,15 @@ class ResultBuilder:
     passes the clock readings).
 
     A chunk's ``retracted`` characters are taken off the answer before its text is
-    added; the confidence and sources describe the tokens that remain.
+    added; the confidence and sources describe the tokens that remain. With a
+    ``schema``, the finished answer is parsed and validated against it.
     """
 
-    def __init__(self, model: str, started: float) -> None:
+    def __init__(self, model: str, started: float, schema: OutputSchema | None = None) -> None:
         self._model = model
+        self._schema = schema
+        self.schema_error: StructuredOutputError | None = None
+        """Set by :meth:`finish` when the answer does not follow the schema."""
         self._started = started
         self._first: float | None = None
         self._last = started
@@ -71,6 +80,19 @@ class ResultBuilder:
         self._last = now
 
     def finish(self, end: Finish, now: float) -> GenerationResult:
+        """The result of the finished stream. With a schema, ``parsed`` is the validated
+        value, or None and :attr:`schema_error` set when the answer is not one (cut by
+        ``max_tokens``, most likely): ``generate`` raises that error, a stream's
+        consumer reads ``finish_reason`` (as OpenAI's API does)."""
+        parsed = None
+        calls: tuple[ToolCall, ...] = ()
+        if self._schema is not None:
+            try:
+                parsed = self._schema.parse(self._answer.text)
+                if self._schema.tools:
+                    calls = (parse_tool_call(parsed),)
+            except StructuredOutputError as exc:
+                self.schema_error = exc
         tokens = [c for c in self._answer.chunks if c.token_id >= 0]
         n = len(tokens)
         nan = math.nan
@@ -100,6 +122,8 @@ class ResultBuilder:
             timings=timings,
             model=self._model,
             route=end.route,
+            parsed=parsed,
+            tool_calls=calls,
         )
 
 
@@ -172,18 +196,33 @@ class _BaseClient:
         except ValidationError as exc:
             raise InvalidRequestError(format_validation_error(exc)) from exc
 
+    def _schema(self, options: GenerateOptions) -> OutputSchema | None:
+        """The request's output schema, refused now when the device cannot compile it
+        (it is the fallback of a cloud answer too, so it must be able to)."""
+        schema = request_schema(
+            options.get("schema"), options.get("tools"), options.get("tool_choice")
+        )
+        if schema is None:
+            return None
+        self._backend.check_schema(schema.text)
+        return schema
+
     def _start(
-        self, prompt: Prompt | bytes, overrides: Mapping[str, Any], cancel: threading.Event
+        self,
+        prompt: Prompt | bytes,
+        overrides: Mapping[str, Any],
+        cancel: threading.Event,
+        schema: OutputSchema | None = None,
     ) -> tuple[Iterator[Chunk | Finish], ResultBuilder]:
         from edgecloud.device._observe import observed_local
 
         started = time.perf_counter()
         events = self._backend.stream(normalize_prompt(prompt), self._params(overrides), cancel)
-        return observed_local(events), ResultBuilder(self._backend.info.model, started)
+        return observed_local(events), ResultBuilder(self._backend.info.model, started, schema)
 
     def _start_hybrid(
         self, engine: HybridEngine, prompt: Prompt | bytes, overrides: Mapping[str, Any],
-        options: GenerateOptions,
+        options: GenerateOptions, schema: OutputSchema | None = None,
     ) -> tuple[AsyncIterator[Chunk | Finish], ResultBuilder, CancelScope]:  # fmt: skip
         from edgecloud.device._hybrid import CancelScope
 
@@ -194,7 +233,7 @@ class _BaseClient:
             normalize_prompt(prompt), params, route=options.get("route"), cancel=scope,  # type: ignore[arg-type]
             speculative=options.get("speculative"), show_unverified=options.get("show_unverified"),
         )  # fmt: skip
-        return agen, ResultBuilder(self._backend.info.model, started), scope
+        return agen, ResultBuilder(self._backend.info.model, started, schema), scope
 
     def _begin(
         self, prompt: Prompt | bytes, options: GenerateOptions, engine: HybridEngine | None
@@ -202,10 +241,13 @@ class _BaseClient:
         """Start a checked request: on the hybrid engine when one serves it (the events
         are then an async iterator), else on the local backend."""
         overrides = {k: v for k, v in options.items() if k not in _ROUTING_OPTIONS}
+        schema = self._schema(options)
+        if schema is not None:
+            overrides["json_schema"] = schema.text
         if engine is not None:
-            return self._start_hybrid(engine, prompt, overrides, options)
+            return self._start_hybrid(engine, prompt, overrides, options, schema)
         cancel = threading.Event()
-        events, builder = self._start(prompt, overrides, cancel)
+        events, builder = self._start(prompt, overrides, cancel, schema)
         return events, builder, cancel
 
     def _check_options(self, options: GenerateOptions) -> None:
@@ -257,6 +299,15 @@ class _Outcome:
     """The :class:`GenerationResult` a stream has once it ended (shared by both streams)."""
 
     _result: GenerationResult | None = None
+    _builder: ResultBuilder
+
+    def _checked(self) -> GenerationResult:
+        """:attr:`result`, raising the schema's error when the answer does not follow it
+        (what ``generate`` returns)."""
+        result = self.result
+        if self._builder.schema_error is not None:
+            raise self._builder.schema_error
+        return result
 
     @property
     def finished(self) -> bool:
@@ -398,6 +449,10 @@ class Client(_BaseClient, Closing):
                 configured :class:`~edgecloud.types.SamplingParams`; ``route`` is
                 ``"local"`` or ``"cloud"`` to force where the answer comes from, None
                 to let the routing policies decide (needs cloud endpoints);
+                ``schema`` (a JSON-schema dict or a pydantic model class) constrains the
+                answer to JSON that follows it (``result.parsed`` holds the value);
+                ``tools``/``tool_choice`` (OpenAI's shapes) make the answer a tool call
+                (``result.tool_calls``);
                 ``show_unverified`` and ``speculative`` tune mid-answer hand-offs and
                 cloud answers (they matter only with cloud endpoints).
 
@@ -407,8 +462,13 @@ class Client(_BaseClient, Closing):
         avoids that). The stream's ``result`` has the corrected text.
 
         Raises:
-            InvalidRequestError: bad prompt, option or parameter.
+            InvalidRequestError: bad prompt, option or parameter, or a schema the
+                grammar compiler cannot handle.
             ContextOverflowError: the prompt does not fit in the model context.
+
+        With a schema, a stream whose answer was cut before it was valid JSON ends with
+        ``result.parsed`` None and ``finish_reason="length"``; :meth:`generate` raises
+        :class:`~edgecloud.errors.StructuredOutputError` instead.
         """
         self._check_options(options)
         runner = self._runner
@@ -428,11 +488,16 @@ class Client(_BaseClient, Closing):
     def generate(
         self, prompt: Prompt | bytes, **options: Unpack[GenerateOptions]
     ) -> GenerationResult:
-        """Generate a whole answer; the arguments and errors are those of :meth:`stream`."""
+        """Generate a whole answer; the arguments and errors are those of :meth:`stream`.
+
+        Raises:
+            StructuredOutputError: with a schema, the answer is not valid JSON of it
+                (``max_tokens`` cut it, most likely).
+        """
         with self.stream(prompt, **options) as stream:
             for _ in stream:
                 pass
-        return stream.result
+        return stream._checked()
 
     def close(self) -> None:
         if self._runner is not None:
@@ -624,7 +689,7 @@ class AsyncClient(_BaseClient, AsyncClosing):
         async with self.stream(prompt, **options) as stream:
             async for _ in stream:
                 pass
-        return stream.result
+        return stream._checked()
 
     async def aclose(self) -> None:
         task = getattr(self, "_upkeep_task", None)

@@ -9,6 +9,9 @@ Each class says whether retrying the same call may succeed (``retryable``)::
     │                                   UTF-8, max_tokens out of range (not retryable)
     ├── StreamNotFinishedError          a stream's result read before the stream ended
     │                                   (not retryable)
+    ├── StructuredOutputError           an answer asked to follow a JSON schema ended
+    │                                   without a valid value (cut by max_tokens, a
+    │                                   stop sequence or a cancel; not retryable)
     ├── NotFoundError                   the service has no such thing (NOT_FOUND;
     │   │                               not retryable)
     │   ├── UnknownAdapterError         (also an AdapterError, below)
@@ -87,6 +90,7 @@ __all__ = [
     "RemoteError",
     "SplitError",
     "StreamNotFinishedError",
+    "StructuredOutputError",
     "TransportError",
     "UnknownAdapterError",
     "UnknownModelError",
@@ -111,6 +115,19 @@ class InvalidRequestError(EdgeCloudError, ValueError):
 
 class StreamNotFinishedError(EdgeCloudError, RuntimeError):
     """A stream's ``result`` was read before the stream ended (also a ``RuntimeError``)."""
+
+
+class StructuredOutputError(EdgeCloudError, ValueError):
+    """An answer constrained to a JSON schema ended before it was a valid value.
+
+    The grammar keeps every token on the schema, so this means the answer was cut:
+    ``max_tokens`` (raise it), a stop sequence, a cancel, or a cloud answer from a
+    service that could not constrain it. ``text`` holds what was generated.
+    """
+
+    def __init__(self, message: str, *, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
 
 
 class NotFoundError(EdgeCloudError):

@@ -8,6 +8,7 @@ generated token and must stay cheap.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "Source",
     "TensorSpec",
     "Timings",
+    "ToolCall",
     "Usage",
 ]
 
@@ -93,6 +95,22 @@ class GenerateOptions(TypedDict, total=False):
     back; it comes once the local answer has finished without a hand-off, or once the
     cloud has verified it, so no chunk ever has ``retracted`` set. None keeps
     ``device.router.show_unverified``."""
+    schema: Mapping[str, Any] | type[BaseModel] | None
+    """Constrain the answer to JSON that follows this JSON schema (a dict) or pydantic
+    model class: a grammar masks every token that would leave the schema, on the device
+    and in the cloud, and the result's ``parsed`` holds the validated value (a model
+    instance for a class). A schema the grammar compiler cannot handle is refused with
+    :class:`~edgecloud.errors.InvalidRequestError` before any token; an answer cut short
+    (``max_tokens``) raises :class:`~edgecloud.errors.StructuredOutputError` at its end.
+    See docs/structured-output.md."""
+    tools: Sequence[Mapping[str, Any]] | None
+    """OpenAI-style tools (``{"type": "function", "function": {"name", "parameters"}}``):
+    the answer is one call of one of them, JSON constrained to the union of their
+    schemas, in ``result.tool_calls``. Not with ``schema``."""
+    tool_choice: str | Mapping[str, Any] | None
+    """``"auto"``/``"required"`` (the same here: a constrained answer always calls a
+    tool), ``{"type": "function", "function": {"name": ...}}`` to force one, or
+    ``"none"`` to answer in free text despite ``tools``."""
     speculative: int | None
     """Draft length k of edge-cloud speculative decoding for an answer the cloud gives
     from its start (``route="cloud"``, or a policy that sends the request there): the
@@ -135,6 +153,29 @@ class SamplingParams(BaseModel):
             "(Chunk.top); 0: none. Only the device model reports them; cloud tokens have none."
         ),
     )
+
+    json_schema: str | None = Field(
+        None,
+        max_length=1 << 16,
+        description=(
+            "JSON schema (as JSON text) the answer must follow; a grammar masks every token "
+            "that would leave it. None: free text. Usually set per request (the client's "
+            "schema= option, the endpoint's response_format) rather than as a default."
+        ),
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_object(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"json_schema is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("json_schema must be a JSON object")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -245,6 +286,19 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call of a tool the model chose: its name and its arguments (a JSON object)."""
+
+    name: str
+    arguments: Mapping[str, Any]
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as JSON text (OpenAI's ``function.arguments``)."""
+        return json.dumps(self.arguments, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one generation."""
 
@@ -297,10 +351,18 @@ class GenerationResult:
     model: str
     route: RouteInfo | None = None
     """How the answer was routed (None for a purely local client)."""
+    parsed: Any = None
+    """With a ``schema``: the answer's JSON value, validated against it (an instance of
+    the model class when the schema was a pydantic model). None without a schema."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """With ``tools``: the call the model made (one); empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
+        """A JSON-ready dict (a parsed model instance as its JSON-mode dump)."""
+        out = asdict(self)
+        if isinstance(self.parsed, BaseModel):
+            out["parsed"] = self.parsed.model_dump(mode="json")
+        return out
 
 
 @dataclass(frozen=True, slots=True)

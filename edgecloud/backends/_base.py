@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgecloud.common.lifecycle import Closing
+from edgecloud.errors import InvalidRequestError
 from edgecloud.types import BackendInfo, ChatMessage, Chunk, Finish, SamplingParams, TensorSpec
 
 if TYPE_CHECKING:
@@ -69,6 +70,18 @@ class TextBackend(LocalBackend):
             ContextOverflowError: the prompt does not fit in the context.
             InvalidRequestError: the request cannot be served by this model.
         """
+
+    def check_schema(self, schema: str) -> None:
+        """Refuse, before any token, a JSON schema (``SamplingParams.json_schema`` text)
+        this backend cannot constrain its output to. A backend without a grammar engine
+        refuses every schema.
+
+        Raises:
+            InvalidRequestError: the schema cannot be compiled to a grammar here.
+        """
+        raise InvalidRequestError(
+            f"the {self.info.kind} backend cannot constrain its output to a JSON schema"
+        )
 
 
 @runtime_checkable

@@ -7,6 +7,10 @@ chosen token's log-probability and the entropy with one vectorized pass
 (:mod:`edgecloud.backends._signals`), and picks the token by argmax (greedy) or
 with llama.cpp's native sampler chain (top-k, top-p, temperature, seeded dist).
 
+With ``SamplingParams.json_schema`` a llama.cpp grammar keeps every token on the
+schema (:mod:`edgecloud.backends._grammar`); the confidence signals still describe
+the model's full distribution, as without a schema (docs/structured-output.md).
+
 LoRA adapters (llama.cpp LoRA GGUFs, see :mod:`edgecloud.adapters._gguf`) are
 hot-swapped on the live context with :meth:`LlamaCppBackend.set_adapter`: the
 base weights stay loaded, only the small A/B matrices are read.
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgecloud.backends._base import BackendInfo, FifoLock, TextBackend
+from edgecloud.backends._grammar import FullMask, Grammar, schema_to_gbnf
 from edgecloud.backends._signals import StepSignals
 from edgecloud.common.chat import ChatFormatter, RenderedPrompt
 from edgecloud.common.models import check_model_file
@@ -179,6 +184,7 @@ class LlamaCppBackend(TextBackend):
         self._signals = StepSignals(self._n_vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._step_token = (ll.llama_token * 1)()
+        self._full_mask: FullMask | None = None  # built on the first constrained request
 
         self._bos_text = self._token_text(ll.llama_vocab_bos(self._vocab))
         eos_text = self._token_text(ll.llama_vocab_eos(self._vocab))
@@ -389,8 +395,31 @@ class LlamaCppBackend(TextBackend):
             raise InvalidRequestError(
                 f"max_tokens={params.max_tokens} exceeds the model context of {self._n_ctx} tokens"
             )
+        grammar = self._grammar(params.json_schema, prefix) if params.json_schema else None
         stops = tuple(params.stop) + rendered.stop
-        return self._generate(tokens, params, stops, cancel or threading.Event(), use_adapter)
+        return self._generate(
+            tokens, params, stops, cancel or threading.Event(), use_adapter, grammar
+        )
+
+    def check_schema(self, schema: str) -> None:
+        """Refuse a schema llama.cpp's grammar cannot express (see
+        :meth:`TextBackend.check_schema`)."""
+        self._grammar(schema, "").close()
+
+    def _grammar(self, schema: str, prefix: str) -> Grammar:
+        """The schema's grammar, advanced over ``prefix`` (text the answer already has).
+
+        Raises:
+            InvalidRequestError: the schema cannot be compiled, or ``prefix`` leaves it.
+        """
+        self._check_open()
+        grammar = Grammar(self._ll, self._vocab, schema_to_gbnf(schema))
+        for token in self.tokenize(prefix, add_bos=False) if prefix else ():
+            if not grammar.allows(token):
+                grammar.close()
+                raise InvalidRequestError("the answer's prefix does not follow the JSON schema")
+            grammar.accept(token)
+        return grammar
 
     def _generate(
         self,
@@ -399,8 +428,11 @@ class LlamaCppBackend(TextBackend):
         stops: tuple[str, ...],
         cancel: threading.Event,
         use_adapter: bool = True,
+        grammar: Grammar | None = None,
     ) -> Iterator[Chunk | Finish]:
         if not self._lock.acquire(cancel):
+            if grammar is not None:
+                grammar.close()
             yield Finish("cancelled", len(prompt), 0)
             return
         sampler = None
@@ -415,6 +447,9 @@ class LlamaCppBackend(TextBackend):
                     self._reset_cache()  # the cached keys and values were computed otherwise
                 self._prefill(prompt)
                 sampler = self._make_sampler(params)
+                if grammar is not None and self._full_mask is None:
+                    self._full_mask = FullMask(ll, self._n_vocab)
+            full = self._full_mask
             ctx, vocab, native = self._ctx, self._vocab, self._native
             budget = min(params.max_tokens, self._n_ctx - len(prompt))
             signals, n_vocab, step = self._signals, self._n_vocab, self._step_token
@@ -446,10 +481,24 @@ class LlamaCppBackend(TextBackend):
                     else:
                         top = float(logits.max())
                         token = int(ll.llama_sampler_sample(sampler, ctx, -1))
+                    if grammar is not None:
+                        assert full is not None
+                        allowed = (
+                            grammar.best(logits, token, full)
+                            if sampler is None
+                            else grammar.sample(logits, token, sampler, full)
+                        )
+                        if allowed is None:  # the grammar cannot go on: end the answer
+                            reason = "stop"
+                            break
+                        token = allowed
+                    # From the unmasked logits: the model's own distribution (the docs say why).
                     logprob, entropy = signals(logits, token, top)
                 if is_eog(vocab, token):
                     reason = "stop"
                     break
+                if grammar is not None:
+                    grammar.accept(token)
                 alternatives = self._alternatives(params.top_logprobs) if want_top else ()
                 step[0] = token
                 piece = self._piece(token)
@@ -472,6 +521,8 @@ class LlamaCppBackend(TextBackend):
         finally:
             if sampler is not None:
                 ll.llama_sampler_free(sampler)
+            if grammar is not None:
+                grammar.close()
             self._lock.release()
 
     def _prefill(self, prompt: list[int]) -> None:

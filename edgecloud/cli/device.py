@@ -33,6 +33,10 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Treat the prompt as a user chat message.")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option(help="Context window in tokens.")] = None,
+    schema: Annotated[
+        Optional[str],
+        typer.Option(help="JSON schema the answer must follow: a file, or the JSON itself."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per token, then a summary.")
     ] = False,
@@ -45,6 +49,7 @@ def generate(
     progress = AssemblyProgress()
     try:
         text = sys.stdin.read() if prompt == "-" else prompt
+        json_schema = _read_schema(schema) if schema is not None else None
         settings = load_settings(config, verbose)
         client = Client.local(
             model, settings=settings, progress=progress, n_threads=threads, n_ctx=n_ctx
@@ -59,7 +64,7 @@ def generate(
             # Printed text cannot be taken back; JSON consumers get `retracted` instead.
             stream = client.stream(request, max_tokens=max_tokens, temperature=temperature,
                                    top_p=top_p, top_k=top_k, seed=seed, stop=stop,
-                                   show_unverified=as_json)  # fmt: skip
+                                   show_unverified=as_json, schema=json_schema)  # fmt: skip
             with stream:
                 for chunk in stream:
                     if as_json:
@@ -89,6 +94,31 @@ def generate(
             f"mean entropy {fmt(c.mean_entropy)} | {result.source} | {result.finish_reason}\n"
         )
     out.flush()
+
+
+def _read_schema(given: str) -> dict[str, Any]:
+    """``--schema``: JSON text, or the path of a file holding it.
+
+    Raises:
+        InvalidRequestError: neither, or not a JSON object.
+    """
+    import json
+
+    from edgecloud.errors import InvalidRequestError
+
+    source = given if given.lstrip().startswith("{") else None
+    if source is None:
+        try:
+            source = Path(given).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidRequestError(f"--schema: cannot read {given}: {exc}") from exc
+    try:
+        value = json.loads(source)
+    except ValueError as exc:
+        raise InvalidRequestError(f"--schema is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidRequestError("--schema must be a JSON object")
+    return value
 
 
 @device_app.command("serve")

@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from edgecloud.cloud._grammar import mask_rows
 from edgecloud.cloud._hf import cache_keyword, returned_cache
 from edgecloud.cloud._sequence import Sequence_, TokenStep
 
@@ -289,6 +290,9 @@ class TorchEngine:
         torch = self._torch
         drafted = torch.tensor(seq.prefix_ids, device=logits.device)
         scores = logits[:n].float()
+        allowed = n
+        if seq.grammar is not None:  # judge each token against the constrained choice
+            scores, allowed = seq.grammar.walk(scores, seq.prefix_ids)
         if seq.params.temperature > 0 and len(seq.prefix_logprobs) == n:
             # Speculative sampling's test, in logs: keep the token when u < p / q.
             log_p = self._distribution(scores, seq.params).gather(1, drafted[:, None])[:, 0].log()
@@ -298,7 +302,10 @@ class TorchEngine:
         else:
             agree = scores.argmax(-1) == drafted
         first = n if bool(agree.all()) else int(agree.logical_not().nonzero()[0])
+        first = min(first, allowed)
         accepted = seq.accept_prefix(first)
+        if seq.grammar is not None:
+            seq.grammar.rollback(allowed - accepted)  # back to the state after the kept text
         return accepted, int(drafted[first]) if accepted == first < n else None
 
     def _merge(
@@ -390,7 +397,10 @@ class TorchEngine:
         banned: Sequence[int | None] = (),
     ) -> tuple[list[TokenStep], torch.Tensor]:
         """One token per row; ``banned[i]``, when set, is a token row i must not draw
-        (a rejected prefix token; a greedy row's argmax never is one)."""
+        (a rejected prefix token; a greedy row's argmax never is one).
+
+        A row with a grammar picks among the tokens it allows; its logprob and entropy
+        stay those of the model's full distribution (as on the device)."""
         torch = self._torch
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -398,10 +408,16 @@ class TorchEngine:
         # Cheaper than torch.special.entr, which computes its own log.
         finite = logprobs.clamp_min(torch.finfo(logprobs.dtype).min)
         entropy = -(logprobs.exp() * finite).sum(-1)
+        # After the signals: the mask goes into the logits themselves (this step's own;
+        # nothing reads them afterwards), sparing a copy of the batch's logits.
+        mask_rows(logits, [s.grammar for s in rows])
         chosen = logits.argmax(-1)
         for i, seq in enumerate(rows):
             if seq.params.temperature > 0:
                 chosen[i] = self._sample(logits[i], seq, banned[i] if banned else None)
+            if seq.grammar is not None and not seq.grammar.accept(int(chosen[i])):
+                # Nothing allowed is left (every logit masked): end the answer.
+                chosen[i] = min(seq.eos_ids) if seq.eos_ids else chosen[i]
         picked = logprobs.gather(1, chosen[:, None])[:, 0]
         steps = [
             TokenStep(int(t), float(lp), max(float(h), 0.0))

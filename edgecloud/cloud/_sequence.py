@@ -19,9 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgecloud.common.text import StopMatcher
 from edgecloud.types import Chunk, Finish, FinishReason, Retraction, SamplingParams
+
+if TYPE_CHECKING:
+    from edgecloud.cloud._grammar import SequenceGrammar
 
 __all__ = ["Emit", "Sequence_", "TokenStep"]
 
@@ -87,6 +91,9 @@ class Sequence_:
     prefix_logprobs: tuple[float, ...] = ()
     """The device's log-probability of each prefix token; the engine uses them only when
     there is one per verified token."""
+    grammar: SequenceGrammar | None = None
+    """The sequence's place in its JSON schema's grammar (None: free text); the engine
+    masks its logits with it and advances it over each chosen token."""
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
     enqueued_at: float = field(default_factory=time.monotonic)

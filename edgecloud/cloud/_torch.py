@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
+from edgecloud.cloud._grammar import GrammarCompiler, SequenceGrammar
 from edgecloud.cloud._prompting import apply_format
 from edgecloud.cloud._scheduler import Scheduler
 from edgecloud.cloud._sequence import Sequence_
@@ -158,6 +159,8 @@ class TorchBackend:
             eos_ids.add(tokenizer.eos_token_id)
         self._eos = frozenset(eos_ids)
         self._bos = tokenizer.bos_token_id
+        vocab = getattr(model.get_output_embeddings(), "out_features", None) or len(tokenizer)
+        self._grammars = GrammarCompiler(tokenizer, int(vocab), sorted(self._eos))
         pad = tokenizer.pad_token_id
         self.engine = TorchEngine(
             model,
@@ -256,6 +259,22 @@ class TorchBackend:
             raise InvalidRequestError(f"{what}; the service allows {limit} with the answer")
         return ids + prefix, len(prefix)
 
+    def _grammar(self, schema: str, prefix: Sequence[int], walk: bool) -> SequenceGrammar:
+        """A matcher for ``schema``; with ``walk``, advanced over the (unverified)
+        assistant prefix. A verified prefix is walked by the engine, which masks each
+        of its positions on the way.
+
+        Raises:
+            InvalidRequestError: the schema cannot be compiled, or the prefix leaves it.
+        """
+        grammar = self._grammars.matcher(self._grammars.compile(schema))
+        taken = grammar.advance(prefix) if walk else len(prefix)
+        # Whitespace after a complete value (the device's grammar allows a space
+        # there, xgrammar does not) changes nothing: the answer can only end.
+        if taken < len(prefix) and self._decode(prefix[taken:]).strip():
+            raise InvalidRequestError("the assistant prefix does not follow the JSON schema")
+        return grammar
+
     def _decode(self, ids: Sequence[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
@@ -275,8 +294,12 @@ class TorchBackend:
         comes first when part of it is rejected. ``Finish.prompt_tokens`` counts
         every token prefilled, the whole prefix included.
 
+        With ``params.json_schema`` every token is picked under the schema's grammar
+        (:mod:`edgecloud.cloud._grammar`), after the assistant prefix when there is one.
+
         Raises:
-            InvalidRequestError: the prompt leaves no room for new tokens.
+            InvalidRequestError: the prompt leaves no room for new tokens, or the schema
+                cannot be compiled (or the prefix does not follow it).
             UnknownAdapterError: ``adapter_id`` is not loaded.
             OverloadedError: the batch and queue are full.
         """
@@ -284,6 +307,12 @@ class TorchBackend:
         if request.adapter_id and request.adapter_id not in self._adapters:
             raise UnknownAdapterError(f"adapter {request.adapter_id!r} is not loaded")
         prompt_ids, prefix_tokens = self.encode(request)
+        grammar = None
+        if params.json_schema:
+            grammar = await asyncio.to_thread(
+                self._grammar, params.json_schema, prompt_ids[len(prompt_ids) - prefix_tokens :],
+                not request.verify_prefix,
+            )  # fmt: skip
         room = self._config.max_context_tokens - len(prompt_ids)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | Finish | Retraction | BaseException] = asyncio.Queue()
@@ -306,6 +335,7 @@ class TorchBackend:
             verify_tokens=prefix_tokens if request.verify_prefix else 0,
             prefix_text=request.assistant_prefix,
             prefix_logprobs=request.prefix_logprobs,
+            grammar=grammar,
         )
         self._scheduler.submit(seq)
         try:

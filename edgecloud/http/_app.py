@@ -205,6 +205,7 @@ class OpenAIServer:
         builder = ResponseBuilder(
             kind, self.model_name, logprobs=request.alternatives(),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
+            tools=isinstance(request, ChatRequest) and request.calls_tools(),
         )  # fmt: skip
         where = "messages" if kind == "chat" else "prompt"
         self.admit()

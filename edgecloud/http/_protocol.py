@@ -6,6 +6,12 @@ its default value) is refused with a 400 that names it, so a client never silent
 something other than what it asked for. Responses are plain dicts, built chunk by chunk
 from the SDK's :class:`~edgecloud.types.Chunk` objects, with the ``edgecloud``
 extension field (where the tokens ran, how the answer was routed, retractions).
+
+Structured output: ``response_format`` (``json_schema`` or ``json_object``) and
+``tools`` become the SDK's ``schema`` option, so a grammar keeps the answer on the
+schema (docs/structured-output.md). A tool call is the JSON
+``{"name": ..., "arguments": {...}}`` constrained to the union of the tools'
+schemas, returned in OpenAI's ``tool_calls`` shape.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgecloud.common.structured import JSON_OBJECT_SCHEMA, tool_call_schema
 from edgecloud.device._settings import MAX_DRAFT_TOKENS
 from edgecloud.errors import (
     BackendClosedError,
@@ -129,6 +136,51 @@ class StreamOptions(_Strict):
     """Accepted and ignored: this server never pads chunks."""
 
 
+class _JsonSchemaFormat(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    """Accepted either way: the answer always follows the schema (a grammar enforces it)."""
+
+
+class ResponseFormat(_Strict):
+    """``response_format``: text, any JSON object, or JSON that follows a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat | None = None
+
+    def output_schema(self) -> Mapping[str, Any] | None:
+        """The schema the answer must follow; None for free text."""
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise HttpError(400, "response_format of type json_schema needs json_schema",
+                                param="response_format.json_schema")  # fmt: skip
+            return self.json_schema.schema_ or JSON_OBJECT_SCHEMA
+        return JSON_OBJECT_SCHEMA if self.type == "json_object" else None
+
+
+class _Function(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _Tool(_Strict):
+    type: Literal["function"]
+    function: _Function
+
+
+class _FunctionName(_Strict):
+    name: str
+
+
+class _ToolChoice(_Strict):
+    type: Literal["function"]
+    function: _FunctionName
+
+
 class _Request(_Strict):
     model: str = Field(min_length=1)
     stream: bool = False
@@ -138,6 +190,7 @@ class _Request(_Strict):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
     edgecloud: EdgeCloudOptions | None = None
 
     @field_validator("stop")
@@ -150,22 +203,54 @@ class _Request(_Strict):
     def new_tokens(self) -> int | None:
         return self.max_tokens
 
+    def output_schema(self) -> Mapping[str, Any] | None:
+        """The JSON schema the answer must follow (``response_format``); None: free text."""
+        return self.response_format.output_schema() if self.response_format is not None else None
+
+    def structured(self) -> dict[str, Any]:
+        """The SDK options for a structured answer (``schema``, ``tools``, ``tool_choice``)."""
+        return {"schema": self.output_schema()}
+
 
 class _TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
+class _CalledFunction(_Strict):
+    name: str
+    arguments: str
+
+
+class _ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"]
+    function: _CalledFunction
+
+
 class _Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart] | None
+    tool_calls: list[_ToolCallIn] | None = None
+    """An earlier assistant turn's tool calls (sent back with the tools' results)."""
+    tool_call_id: str | None = None
 
     def to_chat(self) -> ChatMessage:
         text = (
             self.content
             if isinstance(self.content, str)
-            else "\n".join(p.text for p in self.content)
+            else "\n".join(p.text for p in self.content or ())
         )
+        if self.role == "tool":
+            # The chat templates have no tool role: the result reads as the user's turn.
+            return ChatMessage(role="user", content=f"Tool result ({self.tool_call_id}): {text}")
+        if self.role == "assistant" and self.tool_calls:
+            # The call as the model wrote it, so the conversation reads as it happened.
+            calls = [
+                f'{{"name": {json.dumps(c.function.name)}, "arguments": {c.function.arguments}}}'
+                for c in self.tool_calls
+            ]
+            text = "\n".join([text, *calls]) if text else "\n".join(calls)
         # OpenAI's newer name for the system role; the chat templates know "system".
         role = "system" if self.role == "developer" else self.role
         return ChatMessage(role=role, content=text)
@@ -178,6 +263,33 @@ class ChatRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[_Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | _ToolChoice | None = None
+
+    def calls_tools(self) -> bool:
+        """Whether the answer is a tool call (tools listed, and ``tool_choice`` not none)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def structured(self) -> dict[str, Any]:
+        """``response_format``'s schema, or the tools (checked here, so that a refusal
+        names its field): the SDK makes the answer one call of one of them
+        (``tool_choice`` ``auto`` answers with a call too: under a grammar the model
+        cannot choose prose instead; ``none`` leaves the tools out)."""
+        if not self.calls_tools():
+            if self.tool_choice not in (None, "none", "auto"):
+                raise HttpError(400, "tool_choice needs tools", param="tool_choice")
+            return super().structured()
+        if self.output_schema() is not None:
+            raise HttpError(400, "give tools or response_format, not both",
+                            param="response_format")  # fmt: skip
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or ()]
+        choice = self.tool_choice
+        choice_value = choice.model_dump() if isinstance(choice, _ToolChoice) else choice
+        try:
+            tool_call_schema(tools, choice_value)
+        except InvalidRequestError as exc:
+            raise HttpError(400, str(exc), param="tool_choice") from None
+        return {"tools": tools, "tool_choice": choice_value}
 
     def new_tokens(self) -> int | None:
         a, b = self.max_tokens, self.max_completion_tokens
@@ -229,9 +341,6 @@ _AT_DEFAULT_COMMON: dict[str, tuple[Any, str]] = {
 _AT_DEFAULT: dict[Kind, dict[str, tuple[Any, str]]] = {
     "chat": {
         **_AT_DEFAULT_COMMON,
-        "response_format": ((None, {"type": "text"}), "response_format: only text"),
-        "tools": ((None, []), "tools (function calling) are not supported"),
-        "tool_choice": ((None, "none", "auto"), "tool_choice: there are no tools"),
         "parallel_tool_calls": (_ANY, ""),
         "functions": ((None, []), "functions (function calling) are not supported"),
         "function_call": ((None, "none", "auto"), "function_call: there are no functions"),
@@ -333,6 +442,7 @@ def generate_options(
         "speculative": ext.speculative,
         "top_k": ext.top_k,
         "top_logprobs": request.alternatives() or None,
+        **request.structured(),
     }
     if request.temperature is not None:
         options["temperature"] = request.temperature
@@ -384,9 +494,11 @@ def _usage(result: GenerationResult) -> dict[str, int]:
     }
 
 
-def _finish_reason(result: GenerationResult) -> str:
+def _finish_reason(result: GenerationResult, tools: bool = False) -> str:
     # "cancelled" has no OpenAI name; only the server cancels (at shutdown).
-    return "length" if result.finish_reason == "length" else "stop"
+    if result.finish_reason == "length":
+        return "length"
+    return "tool_calls" if tools and result.tool_calls else "stop"
 
 
 def answer_extension(result: GenerationResult) -> dict[str, Any]:
@@ -421,12 +533,21 @@ class ResponseBuilder:
         model: the model id to report.
         logprobs: alternatives per token to report; None: no logprobs.
         include_usage: streaming: end with a chunk that carries the usage.
+        tools: the answer is a tool call: it is sent whole, as ``tool_calls``, once it
+            has ended (a stream sends no content deltas before it).
     """
 
     def __init__(
-        self, kind: Kind, model: str, *, logprobs: int | None, include_usage: bool = False
+        self,
+        kind: Kind,
+        model: str,
+        *,
+        logprobs: int | None,
+        include_usage: bool = False,
+        tools: bool = False,
     ) -> None:
         self.kind = kind
+        self.tools = tools
         self.model = model
         self.logprobs = logprobs
         self.include_usage = include_usage
@@ -478,6 +599,18 @@ class ResponseBuilder:
             self._offset += len(token)
         return out
 
+    def _tool_calls(self, result: GenerationResult, *, streamed: bool) -> list[dict[str, Any]]:
+        """The answer's tool call in OpenAI's shape; empty when it was cut short."""
+        if not result.tool_calls:
+            return []
+        call = result.tool_calls[0]
+        entry: dict[str, Any] = {
+            "id": "call_" + secrets.token_hex(12),
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments_json},
+        }
+        return [{"index": 0, **entry} if streamed else entry]
+
     def head(self) -> list[dict[str, Any]]:
         """The chunks that open a stream (chat: the assistant role)."""
         if self.kind != "chat":
@@ -489,7 +622,7 @@ class ResponseBuilder:
     def chunk(self, c: Chunk) -> dict[str, Any] | None:
         """The stream chunk for one SDK chunk; None when it carries nothing to send."""
         token = self.logprobs is not None and c.token_id >= 0
-        if not c.text and not c.retracted and not token:
+        if self.tools or (not c.text and not c.retracted and not token):
             return None
         self._offset -= min(c.retracted, self._offset)  # the tokens taken back lose their place
         if self.kind == "chat":
@@ -506,14 +639,20 @@ class ResponseBuilder:
     def tail(self, result: GenerationResult) -> list[dict[str, Any]]:
         """The chunks that close a stream: the finish reason with the routing extension,
         then the usage when asked for."""
+        out: list[dict[str, Any]] = []
+        if self.tools:  # the call (or, cut short, the text) in one delta
+            calls = self._tool_calls(result, streamed=True)
+            delta = {"tool_calls": calls} if calls else {"content": result.text}
+            first = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            out.append(self._envelope([first], True))
         if self.kind == "chat":
             choice: dict[str, Any] = {"index": 0, "delta": {}}
         else:
             choice = {"index": 0, "text": ""}
-        choice.update(logprobs=None, finish_reason=_finish_reason(result))
+        choice.update(logprobs=None, finish_reason=_finish_reason(result, self.tools))
         last = self._envelope([choice], True)
         last["edgecloud"] = answer_extension(result)
-        out = [last]
+        out.append(last)
         if self.include_usage:
             usage = self._envelope([], True)
             usage["usage"] = _usage(result)
@@ -527,13 +666,17 @@ class ResponseBuilder:
             if self.logprobs is not None:
                 entries = [self._chat_logprob(c) for c in chunks if c.token_id >= 0]
                 logprobs = {"content": entries, "refusal": None}
-            message = {"role": "assistant", "content": result.text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": result.text,
+                                       "refusal": None}  # fmt: skip
+            calls = self._tool_calls(result, streamed=False) if self.tools else None
+            if calls:
+                message.update(content=None, tool_calls=calls)
             choice: dict[str, Any] = {"index": 0, "message": message}
         else:
             if self.logprobs is not None:
                 logprobs = self._completion_logprobs(chunks)
             choice = {"index": 0, "text": result.text}
-        choice.update(logprobs=logprobs, finish_reason=_finish_reason(result))
+        choice.update(logprobs=logprobs, finish_reason=_finish_reason(result, self.tools))
         out = self._envelope([choice], False)
         out["usage"] = _usage(result)
         out["edgecloud"] = answer_extension(result)

@@ -57,6 +57,7 @@ def params_to_proto(params: SamplingParams) -> pb.SamplingParams:
         top_p=params.top_p,
         top_k=params.top_k,
         stop=list(params.stop),
+        json_schema=params.json_schema or "",
     )
     if params.seed is not None:
         msg.seed = params.seed
@@ -77,6 +78,7 @@ def params_from_proto(msg: pb.SamplingParams, *, default_max_tokens: int) -> Sam
             top_k=msg.top_k,
             seed=msg.seed if msg.HasField("seed") else None,
             stop=tuple(msg.stop),
+            json_schema=msg.json_schema or None,
         )
     except ValidationError as exc:
         raise InvalidRequestError(f"sampling: {format_validation_error(exc)}") from exc

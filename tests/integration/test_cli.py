@@ -50,6 +50,21 @@ def test_generate_json_lines(model_cache: Path) -> None:
     assert summary["source"] == "local"
 
 
+def test_generate_follows_a_schema_file(model_cache: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "action.json"
+    schema.write_text('{"type": "object", "properties": {"bay": {"type": "integer", '
+                      '"minimum": 1, "maximum": 20}}, "required": ["bay"]}')  # fmt: skip
+    p = _run(["device", "generate", "Box in bay 4. JSON:", "--max-tokens", "16", "--json",
+              "--schema", str(schema)], model_cache)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.decode().splitlines()[-1])
+    assert summary["parsed"] == json.loads(summary["text"]) and isinstance(
+        summary["parsed"]["bay"], int
+    )
+    bad = _run(["device", "generate", "x", "--schema", "{not json"], model_cache)
+    assert bad.returncode != 0 and b"--schema is not JSON" in bad.stderr
+
+
 def test_invalid_utf8_argument_is_a_clear_error(model_cache: Path) -> None:
     p = _run([b"device", b"generate", b"caf\xe9 \xff"], model_cache)
     assert p.returncode == 2

@@ -251,7 +251,7 @@ def test_generate_takes_the_typed_keywords_of_stream(cls: type[Client | AsyncCli
         assert hints["options"] == Unpack[GenerateOptions]
     assert set(GenerateOptions.__annotations__) == {
         "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "route",
-        "show_unverified", "speculative", "top_logprobs",
+        "show_unverified", "speculative", "top_logprobs", "schema", "tools", "tool_choice",
     }  # fmt: skip
 
 

@@ -9,7 +9,8 @@ EXPECTED = {
     "AsyncClient", "AsyncStream", "ChatMessage", "Chunk", "Client", "Confidence", "ConfigError",
     "ContextOverflowError", "DeviceError", "EdgeCloudError", "GenerateOptions", "GenerationResult",
     "InvalidRequestError", "ModelIntegrityError", "ModelLoadError", "ModelNotFoundError",
-    "SamplingParams", "Settings", "Stream", "Timings", "Usage", "__version__",
+    "SamplingParams", "Settings", "Stream", "StructuredOutputError", "Timings", "ToolCall", "Usage",
+    "__version__",
 }  # fmt: skip
 
 

@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#edgecloud/_proto/v1/inference.proto\x12\x0c\x65\x64gecloud.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.edgecloud.v1.ChatMessage\"\x81\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\tB\x07\n\x05_seed\"\xac\x02\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.edgecloud.v1.ChatMessagesH\x00\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.edgecloud.v1.SamplingParams\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x04\x12\x18\n\x10\x61ssistant_prefix\x18\x07 \x01(\t\x12\x16\n\x0eskip_knowledge\x18\x08 \x01(\x08\x12\x15\n\rverify_prefix\x18\t \x01(\x08\x12\x17\n\x0fprefix_logprobs\x18\n \x03(\x02\x42\x07\n\x05input\"X\n\x05Token\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x04 \x01(\x02\x12\r\n\x05index\x18\x05 \x01(\r\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"6\n\x07Passage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x81\x01\n\x06\x46inish\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.edgecloud.v1.FinishReason\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.edgecloud.v1.Usage\x12\'\n\x08passages\x18\x03 \x03(\x0b\x32\x15.edgecloud.v1.Passage\"D\n\x07Retract\x12\x12\n\nkept_chars\x18\x01 \x01(\r\x12\x13\n\x0bkept_tokens\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\t\"\x93\x01\n\x10GenerateResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x13.edgecloud.v1.TokenH\x00\x12&\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x14.edgecloud.v1.FinishH\x00\x12(\n\x07retract\x18\x03 \x01(\x0b\x32\x15.edgecloud.v1.RetractH\x00\x42\x07\n\x05\x65vent\"\x14\n\x12ServiceInfoRequest\"v\n\x04Load\x12\x19\n\x11running_sequences\x18\x01 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x02 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x03 \x01(\r\x12\x1b\n\x13max_queued_requests\x18\x04 \x01(\r\"\x92\x01\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x03 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x04load\x18\x07 \x01(\x0b\x32\x12.edgecloud.v1.Load\"\xe1\x01\n\x10\x45scalationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x02 \x01(\x04\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x15\n\rlocal_partial\x18\x04 \x01(\t\x12\x14\n\x0c\x63loud_answer\x18\x05 \x01(\t\x12\x14\n\x0croute_policy\x18\x06 \x01(\t\x12\x14\n\x0croute_reason\x18\x07 \x01(\t\x12\x14\n\x0csignals_json\x18\x08 \x01(\t\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x12\n\nextra_json\x18\n \x01(\t\"\x1f\n\tUploadAck\x12\x12\n\nstored_ids\x18\x01 \x03(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xfe\x01\n\x10InferenceService\x12K\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1e.edgecloud.v1.GenerateResponse0\x01\x12M\n\x0eGetServiceInfo\x12 .edgecloud.v1.ServiceInfoRequest\x1a\x19.edgecloud.v1.ServiceInfo\x12N\n\x11UploadEscalations\x12\x1e.edgecloud.v1.EscalationRecord\x1a\x17.edgecloud.v1.UploadAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#edgecloud/_proto/v1/inference.proto\x12\x0c\x65\x64gecloud.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.edgecloud.v1.ChatMessage\"\x96\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x13\n\x0bjson_schema\x18\x07 \x01(\tB\x07\n\x05_seed\"\xac\x02\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12*\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x1a.edgecloud.v1.ChatMessagesH\x00\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.edgecloud.v1.SamplingParams\x12\x12\n\nadapter_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x06 \x01(\x04\x12\x18\n\x10\x61ssistant_prefix\x18\x07 \x01(\t\x12\x16\n\x0eskip_knowledge\x18\x08 \x01(\x08\x12\x15\n\rverify_prefix\x18\t \x01(\x08\x12\x17\n\x0fprefix_logprobs\x18\n \x03(\x02\x42\x07\n\x05input\"X\n\x05Token\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x04 \x01(\x02\x12\r\n\x05index\x18\x05 \x01(\r\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"6\n\x07Passage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\x81\x01\n\x06\x46inish\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.edgecloud.v1.FinishReason\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.edgecloud.v1.Usage\x12\'\n\x08passages\x18\x03 \x03(\x0b\x32\x15.edgecloud.v1.Passage\"D\n\x07Retract\x12\x12\n\nkept_chars\x18\x01 \x01(\r\x12\x13\n\x0bkept_tokens\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\t\"\x93\x01\n\x10GenerateResponse\x12$\n\x05token\x18\x01 \x01(\x0b\x32\x13.edgecloud.v1.TokenH\x00\x12&\n\x06\x66inish\x18\x02 \x01(\x0b\x32\x14.edgecloud.v1.FinishH\x00\x12(\n\x07retract\x18\x03 \x01(\x0b\x32\x15.edgecloud.v1.RetractH\x00\x42\x07\n\x05\x65vent\"\x14\n\x12ServiceInfoRequest\"v\n\x04Load\x12\x19\n\x11running_sequences\x18\x01 \x01(\r\x12\x17\n\x0fqueued_requests\x18\x02 \x01(\r\x12\x1d\n\x15max_running_sequences\x18\x03 \x01(\r\x12\x1b\n\x13max_queued_requests\x18\x04 \x01(\r\"\x92\x01\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x03 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12 \n\x04load\x18\x07 \x01(\x0b\x32\x12.edgecloud.v1.Load\"\xe1\x01\n\x10\x45scalationRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x02 \x01(\x04\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x15\n\rlocal_partial\x18\x04 \x01(\t\x12\x14\n\x0c\x63loud_answer\x18\x05 \x01(\t\x12\x14\n\x0croute_policy\x18\x06 \x01(\t\x12\x14\n\x0croute_reason\x18\x07 \x01(\t\x12\x14\n\x0csignals_json\x18\x08 \x01(\t\x12\x12\n\nlatency_ms\x18\t \x01(\x01\x12\x12\n\nextra_json\x18\n \x01(\t\"\x1f\n\tUploadAck\x12\x12\n\nstored_ids\x18\x01 \x03(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xfe\x01\n\x10InferenceService\x12K\n\x08Generate\x12\x1d.edgecloud.v1.GenerateRequest\x1a\x1e.edgecloud.v1.GenerateResponse0\x01\x12M\n\x0eGetServiceInfo\x12 .edgecloud.v1.ServiceInfoRequest\x1a\x19.edgecloud.v1.ServiceInfo\x12N\n\x11UploadEscalations\x12\x1e.edgecloud.v1.EscalationRecord\x1a\x17.edgecloud.v1.UploadAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgecloud._proto.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1704
-  _globals['_FINISHREASON']._serialized_end=1828
+  _globals['_FINISHREASON']._serialized_start=1725
+  _globals['_FINISHREASON']._serialized_end=1849
   _globals['_CHATMESSAGE']._serialized_start=53
   _globals['_CHATMESSAGE']._serialized_end=97
   _globals['_CHATMESSAGES']._serialized_start=99
   _globals['_CHATMESSAGES']._serialized_end=158
   _globals['_SAMPLINGPARAMS']._serialized_start=161
-  _globals['_SAMPLINGPARAMS']._serialized_end=290
-  _globals['_GENERATEREQUEST']._serialized_start=293
-  _globals['_GENERATEREQUEST']._serialized_end=593
-  _globals['_TOKEN']._serialized_start=595
-  _globals['_TOKEN']._serialized_end=683
-  _globals['_USAGE']._serialized_start=685
-  _globals['_USAGE']._serialized_end=742
-  _globals['_PASSAGE']._serialized_start=744
-  _globals['_PASSAGE']._serialized_end=798
-  _globals['_FINISH']._serialized_start=801
-  _globals['_FINISH']._serialized_end=930
-  _globals['_RETRACT']._serialized_start=932
-  _globals['_RETRACT']._serialized_end=1000
-  _globals['_GENERATERESPONSE']._serialized_start=1003
-  _globals['_GENERATERESPONSE']._serialized_end=1150
-  _globals['_SERVICEINFOREQUEST']._serialized_start=1152
-  _globals['_SERVICEINFOREQUEST']._serialized_end=1172
-  _globals['_LOAD']._serialized_start=1174
-  _globals['_LOAD']._serialized_end=1292
-  _globals['_SERVICEINFO']._serialized_start=1295
-  _globals['_SERVICEINFO']._serialized_end=1441
-  _globals['_ESCALATIONRECORD']._serialized_start=1444
-  _globals['_ESCALATIONRECORD']._serialized_end=1669
-  _globals['_UPLOADACK']._serialized_start=1671
-  _globals['_UPLOADACK']._serialized_end=1702
-  _globals['_INFERENCESERVICE']._serialized_start=1831
-  _globals['_INFERENCESERVICE']._serialized_end=2085
+  _globals['_SAMPLINGPARAMS']._serialized_end=311
+  _globals['_GENERATEREQUEST']._serialized_start=314
+  _globals['_GENERATEREQUEST']._serialized_end=614
+  _globals['_TOKEN']._serialized_start=616
+  _globals['_TOKEN']._serialized_end=704
+  _globals['_USAGE']._serialized_start=706
+  _globals['_USAGE']._serialized_end=763
+  _globals['_PASSAGE']._serialized_start=765
+  _globals['_PASSAGE']._serialized_end=819
+  _globals['_FINISH']._serialized_start=822
+  _globals['_FINISH']._serialized_end=951
+  _globals['_RETRACT']._serialized_start=953
+  _globals['_RETRACT']._serialized_end=1021
+  _globals['_GENERATERESPONSE']._serialized_start=1024
+  _globals['_GENERATERESPONSE']._serialized_end=1171
+  _globals['_SERVICEINFOREQUEST']._serialized_start=1173
+  _globals['_SERVICEINFOREQUEST']._serialized_end=1193
+  _globals['_LOAD']._serialized_start=1195
+  _globals['_LOAD']._serialized_end=1313
+  _globals['_SERVICEINFO']._serialized_start=1316
+  _globals['_SERVICEINFO']._serialized_end=1462
+  _globals['_ESCALATIONRECORD']._serialized_start=1465
+  _globals['_ESCALATIONRECORD']._serialized_end=1690
+  _globals['_UPLOADACK']._serialized_start=1692
+  _globals['_UPLOADACK']._serialized_end=1723
+  _globals['_INFERENCESERVICE']._serialized_start=1852
+  _globals['_INFERENCESERVICE']._serialized_end=2106
 # @@protoc_insertion_point(module_scope)
