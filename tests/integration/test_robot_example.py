@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[2] / "examples" / "apps" / "robot"))
 
 import robot as app
-from warehouse import Rejected, Robot, validate
+from warehouse import Rejected, Robot, tools, validate
 
 
 def test_the_robot_validates_every_call_before_running_any() -> None:
@@ -32,11 +32,26 @@ def test_the_robot_validates_every_call_before_running_any() -> None:
     # a plan runs whole or not at all: the fragile glass crate may not go fast
     with pytest.raises(Rejected, match="fragile"):
         bot.run([("pick", {"crate": "glass"}), ("move_to", {"bay": 6, "speed": "fast"})])
+    with pytest.raises(Rejected, match="Extra inputs"):
+        bot.run([("stop", {"now": True})])
+    with pytest.raises(Rejected, match="at bay 3, not bay 6"):  # pick drives to the crate
+        bot.run([("pick", {"crate": "glass"}), ("place", {"bay": 6})])
+    with pytest.raises(Rejected, match="already holding"):
+        bot.run([("pick", {"crate": "glass"}), ("pick", {"crate": "fish"})])
     assert bot.log == [] and bot.holding is None and bot.crates["glass"] == 3
     steps = bot.run([("pick", {"crate": "fish"}), ("move_to", {"bay": 6, "speed": "slow"}),
-                     ("place", {"bay": 6}), ("done", {})])  # fmt: skip
+                     ("place", {"bay": 6})])  # fmt: skip
     assert [s.name for s in steps] == ["pick", "move_to", "place"]
     assert bot.crates["fish"] == 6 and bot.position == 6 and len(bot.log) == 3
+
+
+def test_the_tools_carry_the_bounds_the_grammar_enforces() -> None:
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools()}
+    assert set(by_name) == {"move_to", "pick", "place", "stop"}
+    bay = by_name["move_to"]["properties"]["bay"]
+    assert (bay["minimum"], bay["maximum"]) == (1, 6)
+    assert by_name["move_to"]["properties"]["speed"]["enum"] == ["slow", "normal", "fast"]
+    assert all(p["additionalProperties"] is False for p in by_name.values())
 
 
 def test_a_spoken_command_splits_into_one_clause_per_call() -> None:
@@ -64,7 +79,7 @@ def test_a_scripted_session_with_escalation_and_a_network_drop(
             if out.status == "executed":
                 # each call validated (and the plan ran whole, in order)
                 steps = [validate(c.name, c.arguments) for c in out.calls]
-                assert bot.log == before + [str(s) for s in steps if s.name != "done"]
+                assert bot.log == before + [str(s) for s in steps]
             else:
                 assert bot.log == before, out  # nothing of it ran
     bay4, apples, cold, after_drop, dock = outcomes

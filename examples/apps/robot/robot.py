@@ -239,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cloud", action="store_true", help="start offline")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        print("loading the device model and the local cloud (model + manual)...", flush=True)
+        what = "the device model" + (
+            "" if args.no_cloud else " and the local cloud (model + manual)"
+        )
+        print(f"loading {what}...", flush=True)
         with session(Path(tmp), cloud=not args.no_cloud) as (controller, cloud):
             lines = _typed() if args.interactive else iter(SCRIPT)
             for line in lines:

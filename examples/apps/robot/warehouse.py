@@ -54,18 +54,11 @@ class Stop(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Done(BaseModel):
-    """Not an action: the model's way to say a command needs no more calls."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
 ACTIONS: Mapping[str, type[BaseModel]] = {
     "move_to": MoveTo,
     "pick": Pick,
     "place": Place,
     "stop": Stop,
-    "done": Done,
 }
 
 
@@ -166,12 +159,12 @@ class Robot:
 
     def run(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Step]:
         """Validate every call (arguments, then state, on a copy of the robot), then
-        execute them all; ``done`` calls are dropped.
+        execute them all.
 
         Raises:
             Rejected: the first call that fails; nothing has been executed then.
         """
-        steps = [s for s in (validate(n, a) for n, a in calls) if s.name != "done"]
+        steps = [validate(name, arguments) for name, arguments in calls]
         trial = copy.deepcopy(self)
         for step in steps:
             trial.check(step)
