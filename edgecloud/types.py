@@ -36,6 +36,7 @@ __all__ = [
     "Timings",
     "ToolCall",
     "Usage",
+    "json_object",
 ]
 
 Source: TypeAlias = Literal["local", "cloud"]
@@ -120,6 +121,21 @@ class GenerateOptions(TypedDict, total=False):
     0 turns it off; None keeps ``device.cloud.speculative_tokens``."""
 
 
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object.
+
+    Raises:
+        ValueError: it is not JSON, or not an object (the message names ``what``).
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    return value
+
+
 class SamplingParams(BaseModel):
     """How to pick tokens and when to stop.
 
@@ -167,14 +183,8 @@ class SamplingParams(BaseModel):
     @field_validator("json_schema")
     @classmethod
     def _schema_is_object(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"json_schema is not JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise ValueError("json_schema must be a JSON object")
+        if value is not None:
+            json_object(value, "json_schema")
         return value
 
     @field_validator("stop")

@@ -102,9 +102,8 @@ def _read_schema(given: str) -> dict[str, Any]:
     Raises:
         InvalidRequestError: neither, or not a JSON object.
     """
-    import json
-
     from edgecloud.errors import InvalidRequestError
+    from edgecloud.types import json_object
 
     source = given if given.lstrip().startswith("{") else None
     if source is None:
@@ -113,12 +112,9 @@ def _read_schema(given: str) -> dict[str, Any]:
         except OSError as exc:
             raise InvalidRequestError(f"--schema: cannot read {given}: {exc}") from exc
     try:
-        value = json.loads(source)
+        return json_object(source, "--schema")
     except ValueError as exc:
-        raise InvalidRequestError(f"--schema is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidRequestError("--schema must be a JSON object")
-    return value
+        raise InvalidRequestError(str(exc)) from None
 
 
 @device_app.command("serve")

@@ -14,15 +14,10 @@ from edgecloud import AsyncClient
 from edgecloud.backends import LlamaCppBackend
 from edgecloud.http import Server
 from tests.integration.test_http import settings
+from tests.integration.test_structured_device import ASK
 
 pytestmark = pytest.mark.model
 
-ASK = [
-    {
-        "role": "user",
-        "content": "The robot must pick the box in bay 3. Answer as JSON with keys action and bay.",
-    }
-]
 ACTION = {
     "type": "object",
     "properties": {
