@@ -84,8 +84,8 @@ def keygen(
         private, public = generate_keypair(out_dir)
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(f"private key: {private}  (cloud.registry.signing_key)", highlight=False)
-    out.print(f"public key:  {public}  (device.adapters.public_keys)", highlight=False)
+    out.print(f"private key: {private}  (cloud.registry.signing_key)", highlight=False, soft_wrap=True)
+    out.print(f"public key:  {public}  (device.adapters.public_keys)", highlight=False, soft_wrap=True)
 
 
 @adapters_app.command("publish")
@@ -136,7 +136,7 @@ def publish(
         )
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(f"published {aid} v{manifest.version} ({len(manifest.files)} files)", highlight=False)
+    out.print(f"published {aid} v{manifest.version} ({len(manifest.files)} files)", highlight=False, soft_wrap=True)
 
 
 def _metrics(text: str | None) -> dict[str, float]:
@@ -172,7 +172,7 @@ def list_versions(
         emit("adapters", registry=reg.url, adapters=report)
         return
     if not report:
-        out.print(f"no adapters in {reg.url}", highlight=False)
+        out.print(f"no adapters in {reg.url}", highlight=False, soft_wrap=True)
     for entry in report:
         _print(entry)
 
@@ -245,7 +245,7 @@ def rollout(
         state = reg.rollout(_adapter_id(settings, adapter_id), version, percent, cohort)
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(_state_text(state), highlight=False)
+    out.print(_state_text(state), highlight=False, soft_wrap=True)
 
 
 @adapters_app.command("rollback")
@@ -264,4 +264,4 @@ def rollback(
         state = reg.rollback(_adapter_id(settings, adapter_id), to)
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(_state_text(state), highlight=False)
+    out.print(_state_text(state), highlight=False, soft_wrap=True)

@@ -104,3 +104,18 @@ def test_publish_refusals(env: Path) -> None:
     code, text = invoke("adapters", "publish", str(adapter), "--base-model", str(base))
     assert code == 2 and "signing key" in text
     assert AdapterRegistry(env / "cache" / "registry").versions("default") == []
+
+
+def test_keygen_prints_whole_paths_when_its_output_is_piped(tmp_path: Path) -> None:
+    """Scripts read the key paths from a pipe: no wrapping at the terminal's width."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("a-directory-with-a-rather-long-name-" * 3) / "keys"
+    exe = Path(sys.executable).with_name("edgecloud")
+    run = subprocess.run([str(exe), "adapters", "keygen", "--out", str(deep)],
+                         capture_output=True, text=True, env={"COLUMNS": "80"}, check=True)  # fmt: skip
+    lines = run.stdout.splitlines()
+    assert len(lines) == 2, run.stdout
+    private = lines[0].removeprefix("private key: ").split("  (")[0]
+    assert Path(private) == deep / "signing_key.pem" and Path(private).is_file()
