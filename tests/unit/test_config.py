@@ -83,6 +83,19 @@ def test_the_shipped_deployable_configs_are_valid() -> None:
     assert cloud.cloud.train.require_grounded and cloud.cloud.train.rank == 16
 
 
+def test_the_shipped_device_settings_let_a_short_unsure_answer_hand_off() -> None:
+    """Most answers to short questions are a few tokens: a router that waits for more
+    (min_tokens above the answer's length) can never hand them off."""
+    from edgecloud.router import ConfidenceMonitor, WindowThresholds
+
+    r = Settings.load(Path(__file__).resolve().parents[2] / "device" / "device.toml").device.router
+    monitor = ConfidenceMonitor(WindowThresholds(
+        window=r.window, min_mean_logprob=r.min_mean_logprob, min_tokens=r.min_tokens,
+    ))  # fmt: skip
+    decisions = [monitor.update(logprob=-4.0, entropy=5.0) for _ in range(2)]  # "Kyoto." unsure
+    assert any(d is not None and d.route == "cloud" for d in decisions)
+
+
 def test_log_format_and_the_metrics_port_come_from_the_file_or_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
