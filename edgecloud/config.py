@@ -149,12 +149,33 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            where = f" in {toml_path}" if toml_path else ""
+            where = _where(exc, toml_path)
             raise ConfigError(f"invalid settings{where}: {format_validation_error(exc)}") from exc
         except ValueError as exc:  # tomllib.TOMLDecodeError and friends
             raise ConfigError(f"cannot read config {toml_path}: {exc}") from exc
         finally:
             _TOML_PATH.reset(token)
+
+
+def _where(exc: ValidationError, toml_path: Path | None) -> str:
+    """Where the bad values came from: the ``EDGECLOUD_*`` variables that set a field in
+    error (or one of its sections), else the TOML file."""
+    env = {k.upper() for k in os.environ if k.upper().startswith("EDGECLOUD_")}
+    named: set[str] = set()
+    from_file = 0
+    for err in exc.errors():
+        loc = [str(p).upper() for p in err["loc"]]
+        found = [
+            n for i in range(len(loc), 0, -1) if (n := "EDGECLOUD_" + "__".join(loc[:i])) in env
+        ]
+        if found:
+            named.add(found[0])
+        else:
+            from_file += 1
+    parts = [f"from {', '.join(sorted(named))}"] if named else []
+    if toml_path is not None and from_file:
+        parts.append(f"in {toml_path}")
+    return " " + " and ".join(parts) if parts else ""
 
 
 # The TOML file of the `Settings.load` call in progress; a context variable so

@@ -83,6 +83,22 @@ def test_the_shipped_deployable_configs_are_valid() -> None:
     assert cloud.cloud.train.require_grounded and cloud.cloud.train.rank == 16
 
 
+def test_a_bad_environment_value_is_blamed_on_its_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "device.toml"
+    cfg.write_text("[device.model]\nn_threads = 2\n")
+    monkeypatch.setenv("EDGECLOUD_DEVICE__MODEL__N_CTX", "-5")
+    with pytest.raises(ConfigError) as info:
+        Settings.load(cfg)
+    assert "from EDGECLOUD_DEVICE__MODEL__N_CTX" in str(info.value)
+    assert str(cfg) not in str(info.value)
+    cfg.write_text("[device.model]\nn_threads = 0\n")  # now the file is wrong as well
+    with pytest.raises(ConfigError) as info:
+        Settings.load(cfg)
+    assert "from EDGECLOUD_DEVICE__MODEL__N_CTX and in " + str(cfg) in str(info.value)
+
+
 def test_the_shipped_device_settings_let_a_short_unsure_answer_hand_off() -> None:
     """Most answers to short questions are a few tokens: a router that waits for more
     (min_tokens above the answer's length) can never hand them off."""
