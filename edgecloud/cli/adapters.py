@@ -84,8 +84,12 @@ def keygen(
         private, public = generate_keypair(out_dir)
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(f"private key: {private}  (cloud.registry.signing_key)", highlight=False, soft_wrap=True)
-    out.print(f"public key:  {public}  (device.adapters.public_keys)", highlight=False, soft_wrap=True)
+    out.print(
+        f"private key: {private}  (cloud.registry.signing_key)", highlight=False, soft_wrap=True
+    )
+    out.print(
+        f"public key:  {public}  (device.adapters.public_keys)", highlight=False, soft_wrap=True
+    )
 
 
 @adapters_app.command("publish")
@@ -136,7 +140,11 @@ def publish(
         )
     except EdgeCloudError as exc:
         raise fail(exc) from None
-    out.print(f"published {aid} v{manifest.version} ({len(manifest.files)} files)", highlight=False, soft_wrap=True)
+    out.print(
+        f"published {aid} v{manifest.version} ({len(manifest.files)} files)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _metrics(text: str | None) -> dict[str, float]:

@@ -34,7 +34,7 @@ from edgecloud.common.logs import (
 from edgecloud.common.metrics import TokenClock, metrics
 from edgecloud.common.records import EscalationRecord
 from edgecloud.common.text import normalize_prompt
-from edgecloud.errors import AuthError, InvalidRequestError
+from edgecloud.errors import AuthError, DeadlineExceededError, InvalidRequestError
 from edgecloud.transport._auth import CURRENT_DEVICE
 from edgecloud.transport._serde import (
     event_to_proto,
@@ -111,6 +111,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if msg.deadline_unix_ms:
             own = time.monotonic() + (msg.deadline_unix_ms / 1000 - time.time())
             deadline = own if deadline is None else min(deadline, own)
+        if deadline is not None and deadline <= time.monotonic():
+            raise DeadlineExceededError("the request's deadline passed before it was served")
         request_id = clean_request_id(msg.request_id) or current_request_id() or new_request_id()
         verify, logprobs = verification_from_proto(msg)
         return CloudRequest(

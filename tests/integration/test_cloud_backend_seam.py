@@ -242,3 +242,27 @@ def test_a_client_leaving_mid_stream_closes_the_engine_stream() -> None:
 
     run(scenario)
     assert engine.running == 0 and engine.cancelled == 1
+
+
+def test_a_request_whose_deadline_already_passed_fails_at_once() -> None:
+    """A proxy or a slow queue can deliver a request after its own deadline
+    (``deadline_unix_ms``): it fails with DEADLINE_EXCEEDED and the engine never sees it."""
+    import grpc
+
+    from edgecloud._proto.v1 import inference_pb2 as pb
+
+    engine = ScriptedEngine("the engine answers slowly")
+
+    async def scenario() -> grpc.StatusCode:
+        async with serving(engine) as c:
+            stub = pb_grpc.InferenceServiceStub(c._channel)  # type: ignore[no-untyped-call]
+            late = pb.GenerateRequest(prompt="Why?", deadline_unix_ms=1)
+            try:
+                async for _ in stub.Generate(late, timeout=10):
+                    pass
+            except aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+    assert run(scenario) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert engine.requests == []
