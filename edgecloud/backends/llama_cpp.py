@@ -60,6 +60,9 @@ _init_lock = threading.Lock()
 _native: Any = None
 _recent_log: collections.deque[str] = collections.deque(maxlen=20)
 _log_callback: Any = None
+_BENIGN = ("cannot use buft",)
+"""llama.cpp warnings that say nothing is wrong, logged at DEBUG: a LoRA swap reports
+each tensor it keeps in the plain CPU buffer (one line per tensor, 50+ per adapter)."""
 
 
 def _bindings() -> Any:
@@ -81,6 +84,8 @@ def _bindings() -> Any:
                 if not msg:
                     return
                 py_level = _LEVELS.get(level, logging.DEBUG)
+                if py_level >= logging.WARNING and any(b in msg for b in _BENIGN):
+                    py_level = logging.DEBUG
                 if py_level >= logging.WARNING:
                     _recent_log.append(msg)
                 log.log(py_level, "%s", msg)

@@ -262,3 +262,17 @@ def test_close_frees_the_adapter_then_refuses_swaps(default_gguf: Path, lora_ggu
         b.set_adapter(None)
     with pytest.raises(BackendClosedError):
         b.set_adapter(lora_gguf)
+
+
+def test_a_hot_swap_is_quiet_at_warning_level(
+    dev: LlamaCppBackend, lora_gguf: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A library user who swaps adapters must not get one llama.cpp line per LoRA tensor
+    at WARNING; the lines stay at DEBUG for whoever wants them."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="edgecloud.native"):
+        dev.set_adapter(lora_gguf)
+        dev.set_adapter(None)
+    native = [r for r in caplog.records if r.name.startswith("edgecloud.native")]
+    assert [r.getMessage() for r in native if r.levelno >= logging.WARNING] == []
