@@ -350,6 +350,13 @@ def train_command(
         Optional[Path],
         typer.Option(help="The GGUF the devices run (when cloud.model.path is a directory)."),
     ] = None,
+    knowledge: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Documents to check replayed answers against and to write questions from "
+            "(cloud.knowledge.directory; as `cloud serve --knowledge`)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
@@ -366,9 +373,12 @@ def train_command(
             **settings.cloud.train.model_dump(),
             **{k: v for k, v in options.items() if v is not None},
         }
-        cloud = settings.cloud.model_copy(
-            update={"train": type(settings.cloud.train).model_validate(train)}
-        )
+        update: dict[str, Any] = {"train": type(settings.cloud.train).model_validate(train)}
+        if knowledge is not None:
+            update["knowledge"] = settings.cloud.knowledge.model_copy(
+                update={"directory": knowledge}
+            )
+        cloud = settings.cloud.model_copy(update=update)
         settings = settings.model_copy(update={"cloud": cloud})
         out_dir = out or settings.cache_dir / "rounds" / time.strftime("%Y%m%d-%H%M%S")
         with _RoundProgress() as shown:

@@ -9,6 +9,7 @@ where a round of several minutes is.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from edgecloud.cloud._knowledge import KnowledgeBase
 
 __all__ = ["RoundResult", "run_round"]
+
+log = logging.getLogger("edgecloud.cloud.train")
 
 
 @dataclass(slots=True)
@@ -230,6 +233,10 @@ def _check_replay(
 
     knowledge = load_knowledge(settings.cloud)
     if knowledge is None:
+        skipped = ("replayed answers not checked: no knowledge base to check them against "
+                   "(cloud.knowledge.directory, or cloud train --knowledge DIR)")  # fmt: skip
+        log.warning("%s", skipped)
+        stages.tell(skipped)
         return examples, [], None
     stages.start("replay", "checking replayed answers against the knowledge base")
     keep, wrong = check_replay(

@@ -452,3 +452,21 @@ def test_synthesized_examples_are_trained_on_never_held_out_or_canaries() -> Non
     assert len(data.items) == len(data.train)
     # Without them the split is the same: the held-out figures stay comparable.
     assert _prepare(CharTokenizer(), asked, cfg).holdout == data.holdout
+
+
+def test_a_round_without_a_knowledge_base_says_it_did_not_check_replayed_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The replay check needs the knowledge base; a round without one must say so, not
+    skip it silently."""
+    from edgecloud.cloud.train._examples import TrainingExample
+    from edgecloud.cloud.train._round import _check_replay, _Stages
+    from edgecloud.config import Settings
+
+    told: list[str] = []
+    examples = [TrainingExample("Q: 2 + 2?\nA:", " 4", replay=True)]
+    with caplog.at_level("WARNING", logger="edgecloud.cloud.train"):
+        keep, wrong, kb = _check_replay(Settings.load(), examples, _Stages(told.append))
+    assert keep == examples and wrong == [] and kb is None
+    assert any("replayed answers not checked" in t and "--knowledge" in t for t in told)
+    assert any("not checked" in r.getMessage() for r in caplog.records)
