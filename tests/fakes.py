@@ -113,3 +113,15 @@ async def answer(
             finish = ev
     assert finish is not None
     return text, finish
+
+
+def handing_off_device(port: int, log_dir: str, *, first_token_timeout_s: float) -> dict[str, Any]:
+    """``device`` settings whose confidence window every answer trips after 3 tokens, so
+    each answer is handed off to the cloud at ``127.0.0.1:port``."""
+    return {
+        "model": {"n_threads": 2, "n_ctx": 1024},
+        "router": {"min_mean_logprob": -0.0001, "min_tokens": 3, "window": 3},
+        "cloud": {"endpoints": [{"target": f"127.0.0.1:{port}", "tls": False}],
+                  "first_token_timeout_s": first_token_timeout_s, "health_interval_s": 60},
+        "log": {"path": f"{log_dir}/log.db"},
+    }  # fmt: skip

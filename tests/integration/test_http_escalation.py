@@ -18,6 +18,7 @@ from edgecloud.cloud._records import RecordStore
 from edgecloud.common.aio import LoopThread
 from edgecloud.config import CloudConfig, Settings
 from edgecloud.http import Server
+from tests.fakes import handing_off_device
 from tests.fakes_cloud import ScriptedEngine
 
 pytestmark = pytest.mark.model
@@ -45,15 +46,9 @@ def cloud_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def server(
     cloud_port: int, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    # A confidence window every answer trips after 3 tokens: each answer is handed off.
-    device = {
-        "model": {"n_threads": 2, "n_ctx": 1024},
-        "router": {"min_mean_logprob": -0.0001, "min_tokens": 3, "window": 3},
-        "cloud": {"endpoints": [{"target": f"127.0.0.1:{cloud_port}", "tls": False}],
-                  "first_token_timeout_s": 20, "health_interval_s": 60},
-        "log": {"path": str(tmp_path_factory.mktemp("device") / "log.db")},
-        "http": {"port": 0},
-    }  # fmt: skip
+    log_dir = str(tmp_path_factory.mktemp("device"))
+    device = {**handing_off_device(cloud_port, log_dir, first_token_timeout_s=20),
+              "http": {"port": 0}}  # fmt: skip
     with Server(Settings.load(cache_dir=model_cache, device=device)) as s:
         yield s
 

@@ -17,6 +17,7 @@ from edgecloud.common.aio import LoopThread
 from edgecloud.config import CloudConfig, Settings
 from edgecloud.errors import InvalidRequestError
 from edgecloud.types import SamplingParams
+from tests.fakes import handing_off_device
 from tests.integration._cloudlocal import CONFIG, float32_backend, run
 from tests.integration.test_cloud_verify import ask, cloud
 
@@ -99,13 +100,8 @@ def hybrid(
     cloud on the real model."""
     runner = LoopThread("test-cloud")
     server = runner.run(CloudServer.start(cloud_backend, CloudConfig.model_validate(CONFIG)))
-    device = {
-        "model": {"n_threads": 2, "n_ctx": 1024},
-        "router": {"min_mean_logprob": -0.0001, "min_tokens": 3, "window": 3},
-        "cloud": {"endpoints": [{"target": f"127.0.0.1:{server.port}", "tls": False}],
-                  "first_token_timeout_s": 60, "health_interval_s": 60},
-        "log": {"path": str(tmp_path_factory.mktemp("device") / "log.db")},
-    }  # fmt: skip
+    log_dir = str(tmp_path_factory.mktemp("device"))
+    device = handing_off_device(server.port, log_dir, first_token_timeout_s=60)
     try:
         with Client.local(settings=Settings.load(cache_dir=model_cache, device=device)) as client:
             yield client
