@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import local_cloud
 from _results import RESULTS as RESULTS_DIR
 
+from edgecloud.cloud._settings import READING_FORMAT, CloudKnowledgeConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = ROOT / "bench" / "data" / "fleet_manual"
 EVAL = ROOT / "bench" / "data" / "router_eval.jsonl"
@@ -46,6 +48,7 @@ FEW_SHOT = (
     "Q: What is the boiling point of water in degrees Celsius?\nA: 100\n"
 )
 FORMATS = [
+    READING_FORMAT,
     "Context: {context}\n\n{prompt}",
     "{context}\n\n{prompt}",
     "Use the context to answer.\nContext: {context}\n\n{prompt}",
@@ -165,7 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--limit", type=int, default=0, help="First N fleet questions (0: all).")
-    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--top-k", type=int, default=CloudKnowledgeConfig().top_k)
     parser.add_argument("--min-score", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")

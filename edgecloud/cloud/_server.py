@@ -129,6 +129,7 @@ def load_knowledge(
         cfg.directory.expanduser(),
         SentenceEncoder(),
         index_dir=cfg.index_dir.expanduser() if cfg.index_dir is not None else None,
+        max_chars=cfg.chunk_chars,
         progress=progress,
     )
     log.warning(
