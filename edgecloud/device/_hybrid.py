@@ -67,6 +67,7 @@ from edgecloud.router import (
     ForcedRoutePolicy,
     LearnedRouterPolicy,
     Policy,
+    PrivacyDetectors,
     PrivacyPolicy,
     RequestSignals,
     Route,
@@ -207,7 +208,16 @@ class HybridEngine:
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
         self.policies: list[Policy] = [
             ForcedRoutePolicy(),
-            PrivacyPolicy(router.privacy_patterns),
+            PrivacyPolicy(
+                router.privacy_patterns,
+                PrivacyDetectors(
+                    router.privacy_detectors,
+                    entities=router.privacy_entities,
+                    strict=router.privacy_strict,
+                )
+                if router.privacy_detectors
+                else None,
+            ),
             ConnectivityPolicy(),
             self._budget,
             ContextLengthPolicy(),

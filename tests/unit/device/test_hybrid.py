@@ -152,6 +152,11 @@ def test_private_request_never_reaches_the_cloud() -> None:
     with pytest.raises(InvalidRequestError, match="must stay on the device"):
         client.generate("mail jane@example.com", route="cloud")
     assert cloud.calls == []
+    # device.router.privacy_detectors: secrets and more personal data, by default
+    for text in ("my key is AKIAIOSFODNN7EXAMPLE", "ssh to 10.0.0.5", "my password is hunter2"):
+        with pytest.raises(InvalidRequestError, match="must stay on the device"):
+            client.generate(text, route="cloud")
+    assert cloud.calls == []
 
 
 def test_failover_to_the_next_endpoint_before_the_first_token() -> None:
