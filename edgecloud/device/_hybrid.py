@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -132,13 +133,24 @@ class CancelScope:
 
 
 class _CloudUsage:
-    """Cloud tokens spent, for the budget policy (kept in memory)."""
+    """Cloud tokens spent, for the budget policy: in memory, and written through to the
+    escalation log's database when there is one, so that a restarted device keeps what
+    it spent in the current hour and day. Times are wall-clock (Unix) for that reason."""
 
-    def __init__(self) -> None:
-        self._spent: deque[tuple[float, int]] = deque()
+    def __init__(self, log: EscalationLog | None = None, now: float | None = None) -> None:
+        self._log = log
+        now = time.time() if now is None else now
+        self._spent: deque[tuple[float, int]] = deque(
+            log.usage(now - 86_400) if log is not None else ()
+        )
 
     def add(self, now: float, tokens: int) -> None:
         self._spent.append((now, tokens))
+        if self._log is not None:
+            try:
+                self._log.add_usage(now, tokens)
+            except sqlite3.Error as exc:  # the budget still holds until a restart
+                log.warning("cannot record cloud usage in the escalation log: %s", exc)
 
     def since(self, now: float, seconds: float) -> int:
         while self._spent and now - self._spent[0][0] > 86_400:
@@ -204,7 +216,7 @@ class HybridEngine:
         """The adapter version the backend runs (None: the base model), for records."""
         self._adapter_thresholds: WindowThresholds | None = None
         self._memory: tuple[AnswerMemory, SentenceEncoder] | None = None
-        self.usage = _CloudUsage()
+        self.usage = _CloudUsage(log)
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
         self.policies: list[Policy] = [
             ForcedRoutePolicy(),
@@ -337,7 +349,7 @@ class HybridEngine:
             head, encoder = self.learned
             vec = await asyncio.to_thread(encoder.encode, [text])
             predicted = float(head.predict(vec)[0])
-        now = time.monotonic()
+        now = time.time()
         signals = RequestSignals(
             prompt_text=text,
             prompt_tokens=n_prompt,
@@ -538,7 +550,7 @@ class HybridEngine:
         the cloud budget (``device.router.budget_tokens_*``) is not spent."""
         if self._closed or self._shadows.full() or not self._available():
             return False
-        now = time.monotonic()
+        now = time.time()
         spent = replace(
             signals,
             cloud_tokens_last_hour=self.usage.since(now, 3600),
@@ -586,7 +598,7 @@ class HybridEngine:
                              params.stop, "stop", replay=True,
                              extra={"adapter_version": version})  # fmt: skip
             return
-        self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+        self.usage.add(time.time(), done.prompt_tokens + done.completion_tokens)
         cloud = "".join(rnd.texts)
         agree = same_answer(text, cloud)
         self._shadows.count(answered_by, agree)
@@ -682,7 +694,7 @@ class HybridEngine:
             extra = {"kept_prefix_chars": rnd.kept, "rejected_prefix": prefix[rnd.kept :]}
         done = rnd.done if rnd.endpoint is not None else None
         if done is not None:
-            self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+            self.usage.add(time.time(), done.prompt_tokens + done.completion_tokens)
         route = replace(
             info, escalated=True, local_tokens_before_handoff=rnd.kept_tokens,
             rejected_local_tokens=n_local - rnd.kept_tokens,
@@ -763,7 +775,7 @@ class HybridEngine:
                 failure = rnd.failure  # it failed after its verdict: what it verified stands
                 continue
             last, first = rnd, first or rnd.done
-            self.usage.add(time.monotonic(), rnd.done.prompt_tokens + rnd.done.completion_tokens)
+            self.usage.add(time.time(), rnd.done.prompt_tokens + rnd.done.completion_tokens)
             if out.stopped or rnd.done.reason != "length" or draft is None:
                 reason = "stop" if out.stopped else rnd.done.reason
         done = None

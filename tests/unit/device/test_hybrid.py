@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,30 @@ def test_budget_spent_keeps_answers_local() -> None:
     assert first.source == "mixed"  # 7 prompt + 3 completion tokens spent
     second = client.generate("hi", max_tokens=10)
     assert second.source == "local" and len(cloud.calls) == 1
+
+
+def test_budget_spent_survives_a_restart(tmp_path: Path) -> None:
+    cloud = FakeCloud("a")
+    router = TRIP.model_copy(update={"budget_tokens_per_hour": 5})
+    client, _ = make([cloud], router=router, log=EscalationLog(tmp_path / "log.db"))
+    assert client.generate("hi", max_tokens=10).source == "mixed"  # 10 tokens spent
+    client.close()
+    # a new engine on the same log: the device restarted within the hour
+    again, _ = make([cloud], router=router, log=EscalationLog(tmp_path / "log.db"))
+    r = again.generate("hi", max_tokens=10)
+    assert r.source == "local" and r.route is not None and r.route.policy == "budget"
+    assert "10 of 5 tokens this hour" in r.route.reason and len(cloud.calls) == 1
+    again.close()
+    # spending older than the window no longer counts, and older than a day is dropped
+    log = EscalationLog(tmp_path / "log.db")
+    log.add_usage(time.time() - 7200, 1)
+    hour_ago = HybridEngine(ScriptedBackend("x"), pool=None, router=router, cloud=DeviceCloudConfig(),
+                            log=log)  # fmt: skip
+    now = time.time()
+    assert (hour_ago.usage.since(now, 3600), hour_ago.usage.since(now, 86_400)) == (10, 11)
+    log.add_usage(now + 86_400, 2)
+    assert [n for _, n in log.usage(0)] == [2]
+    log.close()
 
 
 def test_cancelling_during_the_cloud_part_ends_quietly() -> None:
