@@ -37,6 +37,7 @@ The app sees one stream; each chunk carries ``source="local"`` or ``"cloud"``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -158,6 +159,34 @@ class _CloudUsage:
         return sum(n for t, n in self._spent if now - t <= seconds)
 
 
+def _load_privacy_detectors(
+    router: RouterConfig, policy: PrivacyPolicy
+) -> concurrent.futures.Future[None] | None:
+    """Build ``device.router.privacy_detectors`` into ``policy`` in a thread: importing
+    presidio (spaCy, and torch where installed) takes seconds, which the device's start
+    and its event loop should not wait for. A missing library is found here and now
+    (a ConfigError with ``privacy_strict``); the future fails if the load does."""
+    if not router.privacy_detectors:
+        return None
+    PrivacyDetectors.check(router.privacy_detectors, strict=router.privacy_strict)
+    loading: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            policy.detectors = PrivacyDetectors(
+                router.privacy_detectors,
+                entities=router.privacy_entities,
+                strict=router.privacy_strict,
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the first request
+            loading.set_exception(exc)
+        else:
+            loading.set_result(None)
+
+    threading.Thread(target=load, name="edgecloud-privacy", daemon=True).start()
+    return loading
+
+
 @dataclass
 class _Round:
     """What one exchange with the cloud came to (filled by ``HybridEngine._ask_cloud``)."""
@@ -218,18 +247,11 @@ class HybridEngine:
         self._memory: tuple[AnswerMemory, SentenceEncoder] | None = None
         self.usage = _CloudUsage(log)
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
+        self._privacy = PrivacyPolicy(router.privacy_patterns)
+        self._privacy_loading = _load_privacy_detectors(router, self._privacy)
         self.policies: list[Policy] = [
             ForcedRoutePolicy(),
-            PrivacyPolicy(
-                router.privacy_patterns,
-                PrivacyDetectors(
-                    router.privacy_detectors,
-                    entities=router.privacy_entities,
-                    strict=router.privacy_strict,
-                )
-                if router.privacy_detectors
-                else None,
-            ),
+            self._privacy,
             ConnectivityPolicy(),
             self._budget,
             ContextLengthPolicy(),
@@ -343,6 +365,11 @@ class HybridEngine:
     ) -> tuple[Decision, RequestSignals]:
         """The pre-generation decision for ``prompt`` (signals gathered here, policy pure)."""
         text = prompt_text(prompt)
+        if self._privacy_loading is not None:
+            # the first requests wait (off the loop) for the privacy detectors: never
+            # routed with less than the configured checks
+            await asyncio.wrap_future(self._privacy_loading)
+            self._privacy_loading = None
         n_prompt = await asyncio.to_thread(self.backend.count_tokens, prompt)
         predicted = None
         if self.learned is not None and route is None:

@@ -25,6 +25,8 @@ clock), as the router requires.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -219,13 +221,9 @@ def _pii_finder(entities: Sequence[str]) -> Finder:
             isinstance(cls, type)
             and issubclass(cls, PatternRecognizer)
             and cls is not PatternRecognizer
+            and _default_entity(cls) in wanted
         ):
-            try:
-                rec = cls()  # type: ignore[call-arg]  # the predefined ones need no argument
-            except Exception:  # noqa: BLE001 - one that needs configuration is not ours
-                continue
-            if wanted.intersection(rec.supported_entities):
-                recognizers.append(rec)
+            recognizers.append(cls())  # type: ignore[call-arg]  # predefined: no argument
     dates = predefined.DateRecognizer() if "DATE_OF_BIRTH" in wanted else None
     cue = re.compile(rf"{_DOB_CUE}[^.\n\d]{{0,20}}$")
     targets = sorted(wanted)
@@ -248,6 +246,16 @@ def _pii_finder(entities: Sequence[str]) -> Finder:
 
 
 _MIN_SCORE = 0.3
+
+
+def _default_entity(cls: type) -> str | None:
+    """The entity a predefined recognizer finds when built with no argument (read off
+    its signature: building all of them just to ask would take a while)."""
+    param = inspect.signature(cls).parameters.get("supported_entity")
+    default = None if param is None else param.default
+    return default if isinstance(default, str) else None
+
+
 _CUE_RX = re.compile(_DOB_CUE)
 
 
@@ -282,9 +290,7 @@ class PrivacyDetectors:
         strict: bool = False,
     ) -> None:
         self.detectors: tuple[str, ...] = tuple(dict.fromkeys(detectors))
-        unknown = [d for d in self.detectors if d not in DETECTORS]
-        if unknown:
-            raise ConfigError(f"unknown privacy detector(s) {unknown}; known: {list(DETECTORS)}")
+        self.check(self.detectors)
         self.entities = tuple(DEFAULT_PII_ENTITIES if entities is None else entities)
         self.fallback: list[str] = []
         """The detectors running on :data:`FALLBACK_PATTERNS` (their library is missing)."""
@@ -312,6 +318,24 @@ class PrivacyDetectors:
                     fallback = {k: v for k, v in fallback.items() if k in wanted}
                 finder = _regex_finder(fallback)
             self._finders.append(finder)
+
+    @staticmethod
+    def check(detectors: Iterable[str], *, strict: bool = False) -> None:
+        """Fail now, without importing them, where :class:`PrivacyDetectors` would fail:
+        an unknown detector, or (``strict``) a library that is not installed.
+
+        Raises:
+            ConfigError: as :class:`PrivacyDetectors` would.
+        """
+        for name in detectors:
+            if name not in DETECTORS:
+                raise ConfigError(f"unknown privacy detector {name!r}; known: {list(DETECTORS)}")
+            module, package = _LIBRARIES[name]
+            if strict and importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    f"privacy detector {name!r} needs {package}, which is not installed; "
+                    "install the extra: pip install 'edgecloud[privacy]'"
+                )
 
     def matches(self, text: str) -> list[str]:
         """Kinds of sensitive data found in ``text`` (e.g. ``aws_access_key``, ``ip_address``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from edgecloud.config import DeviceCloudConfig, RouterConfig
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
-from edgecloud.errors import TransportError
+from edgecloud.errors import ConfigError, TransportError
 from edgecloud.types import Chunk, Finish, Retraction
 from tests.fakes import ScriptedBackend
 from tests.fakes_cloud import FakeCloud
@@ -226,6 +227,17 @@ def test_budget_spent_keeps_answers_local() -> None:
     assert first.source == "mixed"  # 7 prompt + 3 completion tokens spent
     second = client.generate("hi", max_tokens=10)
     assert second.source == "local" and len(cloud.calls) == 1
+
+
+def test_privacy_strict_without_the_library_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # not installed
+    router = CALM.model_copy(update={"privacy_strict": True})
+    with pytest.raises(ConfigError, match="presidio-analyzer"):
+        HybridEngine(ScriptedBackend(), pool=None, router=router, cloud=DeviceCloudConfig())
+    # not strict: the device starts, with the fallback patterns for that detector
+    engine = HybridEngine(ScriptedBackend(), pool=None, router=CALM, cloud=DeviceCloudConfig())
+    decision, _ = asyncio.run(engine.decide("ssh to 10.0.0.5", None))
+    assert decision.private and "ip_address" in decision.reason
 
 
 def test_budget_spent_survives_a_restart(tmp_path: Path) -> None:
