@@ -106,7 +106,8 @@ FALLBACK_PATTERNS: Mapping[Detector, Mapping[str, str]] = {
         "private_key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
         "jwt_token": r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
         "secret_keyword": (
-            r"(?i:\b(?:api_?key|secret(?:_?key)?|access_?token|auth_?token|token)\b)"
+            r"(?i:(?<![A-Za-z0-9])(?:api_?key|secret(?:_?access)?(?:_?key)?|access_?token"
+            r"|auth_?token|token)\b)"
             r"\s*[:=]\s*[\"']?[A-Za-z0-9_/+.-]{12,}"
         ),
     },
