@@ -138,11 +138,11 @@ class _CloudUsage:
     escalation log's database when there is one, so that a restarted device keeps what
     it spent in the current hour and day. Times are wall-clock (Unix) for that reason."""
 
-    def __init__(self, log: EscalationLog | None = None, now: float | None = None) -> None:
-        self._log = log
+    def __init__(self, store: EscalationLog | None = None, now: float | None = None) -> None:
+        self._log = store
         now = time.time() if now is None else now
         self._spent: deque[tuple[float, int]] = deque(
-            log.usage(now - 86_400) if log is not None else ()
+            store.usage(now - 86_400) if store is not None else ()
         )
 
     def add(self, now: float, tokens: int) -> None:

@@ -270,6 +270,9 @@ _LIBRARIES: Mapping[Detector, tuple[str, str]] = {
 }
 
 
+_WARNED: set[str] = set()
+
+
 class PrivacyDetectors:
     """The detectors beyond the built-in patterns, as one ``matches(text)``.
 
@@ -306,12 +309,15 @@ class PrivacyDetectors:
                         f"privacy detector {name!r} needs {package} ({exc}); "
                         "install the extra: pip install 'edgecloud[privacy]'"
                     ) from exc
-                log.warning(
-                    "privacy detector %r: %s is not installed (pip install 'edgecloud[privacy]'); "
-                    "using the built-in fallback patterns, which catch less",
-                    name,
-                    module,
-                )
+                if name not in _WARNED:  # once per process, not per engine
+                    _WARNED.add(name)
+                    log.warning(
+                        "privacy detector %r: %s is not installed (pip install "
+                        "'edgecloud[privacy]'); using the built-in fallback patterns, which "
+                        "catch less",
+                        name,
+                        module,
+                    )
                 self.fallback.append(name)
                 fallback = FALLBACK_PATTERNS[name]  # type: ignore[index]
                 if name == "pii":

@@ -83,5 +83,12 @@ class RouterConfig(Section):
             "smaller built-in fallback patterns."
         ),
     )
-    budget_tokens_per_hour: int = Field(0, ge=0, description="Cloud tokens per hour; 0 = no cap.")
+    budget_tokens_per_hour: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Cloud tokens per hour; 0 = no cap. What was spent is kept in the escalation "
+            "log's database (device.log), so a restarted device keeps counting it."
+        ),
+    )
     budget_tokens_per_day: int = Field(0, ge=0, description="Cloud tokens per day; 0 = no cap.")
