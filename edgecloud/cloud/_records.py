@@ -149,6 +149,8 @@ class RecordStore:
 
     def evict(self, now: float | None = None) -> int:
         """Apply the caps now (storing a batch does it too); returns the records deleted."""
+        if self.max_records is None and self.max_age_s is None:
+            return 0  # no write, so a store opened only to read stays read-only
         return self._insert([], time.time() if now is None else now)
 
     def store(
