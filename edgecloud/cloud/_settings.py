@@ -175,6 +175,27 @@ class CloudRecordsConfig(Section):
         le=64 << 20,
         description="Largest serialized record accepted; bigger ones fail the upload.",
     )
+    max_records: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Keep at most this many records; past it the oldest (by arrival) are deleted "
+            "when a batch is stored. None: no cap."
+        ),
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Delete records that arrived more than this many days ago (checked when a "
+            "batch is stored and at start). None: kept forever."
+        ),
+    )
+
+    @property
+    def max_age_s(self) -> float | None:
+        """``max_age_days`` in seconds."""
+        return None if self.max_age_days is None else self.max_age_days * 86_400
 
 
 class CloudUpstreamConfig(Section):
