@@ -617,8 +617,9 @@ class HybridEngine:
             log.warning("shadow check failed unexpectedly: %r", exc)
             rnd.endpoint, rnd.failure = None, repr(exc)
         done = rnd.done if rnd.endpoint is not None else None
+        label = "base" if answered_by is None else str(answered_by)
         if done is None or rnd.endpoint is None:
-            metrics().shadow_requests.labels("failed").inc()
+            metrics().shadow_requests.labels("failed", label).inc()
             log.info("shadow check dropped: %s", rnd.failure or "no cloud endpoint answered")
             if replay:
                 self._record(prompt, text, "", info, time.perf_counter() - answered_in,
@@ -629,7 +630,7 @@ class HybridEngine:
         cloud = "".join(rnd.texts)
         agree = same_answer(text, cloud)
         self._shadows.count(answered_by, agree)
-        metrics().shadow_requests.labels("agree" if agree else "disagree").inc()
+        metrics().shadow_requests.labels("agree" if agree else "disagree", label).inc()
         tokens = [c for c in local if c.token_id >= 0]
         extra = {
             "kind": "shadow",
