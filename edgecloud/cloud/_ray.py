@@ -1,0 +1,440 @@
+"""The torch engine as a Ray Serve deployment, behind the same gRPC service.
+
+``cloud.backend = "ray"`` (``edgecloud cloud serve --engine ray``): this process keeps
+the gRPC service (limits, auth, knowledge, records, adapter sync) and a
+:class:`RayBackend`; generation runs in replicas of :class:`EngineReplica`, each a
+:class:`~edgecloud.cloud.TorchBackend` with its own continuous-batching scheduler.
+Ray Serve starts ``cloud.ray.replicas`` of them, adds replicas up to
+``max_replicas`` when the ongoing streams per replica pass
+``target_ongoing_requests``, and replaces a replica that dies.
+
+Streams go through a deployment handle with ``stream=True``: each event a replica
+yields (a :class:`Chunk`, :class:`Finish` or :class:`Retraction`) reaches the gRPC
+stream as it is produced. Closing the stream cancels the replica's generator, which
+frees the batch slot as in-process.
+
+Adapters use Ray Serve model multiplexing. The front resolves a request's
+``adapter_id`` to the registry's stable version and sends the request with
+``multiplexed_model_id = "<adapter_id>@<version>"``; Ray routes it to a replica that
+has that version loaded when one does, and a replica that has not loads it from the
+registry on demand (the peft files, verified against the signed manifest), keeping
+``max_adapters_per_replica`` versions. A version published (promoted) later gets a
+new id, so every replica picks it up on its next request for that adapter, without a
+restart; the old version is unloaded when it falls out of the replica's cache.
+
+A replica that dies mid-stream (a crash, ``ray.kill``) fails only the streams it
+was serving, with a retryable :class:`~edgecloud.errors.TransportError` (gRPC
+``UNAVAILABLE``): a device treats it as a dead cloud (falls back, or retries on its
+next request, which Ray routes to a live replica).
+
+ray is imported only here and only when this backend is used (``pip install
+'edgecloud[ray]'``). A local cluster (``cloud.ray.address`` unset) binds to
+127.0.0.1, without dashboard or usage stats, and Serve's HTTP proxy is off: the gRPC
+service is the only way in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any
+
+from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
+from edgecloud.cloud._settings import CloudConfig, CloudRayConfig
+from edgecloud.errors import (
+    CloudError,
+    ConfigError,
+    EdgeCloudError,
+    TransportError,
+    UnknownAdapterError,
+)
+from edgecloud.types import Chunk, Finish, Retraction
+
+__all__ = [
+    "EngineReplica",
+    "RayBackend",
+    "adapter_model_id",
+    "connect_ray",
+    "parse_model_id",
+    "run_on_ray",
+]
+
+log = logging.getLogger("edgecloud.cloud")
+
+DEPLOYMENT = "CloudEngine"
+_INFO_TTL_S = 2.0
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError(
+            "cloud.backend 'ray' needs Ray Serve: pip install 'edgecloud[ray]'"
+        ) from exc
+    return ray
+
+
+def connect_ray(cfg: CloudRayConfig) -> None:
+    """Join ``cfg.address``, or start a local cluster on 127.0.0.1 (once per process).
+
+    Raises:
+        ConfigError: ray is not installed, or the cluster cannot be reached.
+    """
+    ray = _ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    try:
+        if cfg.address is None:
+            ray.init(
+                address="local",
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                num_cpus=cfg.num_cpus,
+                log_to_driver=False,
+                # Workers import edgecloud as this process does (a source checkout too).
+                runtime_env={"env_vars": {"PYTHONPATH": _python_path()}},
+            )
+        else:
+            ray.init(address=cfg.address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cloud.ray.address: cannot start or join Ray: {exc}") from exc
+
+
+def _python_path() -> str:
+    here = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (here, rest) if p)
+
+
+def adapter_model_id(adapter_id: str, version: int) -> str:
+    """The multiplexed model id of one adapter version (``"<id>@<version>"``)."""
+    return f"{adapter_id}@{version}"
+
+
+def parse_model_id(model_id: str) -> tuple[str, int]:
+    """``"<id>@<version>"`` -> (id, version).
+
+    Raises:
+        UnknownAdapterError: not of that form.
+    """
+    adapter_id, sep, version = model_id.rpartition("@")
+    if not sep or not adapter_id or not version.isdigit():
+        raise UnknownAdapterError(f"unknown adapter {model_id!r}")
+    return adapter_id, int(version)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """What :meth:`TorchBackend.load` reads (a :class:`CloudSettings`), rebuilt in a replica."""
+
+    cloud: CloudConfig
+    cache_dir: Path
+
+
+class _LoadedAdapter:
+    """One adapter version loaded into a replica's model (a multiplexed "model").
+
+    Ray Serve calls ``__del__`` when it evicts the version from the replica's cache; the
+    adapter is then unloaded once no request uses it.
+    """
+
+    def __init__(self, name: str, unload: Callable[[str], None]) -> None:
+        self.name = name
+        self._unload: Callable[[str], None] | None = unload
+
+    def __del__(self) -> None:
+        unload, self._unload = self._unload, None
+        if unload is not None:
+            unload(self.name)
+
+
+class EngineReplica:
+    """One Ray Serve replica: a :class:`TorchBackend` and the adapters it has loaded.
+
+    Built by Ray from JSON settings (not by callers); see :class:`RayBackend`.
+    """
+
+    def __init__(self, config_json: str, cache_dir: str, registry_url: str) -> None:
+        from ray import serve
+
+        from edgecloud.adapters._registry import AdapterRegistry
+        from edgecloud.cloud._torch import TorchBackend
+
+        config = CloudConfig.model_validate_json(config_json)
+        self._settings = _Settings(config, Path(cache_dir))
+        self._registry = AdapterRegistry(registry_url)
+        self.backend = TorchBackend.load(self._settings)
+        self.replica_id: str = serve.get_replica_context().replica_id.unique_id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unloading: set[asyncio.Task[None]] = set()
+
+        async def load(model_id: str) -> _LoadedAdapter:
+            return await self._load_adapter(model_id)
+
+        self._adapter = serve.multiplexed(
+            max_num_models_per_replica=config.ray.max_adapters_per_replica
+        )(load)
+
+    async def _load_adapter(self, model_id: str) -> _LoadedAdapter:
+        adapter_id, version = parse_model_id(model_id)
+        dest = self._settings.cache_dir / "cloud" / "adapters" / adapter_id / str(version)
+        path = await asyncio.to_thread(
+            self._registry.materialize, adapter_id, version, "peft/", dest
+        )
+        await self.backend.add_adapter(model_id, path)
+        self._loop = asyncio.get_running_loop()
+        log.warning("replica %s loaded adapter %s", self.replica_id, model_id)
+        return _LoadedAdapter(model_id, self._unload)
+
+    def _unload(self, name: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def start() -> None:
+            task = loop.create_task(self.backend.remove_adapter(name))
+            self._unloading.add(task)
+            task.add_done_callback(self._unloading.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed: the replica is gone
+            loop.call_soon_threadsafe(start)
+
+    def info(self) -> dict[str, Any]:
+        """The model served, where, and this replica's id."""
+        info = self.backend.info
+        return {"model": info.model, "device": info.device, "dtype": info.dtype,
+                "adapters": list(info.adapters), "replica": self.replica_id}  # fmt: skip
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapter names loaded in this replica's model now (for tests and operators)."""
+        return list(self.backend.info.adapters)
+
+    async def generate(
+        self, request: CloudRequest, timeout_s: float | None
+    ) -> AsyncGenerator[Chunk | Finish | Retraction | dict[str, str], None]:
+        """Stream ``request`` from this replica's engine.
+
+        The first event is ``{"replica": id, "model": multiplexed model id}`` (once the
+        adapter is loaded), then the engine's events; an error the engine raises on
+        purpose comes as ``{"error": class name, "message": ...}`` (the front raises
+        it again, so it keeps its gRPC status).
+        """
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        model_id = serve.get_multiplexed_model_id()
+        try:
+            adapter_id = request.adapter_id
+            if model_id:
+                adapter_id = (await self._adapter(model_id)).name
+            yield {"replica": self.replica_id, "model": model_id}
+            local = dataclasses.replace(request, adapter_id=adapter_id, deadline=deadline)
+            stream = self.backend.generate(local)
+            try:
+                async for event in stream:
+                    yield event
+            finally:
+                await stream.aclose()
+        except EdgeCloudError as exc:
+            yield {"error": type(exc).__name__, "message": str(exc)}
+
+    def __del__(self) -> None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
+
+
+def _error(name: str, message: str) -> EdgeCloudError:
+    """The error a replica reported, as its own class when edgecloud.errors has it."""
+    from edgecloud import errors
+
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, EdgeCloudError):
+        return cls(message)
+    return CloudError(message)
+
+
+class RayBackend:
+    """A :class:`~edgecloud.cloud.CloudBackend` that streams from the Ray Serve deployment.
+
+    Build it with :meth:`start`. ``served`` counts the streams each replica took, by
+    (Ray Serve replica id, multiplexed model id); ``in_flight`` maps the request id of
+    each open stream to its replica.
+    """
+
+    def __init__(
+        self,
+        handle: Any,
+        config: CloudConfig,
+        registry: Any,
+        base: dict[str, Any],
+    ) -> None:
+        self._handle = handle
+        self._config = config
+        self._registry = registry
+        self._base = base
+        self._adapters: tuple[str, ...] = ()
+        self._adapters_at = float("-inf")
+        self.served: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.in_flight: dict[str, str] = {}
+
+    @classmethod
+    def start(cls, config: CloudConfig, cache_dir: Path, registry_url: str) -> RayBackend:
+        """Connect to Ray (or start it on 127.0.0.1), deploy the engine, wait for it.
+
+        Raises:
+            ConfigError: ray is missing or the cluster cannot be reached.
+            CloudModelLoadError: the replicas could not load the model.
+        """
+        from edgecloud.adapters._registry import AdapterRegistry
+
+        cfg = config.ray
+        connect_ray(cfg)
+        from ray import serve
+
+        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+        deployment = serve.deployment(
+            name=DEPLOYMENT,
+            autoscaling_config={
+                "min_replicas": cfg.replicas,
+                "initial_replicas": cfg.replicas,
+                "max_replicas": cfg.max_replicas,
+                "target_ongoing_requests": cfg.target_ongoing_requests,
+            },
+            # The replica's scheduler queues and refuses; Ray should not queue for it.
+            max_ongoing_requests=config.max_running_sequences + config.max_queued_requests,
+            ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+        )(EngineReplica)
+        app = deployment.bind(config.model_dump_json(), str(cache_dir), registry_url)
+        try:
+            handle = serve.run(app, name=cfg.app_name, route_prefix=None)
+            base = handle.info.remote().result()
+        except Exception as exc:  # Ray's deployment errors carry the replica's traceback
+            from edgecloud.errors import CloudModelLoadError
+
+            raise CloudModelLoadError(f"the Ray Serve engine did not start: {exc}") from exc
+        log.warning("Ray Serve engine %r: %d..%d replicas of %s", cfg.app_name, cfg.replicas,
+                    cfg.max_replicas, base["model"])  # fmt: skip
+        return cls(handle, config, AdapterRegistry(registry_url), base)
+
+    @property
+    def info(self) -> BackendInfo:
+        """The model, and the adapters the registry has a stable version of."""
+        now = time.monotonic()
+        if now - self._adapters_at > _INFO_TTL_S:
+            self._adapters_at = now
+            found = [a for a in self._registry.adapters()
+                     if self._registry.rollout_state(a).stable is not None]  # fmt: skip
+            self._adapters = tuple(sorted({*found, *self._config.model.adapters}))
+        return BackendInfo("ray", self._base["model"], self._adapters, self._base["device"],
+                           self._base["dtype"])  # fmt: skip
+
+    def load_snapshot(self) -> LoadSnapshot:
+        """Streams open through this front now; the limits of the replicas at most."""
+        cfg = self._config
+        n = cfg.ray.max_replicas
+        return LoadSnapshot(len(self.in_flight), 0, cfg.max_running_sequences * n,
+                            cfg.max_queued_requests * n)  # fmt: skip
+
+    async def model_id(self, adapter_id: str | None) -> str:
+        """The multiplexed model id for ``adapter_id`` ('' for the base model and for
+        adapters every replica loads at start, ``cloud.model.adapters``).
+
+        Raises:
+            UnknownAdapterError: the registry has no stable version of it.
+        """
+        if not adapter_id or adapter_id in self._config.model.adapters:
+            return ""
+        state = await asyncio.to_thread(self._registry.rollout_state, adapter_id)
+        if state.stable is None:
+            raise UnknownAdapterError(f"adapter {adapter_id!r} has no stable version")
+        return adapter_model_id(adapter_id, state.stable)
+
+    async def generate(
+        self, request: CloudRequest
+    ) -> AsyncGenerator[Chunk | Finish | Retraction, None]:
+        """Stream from a replica (see :meth:`CloudBackend.generate`).
+
+        Raises:
+            TransportError: the replica died or could not be reached (retryable).
+            UnknownAdapterError, InvalidRequestError, OverloadedError, CloudError: as
+                the replica's engine raised them.
+        """
+        from ray.exceptions import RayError
+
+        model_id = await self.model_id(request.adapter_id)
+        timeout = request.deadline - time.monotonic() if request.deadline is not None else None
+        options: dict[str, Any] = {"stream": True}
+        if model_id:
+            options["multiplexed_model_id"] = model_id
+        stream = self._handle.options(**options).generate.remote(
+            dataclasses.replace(request, deadline=None), timeout
+        )
+        key = request.request_id
+        self.in_flight[key] = ""
+        try:
+            async for event in stream:
+                if isinstance(event, dict):
+                    if "error" in event:
+                        raise _error(event["error"], event.get("message", ""))
+                    self.in_flight[key] = replica = event.get("replica", "")
+                    self.served[replica, event.get("model", "")] += 1
+                    continue
+                yield event
+        except RayError as exc:
+            log.warning("Ray Serve stream failed: %s", exc)
+            raise TransportError("the engine replica serving this stream was lost") from exc
+        finally:
+            self.in_flight.pop(key, None)
+            stream.cancel()
+
+    def close(self) -> None:
+        """Delete the Serve application (the replicas free their models)."""
+        from ray import serve
+
+        with contextlib.suppress(Exception):  # Ray already gone: nothing to delete
+            serve.delete(self._config.ray.app_name)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def replica_actor_names(app_name: str) -> list[str]:
+    """The Ray actor names of the engine's replicas (namespace ``serve``)."""
+    ray = _ray()
+    prefix = f"SERVE_REPLICA::{app_name}#{DEPLOYMENT}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(prefix))  # fmt: skip
+
+
+def run_on_ray(fn: Callable[..., Any], *args: Any, num_cpus: float, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` as a Ray task reserving ``num_cpus`` and return its result.
+
+    Ray places it only where that many CPUs are free and keeps them for it (and sets
+    the task's OMP threads to match), so a training round never takes the cores the
+    serving replicas reserved. Call :func:`connect_ray` first.
+
+    Raises:
+        EdgeCloudError: what ``fn`` raised, when it is one.
+        CloudError: ``fn`` failed otherwise.
+    """
+    ray = _ray()
+    from ray.exceptions import RayTaskError
+
+    task = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    try:
+        return ray.get(task.remote(*args, **kwargs))
+    except RayTaskError as exc:
+        # The task's own error (too few records, a bad registry) as if run here.
+        if isinstance(exc.cause, EdgeCloudError):
+            raise exc.cause from None
+        raise CloudError(f"the Ray task failed: {exc.cause!r}") from exc
