@@ -88,10 +88,20 @@ def connect_ray(cfg: CloudRayConfig) -> None:
     Raises:
         ConfigError: ray is not installed, or the cluster cannot be reached.
     """
-    ray = _ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if cfg.address is None:
+        # ray.init turns a loopback node address into the machine's outward IP, and its
+        # servers then listen there and on every interface, unless Ray thinks it runs
+        # where clusters are off (its Windows/macOS mode): then everything binds to
+        # 127.0.0.1. Set before Ray reads it, and for the processes Ray starts.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray = _ray()
     if ray.is_initialized():
         return
+    if cfg.address is None:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the variable
     try:
         if cfg.address is None:
             ray.init(
@@ -107,6 +117,9 @@ def connect_ray(cfg: CloudRayConfig) -> None:
             ray.init(address=cfg.address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"cloud.ray.address: cannot start or join Ray: {exc}") from exc
+    if cfg.address is None and (ip := ray.util.get_node_ip_address()) != "127.0.0.1":
+        ray.shutdown()
+        raise ConfigError(f"the local Ray cluster would listen on {ip}, not 127.0.0.1; refused")
 
 
 def _python_path() -> str:
@@ -157,6 +170,28 @@ class _LoadedAdapter:
             unload(self.name)
 
 
+def _replica_grpc_on_loopback() -> None:
+    """Make this replica's inter-deployment gRPC server listen on 127.0.0.1.
+
+    Ray Serve 2.60 binds it to ``[::]:0`` (every interface) whatever the node address;
+    in a local cluster the node address is 127.0.0.1, so peers reach it there. Runs in
+    the replica's constructor, before Serve starts that server.
+    """
+    import importlib
+
+    replica: Any = importlib.import_module("ray.serve._private.replica")
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "edgecloud_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        return bind(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0") else address)
+
+    on_loopback.edgecloud_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
+
+
 class EngineReplica:
     """One Ray Serve replica: a :class:`TorchBackend` and the adapters it has loaded.
 
@@ -170,6 +205,8 @@ class EngineReplica:
         from edgecloud.cloud._torch import TorchBackend
 
         config = CloudConfig.model_validate_json(config_json)
+        if config.ray.address is None:
+            _replica_grpc_on_loopback()
         self._settings = _Settings(config, Path(cache_dir))
         self._registry = AdapterRegistry(registry_url)
         self.backend = TorchBackend.load(self._settings)

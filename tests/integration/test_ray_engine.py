@@ -27,6 +27,9 @@ from tests.fakes_adapters import make_lora_dir
 from tests.integration._cloudlocal import CONFIG
 from tests.integration._cloudproc import client
 
+# Before Ray is imported: the local cluster then listens on 127.0.0.1 only (see connect_ray).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'edgecloud[ray]')")
 
 pytestmark = [
@@ -79,7 +82,6 @@ class Cloud:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     c = Cloud(tmp_path_factory.mktemp("ray"))
     try:
         yield c
@@ -102,6 +104,19 @@ async def many(cloud: Cloud, n: int, **kwargs: Any) -> list[tuple[list[int], Fin
     async with client(cloud.server) as c:
         return await asyncio.gather(*(answer(c, PROMPTS[i % len(PROMPTS)], **kwargs)
                                       for i in range(n)))  # fmt: skip
+
+
+def test_the_local_cluster_listens_on_loopback_only(cloud: Cloud) -> None:
+    import psutil
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]  # fmt: skip
+    assert len(listening) >= 4  # gcs, raylet, the replicas' workers, the gRPC service
+    wide = [(c.laddr, psutil.Process(c.pid).cmdline()[:3]) for c in listening
+            if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1")]  # fmt: skip
+    assert not wide
 
 
 def test_concurrent_streams_are_served_by_both_replicas(cloud: Cloud) -> None:
