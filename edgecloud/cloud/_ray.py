@@ -300,6 +300,64 @@ def _error(name: str, message: str) -> EdgeCloudError:
     return CloudError(message)
 
 
+def engine_application(config: CloudConfig, cache_dir: Path, registry_url: str) -> Any:
+    """The Ray Serve application of the engine: :class:`EngineReplica` with the autoscaling,
+    resources and adapter cache of ``config.ray``."""
+    from ray import serve
+
+    cfg = config.ray
+    deployment = serve.deployment(
+        name=DEPLOYMENT,
+        autoscaling_config={
+            "min_replicas": cfg.replicas,
+            "initial_replicas": cfg.replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        # The replica's scheduler queues and refuses; Ray should not queue for it.
+        max_ongoing_requests=config.max_running_sequences + config.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+    )(EngineReplica)
+    return deployment.bind(config.model_dump_json(), str(cache_dir), registry_url)
+
+
+def build_app(args: dict[str, str]) -> Any:
+    """Ray Serve application builder, for a declarative Serve config (a KubeRay RayService's
+    ``serveConfigV2``: ``import_path: edgecloud.cloud._ray:build_app``).
+
+    ``args["config"]`` is the TOML settings file; its ``[cloud]`` table configures the
+    engine (``EDGECLOUD_*`` variables are not read here). ``args["cache_dir"]`` is where
+    the converted model and adapters are cached (default: the user cache). The front,
+    ``edgecloud cloud serve`` with ``cloud.ray.deploy = false``, attaches to it by
+    ``cloud.ray.app_name``.
+    """
+    import tomllib
+
+    from edgecloud.common.settings import default_cache_dir
+
+    with open(args["config"], "rb") as f:
+        config = CloudConfig.model_validate(tomllib.load(f).get("cloud", {}))
+    cache_dir = Path(args["cache_dir"]) if args.get("cache_dir") else default_cache_dir()
+    registry = config.registry.url or str(cache_dir / "registry")
+    return engine_application(config, cache_dir, registry)
+
+
+def _running_app(serve: Any, name: str, wait_s: float = 600.0) -> Any:
+    """The handle of Serve application ``name`` once it runs (deployed by someone else).
+
+    Raises:
+        ConfigError: it is not running after ``wait_s`` seconds.
+    """
+    until = time.monotonic() + wait_s
+    while True:
+        status = serve.status().applications.get(name)
+        if status is not None and str(status.status).endswith("RUNNING"):
+            return serve.get_app_handle(name)
+        if time.monotonic() > until:
+            raise ConfigError(f"cloud.ray.app_name: no running Ray Serve application {name!r}")
+        time.sleep(2.0)
+
+
 class RayBackend:
     """A :class:`~edgecloud.cloud.CloudBackend` that streams from the Ray Serve deployment.
 
@@ -338,22 +396,13 @@ class RayBackend:
         connect_ray(cfg)
         from ray import serve
 
-        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
-        deployment = serve.deployment(
-            name=DEPLOYMENT,
-            autoscaling_config={
-                "min_replicas": cfg.replicas,
-                "initial_replicas": cfg.replicas,
-                "max_replicas": cfg.max_replicas,
-                "target_ongoing_requests": cfg.target_ongoing_requests,
-            },
-            # The replica's scheduler queues and refuses; Ray should not queue for it.
-            max_ongoing_requests=config.max_running_sequences + config.max_queued_requests,
-            ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
-        )(EngineReplica)
-        app = deployment.bind(config.model_dump_json(), str(cache_dir), registry_url)
         try:
-            handle = serve.run(app, name=cfg.app_name, route_prefix=None)
+            if cfg.deploy:
+                serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+                app = engine_application(config, cache_dir, registry_url)
+                handle = serve.run(app, name=cfg.app_name, route_prefix=None)
+            else:
+                handle = _running_app(serve, cfg.app_name)
             base = handle.info.remote().result()
         except Exception as exc:  # Ray's deployment errors carry the replica's traceback
             from edgecloud.errors import CloudModelLoadError
@@ -435,11 +484,19 @@ class RayBackend:
             stream.cancel()
 
     def close(self) -> None:
-        """Delete the Serve application (the replicas free their models)."""
+        """Stop the engine: the local cluster this process started goes with it; on a
+        cluster joined by ``cloud.ray.address`` the Serve application is deleted (without
+        waiting for its replicas to drain); one this process attached to stays."""
+        ray = _ray()
+        if not self._config.ray.deploy:
+            return  # the application is someone else's (a RayService)
+        if self._config.ray.address is None:
+            ray.shutdown()
+            return
         from ray import serve
 
         with contextlib.suppress(Exception):  # Ray already gone: nothing to delete
-            serve.delete(self._config.ray.app_name)
+            serve.delete(self._config.ray.app_name, _blocking=False)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

@@ -241,6 +241,13 @@ class CloudRayConfig(Section):
     app_name: str = Field(
         "edgecloud", min_length=1, description="Ray Serve application name of the engine."
     )
+    deploy: bool = Field(
+        True,
+        description=(
+            "Deploy the engine application from this process; false: attach to the running "
+            "application `app_name` (declared in a RayService's serveConfigV2)."
+        ),
+    )
     train_cpus: float = Field(
         1.0,
         gt=0.0,

@@ -100,9 +100,11 @@ async def answer(c: Any, prompt: str, **kwargs: Any) -> tuple[list[int], Finish]
     raise AssertionError("no Finish")
 
 
-async def many(cloud: Cloud, n: int, **kwargs: Any) -> list[tuple[list[int], Finish]]:
+async def many(
+    cloud: Cloud, n: int, offset: int = 0, **kwargs: Any
+) -> list[tuple[list[int], Finish]]:
     async with client(cloud.server) as c:
-        return await asyncio.gather(*(answer(c, PROMPTS[i % len(PROMPTS)], **kwargs)
+        return await asyncio.gather(*(answer(c, PROMPTS[(offset + i) % len(PROMPTS)], **kwargs)
                                       for i in range(n)))  # fmt: skip
 
 
@@ -202,8 +204,34 @@ def test_cloud_train_on_ray_runs_the_round_in_a_task(cloud: Cloud, tmp_path: Pat
     assert "Traceback" not in result.output and "RayTaskError" not in result.output
 
 
-def test_killing_a_replica_fails_only_its_streams_and_loses_no_upload(cloud: Cloud) -> None:
+def test_a_front_attaches_to_a_running_engine(cloud: Cloud) -> None:
+    """cloud.ray.deploy = false: as the sidecar of a RayService attaches to its app."""
+    from edgecloud.cloud._backend import CloudRequest
+    from edgecloud.cloud._ray import RayBackend
+
+    ray_cfg = cloud.settings.cloud.ray.model_copy(update={"deploy": False})
+    config = cloud.settings.cloud.model_copy(update={"ray": ray_cfg})
+    front = RayBackend.start(config, cloud.settings.cache_dir, str(cloud.registry_dir))
+
+    async def ask() -> list[Any]:
+        return [ev async for ev in front.generate(CloudRequest("Water boils at", GREEDY))]
+
+    events = cloud.run(ask())
+    assert isinstance(events[-1], Finish) and len(events) == 13
+    assert [e.token_id for e in events[:-1]] == cloud.run(many(cloud, 1, offset=3))[0][0]
+    front.close()  # attached: the application and the cluster stay
+    assert cloud.run(many(cloud, 1))[0][1].reason == "length"
+
+
+def kill_replica(replica_id: str) -> None:
+    """Kill the Ray actor of one engine replica (Ray Serve then starts another)."""
     from edgecloud.cloud._ray import replica_actor_names
+
+    name = next(n for n in replica_actor_names(APP) if n.endswith(f"#{replica_id}"))
+    ray.kill(ray.get_actor(name, namespace="serve"))
+
+
+def test_killing_a_replica_fails_only_its_streams_and_loses_no_upload(cloud: Cloud) -> None:
     from tests.integration.test_cloud_escalation import records
 
     long = SamplingParams(max_tokens=64)
@@ -224,8 +252,7 @@ def test_killing_a_replica_fails_only_its_streams_and_loses_no_upload(cloud: Clo
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 60)
             on = list(cloud.backend.in_flight.values())
             victim = max(set(on), key=on.count)
-            name = next(n for n in replica_actor_names(APP) if n.endswith(victim))
-            ray.kill(ray.get_actor(name, namespace="serve"))
+            kill_replica(victim)
             # Escalation uploads go on while a replica is down: none may be lost.
             ids = []
             for k in range(4):
@@ -245,3 +272,41 @@ def test_killing_a_replica_fails_only_its_streams_and_loses_no_upload(cloud: Clo
     again = cloud.run(many(cloud, 2))
     assert all(f.reason == "length" for _, f in again)
     assert victim not in {r for r, _ in cloud.backend.served - before}
+
+
+def test_a_device_whose_replica_dies_mid_answer_finishes_on_the_device(
+    cloud: Cloud, model_cache: Path, tmp_path: Path
+) -> None:
+    """A real device (llama.cpp) hands each answer off after 3 tokens to the Ray cloud;
+    the replica streaming the rest is killed, and the device finishes the answer itself,
+    as when a cloud dies."""
+    import threading
+    import time
+
+    from edgecloud import Client
+    from tests.fakes import handing_off_device
+
+    device = handing_off_device(cloud.server.port, str(tmp_path), first_token_timeout_s=60)
+    killed: list[str] = []
+
+    def kill_when_streaming() -> None:
+        until = time.monotonic() + 90
+        while time.monotonic() < until and not killed:
+            on = [r for r in cloud.backend.in_flight.values() if r]
+            if on:
+                kill_replica(on[0])
+                killed.append(on[0])
+            time.sleep(0.01)
+
+    with Client.local(settings=Settings.load(cache_dir=model_cache, device=device)) as dev:
+        killer = threading.Thread(target=kill_when_streaming)
+        killer.start()
+        with dev.stream("Q: Why is the sky blue?\nA:", max_tokens=48) as stream:
+            text = "".join(chunk.text for chunk in stream)
+        killer.join()
+    result = stream.result
+    assert killed, "the device's hand-off never reached a replica"
+    route = result.route
+    assert route is not None and route.escalated and route.local_tokens_before_handoff == 3
+    assert route.fallback is not None and "replica" in route.fallback, route
+    assert text.strip() and result.usage.completion_tokens > 3

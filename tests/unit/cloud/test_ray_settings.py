@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgecloud.cloud._ray import adapter_model_id, parse_model_id
@@ -23,3 +25,22 @@ def test_max_replicas_may_not_be_below_replicas() -> None:
     assert (cfg.ray.replicas, cfg.ray.max_replicas, cfg.ray.address) == (2, 8, None)
     with pytest.raises(ValueError, match="max_replicas"):
         CloudConfig.model_validate({"ray": {"replicas": 3, "max_replicas": 2}})
+
+
+def test_build_app_reads_the_cloud_table_of_the_toml(tmp_path: Path) -> None:
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from ray.serve import Application
+
+    from edgecloud.cloud._ray import build_app
+
+    toml = tmp_path / "cloud.toml"
+    toml.write_text('[cloud]\nbackend = "ray"\n[cloud.ray]\nreplicas = 2\nmax_replicas = 6\n')
+    app = build_app({"config": str(toml), "cache_dir": str(tmp_path)})
+    assert isinstance(app, Application)
+    # The deployment carries cloud.ray's autoscaling; its constructor the settings.
+    deployment = app._bound_deployment
+    auto = deployment._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas) == (2, 6)
+    config_json, cache_dir, registry = deployment.init_args
+    assert CloudConfig.model_validate_json(config_json).ray.max_replicas == 6
+    assert (cache_dir, registry) == (str(tmp_path), str(tmp_path / "registry"))
