@@ -251,9 +251,13 @@ class EngineReplica:
         return {"model": info.model, "device": info.device, "dtype": info.dtype,
                 "adapters": list(info.adapters), "replica": self.replica_id}  # fmt: skip
 
+    def load(self) -> dict[str, int]:
+        """This replica's batch and queue now (``LoadSnapshot`` fields)."""
+        return dataclasses.asdict(self.backend.load_snapshot())
+
     def loaded_adapters(self) -> list[str]:
         """Adapter names loaded in this replica's model now (for tests and operators)."""
-        return list(self.backend.info.adapters)
+        return sorted(getattr(self.backend.engine.model, "peft_config", {}))
 
     async def generate(
         self, request: CloudRequest, timeout_s: float | None
@@ -296,7 +300,10 @@ def _error(name: str, message: str) -> EdgeCloudError:
 
     cls = getattr(errors, name, None)
     if isinstance(cls, type) and issubclass(cls, EdgeCloudError):
-        return cls(message)
+        try:
+            return cls(message)
+        except TypeError:  # a class with more arguments (none the engine raises)
+            pass
     return CloudError(message)
 
 
@@ -476,6 +483,8 @@ class RayBackend:
                     self.served[replica, event.get("model", "")] += 1
                     continue
                 yield event
+                if isinstance(event, Finish):
+                    return  # the answer is whole, whatever happens to the replica now
         except RayError as exc:
             log.warning("Ray Serve stream failed: %s", exc)
             raise TransportError("the engine replica serving this stream was lost") from exc

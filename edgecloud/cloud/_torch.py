@@ -146,6 +146,8 @@ class TorchBackend:
         self.tokenizer = tokenizer
         self._config = config
         self._adapters = tuple(adapters)
+        self._stale: set[str] = set()
+        """Adapters unloaded but still in the peft model (it cannot lose its last one)."""
         device = next(model.parameters()).device
         self.info = BackendInfo(
             backend="torch",
@@ -367,6 +369,9 @@ class TorchBackend:
             if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
                 if adapter_id not in model.peft_config:
                     _load_one(model, adapter_id, path)
+                for stale in self._stale - {adapter_id}:
+                    _delete_adapter(model, stale)
+                self._stale.clear()
             else:
                 self.engine.use_adapters(_attach_adapters(model, {adapter_id: path}))
 
@@ -382,11 +387,18 @@ class TorchBackend:
         self.info = dataclasses.replace(self.info, adapters=self._adapters)
 
         def unload() -> bool:
+            if adapter_id in self._adapters:
+                return True  # loaded again meanwhile: it stays
             if self._scheduler.uses_adapter(adapter_id):
                 return False
             model = self.engine.model
-            if adapter_id in getattr(model, "peft_config", {}):
-                model.delete_adapter(adapter_id)
+            loaded = getattr(model, "peft_config", {})
+            if adapter_id in loaded:
+                if len(loaded) == 1:
+                    # peft cannot be left without an adapter; the next load drops it
+                    self._stale.add(adapter_id)
+                else:
+                    _delete_adapter(model, adapter_id)
             return True
 
         while not await asyncio.wrap_future(self._scheduler.call(unload)):
@@ -420,6 +432,14 @@ def _attach_adapters(model: Any, adapters: Mapping[str, Path]) -> Any:
         _load_one(model, adapter_id, path)
     model.eval()
     return model
+
+
+def _delete_adapter(model: Any, adapter_id: str) -> None:
+    """Delete one of several adapters of a peft model, another one made active first (the
+    PeftModel would keep naming the deleted one, and every forward would then fail)."""
+    if model.active_adapter == adapter_id:
+        model.set_adapter(next(a for a in model.peft_config if a != adapter_id))
+    model.delete_adapter(adapter_id)
 
 
 def _load_one(model: Any, adapter_id: str, path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ PROMPTS = ["Why is the sky blue?", "The capital of France is", "def fibonacci(n)
            "Water boils at", "Name three robots:", "Two plus two is", "Once upon a time",
            "The best way to learn is"]  # fmt: skip
 GREEDY = SamplingParams(max_tokens=12)
+PROMPT = "Q: Why is the sky blue?\nA:"
 
 
 class Cloud:
@@ -58,9 +60,10 @@ class Cloud:
         self.registry = AdapterRegistry(self.registry_dir)
         # max_queued_requests 0: a replica takes 4 streams at most, so Ray Serve sends
         # the 5th to the other replica even when only one has the adapter loaded.
-        cfg = {**CONFIG, "backend": "ray", "max_queued_requests": 0, "model": {"threads": 1},
+        cfg = {**CONFIG, "backend": "ray", "max_queued_requests": 0, "max_new_tokens": 256,
+               "model": {"threads": 1},
                "ray": {"replicas": 2, "max_replicas": 2, "replica_cpus": 0.5, "num_cpus": 2,
-                       "app_name": APP}}  # fmt: skip
+                       "app_name": APP, "max_adapters_per_replica": 1}}  # fmt: skip
         self.settings = Settings.load(cloud=cfg)
         self.backend = RayBackend.start(self.settings.cloud, self.settings.cache_dir,
                                         str(self.registry_dir))  # fmt: skip
@@ -134,6 +137,27 @@ def test_concurrent_streams_are_served_by_both_replicas(cloud: Cloud) -> None:
     assert info["backend"] == "ray" and info["models"] == ["gemma-3-270m-q4_k_m.gguf"]
 
 
+def test_a_closed_stream_frees_its_slot_in_the_replica(cloud: Cloud) -> None:
+    async def read_three_then_leave() -> int:
+        n = 0
+        async with client(cloud.server) as c:
+            async for ev in c.stream(PROMPTS[0], SamplingParams(max_tokens=256)):
+                n += isinstance(ev, Chunk)
+                if n == 3:
+                    break  # the device hands back: the gRPC stream is cancelled
+        return n
+
+    assert cloud.run(read_three_then_leave()) == 3
+    # 253 more tokens would take far longer than this (over 30 ms a step on two cores).
+    handle = cloud.backend._handle
+    deadline = time.monotonic() + 5
+    running = {-1}
+    while time.monotonic() < deadline and running != {0}:
+        running = {handle.load.remote().result()["running"] for _ in range(6)}
+        time.sleep(0.2)
+    assert running == {0} and not cloud.backend.in_flight
+
+
 async def _info(cloud: Cloud) -> Any:
     async with client(cloud.server) as c:
         return await c.info()
@@ -169,6 +193,17 @@ def test_a_new_adapter_version_reaches_every_replica(cloud: Cloud, tmp_path: Pat
         answers[version] = results[0][0]
     v1, v2 = sorted(answers)
     assert answers[v1] != base and answers[v2] != answers[v1]
+    # One version per replica (max_adapters_per_replica = 1): loading v2 evicted v1, and
+    # the replicas unloaded it from their models.
+    handle = cloud.backend._handle
+    deadline = time.monotonic() + 30
+    seen: set[tuple[str, ...]] = set()
+    while time.monotonic() < deadline:
+        seen = {tuple(handle.loaded_adapters.remote().result()) for _ in range(6)}
+        if seen == {(f"fleet@{v2}",)}:
+            break
+        time.sleep(0.5)
+    assert seen == {(f"fleet@{v2}",)}
     assert "fleet" in cloud.run(_info(cloud))["adapters"]
 
 
@@ -277,36 +312,30 @@ def test_killing_a_replica_fails_only_its_streams_and_loses_no_upload(cloud: Clo
 def test_a_device_whose_replica_dies_mid_answer_finishes_on_the_device(
     cloud: Cloud, model_cache: Path, tmp_path: Path
 ) -> None:
-    """A real device (llama.cpp) hands each answer off after 3 tokens to the Ray cloud;
-    the replica streaming the rest is killed, and the device finishes the answer itself,
-    as when a cloud dies."""
-    import threading
-    import time
-
+    """A real device (llama.cpp) hands its answer off after 3 tokens to the Ray cloud; once
+    the cloud's part has begun, the replica streaming it is killed, and the device finishes
+    the answer itself, as when a cloud dies. (Killed before its first token, the stream
+    is retried by the device's gRPC client and lands on a live replica.)"""
     from edgecloud import Client
     from tests.fakes import handing_off_device
 
     device = handing_off_device(cloud.server.port, str(tmp_path), first_token_timeout_s=60)
     killed: list[str] = []
-
-    def kill_when_streaming() -> None:
-        until = time.monotonic() + 90
-        while time.monotonic() < until and not killed:
+    chunks = []
+    settings = Settings.load(cache_dir=model_cache, device=device)
+    with Client.local(settings=settings) as dev, dev.stream(PROMPT, max_tokens=48) as stream:
+        for chunk in stream:
+            chunks.append(chunk)
             on = [r for r in cloud.backend.in_flight.values() if r]
-            if on:
+            if not killed and on and sum(c.source == "cloud" for c in chunks) >= 3:
                 kill_replica(on[0])
                 killed.append(on[0])
-            time.sleep(0.01)
-
-    with Client.local(settings=Settings.load(cache_dir=model_cache, device=device)) as dev:
-        killer = threading.Thread(target=kill_when_streaming)
-        killer.start()
-        with dev.stream("Q: Why is the sky blue?\nA:", max_tokens=48) as stream:
-            text = "".join(chunk.text for chunk in stream)
-        killer.join()
     result = stream.result
-    assert killed, "the device's hand-off never reached a replica"
+    assert killed, "the device's hand-off never streamed from a replica"
     route = result.route
     assert route is not None and route.escalated and route.local_tokens_before_handoff == 3
     assert route.fallback is not None and "replica" in route.fallback, route
-    assert text.strip() and result.usage.completion_tokens > 3
+    # The answer goes on after the cloud's part: local, cloud, then local tokens again.
+    sources = [c.source for c in chunks]
+    assert sources[:3] == ["local"] * 3 and "cloud" in sources and sources[-1] == "local"
+    assert result.usage.completion_tokens == 48
