@@ -61,8 +61,11 @@ __all__ = [
     "EngineReplica",
     "RayBackend",
     "adapter_model_id",
+    "build_app",
     "connect_ray",
+    "engine_application",
     "parse_model_id",
+    "replica_actor_names",
     "run_on_ray",
 ]
 
@@ -391,7 +394,9 @@ class RayBackend:
 
     @classmethod
     def start(cls, config: CloudConfig, cache_dir: Path, registry_url: str) -> RayBackend:
-        """Connect to Ray (or start it on 127.0.0.1), deploy the engine, wait for it.
+        """Connect to Ray (or start it on 127.0.0.1), deploy the engine (or attach to it,
+        ``cloud.ray.deploy = false``), wait for it. Call from the main thread, outside an
+        event loop (Ray starts there, and its handles' blocking waits refuse a loop).
 
         Raises:
             ConfigError: ray is missing or the cluster cannot be reached.
@@ -462,7 +467,7 @@ class RayBackend:
             UnknownAdapterError, InvalidRequestError, OverloadedError, CloudError: as
                 the replica's engine raised them.
         """
-        from ray.exceptions import RayError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         model_id = await self.model_id(request.adapter_id)
         timeout = request.deadline - time.monotonic() if request.deadline is not None else None
@@ -486,6 +491,9 @@ class RayBackend:
                 if isinstance(event, Finish):
                     return  # the answer is whole, whatever happens to the replica now
         except RayError as exc:
+            if isinstance(exc, RayTaskError) and not isinstance(exc.cause, RayActorError):
+                # A bug in the replica, not its death: retrying would not help.
+                raise CloudError("the engine replica failed") from exc
             log.warning("Ray Serve stream failed: %s", exc)
             raise TransportError("the engine replica serving this stream was lost") from exc
         finally:
