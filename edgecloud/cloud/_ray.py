@@ -323,6 +323,8 @@ def engine_application(config: CloudConfig, cache_dir: Path, registry_url: str) 
             "initial_replicas": cfg.replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
         },
         # The replica's scheduler queues and refuses; Ray should not queue for it.
         max_ongoing_requests=config.max_running_sequences + config.max_queued_requests,

@@ -223,6 +223,18 @@ class CloudRayConfig(Section):
         le=100_000.0,
         description="Streams per replica the autoscaler aims at (Ray Serve's metric).",
     )
+    upscale_delay_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long the load must call for more replicas before Ray adds them.",
+    )
+    downscale_delay_s: float = Field(
+        600.0,
+        ge=0.0,
+        le=86_400.0,
+        description="How long the load must allow fewer replicas before Ray removes some.",
+    )
     replica_cpus: float = Field(
         1.0, gt=0.0, le=1024.0, description="CPUs Ray reserves for each replica."
     )

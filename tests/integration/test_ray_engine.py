@@ -258,6 +258,55 @@ def test_a_front_attaches_to_a_running_engine(cloud: Cloud) -> None:
     assert cloud.run(many(cloud, 1))[0][1].reason == "length"
 
 
+def test_the_engine_scales_out_under_load(cloud: Cloud) -> None:
+    """A second application, 1..2 replicas aiming at 1 stream each: 4 long streams make
+    Ray Serve start the second replica, which then serves."""
+    from ray import serve
+
+    from edgecloud.cloud._backend import CloudRequest
+    from edgecloud.cloud._ray import DEPLOYMENT, RayBackend
+
+    name = f"{APP}-auto"
+    ray_cfg = cloud.settings.cloud.ray.model_copy(update={
+        "app_name": name, "replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+        "upscale_delay_s": 0})  # fmt: skip
+    config = cloud.settings.cloud.model_copy(update={"ray": ray_cfg})
+    auto = RayBackend.start(config, cloud.settings.cache_dir, str(cloud.registry_dir))
+
+    def running() -> int:
+        states = serve.status().applications[name].deployments[DEPLOYMENT].replica_states
+        return int(states.get("RUNNING", 0))
+
+    async def stream(i: int, tokens: int = 256) -> None:
+        request = CloudRequest(PROMPTS[i], SamplingParams(max_tokens=tokens))
+        async for _ in auto.generate(request):
+            pass
+
+    waited: list[float] = []
+    start = time.monotonic()
+
+    async def load_until_two() -> int:
+        tasks = [asyncio.create_task(stream(i)) for i in range(4)]
+        try:
+            until = time.monotonic() + 90
+            while time.monotonic() < until and await asyncio.to_thread(running) < 2:
+                await asyncio.sleep(1)
+            waited.append(time.monotonic() - start)
+            await stream(5, 4)  # lands on the new replica: the old one is busy with four
+            return await asyncio.to_thread(running)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        assert running() == 1
+        assert cloud.run(load_until_two()) == 2, f"still one replica after {waited} s"
+        assert len({r for r, _ in auto.served}) == 2
+    finally:
+        serve.delete(name, _blocking=False)
+
+
 def kill_replica(replica_id: str) -> None:
     """Kill the Ray actor of one engine replica (Ray Serve then starts another)."""
     from edgecloud.cloud._ray import replica_actor_names
