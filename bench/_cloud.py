@@ -11,7 +11,7 @@ from typing import Any
 
 @contextlib.asynccontextmanager
 async def local_cloud(
-    *, knowledge: Path | None, threads: int = 1, top_k: int = 2, min_score: float = 0.3,
+    *, knowledge: Path | None, threads: int = 1, top_k: int | None = None, min_score: float = 0.3,
     prompt_format: str | None = None, dtype: str | None = None,
 ) -> AsyncIterator[tuple[Any, Any, Any]]:  # fmt: skip
     """Yields (CloudServer, TorchBackend, CloudConfig) serving the embedded model, with
@@ -31,10 +31,16 @@ async def local_cloud(
     fields: dict[str, Any] = {"insecure": True, "port": 0, "model": model}
     if knowledge is not None:
         fields["knowledge"] = {"directory": str(knowledge), "index_dir": str(tmp / "idx"),
-                               "top_k": top_k, "min_score": min_score}  # fmt: skip
+                               "min_score": min_score}  # fmt: skip
+        if top_k is not None:
+            fields["knowledge"]["top_k"] = top_k
     config = CloudConfig.model_validate(fields)
     settings = Settings.load().model_copy(update={"cloud": config})
-    kb = KnowledgeBase(knowledge, SentenceEncoder(), index_dir=tmp / "idx") if knowledge else None
+    kb = (
+        KnowledgeBase(knowledge, SentenceEncoder(), index_dir=tmp / "idx",
+                      max_chars=config.knowledge.chunk_chars)
+        if knowledge else None
+    )  # fmt: skip
     backend = TorchBackend.load(settings)
     server = await CloudServer.start(
         backend, config, knowledge=kb, records=RecordStore(tmp / "records.sqlite3")

@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _lora import architecture, load_base_model, make_random_lora
+from _results import RESULTS
 
-RESULTS = Path(__file__).parent / "results"
 PROMPT = "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:"
 TARGET_SWAP_S = 0.050
 TARGET_RATIO = 20.0

@@ -34,8 +34,8 @@ from edgecloud.split import BackgroundServer, Cascade, SplitClient, SplitModel, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "split"))
 import digits_data  # noqa: E402
+from _results import RESULTS  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 MODELS = ROOT / "examples" / "split" / "models"
 DEVICE = MODELS / "digits_cnn.onnx"
 CLOUD = MODELS / "digits_cloud.onnx"

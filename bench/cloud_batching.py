@@ -38,13 +38,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _results import RESULTS
+
 from edgecloud.cloud import CloudServer, TorchBackend
 from edgecloud.cloud._torch import CloudRequest
 from edgecloud.config import Settings
 from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk, SamplingParams
-
-RESULTS = Path(__file__).parent / "results"
 
 PROMPTS = [
     "Why is the sky blue?", "The capital of France is", "def fibonacci(n):",

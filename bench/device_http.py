@@ -30,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _results import RESULTS
 from local_decode import PROMPTS
 
-RESULTS = Path(__file__).parent / "results"
 MODES = ("sdk", "http", "http+top5", "http-raw")
 
 

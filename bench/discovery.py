@@ -34,7 +34,8 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from _results import RESULTS
+
 LO = ["127.0.0.1"]
 
 

@@ -29,8 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import local_cloud
+from _results import RESULTS
 
-RESULTS = Path(__file__).parent / "results"
 PROMPTS = ["Why is the sky blue?", "The capital of France is", "Name three primary colours:",
            "A robot arm is", "The best way to learn is"]  # fmt: skip
 

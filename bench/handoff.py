@@ -36,11 +36,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import local_cloud
+from _results import RESULTS
 from knowledge_eval import few_shot_prompt, is_right
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "data"
-RESULTS = ROOT / "bench" / "results"
 ROUTER = {"window": 4, "min_tokens": 1, "holdback_tokens": 4, "min_mean_logprob": -1.0}
 MAX_TOKENS = 24
 

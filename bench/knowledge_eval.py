@@ -33,11 +33,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import local_cloud
+from _results import RESULTS as RESULTS_DIR
+
+from edgecloud.cloud._settings import READING_FORMAT, CloudKnowledgeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = ROOT / "bench" / "data" / "fleet_manual"
 EVAL = ROOT / "bench" / "data" / "router_eval.jsonl"
-RESULTS = ROOT / "bench" / "results" / "knowledge_eval.json"
+RESULTS = RESULTS_DIR / "knowledge_eval.json"
 
 FEW_SHOT = (
     "Q: What is the capital of France?\nA: Paris\n"
@@ -45,6 +48,7 @@ FEW_SHOT = (
     "Q: What is the boiling point of water in degrees Celsius?\nA: 100\n"
 )
 FORMATS = [
+    READING_FORMAT,
     "Context: {context}\n\n{prompt}",
     "{context}\n\n{prompt}",
     "Use the context to answer.\nContext: {context}\n\n{prompt}",
@@ -164,7 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--limit", type=int, default=0, help="First N fleet questions (0: all).")
-    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--top-k", type=int, default=CloudKnowledgeConfig().top_k)
     parser.add_argument("--min-score", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -187,7 +191,7 @@ def main() -> None:
     print(f"{'with / without':<28}{ratio:>8.2f}x   wall {result['wall_s']}s")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {RESULTS}", file=sys.stderr)
 
 
 def compare_formats(args: argparse.Namespace) -> None:
@@ -202,7 +206,7 @@ def compare_formats(args: argparse.Namespace) -> None:
         print(f"{result['accuracy_with_knowledge']:>6.3f}  {template!r}", flush=True)
     out = RESULTS.with_name("knowledge_eval_formats.json")
     out.write_text(json.dumps({"top_k": args.top_k, "formats": rows}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _domain import DOMAINS, Domain, InputError, Item, resolve
+from _results import RESULTS
 from knowledge_eval import few_shot_prompt, is_right
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 ROUTER = {
     "window": 4,

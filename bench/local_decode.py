@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _results import RESULTS
+
 PROMPTS = [
     "Explain what a servo motor is.",
     "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:",

@@ -31,12 +31,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cloud import local_cloud
+from _results import RESULTS
 from knowledge_eval import ask, few_shot_prompt, is_right
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "bench" / "data" / "router_eval.jsonl"
 MANUAL = ROOT / "bench" / "data" / "fleet_manual"
-RESULTS = ROOT / "bench" / "results"
 WINDOW = 4
 
 

@@ -73,10 +73,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "split"))
 import build_models  # noqa: E402
 import digits_data  # noqa: E402
+from _results import RESULTS  # noqa: E402
 
 from edgecloud.split import CutProfile, PowerModel, predict  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = ROOT / "examples" / "split" / "models" / "digits_cnn.onnx"
 LINKS_MBIT = (1.0, 10.0, 100.0)
 RTT_S = 0.020

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+from _results import RESULTS
 
 from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.cloud._records import RecordStore
@@ -47,7 +48,6 @@ from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk
 from tests.llamaserver import llama_server
 
-RESULTS = Path(__file__).parent / "results"
 PROMPTS = [
     "Q: Why is the sky blue?\nA:", "Q: What is the capital of France?\nA:",
     "The three laws of motion are", "Once upon a time, there was",

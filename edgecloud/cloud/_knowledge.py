@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgecloud.cloud._settings import CHUNK_CHARS
 from edgecloud.errors import ConfigError
 from edgecloud.types import Passage
 
@@ -92,7 +93,7 @@ class KnowledgeBase:
         encoder: SentenceEncoder,
         *,
         index_dir: str | Path | None = None,
-        max_chars: int = 160,
+        max_chars: int = CHUNK_CHARS,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.directory = Path(directory)

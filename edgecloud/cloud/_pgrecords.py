@@ -50,6 +50,8 @@ class PgRecordStore(RecordStore):
 
     Args:
         url: ``postgresql://user[:password]@host[:port]/database`` (libpq's URI form).
+        max_records: keep at most this many records; None: no cap.
+        max_age_s: delete records received more than this many seconds ago; None: no cap.
 
     Raises:
         ConfigError: psycopg is missing, or the server cannot be reached.
@@ -64,8 +66,13 @@ class PgRecordStore(RecordStore):
     _disagreed = f"COUNT(*) FILTER (WHERE (extra::jsonb -> 'agree') {_FALSE})"
     _is_shadow = "extra::jsonb ->> 'kind' = 'shadow'"
     _by_version = "GROUP BY 1 ORDER BY 1 NULLS FIRST"
+    _key = "seq"
+    _greatest = "GREATEST"
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, max_records: int | None = None, max_age_s: float | None = None
+    ) -> None:
+        self._caps(max_records, max_age_s)
         try:
             import psycopg
         except ImportError as exc:
@@ -79,6 +86,7 @@ class PgRecordStore(RecordStore):
         with self._lock, self._conn.transaction():
             for statement in _SCHEMA:
                 self._conn.execute(statement)
+        self.evict()
 
     def _connect(self) -> Any:
         try:
@@ -100,12 +108,21 @@ class PgRecordStore(RecordStore):
                 self._conn = self._connect()
                 return fn(self._conn)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        def insert(db: Any) -> None:
+    def _insert(self, rows: list[tuple[Any, ...]], now: float) -> int:
+        def insert(db: Any) -> int:
+            evicted = 0
             with db.transaction(), db.cursor() as cur:
-                cur.executemany(self._insert_sql, rows)
+                if rows:
+                    cur.executemany(self._insert_sql, rows)
+                for sql, args in self._evictions(now):
+                    cur.execute(sql, args)
+                    evicted += max(cur.rowcount, 0)
+            return evicted
 
-        self._run(insert)
+        evicted = self._run(insert)
+        with self._lock:
+            self.evicted += evicted
+        return evicted
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._run(lambda db: db.execute(sql, args).fetchall())

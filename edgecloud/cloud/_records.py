@@ -13,6 +13,12 @@ the service or the machine.
 Each record keeps the identity of the device that uploaded it (its token name,
 ``None`` when the service runs without auth); the first upload of an id wins.
 
+Retention: ``max_records`` and ``max_age_s`` (``cloud.records.max_records`` and
+``max_age_days``) cap the store; past a cap the oldest records (by arrival) are deleted
+first, in the transaction that stores a batch, and when the store opens. A record
+evicted before a training round read it is lost to training, which is the point: the
+cap bounds disk and keeps what trains adapters recent.
+
 Shadow records (``extra["kind"] == "shadow"``: a confident device answer the cloud was
 asked too, see ``device.shadow``) say whether the two agreed; :meth:`RecordStore.shadow_stats`
 sums them up per adapter version, the confidently-wrong rate an operator watches after
@@ -81,9 +87,18 @@ class RecordStore:
 
     Args:
         path: SQLite database file (created with its directory).
+        max_records: keep at most this many records; None: no cap.
+        max_age_s: delete records received more than this many seconds ago; None: no cap.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_records: int | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
+        self._caps(max_records, max_age_s)
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -94,6 +109,17 @@ class RecordStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self.evict()
+
+    def _caps(self, max_records: int | None, max_age_s: float | None) -> None:
+        if max_records is not None and max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        if max_age_s is not None and max_age_s <= 0:
+            raise ValueError("max_age_s must be positive")
+        self.max_records = max_records
+        self.max_age_s = max_age_s
+        self.evicted = 0
+        """Records deleted by the caps since this store was opened."""
 
     # The SQL dialect; PostgreSQL's store (edgecloud.cloud._pgrecords) replaces these.
     _mark = "?"
@@ -103,6 +129,29 @@ class RecordStore:
     _disagreed = "COALESCE(SUM(json_extract(extra, '$.agree') = 0), 0)"
     _is_shadow = "json_extract(extra, '$.kind') = 'shadow'"
     _by_version = "GROUP BY version ORDER BY version IS NOT NULL, version"
+    _key = "rowid"
+    _greatest = "max"
+
+    def _evictions(self, now: float) -> list[tuple[str, tuple[Any, ...]]]:
+        """The DELETE statements (with their arguments) that apply the caps at ``now``."""
+        out: list[tuple[str, tuple[Any, ...]]] = []
+        if self.max_age_s is not None:
+            out.append((f"DELETE FROM escalations WHERE received_at < {self._mark}",
+                        (now - self.max_age_s,)))  # fmt: skip
+        if self.max_records is not None:
+            oldest = (
+                f"SELECT {self._key} FROM escalations ORDER BY {self._order} LIMIT "
+                f"{self._greatest}(0, (SELECT COUNT(*) FROM escalations) - {self._mark})"
+            )
+            out.append((f"DELETE FROM escalations WHERE {self._key} IN ({oldest})",
+                        (self.max_records,)))  # fmt: skip
+        return out
+
+    def evict(self, now: float | None = None) -> int:
+        """Apply the caps now (storing a batch does it too); returns the records deleted."""
+        if self.max_records is None and self.max_age_s is None:
+            return 0  # no write, so a store opened only to read stays read-only
+        return self._insert([], time.time() if now is None else now)
 
     def store(
         self,
@@ -117,20 +166,28 @@ class RecordStore:
             The ids of all ``records`` (new and already stored), in order, once the
             transaction is committed: all are stored.
         """
-        now = time.time() if received_at is None else received_at
-        self._insert([(*record_row(r), device, now) for r in records])
+        now = time.time()
+        at = now if received_at is None else received_at
+        self._insert([(*record_row(r), device, at) for r in records], now)
         return [r.id for r in records]
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``rows`` (ids already stored are skipped) and commit, all or nothing."""
+    def _insert(self, rows: list[tuple[Any, ...]], now: float) -> int:
+        """Insert ``rows`` (ids already stored are skipped), apply the caps at ``now`` and
+        commit, all or nothing; returns the records the caps deleted."""
+        evicted = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(self._insert_sql, rows)
+                if rows:
+                    self._db.executemany(self._insert_sql, rows)
+                for sql, args in self._evictions(now):
+                    evicted += self._db.execute(sql, args).rowcount
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.evicted += evicted
+        return evicted
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

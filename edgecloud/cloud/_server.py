@@ -74,11 +74,13 @@ def open_records(config: CloudConfig, cache_dir: Path | None = None) -> RecordSt
     Raises:
         ConfigError: the PostgreSQL server cannot be reached, or psycopg is missing.
     """
-    if config.records.url is not None:
+    r = config.records
+    if r.url is not None:
         from edgecloud.cloud._pgrecords import PgRecordStore
 
-        return PgRecordStore(config.records.url)
-    return RecordStore(records_path(config, cache_dir))
+        return PgRecordStore(r.url, max_records=r.max_records, max_age_s=r.max_age_s)
+    return RecordStore(records_path(config, cache_dir), max_records=r.max_records,
+                       max_age_s=r.max_age_s)  # fmt: skip
 
 
 def stable_peft_adapters(registry: AdapterRegistry, cache_dir: Path) -> dict[str, Path]:
@@ -130,6 +132,7 @@ def load_knowledge(
         cfg.directory.expanduser(),
         SentenceEncoder(),
         index_dir=cfg.index_dir.expanduser() if cfg.index_dir is not None else None,
+        max_chars=cfg.chunk_chars,
         progress=progress,
     )
     log.warning(

@@ -31,6 +31,23 @@ __all__ = [
 ]
 
 
+CHUNK_CHARS = 60
+"""``cloud.knowledge.chunk_chars``'s default (and :class:`KnowledgeBase`'s)."""
+
+READING_FORMAT = (
+    "Answer from the context.\n\n"
+    "Context: The Zorblat 7 pump delivers up to 12 litres per minute.\n"
+    "Q: Tell me the Zorblat 7's peak output.\nA: 12 litres per minute\n\n"
+    "Context: The Quillon's warning lamp glows purple when its battery is low.\n"
+    "Q: Name the colour of the Quillon's indicator.\nA: purple\n\n"
+    "Context: Code E-19 means a jammed feeder gate.\n"
+    "Q: Explain error E-19.\nA: a jammed feeder gate\n\n"
+    "Context: {context}\n{tail}"
+)
+"""``cloud.model.prompt_format``'s default: three examples of reading a context, then the
+request's last ``Q:`` line (and its ``A:`` cue) after its passages."""
+
+
 class CloudModelConfig(Section):
     """The model the cloud service runs."""
 
@@ -65,14 +82,18 @@ class CloudModelConfig(Section):
         description="LoRA adapters (peft directories) loaded at start, by adapter id.",
     )
     prompt_format: str = Field(
-        "Context: {context}\n\n{prompt}",
+        READING_FORMAT,
         min_length=1,
         max_length=4096,
         description=(
             "How retrieved knowledge is put into a prompt: a template with {context} (the "
             "passages, one per line) and either {prompt} (the request's prompt or rendered "
             "chat) or {head} and {tail} (the prompt split before its last 'Q:' line, so the "
-            "passages can sit right before the real question of a few-shot Q/A prompt)."
+            "passages can sit right before the real question of a few-shot Q/A prompt). "
+            "The default shows the model three short examples of answering from a context "
+            "(invented facts, none of any user's domain) and then asks the request's last "
+            "question with its passages: a small base model copies the figure it is given "
+            "far more often that way than after the device's own few-shot lines."
         ),
     )
 
@@ -117,7 +138,18 @@ class CloudKnowledgeConfig(Section):
     index_dir: Path | None = Field(
         None, description="Where the index is kept; None: <directory>/.edgecloud-index."
     )
-    top_k: int = Field(2, ge=1, le=64, description="Passages put into each prompt, at most.")
+    top_k: int = Field(1, ge=1, le=64, description="Passages put into each prompt, at most.")
+    chunk_chars: int = Field(
+        CHUNK_CHARS,
+        ge=1,
+        le=100_000,
+        description=(
+            "Sentences of a paragraph are joined into one passage up to this many "
+            "characters (a longer sentence stays whole). The default keeps about one "
+            "sentence, one fact, per passage: a small cloud model picks the right figure "
+            "from one sentence far more often than from a paragraph of its neighbours."
+        ),
+    )
     min_score: float = Field(
         0.3, ge=-1.0, le=10.0, description="Passages scoring below this are left out."
     )
@@ -144,6 +176,27 @@ class CloudRecordsConfig(Section):
         le=64 << 20,
         description="Largest serialized record accepted; bigger ones fail the upload.",
     )
+    max_records: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Keep at most this many records; past it the oldest (by arrival) are deleted "
+            "when a batch is stored. None: no cap."
+        ),
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Delete records that arrived more than this many days ago (checked when a "
+            "batch is stored and at start). None: kept forever."
+        ),
+    )
+
+    @property
+    def max_age_s(self) -> float | None:
+        """``max_age_days`` in seconds."""
+        return None if self.max_age_days is None else self.max_age_days * 86_400
 
 
 class CloudUpstreamConfig(Section):
@@ -528,6 +581,18 @@ class CloudTrainConfig(Section):
             "(inside) against the replayed ones (outside), signed into the manifest. Needs "
             "replay records (device.log.replay_rate) and the sentence encoder; without "
             "them, no scope."
+        ),
+    )
+    scope_inside: Literal["grounded", "learned"] = Field(
+        "grounded",
+        description=(
+            "Which learned prompts the scope holds. grounded: those whose answer the "
+            "knowledge passages retrieved for them support (what the organization's data "
+            "taught the adapter; general questions the cloud answered from its own "
+            "weights stay with the base model and the device's thresholds), or every "
+            "learned prompt when none is grounded. learned: every prompt the adapter "
+            "learned an answer for (use it when the cloud model knows much more than the "
+            "device's, beyond its knowledge base)."
         ),
     )
     scope_threshold: float = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -54,12 +55,38 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 2.0) -> None:
+        """Finish what still runs on the loop, then stop and close it.
+
+        A cancelled gRPC stream keeps grpc's ``_handle_status_once_received`` task
+        pending until grpc's poller thread hands the call's status back to the loop, a
+        moment after the channel closed. Stopped before that, the loop would leave the
+        task pending, to be destroyed later with "Task was destroyed but it is
+        pending!". So, as :func:`asyncio.run` does, the tasks left get ``grace_s`` to
+        end, the rest are cancelled and awaited, and async generators are closed.
+        """
         if self.loop.is_closed():
             return
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            # closing goes on whatever happens; what is left is logged then
+            with contextlib.suppress(Exception):
+                self.run(_finish_tasks(grace_s), timeout=2 * grace_s + 1)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+
+async def _finish_tasks(grace_s: float) -> None:
+    """Let the loop's other tasks end within ``grace_s``, then cancel and await the rest."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    if tasks:
+        _, left = await asyncio.wait(tasks, timeout=grace_s)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=grace_s)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 async def _anext(agen: AsyncIterator[T]) -> T:

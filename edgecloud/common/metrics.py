@@ -100,7 +100,7 @@ class Metrics:
     fallbacks: Counter
     """``edgecloud_device_fallbacks_total``."""
     shadow_requests: Counter
-    """``edgecloud_device_shadow_requests_total{outcome}``."""
+    """``edgecloud_device_shadow_requests_total{outcome,version}``."""
     adapter_version: Gauge
     """``edgecloud_device_adapter_version{adapter}``."""
     adapter_swaps: Counter
@@ -140,7 +140,9 @@ _SPECS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("fallbacks", "counter", "device_fallbacks", "Answers the device gave or finished because "
      "the cloud failed or was out of reach.", ()),
     ("shadow_requests", "counter", "device_shadow_requests",
-     "Shadow checks of confident local answers: agree, disagree, failed.", ("outcome",)),
+     "Shadow checks of confident local answers: agree, disagree, failed, by the adapter "
+     "version that answered (base: the base model); disagree over agree plus disagree is "
+     "the version's confidently-wrong rate on real traffic.", ("outcome", "version")),
     ("adapter_version", "gauge", "device_adapter_version",
      "The adapter version running (0: the base model).", ("adapter",)),
     ("adapter_swaps", "counter", "device_adapter_swaps",

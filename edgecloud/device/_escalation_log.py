@@ -46,6 +46,15 @@ _SCHEMA = create_table_sql(
     "escalations", [("private", "INTEGER NOT NULL")], index=("escalations_created", "created_at")
 )
 
+# Cloud tokens spent (device.router.budget_tokens_*), kept here so that a restarted device
+# keeps what it spent in the current hour and day; wall-clock Unix time.
+_USAGE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cloud_usage (at REAL NOT NULL, tokens INTEGER NOT NULL);\n"
+    "CREATE INDEX IF NOT EXISTS cloud_usage_at ON cloud_usage (at);"
+)
+_USAGE_KEPT_S = 86_400.0
+"""The longest budget window: older spending is deleted."""
+
 
 class EscalationLog:
     """A thread-safe SQLite log of escalations.
@@ -91,6 +100,7 @@ class EscalationLog:
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
             db.executescript(_SCHEMA)
+            db.executescript(_USAGE_SCHEMA)
             _publish_backlog(db)
         except sqlite3.DatabaseError:
             db.close()
@@ -157,6 +167,21 @@ class EscalationLog:
                 f"SELECT {_COLUMNS} FROM escalations ORDER BY created_at, id"
             ).fetchall()
         return [_from_row(r) for r in rows]
+
+    def add_usage(self, at: float, tokens: int) -> None:
+        """Record ``tokens`` cloud tokens spent at ``at`` (Unix time), dropping spending
+        older than the longest budget window."""
+        with self._tx() as db:
+            db.execute("INSERT INTO cloud_usage (at, tokens) VALUES (?, ?)", (at, tokens))
+            db.execute("DELETE FROM cloud_usage WHERE at < ?", (at - _USAGE_KEPT_S,))
+
+    def usage(self, since: float) -> list[tuple[float, int]]:
+        """``(at, tokens)`` of the cloud spending recorded at or after ``since``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, tokens FROM cloud_usage WHERE at >= ? ORDER BY at", (since,)
+            ).fetchall()
+        return [(float(at), int(n)) for at, n in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -37,9 +37,11 @@ The app sees one stream; each chunk carries ``source="local"`` or ``"cloud"``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -67,6 +69,7 @@ from edgecloud.router import (
     ForcedRoutePolicy,
     LearnedRouterPolicy,
     Policy,
+    PrivacyDetectors,
     PrivacyPolicy,
     RequestSignals,
     Route,
@@ -131,18 +134,57 @@ class CancelScope:
 
 
 class _CloudUsage:
-    """Cloud tokens spent, for the budget policy (kept in memory)."""
+    """Cloud tokens spent, for the budget policy: in memory, and written through to the
+    escalation log's database when there is one, so that a restarted device keeps what
+    it spent in the current hour and day. Times are wall-clock (Unix) for that reason."""
 
-    def __init__(self) -> None:
-        self._spent: deque[tuple[float, int]] = deque()
+    def __init__(self, store: EscalationLog | None = None, now: float | None = None) -> None:
+        self._log = store
+        now = time.time() if now is None else now
+        self._spent: deque[tuple[float, int]] = deque(
+            store.usage(now - 86_400) if store is not None else ()
+        )
 
     def add(self, now: float, tokens: int) -> None:
         self._spent.append((now, tokens))
+        if self._log is not None:
+            try:
+                self._log.add_usage(now, tokens)
+            except sqlite3.Error as exc:  # the budget still holds until a restart
+                log.warning("cannot record cloud usage in the escalation log: %s", exc)
 
     def since(self, now: float, seconds: float) -> int:
         while self._spent and now - self._spent[0][0] > 86_400:
             self._spent.popleft()
         return sum(n for t, n in self._spent if now - t <= seconds)
+
+
+def _load_privacy_detectors(
+    router: RouterConfig, policy: PrivacyPolicy
+) -> concurrent.futures.Future[None] | None:
+    """Build ``device.router.privacy_detectors`` into ``policy`` in a thread: importing
+    presidio (spaCy, and torch where installed) takes seconds, which the device's start
+    and its event loop should not wait for. A missing library is found here and now
+    (a ConfigError with ``privacy_strict``); the future fails if the load does."""
+    if not router.privacy_detectors:
+        return None
+    PrivacyDetectors.check(router.privacy_detectors, strict=router.privacy_strict)
+    loading: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            policy.detectors = PrivacyDetectors(
+                router.privacy_detectors,
+                entities=router.privacy_entities,
+                strict=router.privacy_strict,
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the first request
+            loading.set_exception(exc)
+        else:
+            loading.set_result(None)
+
+    threading.Thread(target=load, name="edgecloud-privacy", daemon=True).start()
+    return loading
 
 
 @dataclass
@@ -203,11 +245,13 @@ class HybridEngine:
         """The adapter version the backend runs (None: the base model), for records."""
         self._adapter_thresholds: WindowThresholds | None = None
         self._memory: tuple[AnswerMemory, SentenceEncoder] | None = None
-        self.usage = _CloudUsage()
+        self.usage = _CloudUsage(log)
         self._budget = BudgetPolicy(router.budget_tokens_per_hour, router.budget_tokens_per_day)
+        self._privacy = PrivacyPolicy(router.privacy_patterns)
+        self._privacy_loading = _load_privacy_detectors(router, self._privacy)
         self.policies: list[Policy] = [
             ForcedRoutePolicy(),
-            PrivacyPolicy(router.privacy_patterns),
+            self._privacy,
             ConnectivityPolicy(),
             self._budget,
             ContextLengthPolicy(),
@@ -321,13 +365,18 @@ class HybridEngine:
     ) -> tuple[Decision, RequestSignals]:
         """The pre-generation decision for ``prompt`` (signals gathered here, policy pure)."""
         text = prompt_text(prompt)
+        if self._privacy_loading is not None:
+            # the first requests wait (off the loop) for the privacy detectors: never
+            # routed with less than the configured checks
+            await asyncio.wrap_future(self._privacy_loading)
+            self._privacy_loading = None
         n_prompt = await asyncio.to_thread(self.backend.count_tokens, prompt)
         predicted = None
         if self.learned is not None and route is None:
             head, encoder = self.learned
             vec = await asyncio.to_thread(encoder.encode, [text])
             predicted = float(head.predict(vec)[0])
-        now = time.monotonic()
+        now = time.time()
         signals = RequestSignals(
             prompt_text=text,
             prompt_tokens=n_prompt,
@@ -528,7 +577,7 @@ class HybridEngine:
         the cloud budget (``device.router.budget_tokens_*``) is not spent."""
         if self._closed or self._shadows.full() or not self._available():
             return False
-        now = time.monotonic()
+        now = time.time()
         spent = replace(
             signals,
             cloud_tokens_last_hour=self.usage.since(now, 3600),
@@ -568,19 +617,20 @@ class HybridEngine:
             log.warning("shadow check failed unexpectedly: %r", exc)
             rnd.endpoint, rnd.failure = None, repr(exc)
         done = rnd.done if rnd.endpoint is not None else None
+        label = "base" if answered_by is None else str(answered_by)
         if done is None or rnd.endpoint is None:
-            metrics().shadow_requests.labels("failed").inc()
+            metrics().shadow_requests.labels("failed", label).inc()
             log.info("shadow check dropped: %s", rnd.failure or "no cloud endpoint answered")
             if replay:
                 self._record(prompt, text, "", info, time.perf_counter() - answered_in,
                              params.stop, "stop", replay=True,
                              extra={"adapter_version": version})  # fmt: skip
             return
-        self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+        self.usage.add(time.time(), done.prompt_tokens + done.completion_tokens)
         cloud = "".join(rnd.texts)
         agree = same_answer(text, cloud)
         self._shadows.count(answered_by, agree)
-        metrics().shadow_requests.labels("agree" if agree else "disagree").inc()
+        metrics().shadow_requests.labels("agree" if agree else "disagree", label).inc()
         tokens = [c for c in local if c.token_id >= 0]
         extra = {
             "kind": "shadow",
@@ -672,7 +722,7 @@ class HybridEngine:
             extra = {"kept_prefix_chars": rnd.kept, "rejected_prefix": prefix[rnd.kept :]}
         done = rnd.done if rnd.endpoint is not None else None
         if done is not None:
-            self.usage.add(time.monotonic(), done.prompt_tokens + done.completion_tokens)
+            self.usage.add(time.time(), done.prompt_tokens + done.completion_tokens)
         route = replace(
             info, escalated=True, local_tokens_before_handoff=rnd.kept_tokens,
             rejected_local_tokens=n_local - rnd.kept_tokens,
@@ -753,7 +803,7 @@ class HybridEngine:
                 failure = rnd.failure  # it failed after its verdict: what it verified stands
                 continue
             last, first = rnd, first or rnd.done
-            self.usage.add(time.monotonic(), rnd.done.prompt_tokens + rnd.done.completion_tokens)
+            self.usage.add(time.time(), rnd.done.prompt_tokens + rnd.done.completion_tokens)
             if out.stopped or rnd.done.reason != "length" or draft is None:
                 reason = "stop" if out.stopped else rnd.done.reason
         done = None

@@ -33,12 +33,15 @@ from edgecloud.router._policies import (
     Route,
     route_request,
 )
+from edgecloud.router._privacy import DEFAULT_PII_ENTITIES, DETECTORS, PrivacyDetectors
 
 if TYPE_CHECKING:
     from edgecloud.router._learned import LearnedRouter
 
 __all__ = [
+    "DEFAULT_PII_ENTITIES",
     "DEFAULT_PRIVACY_PATTERNS",
+    "DETECTORS",
     "BudgetPolicy",
     "Calibration",
     "ConfidenceMonitor",
@@ -49,6 +52,7 @@ __all__ = [
     "LearnedRouter",
     "LearnedRouterPolicy",
     "Policy",
+    "PrivacyDetectors",
     "PrivacyPolicy",
     "RequestSignals",
     "Route",

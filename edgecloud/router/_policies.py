@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from edgecloud.router._privacy import PrivacyDetectors
 
 __all__ = [
     "DEFAULT_PRIVACY_PATTERNS",
@@ -107,21 +110,30 @@ DEFAULT_PRIVACY_PATTERNS: Mapping[str, str] = {
 
 
 class PrivacyPolicy:
-    """Keeps requests that contain personal data on the device, and marks them private.
+    """Keeps requests that contain personal data or secrets on the device, and marks them
+    private.
 
     Args:
         patterns: name → regular expression; defaults to :data:`DEFAULT_PRIVACY_PATTERNS`.
+        detectors: maintained detectors of secrets and more personal data (API keys,
+            passwords, IP and street addresses, dates of birth) run after the patterns;
+            None = the patterns only. The device builds them from ``device.router``.
     """
 
     name = "privacy"
 
-    def __init__(self, patterns: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        patterns: Mapping[str, str] | None = None,
+        detectors: PrivacyDetectors | None = None,
+    ) -> None:
         self._patterns = {
             k: re.compile(v) for k, v in (patterns or DEFAULT_PRIVACY_PATTERNS).items()
         }
+        self.detectors = detectors
 
     def matches(self, text: str) -> list[str]:
-        """Names of the patterns found in ``text``."""
+        """Names of the patterns (then the detectors' kinds) found in ``text``."""
         found = []
         for kind, rx in self._patterns.items():
             for m in rx.finditer(text):
@@ -129,6 +141,8 @@ class PrivacyPolicy:
                     continue
                 found.append(kind)
                 break
+        if self.detectors is not None:
+            found.extend(k for k in self.detectors.matches(text) if k not in found)
         return found
 
     def decide(self, s: RequestSignals) -> Decision | None:
@@ -136,7 +150,7 @@ class PrivacyPolicy:
         if not kinds:
             return None
         return Decision(
-            "local", self.name, f"the prompt contains personal data ({', '.join(kinds)})",
+            "local", self.name, f"the prompt contains private data ({', '.join(kinds)})",
             private=True, signals={"kinds": ",".join(kinds)},
         )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -59,5 +60,35 @@ class RouterConfig(Section):
     privacy_patterns: dict[str, str] | None = Field(
         None, description="name -> regex of personal data kept local; None = built-in set."
     )
-    budget_tokens_per_hour: int = Field(0, ge=0, description="Cloud tokens per hour; 0 = no cap.")
+    privacy_detectors: list[Literal["secrets", "pii"]] = Field(
+        ["secrets", "pii"],
+        description=(
+            "Maintained detectors run after privacy_patterns (the `privacy` extra): `secrets` "
+            "(detect-secrets: API keys, cloud credentials, tokens, private keys, passwords) "
+            "and `pii` (presidio-analyzer pattern recognizers: IP and MAC addresses, dates of "
+            "birth, street addresses, password text); [] = the patterns only."
+        ),
+    )
+    privacy_entities: list[str] | None = Field(
+        None,
+        description=(
+            "Presidio entity names the `pii` detector checks; None = IP_ADDRESS, MAC_ADDRESS, "
+            "DATE_OF_BIRTH, STREET_ADDRESS, PASSWORD."
+        ),
+    )
+    privacy_strict: bool = Field(
+        False,
+        description=(
+            "Fail at start when a detector's library is missing; False: warn and use the "
+            "smaller built-in fallback patterns."
+        ),
+    )
+    budget_tokens_per_hour: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Cloud tokens per hour; 0 = no cap. What was spent is kept in the escalation "
+            "log's database (device.log), so a restarted device keeps counting it."
+        ),
+    )
     budget_tokens_per_day: int = Field(0, ge=0, description="Cloud tokens per day; 0 = no cap.")

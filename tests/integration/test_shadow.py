@@ -71,8 +71,12 @@ def test_shadow_checks_reach_the_operator_and_the_next_round(
     stats = asyncio.run(fleet(tmp_path, db))
     after = scrape.device()
     assert stats == [{2: ShadowStats(1, 1)}, {None: ShadowStats(1, 0)}]
-    for outcome, n in (("agree", 1), ("disagree", 1), ("failed", 0)):
-        assert after.delta(before, "edgecloud_device_shadow_requests_total", outcome=outcome) == n
+    # Per version: version 2's confident answer was wrong, the base model's right.
+    name = "edgecloud_device_shadow_requests_total"
+    for outcome, version, n in (("agree", "base", 1), ("disagree", "2", 1),
+                                ("disagree", "base", 0), ("agree", "2", 0),
+                                ("failed", "2", 0), ("failed", "base", 0)):  # fmt: skip
+        assert after.delta(before, name, outcome=outcome, version=version) == n
 
     store = RecordStore(db)
     try:

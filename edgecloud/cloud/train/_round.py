@@ -171,7 +171,10 @@ def run_round(
         # What the adapter learned (records the vote left out are not), against what
         # was replayed as it was.
         encoder = knowledge.encoder if knowledge is not None else None  # one ONNX session
-        scope = fit_scope(trained.examples, threshold=cfg.scope_threshold, encoder=encoder)
+        scope = fit_scope(
+            trained.examples, threshold=cfg.scope_threshold, encoder=encoder,
+            inside=cfg.scope_inside,
+        )  # fmt: skip
         if scope is not None:
             (out_dir / "scope.json").write_text(scope.model_dump_json(indent=1))
     stages.start("export", "exporting the llama.cpp LoRA GGUF")

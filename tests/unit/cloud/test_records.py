@@ -8,6 +8,7 @@ the binaries).
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 
 from edgecloud.cloud._pgrecords import PgRecordStore
 from edgecloud.cloud._records import RecordStore
+from edgecloud.cloud._server import open_records
 from edgecloud.common.records import EscalationRecord
+from edgecloud.config import CloudConfig
 
-Open = Callable[[], RecordStore]
+Open = Callable[..., RecordStore]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,10 +35,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open]
         return store
 
     if request.param == "sqlite":
-        yield lambda: keep(RecordStore(tmp_path / "sub" / "r.db"))
+        yield lambda **caps: keep(RecordStore(tmp_path / "sub" / "r.db", **caps))
     else:
         url = _new_database(request)
-        yield lambda: keep(PgRecordStore(url))
+        yield lambda **caps: keep(PgRecordStore(url, **caps))
     for store in opened:
         store.close()
 
@@ -131,6 +134,47 @@ def test_shadow_stats_sum_up_the_checks_per_version_that_answered(open_store: Op
     recent = [(s.adapter_version, s.checked, s.disagreed) for s in store.shadow_stats(since=150.0)]
     assert recent == [(None, 2, 1), (2, 1, 0), (3, 1, 0)]
     assert store.shadow_stats(since=300.0) == []
+
+
+def test_max_records_evicts_the_oldest_first(open_store: Open) -> None:
+    store = open_store(max_records=3)
+    for i in range(5):  # arrival order, not id order, decides
+        store.store([record(9 - i)], received_at=1000.0 + i)
+    assert [s.record.id for s in store.records()] == ["r7", "r6", "r5"]
+    assert store.evicted == 2
+    # one batch bigger than the cap keeps its newest records
+    store.store([record(20 + i) for i in range(4)], received_at=2000.0)
+    assert len(store) == 3 and {s.record.id for s in store.records()} <= {
+        f"r{20 + i}" for i in range(4)
+    }
+    # a reopened store with a smaller cap trims at start
+    assert len(open_store(max_records=1)) == 1
+
+
+def test_max_age_evicts_what_is_too_old(open_store: Open) -> None:
+    now = time.time()
+    store = open_store()
+    store.store([record(1)], received_at=now - 10 * 86_400)
+    store.store([record(2)], received_at=now - 2 * 86_400)
+    store.store([record(3)], received_at=now)
+    assert len(store) == 3  # no cap: kept forever
+    capped = open_store(max_age_s=5 * 86_400)  # at start
+    assert [s.record.id for s in capped.records()] == ["r2", "r3"] and capped.evicted == 1
+    assert capped.evict(now=now + 4 * 86_400) == 1  # r2 is 6 days old then
+    assert [s.record.id for s in capped.records()] == ["r3"]
+    capped.store([record(4)], received_at=now - 30 * 86_400)  # stored and gone in one batch
+    assert [s.record.id for s in capped.records()] == ["r3"]
+    with pytest.raises(ValueError, match="max_age_s"):
+        open_store(max_age_s=0)
+
+
+def test_retention_settings_reach_the_store(tmp_path: Path) -> None:
+    cfg = CloudConfig(records={"path": tmp_path / "r.db", "max_records": 2, "max_age_days": 1.5})
+    store = open_records(cfg)
+    try:
+        assert (store.max_records, store.max_age_s) == (2, 1.5 * 86_400)
+    finally:
+        store.close()
 
 
 def test_postgres_store_reconnects_after_the_server_drops_it(postgres_url: str) -> None:

@@ -45,8 +45,12 @@ class WordEncoder:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
-def _ex(question: str, *, replay: bool = False) -> TrainingExample:
-    return TrainingExample(f"{HEADER}Q: {question}\nA:", " x", "\n", replay=replay)
+def _ex(
+    question: str, *, replay: bool = False, answer: str = " x", passages: tuple[str, ...] = ()
+) -> TrainingExample:
+    return TrainingExample(
+        f"{HEADER}Q: {question}\nA:", answer, "\n", passages=passages, replay=replay
+    )
 
 
 ROBOT = [f"What is the {a} of the Kestrel robot?" for a in ("payload", "speed", "colour")]
@@ -100,6 +104,37 @@ def test_fit_separates_what_was_escalated_from_what_was_replayed() -> None:
     assert p("What is the capital of Peru?") < 0.5
     # Without examples of both kinds there is nothing to tell apart.
     assert fit_scope([_ex(q) for q in ROBOT], encoder=encoder) is None  # type: ignore[arg-type]
+
+
+def test_a_grounded_scope_leaves_general_escalations_to_the_base_model() -> None:
+    # The round's knowledge base grounded the robot answers; the escalated general
+    # questions were answered from the cloud model's own weights (no passage supports
+    # them). By default only the grounded ones are the adapter's; "learned" takes all.
+    manual = ("Kestrel robot: payload 12 kg, speed 3 m/s, colour teal.",
+              "Heron robot: drives at 2 m/s and turns at 90 degrees per second.")  # fmt: skip
+    robot = [_ex(q, answer=" 12 kg" if "payload" in q else " 3", passages=manual) for q in ROBOT]
+    escalated_general = [_ex(q, answer=" Madrid", passages=()) for q in GENERAL[:3]]
+    replayed = [_ex(q, replay=True) for q in GENERAL[3:]] + [
+        _ex(q, replay=True) for q in ("Who painted the Mona Lisa?", "What is 3 plus 3?")
+    ]
+    encoder = WordEncoder()
+
+    def p(scope: AdapterScope | None, question: str) -> float:
+        assert scope is not None
+        vec = encoder.encode([scope.text(f"{HEADER}Q: {question}\nA:")])[0]
+        return scope.probability(vec.tolist())
+
+    examples = robot + escalated_general + replayed
+    grounded = fit_scope(examples, encoder=encoder)  # type: ignore[arg-type]
+    learned = fit_scope(examples, encoder=encoder, inside="learned")  # type: ignore[arg-type]
+    assert p(grounded, "What is the capital of Spain?") < 0.5
+    assert p(learned, "What is the capital of Spain?") > 0.5
+    assert p(grounded, "Tell me the Kestrel robot's payload limit.") > 0.5
+    # Nothing grounded (no knowledge base): every learned prompt, as "learned".
+    ungrounded = [_ex(q) for q in ROBOT] + replayed
+    assert p(fit_scope(ungrounded, encoder=encoder), "What is the Heron robot's speed?") > 0.5  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grounded"):
+        fit_scope(examples, encoder=encoder, inside="all")  # type: ignore[arg-type]
 
 
 class Backend(FakeAdapterBackend):

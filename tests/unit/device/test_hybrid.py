@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from edgecloud.config import DeviceCloudConfig, RouterConfig
 from edgecloud.device._endpoints import CircuitBreaker, Endpoint, EndpointPool
 from edgecloud.device._escalation_log import EscalationLog
 from edgecloud.device._hybrid import HybridEngine
-from edgecloud.errors import TransportError
+from edgecloud.errors import ConfigError, TransportError
 from edgecloud.types import Chunk, Finish, Retraction
 from tests.fakes import ScriptedBackend
 from tests.fakes_cloud import FakeCloud
@@ -152,6 +154,11 @@ def test_private_request_never_reaches_the_cloud() -> None:
     with pytest.raises(InvalidRequestError, match="must stay on the device"):
         client.generate("mail jane@example.com", route="cloud")
     assert cloud.calls == []
+    # device.router.privacy_detectors: secrets and more personal data, by default
+    for text in ("my key is AKIAIOSFODNN7EXAMPLE", "ssh to 10.0.0.5", "my password is hunter2"):
+        with pytest.raises(InvalidRequestError, match="must stay on the device"):
+            client.generate(text, route="cloud")
+    assert cloud.calls == []
 
 
 def test_failover_to_the_next_endpoint_before_the_first_token() -> None:
@@ -220,6 +227,41 @@ def test_budget_spent_keeps_answers_local() -> None:
     assert first.source == "mixed"  # 7 prompt + 3 completion tokens spent
     second = client.generate("hi", max_tokens=10)
     assert second.source == "local" and len(cloud.calls) == 1
+
+
+def test_privacy_strict_without_the_library_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # not installed
+    router = CALM.model_copy(update={"privacy_strict": True})
+    with pytest.raises(ConfigError, match="presidio-analyzer"):
+        HybridEngine(ScriptedBackend(), pool=None, router=router, cloud=DeviceCloudConfig())
+    # not strict: the device starts, with the fallback patterns for that detector
+    engine = HybridEngine(ScriptedBackend(), pool=None, router=CALM, cloud=DeviceCloudConfig())
+    decision, _ = asyncio.run(engine.decide("ssh to 10.0.0.5", None))
+    assert decision.private and "ip_address" in decision.reason
+
+
+def test_budget_spent_survives_a_restart(tmp_path: Path) -> None:
+    cloud = FakeCloud("a")
+    router = TRIP.model_copy(update={"budget_tokens_per_hour": 5})
+    client, _ = make([cloud], router=router, log=EscalationLog(tmp_path / "log.db"))
+    assert client.generate("hi", max_tokens=10).source == "mixed"  # 10 tokens spent
+    client.close()
+    # a new engine on the same log: the device restarted within the hour
+    again, _ = make([cloud], router=router, log=EscalationLog(tmp_path / "log.db"))
+    r = again.generate("hi", max_tokens=10)
+    assert r.source == "local" and r.route is not None and r.route.policy == "budget"
+    assert "10 of 5 tokens this hour" in r.route.reason and len(cloud.calls) == 1
+    again.close()
+    # spending older than the window no longer counts, and older than a day is dropped
+    log = EscalationLog(tmp_path / "log.db")
+    log.add_usage(time.time() - 7200, 1)
+    hour_ago = HybridEngine(ScriptedBackend("x"), pool=None, router=router, cloud=DeviceCloudConfig(),
+                            log=log)  # fmt: skip
+    now = time.time()
+    assert (hour_ago.usage.since(now, 3600), hour_ago.usage.since(now, 86_400)) == (10, 11)
+    log.add_usage(now + 86_400, 2)
+    assert [n for _, n in log.usage(0)] == [2]
+    log.close()
 
 
 def test_cancelling_during_the_cloud_part_ends_quietly() -> None:
