@@ -21,12 +21,12 @@ install: $(BIN)/python
 	# no pip cache for llama-cpp-python: a cached wheel built with other flags would be reused
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		$(BIN)/pip install --quiet --no-cache-dir 'llama-cpp-python>=0.3.16'
-	$(BIN)/pip install --quiet -e '.[device,cloud,split,privacy,dev]'
+	$(BIN)/pip install --quiet -e '.[device,cloud,ray,split,privacy,dev]'
 
 # The fast loop: no model, no llama-cpp-python compile (torch's CPU wheel is a download).
 install-unit: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[cloud,split,privacy,dev]'
+	$(BIN)/pip install --quiet -e '.[cloud,ray,split,privacy,dev]'
 
 test-unit: install-unit
 	$(BIN)/python -m pytest tests/unit -m "not model"

@@ -49,7 +49,11 @@ def serve_command(
     ] = None,
     backend: Annotated[
         Optional[str],
-        typer.Option(help="'torch' (the model in this process) or 'openai' (cloud.backend)."),
+        typer.Option(
+            "--backend",
+            "--engine",
+            help="'torch' (the model in this process), 'openai' or 'ray' (cloud.backend).",
+        ),
     ] = None,
     upstream: Annotated[
         Optional[str],
@@ -58,6 +62,13 @@ def serve_command(
     records: Annotated[
         Optional[str],
         typer.Option(help="postgresql://user@host/db for escalation records (cloud.records.url)."),
+    ] = None,
+    replicas: Annotated[
+        Optional[int], typer.Option(min=1, help="--engine ray: replicas at least (cloud.ray).")
+    ] = None,
+    max_replicas: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="--engine ray: replicas at most (cloud.ray.max_replicas)."),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -85,6 +96,11 @@ def serve_command(
             cloud["upstream"]["url"] = upstream
         if records is not None:
             cloud["records"]["url"] = records
+        if replicas is not None:
+            cloud["ray"]["replicas"] = replicas
+            cloud["ray"]["max_replicas"] = max(replicas, cloud["ray"]["max_replicas"])
+        if max_replicas is not None:
+            cloud["ray"]["max_replicas"] = max_replicas
         settings = settings.model_copy(update={"cloud": type(settings.cloud).model_validate(cloud)})
         if settings.cloud.knowledge.directory is not None and settings.cloud.knowledge.enabled:
             typer.echo(f"knowledge: loading {settings.cloud.knowledge.directory}", err=True)
@@ -357,6 +373,13 @@ def train_command(
             "(cloud.knowledge.directory; as `cloud serve --knowledge`)."
         ),
     ] = None,
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the round as a Ray task reserving cloud.ray.train_cpus (cloud.ray.address).",
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Train a LoRA adapter on recent escalations; with --publish, sign and roll it out."""
@@ -381,12 +404,23 @@ def train_command(
         cloud = settings.cloud.model_copy(update=update)
         settings = settings.model_copy(update={"cloud": cloud})
         out_dir = out or settings.cache_dir / "rounds" / time.strftime("%Y%m%d-%H%M%S")
-        with _RoundProgress() as shown:
-            result = run_round(
-                settings, out_dir, since=start, until=now, publish=publish,
-                rollout_percent=percent, base_gguf=base_gguf, progress=shown.step,
-                on_stage=shown.stage,
+        if on_ray:
+            from edgecloud.cloud._ray import connect_ray, run_on_ray
+
+            connect_ray(settings.cloud.ray)
+            cpus = settings.cloud.ray.train_cpus
+            err.print(f"training in a Ray task with {cpus:g} CPUs (no live progress)")
+            result = run_on_ray(
+                run_round, settings, out_dir, num_cpus=cpus, since=start, until=now,
+                publish=publish, rollout_percent=percent, base_gguf=base_gguf,
             )  # fmt: skip
+        else:
+            with _RoundProgress() as shown:
+                result = run_round(
+                    settings, out_dir, since=start, until=now, publish=publish,
+                    rollout_percent=percent, base_gguf=base_gguf, progress=shown.step,
+                    on_stage=shown.stage,
+                )  # fmt: skip
     except EdgeCloudError as exc:
         raise fail(exc) from None
     emit(

@@ -90,6 +90,15 @@ class TorchEngine:
         """The model this engine runs (a peft ``PeftModel`` when adapters are loaded)."""
         return self._model
 
+    def use_adapters(self, model: Any) -> None:
+        """Run ``model`` (a peft ``PeftModel`` over the same weights) with per-row adapters.
+
+        For adapters loaded after start (a Ray Serve replica loads them on demand); rows
+        already in the batch keep their KV cache, which the base weights produced.
+        """
+        self._model = model
+        self._use_adapters = True
+
     @property
     def rows(self) -> int:
         return len(self._rows)

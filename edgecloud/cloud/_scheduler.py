@@ -33,8 +33,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol
 
 from edgecloud.cloud._backend import LoadSnapshot
 from edgecloud.cloud._sequence import Sequence_, TokenStep
@@ -102,6 +103,7 @@ class Scheduler:
         self._running: list[Sequence_] = []
         self._joining: list[Sequence_] = []  # taken from the queue, being prefilled
         self._cond = threading.Condition()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._stopping = False
         self._failed: BaseException | None = None
         self.steps = 0
@@ -143,6 +145,41 @@ class Scheduler:
             self._last_arrival = time.monotonic()
             self._cond.notify()
 
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the scheduler thread between two steps; its result in the future.
+
+        For changes to the model that must not overlap a forward (loading or deleting a
+        LoRA adapter while requests keep running): the batch waits for ``fn``, no more.
+
+        Raises:
+            CloudError: the scheduler is stopped or its engine failed.
+        """
+        done: Future[Any] = Future()
+        with self._cond:
+            if self._stopping or self._failed is not None:
+                raise CloudError("the inference scheduler is not running")
+            self._calls.append((fn, done))
+            self._cond.notify()
+        return done
+
+    def uses_adapter(self, adapter_id: str) -> bool:
+        """Whether a running or waiting sequence names ``adapter_id``."""
+        with self._cond:
+            seqs = [*self._running, *self._joining, *self._waiting]
+        return any(s.adapter_id == adapter_id for s in seqs)
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                fn, done = self._calls.popleft()
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn())
+                except Exception as exc:  # noqa: BLE001 - the caller gets it
+                    done.set_exception(exc)
+
     def wake(self) -> None:
         """Make the thread look at cancellations now (called after setting ``cancelled``)."""
         with self._cond:
@@ -159,12 +196,15 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not (self._waiting or self._running or self._stopping):
+                    while not (self._waiting or self._running or self._calls or self._stopping):
                         self._cond.wait()
                     if self._stopping:
                         break
                     if not self._running:
                         self._gather_burst()
+                self._run_calls()
+                if not (self._waiting or self._running):
+                    continue
                 try:
                     self._iterate()
                 except Exception:  # the batch fails, the service stays up
@@ -179,6 +219,10 @@ class Scheduler:
             pending = list(self._running) + list(self._joining) + list(self._waiting)
             self._running.clear()
             self._waiting.clear()
+            calls, self._calls = list(self._calls), deque()
+        for _, done in calls:
+            if done.set_running_or_notify_cancel():
+                done.set_exception(CloudError("the inference scheduler stopped"))
         self._publish_load()
         for seq in pending:
             if self._failed is not None:

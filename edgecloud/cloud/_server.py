@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from edgecloud.cloud._adapter_service import AdapterSyncServicer
     from edgecloud.cloud._advertise import CloudAnnouncement
     from edgecloud.cloud._knowledge import KnowledgeBase
+    from edgecloud.cloud._ray import RayBackend
     from edgecloud.cloud._torch import TorchBackend
     from edgecloud.cloud._upstream import UpstreamBackend
     from edgecloud.common.metrics import MetricsServer
@@ -145,7 +146,7 @@ def load_knowledge(
 class ServiceParts:
     """What a cloud service runs on, built from settings by :func:`build_service`."""
 
-    backend: TorchBackend | UpstreamBackend
+    backend: TorchBackend | UpstreamBackend | RayBackend
     config: CloudConfig
     knowledge: KnowledgeBase | None
     records: RecordStore
@@ -188,6 +189,18 @@ def build_service(
             records.close()
             raise
         return ServiceParts(upstream, cloud, knowledge, records, registry)
+    if cloud.backend == "ray":
+        from edgecloud.cloud._ray import RayBackend
+
+        # Replicas load the registry's adapter versions on demand (model multiplexing).
+        try:
+            ray_backend = RayBackend.start(
+                cloud, settings.cache_dir, registry_url(cloud, settings.cache_dir)
+            )
+        except BaseException:
+            records.close()
+            raise
+        return ServiceParts(ray_backend, cloud, knowledge, records, registry)
     adapters = {**stable_peft_adapters(registry, settings.cache_dir), **cloud.model.adapters}
     if adapters != cloud.model.adapters:
         model = cloud.model.model_copy(update={"adapters": adapters})
@@ -267,7 +280,7 @@ class CloudServer:
             section="cloud",
             auth=config.auth,
             max_message_bytes=config.max_message_bytes,
-            maximum_concurrent_rpcs=(config.max_running_sequences + config.max_queued_requests) * 2,
+            maximum_concurrent_rpcs=_max_rpcs(config),
         )
         if knowledge is None:
             knowledge = await asyncio.to_thread(load_knowledge, config)
@@ -330,6 +343,13 @@ class CloudServer:
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
+
+
+def _max_rpcs(config: CloudConfig) -> int:
+    """Calls the server takes at once: twice the sequences the engine runs and queues
+    (each replica's, with the Ray engine)."""
+    replicas = config.ray.max_replicas if config.backend == "ray" else 1
+    return (config.max_running_sequences + config.max_queued_requests) * 2 * replicas
 
 
 def _metrics_port(config: CloudConfig) -> MetricsServer | None:

@@ -21,6 +21,7 @@ __all__ = [
     "CloudKnowledgeConfig",
     "CloudMetricsConfig",
     "CloudModelConfig",
+    "CloudRayConfig",
     "CloudRecordsConfig",
     "CloudRegistryConfig",
     "CloudSettings",
@@ -246,6 +247,86 @@ class CloudUpstreamConfig(Section):
     max_connections: int = Field(
         64, ge=1, le=4096, description="Concurrent requests to the upstream, at most."
     )
+
+
+class CloudRayConfig(Section):
+    """The torch engine as a Ray Serve deployment (``backend = "ray"``); see docs/ray.md.
+
+    The gRPC service stays in this process; generation streams from replicas of the
+    engine that Ray Serve starts, scales on ongoing requests, and replaces when they die.
+    """
+
+    address: str | None = Field(
+        None,
+        description=(
+            "Ray cluster to join ('auto', 'ray://host:10001'); None starts a local one bound "
+            "to 127.0.0.1 (no dashboard, no usage stats)."
+        ),
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, le=4096, description="CPUs of the local cluster; None: all of this machine."
+    )
+    replicas: int = Field(1, ge=1, le=1024, description="Replicas of the engine, at least.")
+    max_replicas: int = Field(
+        1, ge=1, le=1024, description="Replicas at most; autoscaling adds them under load."
+    )
+    target_ongoing_requests: float = Field(
+        8.0,
+        gt=0.0,
+        le=100_000.0,
+        description="Streams per replica the autoscaler aims at (Ray Serve's metric).",
+    )
+    upscale_delay_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long the load must call for more replicas before Ray adds them.",
+    )
+    downscale_delay_s: float = Field(
+        600.0,
+        ge=0.0,
+        le=86_400.0,
+        description="How long the load must allow fewer replicas before Ray removes some.",
+    )
+    replica_cpus: float = Field(
+        1.0, gt=0.0, le=1024.0, description="CPUs Ray reserves for each replica."
+    )
+    replica_gpus: float = Field(
+        0.0, ge=0.0, le=64.0, description="GPUs Ray reserves for each replica."
+    )
+    max_adapters_per_replica: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description=(
+            "Adapter versions a replica keeps loaded (Ray Serve model multiplexing); the "
+            "least recently used is unloaded beyond it."
+        ),
+    )
+    app_name: str = Field(
+        "edgecloud", min_length=1, description="Ray Serve application name of the engine."
+    )
+    deploy: bool = Field(
+        True,
+        description=(
+            "Deploy the engine application from this process; false: attach to the running "
+            "application `app_name` (declared in a RayService's serveConfigV2)."
+        ),
+    )
+    train_cpus: float = Field(
+        1.0,
+        gt=0.0,
+        le=1024.0,
+        description="CPUs reserved for `edgecloud cloud train --ray` (a Ray task of its own).",
+    )
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> CloudRayConfig:
+        if self.max_replicas < self.replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})"
+            )
+        return self
 
 
 class CloudRegistryConfig(Section):
@@ -548,14 +629,16 @@ class CloudConfig(Section):
     train: CloudTrainConfig = Field(default_factory=CloudTrainConfig)
     metrics: CloudMetricsConfig = Field(default_factory=CloudMetricsConfig)
     discovery: CloudDiscoveryConfig = Field(default_factory=CloudDiscoveryConfig)
-    backend: Literal["torch", "openai"] = Field(
+    backend: Literal["torch", "openai", "ray"] = Field(
         "torch",
         description=(
             "'torch' runs `model` in this process; 'openai' forwards to the "
-            "OpenAI-compatible server of `upstream`."
+            "OpenAI-compatible server of `upstream`; 'ray' runs `model` as the Ray Serve "
+            "deployment of `ray`."
         ),
     )
     upstream: CloudUpstreamConfig = Field(default_factory=CloudUpstreamConfig)
+    ray: CloudRayConfig = Field(default_factory=CloudRayConfig)
     max_running_sequences: int = Field(
         32, ge=1, le=4096, description="Sequences decoded together in one batch, at most."
     )

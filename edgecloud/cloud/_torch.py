@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -145,6 +146,8 @@ class TorchBackend:
         self.tokenizer = tokenizer
         self._config = config
         self._adapters = tuple(adapters)
+        self._stale: set[str] = set()
+        """Adapters unloaded but still in the peft model (it cannot lose its last one)."""
         device = next(model.parameters()).device
         self.info = BackendInfo(
             backend="torch",
@@ -351,6 +354,56 @@ class TorchBackend:
                 seq.cancelled = True
                 self._scheduler.wake()
 
+    async def add_adapter(self, adapter_id: str, path: Path) -> None:
+        """Load the peft adapter at ``path`` as ``adapter_id`` while requests keep running.
+
+        The load runs on the scheduler thread between two steps (a forward never sees a
+        half-loaded adapter); the first adapter wraps the model in a peft ``PeftModel``.
+
+        Raises:
+            CloudModelLoadError: the adapter cannot be loaded.
+        """
+
+        def load() -> None:
+            model = self.engine.model
+            if hasattr(model, "load_adapter") and hasattr(model, "peft_config"):
+                if adapter_id not in model.peft_config:
+                    _load_one(model, adapter_id, path)
+                for stale in self._stale - {adapter_id}:
+                    _delete_adapter(model, stale)
+                self._stale.clear()
+            else:
+                self.engine.use_adapters(_attach_adapters(model, {adapter_id: path}))
+
+        await asyncio.wrap_future(self._scheduler.call(load))
+        if adapter_id not in self._adapters:
+            self._adapters = (*self._adapters, adapter_id)
+            self.info = dataclasses.replace(self.info, adapters=self._adapters)
+
+    async def remove_adapter(self, adapter_id: str, *, poll_s: float = 0.2) -> None:
+        """Unload ``adapter_id`` once no running or waiting request uses it (new requests
+        for it fail as unknown from now on)."""
+        self._adapters = tuple(a for a in self._adapters if a != adapter_id)
+        self.info = dataclasses.replace(self.info, adapters=self._adapters)
+
+        def unload() -> bool:
+            if adapter_id in self._adapters:
+                return True  # loaded again meanwhile: it stays
+            if self._scheduler.uses_adapter(adapter_id):
+                return False
+            model = self.engine.model
+            loaded = getattr(model, "peft_config", {})
+            if adapter_id in loaded:
+                if len(loaded) == 1:
+                    # peft cannot be left without an adapter; the next load drops it
+                    self._stale.add(adapter_id)
+                else:
+                    _delete_adapter(model, adapter_id)
+            return True
+
+        while not await asyncio.wrap_future(self._scheduler.call(unload)):
+            await asyncio.sleep(poll_s)
+
     def close(self) -> None:
         """Stop the scheduler thread (waits up to 30 s for the step it is in)."""
         self._scheduler.close(timeout=30)
@@ -373,9 +426,30 @@ def _attach_adapters(model: Any, adapters: Mapping[str, Path]) -> Any:
     try:
         first_id, first_path = items[0]
         model = PeftModel.from_pretrained(model, str(first_path), adapter_name=first_id)
-        for adapter_id, path in items[1:]:
-            model.load_adapter(str(path), adapter_name=adapter_id)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CloudModelLoadError(f"cannot load LoRA adapter: {exc}") from exc
+    for adapter_id, path in items[1:]:
+        _load_one(model, adapter_id, path)
+    model.eval()
+    return model
+
+
+def _delete_adapter(model: Any, adapter_id: str) -> None:
+    """Delete one of several adapters of a peft model, another one made active first (the
+    PeftModel would keep naming the deleted one, and every forward would then fail)."""
+    if model.active_adapter == adapter_id:
+        model.set_adapter(next(a for a in model.peft_config if a != adapter_id))
+    model.delete_adapter(adapter_id)
+
+
+def _load_one(model: Any, adapter_id: str, path: Path) -> None:
+    """Add one more adapter to a peft model.
+
+    Raises:
+        CloudModelLoadError: the adapter cannot be loaded.
+    """
+    try:
+        model.load_adapter(str(path), adapter_name=adapter_id)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CloudModelLoadError(f"cannot load LoRA adapter: {exc}") from exc
     model.eval()
-    return model

@@ -80,6 +80,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     if isinstance(exc, AuthError):
         return grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"
+    if isinstance(exc, TransportError) and exc.retryable:
+        # The service lost a part it forwards to (a Ray Serve replica): as a dead cloud.
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 

@@ -22,6 +22,7 @@ from edgecloud.config import Settings
 CLOUD = Path(__file__).parents[2] / "cloud"
 CONTAINERFILE = CLOUD / "Containerfile"
 K8S = CLOUD / "k8s" / "deployment.yaml"
+RAYSERVICE = CLOUD / "k8s" / "rayservice.yaml"
 UNIT = CLOUD / "edgecloud-cloud.service"
 _ENV = re.compile(r"\bEDGECLOUD_[A-Z0-9_]+\b")
 _NOT_SETTINGS = {"EDGECLOUD_CONFIG"}  # the TOML file's path (Settings.load), not a field
@@ -92,9 +93,9 @@ def test_containerfile_runs_cloud_serve_with_known_settings() -> None:
     assert pin in text and "download.pytorch.org/whl/cpu" in text
 
 
-def k8s_documents() -> list[dict[str, Any]]:
+def k8s_documents(path: Path = K8S) -> list[dict[str, Any]]:
     yaml = pytest.importorskip("yaml", reason="PyYAML parses the manifest")
-    return [d for d in yaml.safe_load_all(K8S.read_text()) if d]
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def test_k8s_manifest_uses_only_known_commands_variables_and_settings() -> None:
@@ -122,6 +123,57 @@ def test_k8s_manifest_uses_only_known_commands_variables_and_settings() -> None:
     assert grace > config.shutdown_grace_s  # the drain ends before the kubelet's SIGKILL
     selector = docs["Service"]["spec"]["selector"]
     assert selector.items() <= docs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_rayservice_uses_only_known_commands_variables_settings_and_app() -> None:
+    import importlib
+
+    import yaml
+
+    docs = {d["kind"]: d for d in k8s_documents(RAYSERVICE)}
+    assert set(docs) == {"ConfigMap", "RayService", "Service"}
+    toml = tomllib.loads(docs["ConfigMap"]["data"]["cloud.toml"])
+    check_toml(toml, Settings, "cloud.toml")
+    cloud = Settings.model_fields["cloud"].annotation
+    assert cloud is not None
+    config = cloud.model_validate(toml["cloud"])
+    # The front attaches to the application RayService declares, over TLS.
+    assert config.backend == "ray" and config.ray.address == "auto" and not config.ray.deploy
+    assert config.tls.cert is not None and not config.insecure
+    for name in _ENV.findall(RAYSERVICE.read_text()):
+        check_env(name)
+
+    spec = docs["RayService"]["spec"]
+    head = spec["rayClusterConfig"]["headGroupSpec"]["template"]
+    ray_head, front = head["spec"]["containers"]  # KubeRay runs Ray in the first one
+    assert "command" not in ray_head
+    check_command([*front["command"], *front["args"]])
+    assert front["command"][:3] == ["edgecloud", "cloud", "serve"]
+    config_path = front["args"][front["args"].index("--config") + 1]
+    mounts = {m["name"]: m["mountPath"] for m in front["volumeMounts"]}
+    assert mounts["config"] == config_path and str(config.tls.cert).startswith(mounts["tls"])
+    assert mounts["ray-tmp"] == "/tmp/ray"  # where ray.init(address="auto") looks
+    ports = {p["name"]: p["containerPort"] for p in front["ports"]}
+    assert ports == {"grpc": config.port, "metrics": config.metrics.port}
+    assert head["spec"]["terminationGracePeriodSeconds"] > config.shutdown_grace_s
+
+    # serveConfigV2 names a real application builder, the same TOML and app name.
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    [app_spec] = serve_config["applications"]
+    module, _, attr = app_spec["import_path"].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert app_spec["name"] == config.ray.app_name
+    assert app_spec["args"]["config"] == config_path
+    # Ray on the pods is the version the ray extra pins at least.
+    pyproject = (CLOUD.parent / "pyproject.toml").read_text()
+    [pin] = re.findall(r'"ray\[serve\]>=([0-9.]+)', pyproject)
+    assert spec["rayClusterConfig"]["rayVersion"] == pin
+    # The worker pods hold max_replicas replicas at their largest.
+    [workers] = spec["rayClusterConfig"]["workerGroupSpecs"]
+    cpus = float(workers["rayStartParams"]["num-cpus"])
+    assert workers["maxReplicas"] * cpus // config.ray.replica_cpus >= config.ray.max_replicas
+    selector = docs["Service"]["spec"]["selector"]
+    assert selector.items() <= head["metadata"]["labels"].items()
 
 
 def test_systemd_unit_uses_only_known_commands_and_variables() -> None:

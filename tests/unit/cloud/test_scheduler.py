@@ -350,3 +350,29 @@ def test_queue_depth_running_sequences_and_batch_sizes_are_published() -> None:
     assert prefills == len(engine.prefills) and decodes == len(engine.batches)
     rows = sum(len(b) for b in engine.batches)
     assert after.delta(before, "edgecloud_cloud_batch_size_sum", phase="decode") == rows
+
+
+def test_call_runs_on_the_scheduler_thread_between_steps() -> None:
+    engine = FakeEngine(step_s=0.01)
+    sched = Scheduler(engine, max_running=4, max_queued=4, admission_window_s=0)
+    seq, out = make("a", max_tokens=20)
+    sched.submit(seq)
+    seen: list[tuple[str, int]] = []
+
+    def change() -> str:
+        # No step is in progress: the batch is whole and the decode count stands still.
+        steps = sched.steps
+        time.sleep(0.03)
+        seen.append((threading.current_thread().name, sched.steps - steps))
+        return "loaded"
+
+    assert sched.call(change).result(5) == "loaded"
+    assert sched.uses_adapter("x") is False
+    assert out.done.wait(5) and out.finish.reason == "length"
+    assert seen == [("edgecloud-scheduler", 0)]
+    # An idle scheduler runs calls too, and a failing call fails only its future.
+    with pytest.raises(ZeroDivisionError):
+        sched.call(lambda: 1 / 0).result(5)
+    sched.close(timeout=5)
+    with pytest.raises(CloudError):
+        sched.call(lambda: None)

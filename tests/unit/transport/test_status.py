@@ -54,6 +54,8 @@ class FakeRpcError(grpc.RpcError):
         (ActivationError("input is truncated"), grpc.StatusCode.INVALID_ARGUMENT),
         (UnknownModelError("unknown model 'x'"), grpc.StatusCode.NOT_FOUND),
         (OverloadedError("at capacity"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        # a part the service forwards to was lost (a Ray Serve replica): as a dead cloud
+        (TransportError("the engine replica was lost"), grpc.StatusCode.UNAVAILABLE),
     ],
 )  # fmt: skip
 def test_planned_errors_keep_their_message(exc: Exception, code: grpc.StatusCode) -> None:
@@ -65,6 +67,7 @@ def test_planned_errors_keep_their_message(exc: Exception, code: grpc.StatusCode
     [
         RuntimeError("CUDA OOM at /secret/path.py:12"),
         CloudError("engine state x"),
+        RemoteError("upstream said: secret"),
         KeyError("k"),
         ModelIntegrityError("/srv/models/secret.onnx: truncated"),
     ],
