@@ -131,6 +131,8 @@ def json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{what} is not JSON: {exc}") from None
+    except RecursionError:  # a bomb of nested brackets: refused, not a crash of the caller
+        raise ValueError(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what} must be a JSON object")
     return value
