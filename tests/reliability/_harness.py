@@ -68,7 +68,7 @@ class FaultProxy(Proxy):
     ``half_open``: bytes are taken in and nothing comes out, and the connection stays
     open and silent even after the fault is lifted (new ones pass then); ``slow_read``:
     the answer is read ``slow_bytes`` at a time with a pause between reads;
-    ``bandwidth``: the answer flows at ``rate`` bytes per second.
+    ``bandwidth``: bytes flow at ``rate`` per second each way.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -92,7 +92,8 @@ class FaultProxy(Proxy):
 
     @property
     def read_size(self) -> int:  # type: ignore[override]
-        return self.slow_bytes if self.fault == "slow_read" else 65536
+        # a capped link delivers in small pieces, not a whole message after a pause
+        return {"slow_read": self.slow_bytes, "bandwidth": 1024}.get(self.fault, 65536)
 
     async def _fault(
         self, data: bytes, writer: asyncio.StreamWriter, upstream: bool
@@ -111,14 +112,14 @@ class FaultProxy(Proxy):
             if connection["sent"] > self.reset_after:
                 _reset(writer)
                 raise ConnectionResetError
+        elif fault == "bandwidth":  # both ways
+            await asyncio.sleep(len(data) / self.rate)
         elif upstream:
             pass
         elif fault == "delay":
             await asyncio.sleep(self.fault_delay_s)
         elif fault == "slow_read":
             await asyncio.sleep(0.01)
-        elif fault == "bandwidth":
-            await asyncio.sleep(len(data) / self.rate)
         return data
 
 

@@ -175,10 +175,12 @@ def test_64_http_streams_on_one_device_endpoint(
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello."}],
             "max_tokens": 4, "temperature": 0, "stream": True}  # fmt: skip
 
+    clients: list[httpx.AsyncClient] = []
+
     async def one(tally: Tally, i: int) -> None:
         t0 = time.perf_counter()
         try:
-            async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            async with clients[0].stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 if r.status_code == 429:
                     tally.refused += 1
                     # as a polite client backs off (a storm of refusals would starve the model)
@@ -209,9 +211,9 @@ def test_64_http_streams_on_one_device_endpoint(
                 time.sleep(0.1)
 
         async def scenario() -> tuple[Tally, tuple[Gauges, Gauges]]:
-            global http
             limits = httpx.Limits(max_connections=STREAMS)
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+                clients.append(http)
                 return await drive(one, proc.pid, seconds(soak))
 
         tally, rss = asyncio.run(scenario())
@@ -222,6 +224,3 @@ def test_64_http_streams_on_one_device_endpoint(
         log.close()
     assert not tally.failures, (tally.failures, (tmp_path / "serve.log").read_text()[-3000:])
     check(tally, rss, "load_http_device_real_model", seconds(soak), figures)
-
-
-http: httpx.AsyncClient
