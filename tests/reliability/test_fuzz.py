@@ -361,9 +361,13 @@ def test_a_mutated_file_loads_or_fails_with_the_project_error(
     }[kind]
     load(_write(path, seed))  # the seed itself loads
     outcomes: Counter[str] = Counter()
+    bombs = {
+        "toml": BOMB.map(lambda b: f"cache_dir = {b.replace('][', '],[')}\n".encode()),
+        "manifest": BOMB.map(lambda b: f'{{"adapter_id": {b}}}'.encode()),
+    }
 
     @budget(request, "file")
-    @given(mutated(seed))
+    @given(st.one_of(mutated(seed), bombs.get(kind, st.nothing())))
     def case(data: bytes) -> None:
         CASES[kind] += 1
         try:
