@@ -9,6 +9,7 @@ replaying another version's manifest and traversal in manifest file names
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -157,9 +158,11 @@ def test_a_certificate_for_another_name_or_from_another_ca_gets_no_token(tmp_pat
 
 def test_deeply_nested_json_is_a_clean_refusal(tmp_path: Path) -> None:
     """Found by this suite: nested JSON deeper than Python's recursion limit escaped as
-    RecursionError (INTERNAL from the cloud, HTTP 500 from the device endpoint)."""
+    RecursionError (INTERNAL from the cloud, HTTP 500 from the device endpoint), and so did
+    a schema 100 levels deep (jsonschema checks it recursively); a schema deep enough to
+    keep a grammar compiler busy for seconds reached it."""
 
-    async def scenario() -> tuple[Exception, Exception, int]:
+    async def scenario() -> tuple[Exception, Exception, Exception, int]:
         async with cloud(tmp_path) as server:
             c = CloudClient(f"127.0.0.1:{server.port}", tls=False, max_attempts=1)
             record = EscalationRecord("p", "", "a", "forced", "r", {}, 1.0)
@@ -172,20 +175,38 @@ def test_deeply_nested_json_is_a_clean_refusal(tmp_path: Path) -> None:
                     async for _ in await _raw(server.port, "Generate",
                                               pb.GenerateRequest(prompt="hi", sampling=sampling)):  # fmt: skip
                         pass
+                with pytest.raises(InvalidRequestError) as deep_schema:  # parses, too deep
+                    sampling = pb.SamplingParams(max_tokens=4, json_schema=json.dumps(_schema(100)))
+                    await _raw(
+                        server.port, "Generate", pb.GenerateRequest(prompt="hi", sampling=sampling)
+                    )
             finally:
                 await c.close()
-            return upload.value, schema.value, len(server.records)
+            return upload.value, schema.value, deep_schema.value, len(server.records)
 
-    upload, schema, stored = asyncio.run(scenario())
+    upload, schema, deep_schema, stored = asyncio.run(scenario())
     assert "signals_json is not a JSON object" in str(upload) and stored == 0
     assert "nested too deeply" in str(schema)
+    assert "json_schema nests 201 levels deep; at most 64" in str(deep_schema)
     with Server(
         Settings.load(device={"http": {"port": 0}}), client=AsyncClient(ScriptedBackend())
     ) as s:
+        url = f"http://127.0.0.1:{s.port}/v1/chat/completions"
         body = '{"model": "scripted", "messages": ' + NESTED + "}"
-        r = httpx.post(f"http://127.0.0.1:{s.port}/v1/chat/completions", content=body,
-                       headers={"content-type": "application/json"})  # fmt: skip
+        r = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": _schema(100)}}
+        deep = httpx.post(url, json={"model": "scripted", "response_format": fmt,
+                                     "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+
+
+def _schema(depth: int) -> dict[str, Any]:
+    """An object schema whose properties nest ``depth`` levels deep."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
 
 
 async def _raw(port: int, method: str, request: Any) -> Any:
