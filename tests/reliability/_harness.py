@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -25,6 +26,7 @@ from edgecloud.transport import CloudClient
 from tests.fakes import ScriptedBackend
 from tests.integration._cloudproc import Proxy, start_cloud
 
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_CLOUD = [sys.executable, "-m", "tests.reliability._fakecloud"]
 # ScriptedBackend's token i has logprob -0.5 * (i + 1): this router hands off after 3 tokens.
 TRIP = RouterConfig(window=2, min_mean_logprob=-1.2, min_tokens=2)
@@ -37,7 +39,9 @@ def start_fake_cloud(
     go to ``where/records.db``; returns (process, port)."""
     cfg = json.dumps({"insecure": True, "port": 0, **config})
     argv = [*FAKE_CLOUD, str(where / "records.db"), str(where / "registry"), cfg, str(token_s)]
-    return start_cloud(where, argv=argv)
+    # the repository on the path, wherever pytest was started from (it imports tests.*)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return start_cloud(where, argv=argv, env={"PYTHONPATH": path})
 
 
 @dataclass(frozen=True)
