@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,6 +31,7 @@ import httpx
 from edgecloud.errors import EdgeCloudError, OverloadedError
 from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk, Finish
+from tests.deviceserve import start_device_serve
 from tests.integration._cloudproc import stop
 from tests.reliability._harness import Gauges, gauges, start_fake_cloud
 
@@ -160,18 +157,11 @@ def test_64_device_streams_on_one_cloud_service(
 def test_64_http_streams_on_one_device_endpoint(
     model_cache: Path, tmp_path: Path, soak: bool, figures: dict[str, Any]
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "EDGECLOUD_CACHE_DIR": str(model_cache),
-           "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2", "EDGECLOUD_DEVICE__HTTP__MODEL_NAME": "tiny",
+    env = {"EDGECLOUD_CACHE_DIR": str(model_cache), "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2",
+           "EDGECLOUD_DEVICE__HTTP__MODEL_NAME": "tiny",
            "EDGECLOUD_DEVICE__LOG__PATH": str(tmp_path / "log.db")}  # fmt: skip
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from edgecloud.cli import main; main()", "device", "serve",
-         "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_device_serve(env, log)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Say hello."}],
             "max_tokens": 4, "temperature": 0, "stream": True}  # fmt: skip
 
@@ -201,14 +191,6 @@ def test_64_http_streams_on_one_device_endpoint(
             tally.failures[type(exc).__name__] += 1
 
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
 
         async def scenario() -> tuple[Tally, tuple[Gauges, Gauges]]:
             limits = httpx.Limits(max_connections=STREAMS)
