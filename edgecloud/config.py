@@ -153,6 +153,8 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid settings{where}: {format_validation_error(exc)}") from exc
         except ValueError as exc:  # tomllib.TOMLDecodeError and friends
             raise ConfigError(f"cannot read config {toml_path}: {exc}") from exc
+        except RecursionError:  # tomllib parses nested arrays and tables recursively
+            raise ConfigError(f"cannot read config {toml_path}: nested too deeply") from None
         finally:
             _TOML_PATH.reset(token)
 

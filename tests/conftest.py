@@ -37,10 +37,21 @@ def backend(default_gguf: Path) -> Iterator[object]:
 _MODEL_FIXTURES = frozenset({"model_cache", "default_gguf", "backend"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", action="store_true", default=False,
+        help="also run the long reliability runs (tests marked soak; see docs/reliability.md)",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    soak = config.getoption("--soak")
+    skip_soak = pytest.mark.skip(reason="a long reliability run: pass --soak to run it")
     for item in items:
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+        if not soak and "soak" in item.keywords:
+            item.add_marker(skip_soak)
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,13 @@ Cost: a request's counters move once, when it ends; per token the code pays one
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    import threading
     from wsgiref.simple_server import WSGIServer
 
 __all__ = [
@@ -185,8 +184,20 @@ def _create() -> Metrics:
     return Metrics(True, **made)
 
 
-metrics = functools.cache(_create)
-"""The process's metrics (created on the first call)."""
+_created: list[Metrics] = []
+_creating = threading.Lock()
+
+
+def metrics() -> Metrics:
+    """The process's metrics (created on the first call).
+
+    Thread-safe: the first calls can come at once from several threads (an HTTP server's
+    worker threads under load), and registering the metrics twice would fail."""
+    if not _created:
+        with _creating:
+            if not _created:
+                _created.append(_create())
+    return _created[0]
 
 
 def scrape() -> bytes:

@@ -75,8 +75,13 @@ class OutputSchema:
             text = json.dumps(as_dict, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"schema is not JSON-serializable: {exc}") from exc
+        except RecursionError:
+            raise InvalidRequestError("schema is nested too deeply") from None
         if model is None:
-            _validator(as_dict)  # refuses a malformed schema now, not after the answer
+            try:
+                _validator(as_dict)  # refuses a malformed schema now, not after the answer
+            except RecursionError:  # jsonschema checks a schema recursively, many frames a level
+                raise InvalidRequestError("schema is nested too deeply") from None
         return cls(text, model)
 
     @property

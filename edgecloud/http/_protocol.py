@@ -385,6 +385,8 @@ def parse_request(kind: Kind, body: bytes) -> ChatRequest | CompletionRequest:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise HttpError(400, "the request body must be a JSON object")
     for name, (allowed, why) in _AT_DEFAULT[kind].items():

@@ -213,7 +213,7 @@ def _json_object(text: str, name: str, record_id: str) -> Mapping[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         value = None
     if not isinstance(value, dict):
         raise InvalidRequestError(

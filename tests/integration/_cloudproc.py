@@ -19,13 +19,17 @@ EDGECLOUD = [sys.executable, "-c", "from edgecloud.cli import main; main()"]
 
 
 def start_cloud(
-    cache: Path, *extra: str, env: dict[str, str] | None = None
+    cache: Path, *extra: str, env: dict[str, str] | None = None, argv: list[str] | None = None
 ) -> tuple[subprocess.Popen[str], int]:
-    """Start a cloud service on a free loopback port; returns (process, port)."""
+    """Start a cloud service on a free loopback port; returns (process, port).
+
+    ``argv`` replaces ``edgecloud cloud serve --insecure --port 0`` (another program that
+    logs the same ``listening on 127.0.0.1:<port>`` line, e.g. a cloud on a fake engine)."""
     full_env = {**os.environ, "EDGECLOUD_CLOUD__MODEL__THREADS": "1", "HF_HUB_OFFLINE": "1",
                 "EDGECLOUD_CACHE_DIR": str(cache), **(env or {})}  # fmt: skip
-    proc = subprocess.Popen([*EDGECLOUD, "cloud", "serve", "--insecure", "--port", "0", *extra],
-                            stderr=subprocess.PIPE, text=True, env=full_env)  # fmt: skip
+    command = argv or [*EDGECLOUD, "cloud", "serve", "--insecure", "--port", "0"]
+    proc = subprocess.Popen([*command, *extra], stderr=subprocess.PIPE, text=True,
+                            env=full_env)  # fmt: skip
     deadline = time.monotonic() + 300
     assert proc.stderr is not None
     while time.monotonic() < deadline:
@@ -62,11 +66,22 @@ class Proxy:
         ).result(10)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
+    read_size = 65536
+
+    async def _fault(
+        self, data: bytes, writer: asyncio.StreamWriter, upstream: bool
+    ) -> bytes | None:
+        """What to forward of ``data`` (None: nothing); a subclass injects faults here."""
+        return data
+
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool
     ) -> None:
         try:
-            while data := await reader.read(65536):
+            while got := await reader.read(self.read_size):
+                data = await self._fault(got, writer, record)
+                if data is None:
+                    continue
                 if record:
                     self.sent.extend(data)
                 elif self.delay_s:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ from edgecloud import AsyncClient, Client
 from edgecloud.backends import LlamaCppBackend
 from edgecloud.config import Settings
 from edgecloud.http import Server
+from tests.deviceserve import start_device_serve
 from tests.scrape import Snapshot
 
 pytestmark = pytest.mark.model
@@ -319,29 +317,15 @@ def test_a_client_that_gives_up_on_a_whole_answer_frees_the_model(server: Server
 
 
 def test_curl_streams_server_sent_events_from_the_cli(model_cache: Path, tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "EDGECLOUD_CACHE_DIR": str(model_cache),
-           "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2", "EDGECLOUD_DEVICE__HTTP__MODEL_NAME": "tiny"}  # fmt: skip
+    env = {"EDGECLOUD_CACHE_DIR": str(model_cache), "EDGECLOUD_DEVICE__MODEL__N_THREADS": "2",
+           "EDGECLOUD_DEVICE__HTTP__MODEL_NAME": "tiny"}  # fmt: skip
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from edgecloud.cli import main; main()", "device", "serve",
-         "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc, url = start_device_serve(env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         body = json.dumps({"model": "tiny", "prompt": QA, "max_tokens": 4, "stream": True,
                            "temperature": 0})  # fmt: skip
         out = subprocess.run(
-            ["curl", "-N", "-sS", f"http://127.0.0.1:{port}/v1/completions",
+            ["curl", "-N", "-sS", f"{url}/v1/completions",
              "-H", "Content-Type: application/json", "-d", body],
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip

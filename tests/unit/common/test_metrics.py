@@ -72,3 +72,27 @@ def test_the_metrics_port_serves_then_frees_its_port() -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", server.port))
         s.listen()
+
+
+def test_first_calls_from_many_threads_at_once_register_the_metrics_once() -> None:
+    """Under load an HTTP server's worker threads make their first metrics() call together;
+    registering twice raised DuplicateTimeseries (an HTTP 500) before the lock."""
+    import subprocess
+
+    code = (
+        "import threading\n"
+        "from edgecloud.common.metrics import metrics\n"
+        "gate, found, errors = threading.Barrier(16), [], []\n"
+        "def first():\n"
+        "    gate.wait()\n"
+        "    try:\n"
+        "        found.append(metrics())\n"
+        "    except Exception as exc:\n"
+        "        errors.append(exc)\n"
+        "threads = [threading.Thread(target=first) for _ in range(16)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert not errors and len({id(m) for m in found}) == 1, errors\n"
+    )
+    for _ in range(5):  # the race needs the threads to meet inside the registration
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
