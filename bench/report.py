@@ -101,6 +101,11 @@ RUNS: tuple[Run, ...] = (
     Run("structured", ("--cloud",), ("--rounds", "1", "--tokens", "8"), ("structured.json",)),
     # 8 prompts, not --quick's 4: --quick writes upstream-quick.json, which no row reads.
     Run("upstream", (), ("--tokens", "16", "--rounds", "1"), ("upstream.json",)),
+    Run("privacy", (), ("--repeat", "2"), ("privacy.json",)),
+    Run("scale", (), ("--tokens", "8", "--rounds", "1"), _writes("scale")),
+    Run("scale", ("--threads", "1", "--out", f"{OUT}/scale-1thread.json"), None,
+        _writes("scale-1thread")),
+    Run("knowledge_reading", (), ("--domain", "fleet"), ("knowledge_reading.json",)),
 )  # fmt: skip
 
 
