@@ -1,0 +1,182 @@
+"""Runtime LoRA loading of the ``openai`` backend (``cloud.upstream.load_adapters``).
+
+The upstream is :mod:`tests.vllm_standin`, a real HTTP server on a loopback port that
+implements vLLM's documented ``load_lora_adapter`` / ``unload_lora_adapter`` endpoints
+and a streaming ``/v1/completions`` whose answer names the model that served it (vLLM
+itself cannot run here). A real CloudServer with a real adapter registry forwards to
+it, and a device-side CloudClient streams over gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgecloud.adapters._registry import AdapterRegistry
+from edgecloud.config import CloudConfig
+from edgecloud.errors import UnknownAdapterError
+from edgecloud.transport import CloudClient
+from tests.fakes_adapters import publish_fake
+from tests.integration._cloudproc import collect
+from tests.integration._upstreamserve import serving
+from tests.vllm_standin import VllmStandIn, vllm_standin
+
+PROMPT = "Q: Who serves this?\nA:"
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> AdapterRegistry:
+    return AdapterRegistry(str(tmp_path / "registry"))
+
+
+def promote(registry: AdapterRegistry, key: Ed25519PrivateKey, tmp: Path, adapter_id: str,
+            **kwargs: Any) -> int:  # fmt: skip
+    """Publish a new version of ``adapter_id`` and make it the stable one."""
+    version = publish_fake(registry, key, tmp / "src", adapter_id=adapter_id, **kwargs).version
+    registry.rollout(adapter_id, version, 100.0)
+    return version
+
+
+async def answer(client: CloudClient, adapter_id: str | None) -> str:
+    chunks, _ = await collect(client, PROMPT, max_tokens=8, adapter_id=adapter_id)
+    return "".join(ch.text for ch in chunks)
+
+
+def test_a_request_loads_the_stable_version_and_is_served_by_it(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> list[str]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            return [await answer(c, "A"), await answer(c, "A"), await answer(c, None)]
+
+    with vllm_standin() as up:
+        texts = asyncio.run(scenario(up))
+    assert texts == [" served by A@1", " served by A@1", " served by base-model"]
+    assert up.calls == [("load", "A@1")]  # once, not per request
+    path = Path(up.loras["A@1"])  # the registry's verified peft copy, in the cache
+    assert path == tmp_path / "cache" / "cloud" / "adapters" / "A" / "1"
+    assert (path / "adapter_config.json").read_text() == '{"r": 8}'
+
+
+def test_a_new_stable_version_is_loaded_and_the_old_one_unloaded(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> list[str]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            first = await answer(c, "A")
+            promote(registry, key, tmp_path, "A")
+            return [first, await answer(c, "A"), await answer(c, "A")]
+
+    with vllm_standin() as up:
+        texts = asyncio.run(scenario(up))
+    assert texts == [" served by A@1", " served by A@2", " served by A@2"]
+    assert up.calls == [("load", "A@1"), ("load", "A@2"), ("unload", "A@1")]
+    assert set(up.loras) == {"A@2"}
+
+
+def test_concurrent_requests_wait_for_one_load(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> list[str]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            return list(await asyncio.gather(*(answer(c, "A") for _ in range(8))))
+
+    with vllm_standin(load_delay_s=0.5) as up:
+        texts = asyncio.run(scenario(up))
+    assert texts == [" served by A@1"] * 8
+    assert up.calls == [("load", "A@1")] and up.max_parallel_loads == 1
+    assert up.served == ["A@1"] * 8
+
+
+def test_a_name_the_upstream_already_has_counts_as_loaded(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """A restarted service finds its LoRA still loaded upstream (vLLM answers 400)."""
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> list[str]:
+        texts = []
+        for _ in range(2):  # two service lifetimes, one upstream
+            async with serving(up.url, tmp_path, load_adapters=True) as c:
+                texts.append(await answer(c, "A"))
+        return texts
+
+    with vllm_standin() as up:
+        texts = asyncio.run(scenario(up))
+    assert texts == [" served by A@1"] * 2
+    assert up.calls == [("load", "A@1"), ("load", "A@1")]
+
+
+def test_a_refused_load_fails_the_request_clearly(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    # rank 64 above the upstream's --max-lora-rank 16: vLLM refuses with 400
+    promote(registry, key, tmp_path, "big", extra={"peft/adapter_config.json": b'{"r": 64}'})
+    promote(registry, key, tmp_path, "ok")
+
+    async def scenario(up: VllmStandIn) -> tuple[str, str]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            with pytest.raises(UnknownAdapterError) as refused:
+                await answer(c, "big")
+            return str(refused.value), await answer(c, "ok")
+
+    with vllm_standin(max_lora_rank=16) as up:
+        message, ok = asyncio.run(scenario(up))
+    assert "'big' version 1" in message and "refused to load it as 'big@1'" in message
+    assert "LoRA rank 64 is greater than max_lora_rank 16" in message
+    assert ok == " served by ok@1" and set(up.loras) == {"ok@1"}  # the service goes on
+
+
+def test_a_path_the_upstream_cannot_read_is_reported(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+    shared = tmp_path / "shared"  # the only volume the upstream mounts
+
+    async def scenario(up: VllmStandIn) -> tuple[str, str]:
+        # The peft copy goes to the cache, which the upstream does not see.
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            with pytest.raises(UnknownAdapterError) as unseen:
+                await answer(c, "A")
+        async with serving(up.url, tmp_path, load_adapters=True, lora_dir=str(shared)) as c:
+            return str(unseen.value), await answer(c, "A")
+
+    with vllm_standin(sees=shared) as up:
+        message, text = asyncio.run(scenario(up))
+    cached = tmp_path / "cache" / "cloud" / "adapters" / "A" / "1"
+    assert f"cannot read its LoRA files at {cached}" in message
+    assert "No adapter found" in message and "cloud.upstream.lora_dir" in message
+    assert text == " served by A@1" and up.loras["A@1"] == str(shared / "A" / "1")
+
+
+def test_disabled_by_default_the_static_mapping_stands(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+    assert CloudConfig().upstream.load_adapters is False
+
+    async def scenario(up: VllmStandIn) -> tuple[str, str]:
+        async with serving(up.url, tmp_path, adapters={"support": "base-model"}) as c:
+            with pytest.raises(UnknownAdapterError) as unknown:
+                await answer(c, "A")
+            return await answer(c, "support"), str(unknown.value)
+
+    with vllm_standin() as up:
+        text, message = asyncio.run(scenario(up))
+    assert text == " served by base-model" and "'A' is not served" in message
+    assert up.calls == []
