@@ -19,7 +19,9 @@ with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``):
 
 Errors use vLLM's JSON body ``{"error": {"message", "type", "param", "code"}}``. Every
 load and unload is recorded in :attr:`VllmStandIn.calls`, and the most loads ever in
-progress at once in :attr:`VllmStandIn.max_parallel_loads`.
+progress at once in :attr:`VllmStandIn.max_parallel_loads`. Tests can make loads fail
+with a 5xx (:attr:`VllmStandIn.fail_loads`) and keep the streams of some models open
+(:attr:`VllmStandIn.hold`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class VllmStandIn:
         self.calls: list[tuple[str, str]] = []  # ("load" | "unload", lora_name)
         self.served: list[str] = []  # the model of each completion
         self.max_parallel_loads = 0
+        self.fail_loads = 0  # an HTTP status (5xx) every load answers with; 0: none
+        self.hold: set[str] = set()  # models whose streams wait before they finish
         self._loading = 0
         self.url = ""
 
@@ -80,6 +84,8 @@ class VllmStandIn:
             if name in self.loras:
                 return error(f"The lora adapter '{name}' has already been loaded.",
                              "InvalidUserInput", 400)  # fmt: skip
+            if self.fail_loads:
+                return error("CUDA error: out of memory", "InternalServerError", self.fail_loads)
             self._loading += 1
             self.max_parallel_loads = max(self.max_parallel_loads, self._loading)
             try:
@@ -125,6 +131,8 @@ class VllmStandIn:
             lp = {"tokens": [tok], "token_logprobs": [-0.1], "top_logprobs": [{tok: -0.1}]}
             choice = {"index": 0, "text": tok, "logprobs": lp, "finish_reason": None}
             yield f"data: {json.dumps({'model': model, 'choices': [choice]})}\n\n"
+        while model in self.hold:  # a long answer, still streaming
+            await asyncio.sleep(0.01)
         reason = "stop" if len(tokens) == len(words) else "length"
         end = {"index": 0, "text": "", "logprobs": None, "finish_reason": reason}
         yield f"data: {json.dumps({'model': model, 'choices': [end]})}\n\n"

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.config import CloudConfig
-from edgecloud.errors import UnknownAdapterError
+from edgecloud.errors import TransportError, UnknownAdapterError
 from edgecloud.transport import CloudClient
 from tests.fakes_adapters import publish_fake
 from tests.integration._cloudproc import collect
@@ -87,6 +87,35 @@ def test_a_new_stable_version_is_loaded_and_the_old_one_unloaded(
     assert set(up.loras) == {"A@2"}
 
 
+def test_the_old_version_is_unloaded_when_its_last_stream_ends(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> tuple[str, str, list[tuple[str, str]]]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            up.hold.add("A@1")
+            first = asyncio.create_task(answer(c, "A"))
+            while "A@1" not in up.served:
+                await asyncio.sleep(0.01)
+            promote(registry, key, tmp_path, "A")
+            second = await answer(c, "A")  # A@2 loads while A@1 still streams
+            meanwhile = list(up.calls)
+            up.hold.clear()
+            first_text = await first
+            for _ in range(500):
+                if ("unload", "A@1") in up.calls:
+                    break
+                await asyncio.sleep(0.01)
+            return first_text, second, meanwhile
+
+    with vllm_standin() as up:
+        first, second, meanwhile = asyncio.run(scenario(up))
+    assert (first, second) == (" served by A@1", " served by A@2")
+    assert meanwhile == [("load", "A@1"), ("load", "A@2")]  # A@1 kept for its stream
+    assert up.calls == [*meanwhile, ("unload", "A@1")] and set(up.loras) == {"A@2"}
+
+
 def test_concurrent_requests_wait_for_one_load(
     registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
@@ -140,6 +169,25 @@ def test_a_refused_load_fails_the_request_clearly(
     assert "'big' version 1" in message and "refused to load it as 'big@1'" in message
     assert "LoRA rank 64 is greater than max_lora_rank 16" in message
     assert ok == " served by ok@1" and set(up.loras) == {"ok@1"}  # the service goes on
+
+
+def test_an_upstream_failing_the_load_is_unavailable_then_recovers(
+    registry: AdapterRegistry, key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    promote(registry, key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> tuple[str, str]:
+        async with serving(up.url, tmp_path, load_adapters=True) as c:
+            up.fail_loads = 500
+            with pytest.raises(TransportError) as failed:
+                await answer(c, "A")
+            up.fail_loads = 0  # a refused load is not remembered: the next one tries
+            return str(failed.value), await answer(c, "A")
+
+    with vllm_standin() as up:
+        message, text = asyncio.run(scenario(up))
+    assert message.startswith("UNAVAILABLE") and "HTTP 500: CUDA error: out of memory" in message
+    assert text == " served by A@1" and up.calls == [("load", "A@1")] * 2
 
 
 def test_a_path_the_upstream_cannot_read_is_reported(
