@@ -53,6 +53,7 @@ from edgecloud.cloud._versions import (
     adapters_dir,
     parse_model_id,
     peft_dir,
+    stable_adapters,
     stable_version,
 )
 from edgecloud.errors import (
@@ -419,8 +420,7 @@ class RayBackend:
         now = time.monotonic()
         if now - self._adapters_at > _INFO_TTL_S:
             self._adapters_at = now
-            found = [a for a in self._registry.adapters()
-                     if self._registry.rollout_state(a).stable is not None]  # fmt: skip
+            found = stable_adapters(self._registry)
             self._adapters = tuple(sorted({*found, *self._config.model.adapters}))
         return BackendInfo("ray", self._base["model"], self._adapters, self._base["device"],
                            self._base["dtype"])  # fmt: skip

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +53,13 @@ from typing import TYPE_CHECKING, Any
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.cloud._prompting import apply_format
 from edgecloud.cloud._settings import CloudConfig, CloudUpstreamConfig
-from edgecloud.cloud._versions import adapter_model_id, adapters_dir, peft_dir, stable_version
+from edgecloud.cloud._versions import (
+    adapter_model_id,
+    adapters_dir,
+    peft_dir,
+    stable_adapters,
+    stable_version,
+)
 from edgecloud.errors import (
     CloudError,
     CloudModelLoadError,
@@ -166,12 +173,23 @@ class UpstreamBackend:
 
             root = self._cfg.lora_dir or adapters_dir(cache_dir or default_cache_dir())
             self.loras = RuntimeLoras(self._cfg, registry, root.expanduser(), self._http)
-        self.info = BackendInfo(
+        self._info = BackendInfo(
             backend="openai",
             model=model,
             adapters=tuple(self._cfg.adapters),
             device=_redacted(self._cfg.url),
             dtype="unknown",
+        )
+
+    @property
+    def info(self) -> BackendInfo:
+        """The upstream's model, and the adapters served: the static mapping's ids, and
+        with ``load_adapters`` those the registry has a stable version of."""
+        if self.loras is None:
+            return self._info
+        found = self.loras.servable()
+        return dataclasses.replace(
+            self._info, adapters=tuple(sorted({*found, *self._cfg.adapters}))
         )
 
     @classmethod
@@ -454,6 +472,15 @@ class RuntimeLoras:
         self._users: collections.Counter[str] = collections.Counter()
         self._retired: set[str] = set()  # replaced names, unloaded when their last user ends
         self._unloading: set[asyncio.Task[None]] = set()
+        self._servable: list[str] = []
+        self._servable_at = float("-inf")
+
+    def servable(self) -> list[str]:
+        """Adapter ids the registry has a stable version of (read at most every 2 s)."""
+        now = time.monotonic()
+        if now - self._servable_at > 2.0:
+            self._servable, self._servable_at = stable_adapters(self._registry), now
+        return self._servable
 
     def loaded(self) -> dict[str, str]:
         """adapter id -> the upstream LoRA name of the version loaded for it."""

@@ -17,7 +17,14 @@ from edgecloud.errors import UnknownAdapterError
 if TYPE_CHECKING:
     from edgecloud.adapters._registry import AdapterRegistry
 
-__all__ = ["adapter_model_id", "adapters_dir", "parse_model_id", "peft_dir", "stable_version"]
+__all__ = [
+    "adapter_model_id",
+    "adapters_dir",
+    "parse_model_id",
+    "peft_dir",
+    "stable_adapters",
+    "stable_version",
+]
 
 
 def adapter_model_id(adapter_id: str, version: int) -> str:
@@ -47,6 +54,11 @@ def stable_version(registry: AdapterRegistry, adapter_id: str) -> int:
     if stable is None:
         raise UnknownAdapterError(f"adapter {adapter_id!r} has no stable version")
     return stable
+
+
+def stable_adapters(registry: AdapterRegistry) -> list[str]:
+    """The adapter ids the registry has a stable version of (what such an engine serves)."""
+    return [a for a in registry.adapters() if registry.rollout_state(a).stable is not None]
 
 
 def adapters_dir(cache_dir: Path) -> Path:

@@ -15,7 +15,7 @@ from edgecloud.cloud._upstream import UpstreamBackend
 from edgecloud.config import CloudConfig
 from edgecloud.transport import CloudClient
 
-__all__ = ["serving"]
+__all__ = ["client_of", "serving"]
 
 
 @asynccontextmanager
@@ -28,8 +28,16 @@ async def serving(url: str, tmp: Path, **upstream: Any) -> AsyncIterator[CloudCl
     )  # fmt: skip
     registry = AdapterRegistry(str(tmp / "registry"))
     backend = UpstreamBackend.connect(config, registry=registry, cache_dir=tmp / "cache")
-    server = await CloudServer.start(backend, config, records=RecordStore(tmp / "r.db"),
-                                     registry=registry)  # fmt: skip
+    async with client_of(backend, config, RecordStore(tmp / "r.db"), registry) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_of(
+    backend: UpstreamBackend, config: CloudConfig, records: RecordStore, registry: AdapterRegistry
+) -> AsyncIterator[CloudClient]:
+    """A CloudServer on ``backend`` (closed on exit, with it), and a client to it."""
+    server = await CloudServer.start(backend, config, records=records, registry=registry)
     client = CloudClient(f"127.0.0.1:{server.port}", tls=False, max_attempts=1)
     try:
         yield client

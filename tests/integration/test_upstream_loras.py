@@ -17,12 +17,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecloud.adapters._registry import AdapterRegistry
+from edgecloud.cloud._upstream import UpstreamBackend
 from edgecloud.config import CloudConfig
 from edgecloud.errors import TransportError, UnknownAdapterError
 from edgecloud.transport import CloudClient
 from tests.fakes_adapters import publish_fake
 from tests.integration._cloudproc import collect
-from tests.integration._upstreamserve import serving
+from tests.integration._upstreamserve import client_of, serving
 from tests.vllm_standin import VllmStandIn, vllm_standin
 
 PROMPT = "Q: Who serves this?\nA:"
@@ -58,10 +59,13 @@ def test_a_request_loads_the_stable_version_and_is_served_by_it(
 
     async def scenario(up: VllmStandIn) -> list[str]:
         async with serving(up.url, tmp_path, load_adapters=True) as c:
-            return [await answer(c, "A"), await answer(c, "A"), await answer(c, None)]
+            adapters = list((await c.info())["adapters"])
+            return [await answer(c, "A"), await answer(c, "A"), await answer(c, None), *adapters]
 
     with vllm_standin() as up:
         texts = asyncio.run(scenario(up))
+    assert texts[3:] == ["A"]  # GetServiceInfo lists the registry's adapters
+    texts = texts[:3]
     assert texts == [" served by A@1", " served by A@1", " served by base-model"]
     assert up.calls == [("load", "A@1")]  # once, not per request
     path = Path(up.loras["A@1"])  # the registry's verified peft copy, in the cache
@@ -228,3 +232,27 @@ def test_disabled_by_default_the_static_mapping_stands(
         text, message = asyncio.run(scenario(up))
     assert text == " served by base-model" and "'A' is not served" in message
     assert up.calls == []
+
+
+def test_the_service_built_from_settings_loads_into_the_cache(
+    key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """``edgecloud cloud serve``'s path: build_service hands the backend its registry."""
+    from edgecloud.cloud._server import build_service
+    from edgecloud.config import Settings
+
+    promote(AdapterRegistry(str(tmp_path / "registry")), key, tmp_path, "A")
+
+    async def scenario(up: VllmStandIn) -> str:
+        parts = build_service(Settings.model_validate({"cache_dir": str(tmp_path / "cache"), "cloud": {
+            "insecure": True, "backend": "openai", "records": {"path": str(tmp_path / "r.db")},
+            "registry": {"url": str(tmp_path / "registry")},
+            "upstream": {"url": up.url, "load_adapters": True}}}))  # fmt: skip
+        assert isinstance(parts.backend, UpstreamBackend)
+        async with client_of(parts.backend, parts.config, parts.records, parts.registry) as c:
+            return await answer(c, "A")
+
+    with vllm_standin() as up:
+        text = asyncio.run(scenario(up))
+    assert text == " served by A@1"
+    assert up.loras["A@1"] == str(tmp_path / "cache" / "cloud" / "adapters" / "A" / "1")
