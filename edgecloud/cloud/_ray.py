@@ -48,12 +48,19 @@ from typing import Any
 
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.cloud._settings import CloudConfig, CloudRayConfig
+from edgecloud.cloud._versions import (
+    adapter_model_id,
+    adapters_dir,
+    parse_model_id,
+    peft_dir,
+    stable_adapters,
+    stable_version,
+)
 from edgecloud.errors import (
     CloudError,
     ConfigError,
     EdgeCloudError,
     TransportError,
-    UnknownAdapterError,
 )
 from edgecloud.types import Chunk, Finish, Retraction
 
@@ -129,23 +136,6 @@ def _python_path() -> str:
     here = str(Path(__file__).resolve().parents[2])
     rest = os.environ.get("PYTHONPATH", "")
     return os.pathsep.join(p for p in (here, rest) if p)
-
-
-def adapter_model_id(adapter_id: str, version: int) -> str:
-    """The multiplexed model id of one adapter version (``"<id>@<version>"``)."""
-    return f"{adapter_id}@{version}"
-
-
-def parse_model_id(model_id: str) -> tuple[str, int]:
-    """``"<id>@<version>"`` -> (id, version).
-
-    Raises:
-        UnknownAdapterError: not of that form.
-    """
-    adapter_id, sep, version = model_id.rpartition("@")
-    if not sep or not adapter_id or not version.isdigit():
-        raise UnknownAdapterError(f"unknown adapter {model_id!r}")
-    return adapter_id, int(version)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,10 +216,8 @@ class EngineReplica:
 
     async def _load_adapter(self, model_id: str) -> _LoadedAdapter:
         adapter_id, version = parse_model_id(model_id)
-        dest = self._settings.cache_dir / "cloud" / "adapters" / adapter_id / str(version)
-        path = await asyncio.to_thread(
-            self._registry.materialize, adapter_id, version, "peft/", dest
-        )
+        root = adapters_dir(self._settings.cache_dir)
+        path = await asyncio.to_thread(peft_dir, self._registry, adapter_id, version, root)
         await self.backend.add_adapter(model_id, path)
         self._loop = asyncio.get_running_loop()
         log.warning("replica %s loaded adapter %s", self.replica_id, model_id)
@@ -432,8 +420,7 @@ class RayBackend:
         now = time.monotonic()
         if now - self._adapters_at > _INFO_TTL_S:
             self._adapters_at = now
-            found = [a for a in self._registry.adapters()
-                     if self._registry.rollout_state(a).stable is not None]  # fmt: skip
+            found = stable_adapters(self._registry)
             self._adapters = tuple(sorted({*found, *self._config.model.adapters}))
         return BackendInfo("ray", self._base["model"], self._adapters, self._base["device"],
                            self._base["dtype"])  # fmt: skip
@@ -454,10 +441,8 @@ class RayBackend:
         """
         if not adapter_id or adapter_id in self._config.model.adapters:
             return ""
-        state = await asyncio.to_thread(self._registry.rollout_state, adapter_id)
-        if state.stable is None:
-            raise UnknownAdapterError(f"adapter {adapter_id!r} has no stable version")
-        return adapter_model_id(adapter_id, state.stable)
+        version = await asyncio.to_thread(stable_version, self._registry, adapter_id)
+        return adapter_model_id(adapter_id, version)
 
     async def generate(
         self, request: CloudRequest

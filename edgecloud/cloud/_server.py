@@ -26,6 +26,7 @@ from edgecloud.cloud._backend import CloudBackend
 from edgecloud.cloud._records import RecordStore
 from edgecloud.cloud._service import InferenceServicer
 from edgecloud.cloud._settings import CloudConfig, CloudSettings
+from edgecloud.cloud._versions import adapters_dir, peft_dir
 from edgecloud.common.settings import default_cache_dir
 from edgecloud.errors import ConfigError, UnknownAdapterError
 from edgecloud.transport._server import (
@@ -97,9 +98,8 @@ def stable_peft_adapters(registry: AdapterRegistry, cache_dir: Path) -> dict[str
         stable = registry.rollout_state(adapter_id).stable
         if stable is None:
             continue
-        dest = cache_dir / "cloud" / "adapters" / adapter_id / str(stable)
         try:
-            found[adapter_id] = registry.materialize(adapter_id, stable, "peft/", dest)
+            found[adapter_id] = peft_dir(registry, adapter_id, stable, adapters_dir(cache_dir))
         except UnknownAdapterError:
             log.info("adapter %s v%d has no peft files; the cloud serves it without", adapter_id,
                      stable)  # fmt: skip
@@ -181,10 +181,12 @@ def build_service(
     if cloud.backend == "openai":
         from edgecloud.cloud._upstream import UpstreamBackend
 
-        # The upstream serves its own LoRAs (cloud.upstream.adapters); the registry's
-        # peft files are for engines that run the model here.
+        # The upstream serves its own LoRAs (cloud.upstream.adapters), or loads the
+        # registry's stable versions at run time (cloud.upstream.load_adapters).
         try:
-            upstream = UpstreamBackend.connect(cloud)
+            upstream = UpstreamBackend.connect(
+                cloud, registry=registry, cache_dir=settings.cache_dir
+            )
         except BaseException:
             records.close()
             raise

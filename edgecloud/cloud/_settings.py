@@ -247,6 +247,32 @@ class CloudUpstreamConfig(Section):
     max_connections: int = Field(
         64, ge=1, le=4096, description="Concurrent requests to the upstream, at most."
     )
+    load_adapters: bool = Field(
+        False,
+        description=(
+            "Load the registry's stable version of a requested adapter into the upstream "
+            "at run time (vLLM's /v1/load_lora_adapter, named '<id>@<version>'), on the "
+            "first request after a new version is promoted, and unload the previous one. "
+            "Ids in `adapters` keep their static mapping. vLLM needs "
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora."
+        ),
+    )
+    lora_dir: Path | None = Field(
+        None,
+        description=(
+            "Directory the stable versions' peft files are copied to and whose paths are "
+            "sent as lora_path (`load_adapters`): the upstream must read it at the same "
+            "path (a shared volume). None: <cache_dir>/cloud/adapters."
+        ),
+    )
+    lora_api_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description=(
+            "Base URL of load_lora_adapter/unload_lora_adapter (`load_adapters`); None: "
+            "`url` (vLLM serves them under /v1; SGLang at its root, e.g. http://host:30000)."
+        ),
+    )
 
 
 class CloudRayConfig(Section):

@@ -24,7 +24,10 @@ streaming ``/v1/completions`` call (Server-Sent Events) with ``logprobs=k``:
   backend, a token with ``temperature > 0`` stands only as the greedy choice (the
   ``min(1, p/q)`` rule needs ``p`` of every prefix token), so more may be rejected.
 - ``adapter_id`` selects an upstream model name (``cloud.upstream.adapters``: vLLM's
-  ``--lora-modules name=path`` serves a LoRA under ``name``).
+  ``--lora-modules name=path`` serves a LoRA under ``name``). With
+  ``cloud.upstream.load_adapters``, other ids are served from the registry instead: the
+  stable version's peft files are loaded into the upstream at run time (vLLM's
+  ``load_lora_adapter``) as ``"<id>@<version>"``, see :class:`RuntimeLoras`.
 
 A failure upstream (refused connection, an HTTP error, a stream that breaks or stalls
 past ``cloud.upstream.timeout_s``) raises :class:`~edgecloud.errors.CloudError`; the
@@ -34,24 +37,36 @@ service ends the call with ``INTERNAL`` and the device sees a
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.cloud._prompting import apply_format
 from edgecloud.cloud._settings import CloudConfig, CloudUpstreamConfig
+from edgecloud.cloud._versions import (
+    adapter_model_id,
+    adapters_dir,
+    peft_dir,
+    stable_adapters,
+    stable_version,
+)
 from edgecloud.errors import (
     CloudError,
     CloudModelLoadError,
     ConfigError,
     InvalidRequestError,
     OverloadedError,
+    TransportError,
     UnknownAdapterError,
 )
 from edgecloud.types import Chunk, Finish, FinishReason, Retraction, SamplingParams
@@ -59,7 +74,9 @@ from edgecloud.types import Chunk, Finish, FinishReason, Retraction, SamplingPar
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["UpstreamBackend", "entropy_lower_bound"]
+    from edgecloud.adapters._registry import AdapterRegistry
+
+__all__ = ["RuntimeLoras", "UpstreamBackend", "entropy_lower_bound"]
 
 log = logging.getLogger("edgecloud.cloud")
 
@@ -120,14 +137,43 @@ class UpstreamBackend:
     model. The HTTP client is made on the first request, on the loop that serves it.
     """
 
-    def __init__(self, config: CloudConfig, *, model: str, key: str | None = None) -> None:
+    def __init__(
+        self,
+        config: CloudConfig,
+        *,
+        model: str,
+        key: str | None = None,
+        registry: AdapterRegistry | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """Serve ``model`` of the upstream in ``config.upstream``, sending ``key``.
+
+        Args:
+            config: the cloud settings (``upstream`` names the server).
+            model: the upstream's name of the base model.
+            key: the bearer token sent upstream.
+            registry: where ``cloud.upstream.load_adapters`` finds adapter versions.
+            cache_dir: their peft copies go to ``<cache_dir>/cloud/adapters`` unless
+                ``cloud.upstream.lora_dir`` is set.
+
+        Raises:
+            ConfigError: ``load_adapters`` without a registry.
+        """
         self._config = config
         self._cfg = config.upstream
         self._model = model
         self._key = key
         self._client: httpx.AsyncClient | None = None
         self._running = 0
-        self.info = BackendInfo(
+        self.loras: RuntimeLoras | None = None
+        if self._cfg.load_adapters:
+            if registry is None:
+                raise ConfigError("cloud.upstream.load_adapters needs the adapter registry")
+            from edgecloud.common.settings import default_cache_dir
+
+            root = self._cfg.lora_dir or adapters_dir(cache_dir or default_cache_dir())
+            self.loras = RuntimeLoras(self._cfg, registry, root.expanduser(), self._http)
+        self._info = BackendInfo(
             backend="openai",
             model=model,
             adapters=tuple(self._cfg.adapters),
@@ -135,10 +181,27 @@ class UpstreamBackend:
             dtype="unknown",
         )
 
+    @property
+    def info(self) -> BackendInfo:
+        """The upstream's model, and the adapters served: the static mapping's ids, and
+        with ``load_adapters`` those the registry has a stable version of."""
+        if self.loras is None:
+            return self._info
+        found = self.loras.servable()
+        return dataclasses.replace(
+            self._info, adapters=tuple(sorted({*found, *self._cfg.adapters}))
+        )
+
     @classmethod
-    def connect(cls, config: CloudConfig) -> UpstreamBackend:
+    def connect(
+        cls,
+        config: CloudConfig,
+        *,
+        registry: AdapterRegistry | None = None,
+        cache_dir: Path | None = None,
+    ) -> UpstreamBackend:
         """Ask the upstream for its models (``GET /models``); take ``cloud.upstream.model``
-        or the first one listed.
+        or the first one listed. ``registry`` and ``cache_dir``: see :meth:`__init__`.
 
         Raises:
             CloudModelLoadError: the upstream is unreachable, refuses, or lists no model.
@@ -169,7 +232,7 @@ class UpstreamBackend:
         elif listed and model not in listed:
             log.warning("cloud.upstream.model %r is not among %s's models %s", model,
                         _redacted(url), listed)  # fmt: skip
-        return cls(config, model=model, key=key)
+        return cls(config, model=model, key=key, registry=registry, cache_dir=cache_dir)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -209,6 +272,8 @@ class UpstreamBackend:
     def _model_for(self, adapter_id: str | None) -> str:
         if not adapter_id:
             return self._model
+        if self.loras is not None and adapter_id not in self._cfg.adapters:
+            return ""  # loaded at run time, once the request has its place
         try:
             return self._cfg.adapters[adapter_id]
         except KeyError:
@@ -220,16 +285,21 @@ class UpstreamBackend:
         """Stream chunks, then one :class:`Finish` (see :meth:`CloudBackend.generate`).
 
         Raises:
-            UnknownAdapterError: ``adapter_id`` has no upstream model.
+            UnknownAdapterError: ``adapter_id`` has no upstream model, or (runtime
+                loading) no stable version, or the upstream refused to load it.
             OverloadedError: ``max_connections`` plus ``max_queued_requests`` are busy.
             InvalidRequestError: the upstream refused the request (a prompt too long).
+            TransportError: the upstream failed (5xx) loading the adapter (retryable).
             CloudError: the upstream failed, broke the stream or stalled.
         """
         model = self._model_for(request.adapter_id)
         if self._running >= self._cfg.max_connections + self._config.max_queued_requests:
             raise OverloadedError("the upstream's connections and the queue are full")
         self._running += 1
+        lora = ""
         try:
+            if not model and request.adapter_id and self.loras is not None:
+                model = lora = await self.loras.acquire(request.adapter_id)
             prompt = self.prompt_text(request)
             prefix = request.assistant_prefix
             if request.verify_prefix and prefix:
@@ -258,6 +328,8 @@ class UpstreamBackend:
                     index += 1
         finally:
             self._running -= 1
+            if lora and self.loras is not None:
+                self.loras.release(lora)
 
     async def _verify(self, model: str, prompt: str, request: CloudRequest) -> tuple[int, int]:
         """Decode greedily after ``prompt`` while the text matches the prefix.
@@ -367,6 +439,158 @@ class UpstreamBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+class RuntimeLoras:
+    """The registry's adapter versions, loaded into the upstream at run time.
+
+    ``cloud.upstream.load_adapters``: the first request for an adapter after a new stable
+    version appears copies that version's peft files out of the registry and asks the
+    upstream to load them (``POST load_lora_adapter``, ``{"lora_name", "lora_path"}``)
+    as ``"<id>@<version>"``; the request, and those after it, then name that LoRA as their
+    ``model``. One load per adapter at a time: requests that arrive meanwhile wait for it
+    instead of loading again. The previous version is unloaded (``POST
+    unload_lora_adapter``) once no request streams from it any more, so answers already
+    under way finish on the weights they started with.
+
+    A name the upstream says it already has (a restart of this service) counts as loaded.
+    """
+
+    def __init__(
+        self,
+        cfg: CloudUpstreamConfig,
+        registry: AdapterRegistry,
+        root: Path,
+        http: Callable[[], httpx.AsyncClient],
+    ) -> None:
+        self._registry = registry
+        self._root = root
+        self._http = http
+        self._base = (cfg.lora_api_url or cfg.url).rstrip("/") + "/"
+        self._current: dict[str, str] = {}  # adapter id -> name of its loaded stable version
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: collections.Counter[str] = collections.Counter()
+        self._retired: set[str] = set()  # replaced names, unloaded when their last user ends
+        self._unloading: set[asyncio.Task[None]] = set()
+        self._servable: list[str] = []
+        self._servable_at = float("-inf")
+
+    def servable(self) -> list[str]:
+        """Adapter ids the registry has a stable version of (read at most every 2 s)."""
+        now = time.monotonic()
+        if now - self._servable_at > 2.0:
+            self._servable, self._servable_at = stable_adapters(self._registry), now
+        return self._servable
+
+    def loaded(self) -> dict[str, str]:
+        """adapter id -> the upstream LoRA name of the version loaded for it."""
+        return dict(self._current)
+
+    async def _stable_name(self, adapter_id: str) -> tuple[str, int]:
+        version = await asyncio.to_thread(stable_version, self._registry, adapter_id)
+        return adapter_model_id(adapter_id, version), version
+
+    async def acquire(self, adapter_id: str) -> str:
+        """The upstream LoRA name serving ``adapter_id`` now, loaded first if needed; the
+        caller streams from it and then calls :meth:`release` with it.
+
+        Raises:
+            UnknownAdapterError: no stable version, no peft files, or the upstream
+                refused to load them (among them: it cannot read their path).
+            TransportError: the upstream failed (5xx) while loading.
+            CloudError: the upstream could not be reached, or lacks the endpoint.
+        """
+        name, _ = await self._stable_name(adapter_id)
+        if self._current.get(adapter_id) != name:
+            async with self._locks.setdefault(adapter_id, asyncio.Lock()):
+                # Read again: the load this request waited for may have been a newer one.
+                name, version = await self._stable_name(adapter_id)
+                previous = self._current.get(adapter_id)
+                if previous != name:
+                    path = await asyncio.to_thread(
+                        peft_dir, self._registry, adapter_id, version, self._root
+                    )
+                    await self._load(adapter_id, version, name, path)
+                    self._current[adapter_id] = name
+                    self._retired.discard(name)
+                    if previous is not None:
+                        self._retired.add(previous)
+                        if not self._users[previous]:
+                            await self._unload(previous)
+        self._users[name] += 1
+        return name
+
+    def release(self, name: str) -> None:
+        """A request that :meth:`acquire` gave ``name`` is done with it."""
+        self._users[name] -= 1
+        if self._users[name] > 0 or name not in self._retired:
+            return
+        del self._users[name]
+        try:
+            task = asyncio.get_running_loop().create_task(self._unload(name))
+        except RuntimeError:  # no loop: the service is stopping, the upstream keeps it
+            return
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
+    async def _load(self, adapter_id: str, version: int, name: str, path: Path) -> None:
+        import httpx
+
+        what = f"adapter {adapter_id!r} version {version}"
+        url = self._base + "load_lora_adapter"
+        try:
+            resp = await self._http().post(url, json={"lora_name": name, "lora_path": str(path)})
+        except httpx.HTTPError as exc:
+            raise CloudError(
+                f"upstream failed to load {what}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if resp.status_code == 200:
+            log.warning("upstream loaded %s as %r from %s", what, name, path)
+            return
+        message = _message_text(resp.text)
+        if resp.status_code in (400, 409) and "already" in message.lower():
+            log.info("upstream already has %r: %s", name, message)
+            return
+        log.warning("upstream refused to load %s from %s: HTTP %d: %s", what, path,
+                    resp.status_code, message)  # fmt: skip
+        if resp.status_code in (404, 405) and message.strip().lower() in (
+            "not found",
+            "method not allowed",
+        ):
+            raise CloudError(
+                f"the upstream has no {_redacted(url)} (vLLM: set "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; else cloud.upstream.lora_api_url)"
+            )
+        if resp.status_code == 404:
+            raise UnknownAdapterError(
+                f"{what}: the upstream cannot read its LoRA files at {path} ({message}); "
+                "cloud.upstream.lora_dir must be a path the upstream reads"
+            )
+        if resp.status_code >= 500:
+            raise TransportError(f"{what}: the upstream failed to load it (HTTP "
+                                 f"{resp.status_code}: {message})")  # fmt: skip
+        raise UnknownAdapterError(
+            f"{what}: the upstream refused to load it as {name!r} (HTTP {resp.status_code}: "
+            f"{message})"
+        )
+
+    async def _unload(self, name: str) -> None:
+        """Unload ``name``; a failure is logged only (the upstream keeps a spare LoRA)."""
+        import httpx
+
+        self._retired.discard(name)
+        try:
+            resp = await self._http().post(
+                self._base + "unload_lora_adapter", json={"lora_name": name}
+            )
+        except httpx.HTTPError as exc:
+            log.warning("upstream could not unload %r: %s: %s", name, type(exc).__name__, exc)
+            return
+        if resp.status_code == 200:
+            log.warning("upstream unloaded %r", name)
+        else:
+            log.warning("upstream refused to unload %r: HTTP %d: %s", name, resp.status_code,
+                        _message_text(resp.text))  # fmt: skip
 
 
 def _parse_event(data: str) -> tuple[list[_Piece], FinishReason | None, int]:

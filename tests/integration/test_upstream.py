@@ -12,24 +12,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from edgecloud.adapters._registry import AdapterRegistry
 from edgecloud.cloud._records import RecordStore
-from edgecloud.cloud._server import CloudServer
-from edgecloud.cloud._upstream import UpstreamBackend
 from edgecloud.common.records import EscalationRecord
-from edgecloud.config import CloudConfig
 from edgecloud.errors import RemoteError, TransportError, UnknownAdapterError
 from edgecloud.transport import CloudClient
 from edgecloud.types import Chunk, Finish, Retraction
 from tests.integration._cloudproc import collect, start_cloud, stop
+from tests.integration._upstreamserve import serving
 from tests.llamaserver import llama_server, server_available
 
 pytestmark = pytest.mark.skipif(
@@ -52,26 +48,6 @@ def direct(url: str, prompt: str, max_tokens: int) -> str:
     resp = httpx.post(url + "/completions", json=body, timeout=60)
     resp.raise_for_status()
     return str(resp.json()["choices"][0]["text"])
-
-
-@asynccontextmanager
-async def serving(url: str, tmp: Path, **upstream: Any) -> AsyncIterator[CloudClient]:
-    config = CloudConfig.model_validate(
-        {"insecure": True, "port": 0, "backend": "openai", "max_new_tokens": 64, "default_max_tokens": 16,
-         "upstream": {"url": url, "timeout_s": 30, **upstream}}
-    )  # fmt: skip
-    backend = UpstreamBackend.connect(config)
-    server = await CloudServer.start(
-        backend, config, records=RecordStore(tmp / "r.db"),
-        registry=AdapterRegistry(str(tmp / "registry")),
-    )  # fmt: skip
-    client = CloudClient(f"127.0.0.1:{server.port}", tls=False, max_attempts=1)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await server.stop(0)
-        await backend.aclose()
 
 
 def test_tokens_stream_with_logprobs_and_match_the_upstream(upstream: str, tmp_path: Path) -> None:
