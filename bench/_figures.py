@@ -324,9 +324,9 @@ RESULTS: tuple[Result, ...] = (
     Result("learning_loop-fleet.json", "learning_loop", "learning loop, fleet", _learning_loop()),
     Result("learning_loop-greenhouse.json", "learning_loop", "learning loop, greenhouse",
            _learning_loop()),
-    Result("learning_loop-greenhouse-synth.json", "learning_loop",
-           "learning loop, greenhouse, with questions written from the knowledge base",
-           _learning_loop()),
+    *(Result(f"learning_loop-{d}-synth.json", "learning_loop",
+             f"learning loop, {d}, with questions written from the knowledge base",
+             _learning_loop()) for d in ("fleet", "greenhouse")),
     Result("device_http.json", "device_http", "OpenAI endpoint on the device", (
         Figure("decode through the endpoint (official openai client)", "modes.http.decode_tok_s",
                "tok/s", alternative="modes.sdk.decode_tok_s",

@@ -87,9 +87,9 @@ RUNS: tuple[Run, ...] = (
          "2", "--epochs", "1"), _writes("learning_loop-fleet")),
     Run("learning_loop", ("--domain", "greenhouse", "--passages"), None,
         _writes("learning_loop-greenhouse")),
-    Run("learning_loop", ("--domain", "greenhouse", "--passages", "--train", "synthesize=true",
-                          "--name", "greenhouse-synth"), None,
-        _writes("learning_loop-greenhouse-synth")),
+    *(Run("learning_loop", ("--domain", d, "--passages", "--train", "synthesize=true",
+                            "--name", f"{d}-synth"), None, _writes(f"learning_loop-{d}-synth"))
+      for d in ("fleet", "greenhouse")),
     Run("device_http", (), ("--rounds", "1", "--tokens", "8", "--prompts", "1"),
         _writes("device_http")),
     Run("discovery", (), ("--trials", "1"), ("discovery.json",)),

@@ -574,14 +574,16 @@ class CloudTrainConfig(Section):
         ),
     )
     synthesize: bool = Field(
-        False,
+        True,
         description=(
             "Also learn from the knowledge base: the cloud model writes new questions from "
             "the passages the round's escalations touched, answers them by the relabeling "
             "vote with the passages retrieved for each, and keeps a question only when "
             "retrieval ranks its source passage first, the question tells that passage from "
             "other documents' ones, and the agreed answer is grounded in the source sentence "
-            "the question is about. Off until measured against training on escalations alone."
+            "the question is about. Needs a knowledge base (cloud.knowledge); the greenhouse "
+            "domain's held-out phrasings answered locally and right rose from 66.7% to 87.5% "
+            "with it, on the same records (bench/learning_loop.py)."
         ),
     )
     synthesize_per_passage: int = Field(

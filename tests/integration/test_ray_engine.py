@@ -35,7 +35,9 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install
 
 pytestmark = [
     pytest.mark.model,
-    pytest.mark.timeout(240),
+    # The module's first test also starts the cluster and two replicas: about 100 s on
+    # two loaded cores.
+    pytest.mark.timeout(480),
     # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps
     # a model; a third-party interplay we cannot change from here.
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
