@@ -62,8 +62,24 @@ def _last_question(text: str) -> re.Match[str] | None:
     return last
 
 
-def apply_format(template: str, prompt: str, passages: Sequence[Passage]) -> str:
-    """``prompt`` with ``passages`` (one per line) put in by ``template``."""
+PLAIN_FORMAT = "Context: {context}\n\n{prompt}"
+"""What a template that splits the prompt at its last ``Q:`` line ({head}, {tail}) falls
+back to for a prompt without one (a tool-calling prompt, a chat, free text): the
+passages, then the prompt as it is."""
+
+
+def apply_format(
+    template: str, prompt: str, passages: Sequence[Passage], *, structured: bool = False
+) -> str:
+    """``prompt`` with ``passages`` (one per line) put in by ``template``.
+
+    A template without ``{prompt}`` is written for few-shot Q/A answers in words; a
+    prompt with no ``Q:`` line, or a ``structured`` request (a JSON schema or tools:
+    its few-shot lines show the output's form), gets :data:`PLAIN_FORMAT` instead, so
+    its own instructions and examples are never replaced by the template's.
+    """
+    if "{prompt}" not in template and (structured or _last_question(prompt) is None):
+        template = PLAIN_FORMAT
     head, tail = split_last_question(prompt)
     context = "\n".join(p.text for p in passages)
     return template.format(context=context, prompt=prompt, head=head, tail=tail)

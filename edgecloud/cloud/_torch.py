@@ -231,7 +231,10 @@ class TorchBackend:
 
         text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
         if request.passages:
-            text = apply_format(self._config.model.prompt_format, text, request.passages)
+            text = apply_format(
+                self._config.model.prompt_format, text, request.passages,
+                structured=request.params.json_schema is not None,
+            )  # fmt: skip
         return text
 
     def encode(self, request: CloudRequest) -> tuple[list[int], int]:

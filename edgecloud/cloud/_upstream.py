@@ -266,7 +266,10 @@ class UpstreamBackend:
 
         text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
         if request.passages:
-            text = apply_format(self._config.model.prompt_format, text, request.passages)
+            text = apply_format(
+                self._config.model.prompt_format, text, request.passages,
+                structured=request.params.json_schema is not None,
+            )  # fmt: skip
         return text
 
     def _model_for(self, adapter_id: str | None) -> str:

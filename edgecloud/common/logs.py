@@ -131,7 +131,9 @@ class JsonFormatter(logging.Formatter):
         if request_id is not None:
             out["request_id"] = request_id
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in out:
+            # A leading underscore is a library's private mark on every record (Ray's log
+            # record factory adds _ray_timestamp_ns once it is imported), not an extra.
+            if key not in _STANDARD and key not in out and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -146,13 +146,19 @@ def _secrets_finder() -> Finder:
     from detect_secrets.plugins.keyword import DENYLIST_REGEX, REGEX_BY_FILETYPE, KeywordDetector
     from detect_secrets.util.filetype import FileType
 
-    # IP addresses are the pii detector's (and a public-IP plugin would miss private ones)
+    # IP addresses are the pii detector's (and a public-IP plugin would miss private ones).
+    # The high-entropy plugins flag any quoted random-looking string: the property names of
+    # a JSON schema, tool names, hashes in a log line; a prompt for structured output was
+    # kept off the cloud by them. Credentials are caught by the keyword plugin (a secret
+    # after "password", "secret", "token"...), the providers' own plugins and the key
+    # pattern below.
+    skipped = {"IPPublicDetector", "Base64HighEntropyString", "HexHighEntropyString"}
     plugins: list[BasePlugin] = [
         cls()
         for cls in cast(
             Iterable[type[BasePlugin]], get_mapping_from_secret_type_to_class().values()
         )
-        if cls.__name__ != "IPPublicDetector"
+        if cls.__name__ not in skipped
     ]
     # `key: value` and `key = value` without quotes, as in a config file: how a prompt
     # pastes credentials (the default form needs quotes).

@@ -161,10 +161,15 @@ class LocalCloud:
             "insecure": True, "port": 0, "max_running_sequences": 2, "max_new_tokens": 64,
             "default_max_tokens": MAX_TOKENS, "max_context_tokens": 1024, "model": {"threads": 1},
             "registry": {"url": str(workdir / "registry")},
+            # The manual's bays are described a paragraph each, and a command names a
+            # place, not a figure: whole paragraphs, the best two, serve it better than
+            # the default sentence passages (made for questions after one fact).
+            "knowledge": {"chunk_chars": 160, "top_k": 2},
         }  # fmt: skip
         settings = Settings.load(cloud=cloud, **overrides)
         self.backend = TorchBackend.load(settings)
-        knowledge = KnowledgeBase(MANUAL, SentenceEncoder(), index_dir=workdir / "index")
+        knowledge = KnowledgeBase(MANUAL, SentenceEncoder(), index_dir=workdir / "index",
+                                  max_chars=settings.cloud.knowledge.chunk_chars)  # fmt: skip
         self._runner = LoopThread("robot-cloud")
         records = RecordStore(workdir / "records.db")
         self.server = self._runner.run(

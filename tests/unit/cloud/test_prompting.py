@@ -57,6 +57,22 @@ def test_formats_place_passages_around_the_prompt_or_before_the_question() -> No
     assert late == "Q: a?\nA: 1\nContext: Kestrel payload: 22 kg\nQ: Kestrel payload?\nA:"
 
 
+def test_the_default_format_reads_a_q_a_prompt_and_leaves_others_whole() -> None:
+    passage = [Passage("Kestrel payload: 22 kg", "kestrel.md", 0.8)]
+    default = CloudModelConfig().prompt_format
+    read = apply_format(default, "Q: a?\nA: 1\nQ: Kestrel payload?\nA:", passage)
+    assert read.startswith("Answer from the context.")
+    assert read.endswith("Context: Kestrel payload: 22 kg\nQ: Kestrel payload?\nA:")
+    assert "Q: a?" not in read  # the device's few-shot lines give way to the reading examples
+    # A tool-calling prompt (no Q: line) keeps its own instructions: passages, then it.
+    tools = 'Call one tool as JSON.\nCommand: go to the cold store\nCall: {"name": '
+    assert apply_format(default, tools, passage) == f"Context: Kestrel payload: 22 kg\n\n{tools}"
+    # A structured request keeps its few-shot lines too: they show the output's form.
+    qa_tools = 'Q: stop\nA:\n{"name": "stop"}\nQ: go to the cold store\nA:\n'
+    kept = apply_format(default, qa_tools, passage, structured=True)
+    assert kept == f"Context: Kestrel payload: 22 kg\n\n{qa_tools}"
+
+
 @pytest.mark.parametrize("template", ["{prompt}", "Context: {context}", "{context} {prompt} {x}",
                                       "{context} {prompt} {"])  # fmt: skip
 def test_bad_prompt_formats_fail_at_start(template: str) -> None:

@@ -36,6 +36,12 @@ def test_a_json_line_has_the_fields_the_request_id_and_the_extras() -> None:
     }  # fmt: skip
 
 
+def test_a_library_s_private_record_fields_are_not_extras() -> None:
+    # Ray's log record factory stamps every record with _ray_timestamp_ns once imported.
+    line = json.loads(JsonFormatter().format(record(user=7, _ray_timestamp_ns=1)))
+    assert line["user"] == 7 and "_ray_timestamp_ns" not in line
+
+
 def test_without_a_request_id_the_line_has_none_and_odd_values_are_strings() -> None:
     line = json.loads(JsonFormatter().format(record(blob=object(), path=Path("/x"))))
     assert "request_id" not in line
