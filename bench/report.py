@@ -82,10 +82,11 @@ RUNS: tuple[Run, ...] = (
     Run("knowledge_eval", (), ("--limit", "4"), ("knowledge_eval.json",)),
     Run("knowledge_eval", ("--compare-formats", "--sample", "46"), None,
         ("knowledge_eval_formats.json",)),
-    Run("learning_loop", ("--domain", "fleet", "--passages"),
+    Run("learning_loop", ("--domain", "fleet", "--passages", "--train", "synthesize=false"),
         ("--domain", "fleet", "--facts-limit", "2", "--general-limit", "4", "--traffic-limit",
          "2", "--epochs", "1"), _writes("learning_loop-fleet")),
-    Run("learning_loop", ("--domain", "greenhouse", "--passages"), None,
+    Run("learning_loop", ("--domain", "greenhouse", "--passages", "--train", "synthesize=false"),
+        None,
         _writes("learning_loop-greenhouse")),
     *(Run("learning_loop", ("--domain", d, "--passages", "--train", "synthesize=true",
                             "--name", f"{d}-synth"), None, _writes(f"learning_loop-{d}-synth"))
