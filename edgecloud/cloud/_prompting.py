@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from edgecloud.types import ChatMessage, Passage
 
-__all__ = ["apply_format", "question_of", "split_last_question", "with_question"]
+if TYPE_CHECKING:
+    from edgecloud.cloud._backend import CloudRequest
+
+__all__ = [
+    "apply_format", "question_of", "request_text", "split_last_question", "with_question",
+]  # fmt: skip
 
 _Q_LINE = re.compile(r"^[ \t]*Q:[ \t]*(.*)$", re.MULTILINE)
 
@@ -83,3 +89,18 @@ def apply_format(
     head, tail = split_last_question(prompt)
     context = "\n".join(p.text for p in passages)
     return template.format(context=context, prompt=prompt, head=head, tail=tail)
+
+
+def request_text(template: str, request: CloudRequest) -> str:
+    """A request's prompt as a cloud model sees it, before the assistant prefix: chat
+    rendered with the plain template, retrieved passages put in by ``template``
+    (``cloud.model.prompt_format``; see :func:`apply_format`). Every backend renders
+    prompts this way."""
+    from edgecloud.common.chat import render_plain
+
+    text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
+    if request.passages:
+        text = apply_format(
+            template, text, request.passages, structured=request.params.json_schema is not None
+        )
+    return text

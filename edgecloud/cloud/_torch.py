@@ -37,7 +37,7 @@ from typing import Any
 
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
 from edgecloud.cloud._grammar import GrammarCompiler, SequenceGrammar
-from edgecloud.cloud._prompting import apply_format
+from edgecloud.cloud._prompting import request_text
 from edgecloud.cloud._scheduler import Scheduler
 from edgecloud.cloud._sequence import Sequence_
 from edgecloud.cloud._settings import CloudConfig, CloudSettings
@@ -227,15 +227,7 @@ class TorchBackend:
     def prompt_text(self, request: CloudRequest) -> str:
         """The prompt as the model sees it, before the assistant prefix: chat rendered
         with the plain template, retrieved passages put in by ``prompt_format``."""
-        from edgecloud.common.chat import render_plain
-
-        text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
-        if request.passages:
-            text = apply_format(
-                self._config.model.prompt_format, text, request.passages,
-                structured=request.params.json_schema is not None,
-            )  # fmt: skip
-        return text
+        return request_text(self._config.model.prompt_format, request)
 
     def encode(self, request: CloudRequest) -> tuple[list[int], int]:
         """Token ids of the prompt and then of the assistant prefix, and how many of

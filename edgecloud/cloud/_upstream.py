@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecloud.cloud._backend import BackendInfo, CloudRequest, LoadSnapshot
-from edgecloud.cloud._prompting import apply_format
+from edgecloud.cloud._prompting import request_text
 from edgecloud.cloud._settings import CloudConfig, CloudUpstreamConfig
 from edgecloud.cloud._versions import (
     adapter_model_id,
@@ -262,15 +262,7 @@ class UpstreamBackend:
 
     def prompt_text(self, request: CloudRequest) -> str:
         """The prompt before the assistant prefix, as :class:`TorchBackend` renders it."""
-        from edgecloud.common.chat import render_plain
-
-        text = request.prompt if isinstance(request.prompt, str) else render_plain(request.prompt)
-        if request.passages:
-            text = apply_format(
-                self._config.model.prompt_format, text, request.passages,
-                structured=request.params.json_schema is not None,
-            )  # fmt: skip
-        return text
+        return request_text(self._config.model.prompt_format, request)
 
     def _model_for(self, adapter_id: str | None) -> str:
         if not adapter_id:
