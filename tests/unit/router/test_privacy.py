@@ -52,8 +52,12 @@ ORDINARY = [
 
 @pytest.fixture(scope="module")
 def policy() -> PrivacyPolicy:
-    pytest.importorskip("detect_secrets")
-    pytest.importorskip("presidio_analyzer")
+    pytest.importorskip(
+        "detect_secrets", reason="detect-secrets is not installed (edgecloud[privacy])"
+    )
+    pytest.importorskip(
+        "presidio_analyzer", reason="presidio-analyzer is not installed (edgecloud[privacy])"
+    )
     return PrivacyPolicy(detectors=PrivacyDetectors(strict=True))
 
 
